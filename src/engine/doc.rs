@@ -1,0 +1,771 @@
+//! The replica: the document tree with its sync state, and the local operations on it.
+//!
+//! Every object key and every array element is a *slot* with its own stamp and the local version
+//! at which it last changed (`u`). An index of slots by `u` lets a replica find what changed since a
+//! version without walking the document (see `emit.rs`), so a delta costs what the change costs.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::engine::error::{Error, Result};
+use crate::engine::path::{self, Segment};
+use crate::engine::stamp::{ClientId, Hlc, Stamp, system_now_ms};
+use crate::engine::wire::{ClientState, Knowledge, MAX_DEPTH, value_depth};
+
+/// Index of a node in the replica's node table.
+pub(crate) type Ix = u32;
+
+/// What a slot holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Val {
+    /// A string, number, boolean or null.
+    Prim(Value),
+    /// A nested object or array.
+    Node(Ix),
+    /// A removed object key (tombstone) or the value of a removed array element.
+    Gone,
+}
+
+/// An object key.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
+    pub key: String,
+    pub val: Val,
+    pub stamp: Stamp,
+    pub u: u64,
+}
+
+/// An array element. Removed elements stay as tombstones: later inserts may refer to them.
+#[derive(Debug, Clone)]
+pub(crate) struct Elem {
+    pub id: Stamp,
+    pub origin: Option<Stamp>,
+    pub val: Val,
+    pub vstamp: Stamp,
+    pub removed: Option<Stamp>,
+    pub u: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Obj {
+    pub slots: Vec<Field>,
+    pub keys: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Arr {
+    /// Elements in arrival order; `order` gives document order.
+    pub slots: Vec<Elem>,
+    pub order: Vec<u32>,
+    pub by_id: HashMap<Stamp, u32>,
+    /// How many elements are removed (when 0, a visible index is a position in `order`).
+    pub dead: usize,
+    /// Position of the last element inserted, to place runs of inserts without a scan.
+    pub last_pos: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    Obj(Obj),
+    Arr(Arr),
+}
+
+/// An object or array in the document.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    /// The stamp of the write that created it.
+    pub id: Stamp,
+    /// The slot that holds (or, once overwritten, held) it.
+    pub parent: Option<(Ix, u32)>,
+    /// Local version of the latest change to one of its slots.
+    pub u: u64,
+    pub body: Body,
+}
+
+/// What this replica knows of another client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState {
+    /// That client's version this replica last merged.
+    pub last_received: u64,
+    /// This replica's version that client has confirmed holding.
+    pub last_acknowledged: u64,
+    /// What that client is known to hold (learned from it or relayed by others).
+    pub knows: Knowledge,
+}
+
+/// A wall clock in milliseconds; replaceable so tests can run with skewed or frozen clocks.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// One replica of a JSON document.
+pub struct Document {
+    pub(crate) doc_id: String,
+    pub(crate) client: ClientId,
+    pub(crate) version: u64,
+    pub(crate) clock: Hlc,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) by_id: HashMap<Stamp, Ix>,
+    /// (u, node, slot) for every slot: what changed after a version, in version order.
+    pub(crate) index: BTreeSet<(u64, Ix, u32)>,
+    pub(crate) peers: BTreeMap<ClientId, PeerState>,
+    pub(crate) knows: Knowledge,
+    pub(crate) wall: WallClock,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("id", &self.doc_id)
+            .field("client", &self.client)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) const ROOT: Ix = 0;
+
+/// A fresh random document id.
+pub fn random_doc_id() -> String {
+    ClientId::random().to_string()
+}
+
+impl Document {
+    /// Creates a document from a JSON object, with a random document id and client id.
+    pub fn new(value: &Value) -> Result<Self> {
+        Self::with_ids(value, random_doc_id(), ClientId::random())
+    }
+
+    /// Creates a document with the given document id and client id.
+    pub fn with_ids(value: &Value, doc_id: String, client: ClientId) -> Result<Self> {
+        if !value.is_object() {
+            return Err(Error::Value("a document must be a JSON object".into()));
+        }
+        if value_depth(value) > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                what: "document",
+                limit: MAX_DEPTH,
+            });
+        }
+        let mut doc = Self::empty(doc_id, client, None);
+        let u = doc.begin();
+        let id = doc.tick();
+        doc.nodes.clear();
+        doc.by_id.clear();
+        doc.new_node(value, id, None, u);
+        Ok(doc)
+    }
+
+    /// An empty replica whose root has `root_id` (a placeholder id when `None`).
+    pub(crate) fn empty(doc_id: String, client: ClientId, root_id: Option<Stamp>) -> Self {
+        let id = root_id.unwrap_or(Stamp { hlc: 0, client });
+        let mut doc = Document {
+            doc_id,
+            client,
+            version: 0,
+            clock: Hlc::default(),
+            nodes: vec![Node {
+                id,
+                parent: None,
+                u: 0,
+                body: Body::Obj(Obj::default()),
+            }],
+            by_id: HashMap::new(),
+            index: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            knows: Knowledge::new(),
+            wall: Arc::new(system_now_ms),
+        };
+        doc.by_id.insert(id, ROOT);
+        doc
+    }
+
+    /// Replaces the wall clock (for tests and simulations).
+    pub fn set_wall_clock(&mut self, clock: WallClock) {
+        self.wall = clock;
+    }
+
+    /// This replica's client id.
+    pub fn client_id(&self) -> ClientId {
+        self.client
+    }
+
+    /// The document id, shared by all replicas of the document.
+    pub fn id(&self) -> &str {
+        &self.doc_id
+    }
+
+    /// The local version: grows with every local change and every merge that changed something.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// What this replica knows of each other client.
+    pub fn peers(&self) -> &BTreeMap<ClientId, PeerState> {
+        &self.peers
+    }
+
+    /// What this replica knows of one client.
+    pub fn peer(&self, client: ClientId) -> Option<&PeerState> {
+        self.peers.get(&client)
+    }
+
+    /// The client table as it travels in changes objects.
+    pub fn client_states(&self) -> Vec<ClientState> {
+        self.peers
+            .iter()
+            .map(|(c, p)| ClientState {
+                client_id: *c,
+                last_received: p.last_received,
+                last_acknowledged: p.last_acknowledged,
+                knows: p.knows.clone(),
+            })
+            .collect()
+    }
+
+    /// Makes sure a client is in the table (so a first changes object can be made for it).
+    pub fn add_peer(&mut self, client: ClientId) {
+        if client != self.client {
+            self.peers.entry(client).or_default();
+        }
+    }
+
+    // ----- reading -----
+
+    /// The document as plain JSON, without sync state.
+    pub fn to_json(&self) -> Value {
+        self.node_json(ROOT)
+    }
+
+    /// The value at `path` (`None` if nothing is there).
+    pub fn get(&self, path: &str) -> Result<Option<Value>> {
+        let segs = path::parse(path)?;
+        let Some((last, prefix)) = segs.split_last() else {
+            return Ok(Some(self.to_json()));
+        };
+        let Some(n) = self.walk(prefix) else {
+            return Ok(None);
+        };
+        Ok(self.child_val(n, last).map(|v| self.val_json(v)))
+    }
+
+    /// Number of elements of the array at `path`.
+    pub fn len(&self, path: &str) -> Result<usize> {
+        let n = self.array_at(path)?;
+        Ok(self.arr(n).order.len() - self.arr(n).dead)
+    }
+
+    pub(crate) fn node_json(&self, ix: Ix) -> Value {
+        match &self.nodes[ix as usize].body {
+            Body::Obj(o) => {
+                let mut m = Map::new();
+                for (k, s) in &o.keys {
+                    let f = &o.slots[*s as usize];
+                    if f.val != Val::Gone {
+                        m.insert(k.clone(), self.val_json(&f.val));
+                    }
+                }
+                Value::Object(m)
+            }
+            Body::Arr(a) => Value::Array(
+                a.order
+                    .iter()
+                    .map(|s| &a.slots[*s as usize])
+                    .filter(|e| e.removed.is_none())
+                    .map(|e| self.val_json(&e.val))
+                    .collect(),
+            ),
+        }
+    }
+
+    pub(crate) fn val_json(&self, v: &Val) -> Value {
+        match v {
+            Val::Prim(p) => p.clone(),
+            Val::Node(n) => self.node_json(*n),
+            Val::Gone => Value::Null,
+        }
+    }
+
+    /// The node a path leads to, following only live links.
+    fn walk(&self, segs: &[Segment]) -> Option<Ix> {
+        let mut n = ROOT;
+        for seg in segs {
+            match self.child_val(n, seg)? {
+                Val::Node(c) => n = *c,
+                _ => return None,
+            }
+        }
+        Some(n)
+    }
+
+    fn child_val(&self, n: Ix, seg: &Segment) -> Option<&Val> {
+        match (&self.nodes[n as usize].body, seg) {
+            (Body::Obj(o), Segment::Key(k)) => {
+                let f = &o.slots[*o.keys.get(k)? as usize];
+                (f.val != Val::Gone).then_some(&f.val)
+            }
+            (Body::Arr(a), Segment::Index(i)) => {
+                let pos = visible_pos(a, *i)?;
+                Some(&a.slots[a.order[pos] as usize].val)
+            }
+            _ => None,
+        }
+    }
+
+    fn container(&self, path_text: &str, segs: &[Segment]) -> Result<Ix> {
+        self.walk(segs).ok_or_else(|| {
+            Error::path(
+                path_text,
+                format!("{:?} is not an existing object or array", path::render(segs)),
+            )
+        })
+    }
+
+    fn array_at(&self, path_text: &str) -> Result<Ix> {
+        let segs = path::parse(path_text)?;
+        let n = self.container(path_text, &segs)?;
+        match self.nodes[n as usize].body {
+            Body::Arr(_) => Ok(n),
+            Body::Obj(_) => Err(Error::path(path_text, "is an object, not an array")),
+        }
+    }
+
+    pub(crate) fn arr(&self, n: Ix) -> &Arr {
+        match &self.nodes[n as usize].body {
+            Body::Arr(a) => a,
+            Body::Obj(_) => unreachable!("node {n} checked to be an array"),
+        }
+    }
+
+    pub(crate) fn arr_mut(&mut self, n: Ix) -> &mut Arr {
+        match &mut self.nodes[n as usize].body {
+            Body::Arr(a) => a,
+            Body::Obj(_) => unreachable!("node {n} checked to be an array"),
+        }
+    }
+
+    // ----- writing -----
+
+    /// Sets the value at `path`: an object key (created if missing), or an array element that
+    /// exists (an index equal to the length appends).
+    pub fn set(&mut self, path_text: &str, value: Value) -> Result<()> {
+        let segs = path::parse(path_text)?;
+        let Some((last, prefix)) = segs.split_last() else {
+            return Err(Error::path(path_text, "the document root cannot be replaced; set its keys"));
+        };
+        self.check_depth(path_text, segs.len(), &value)?;
+        let n = self.container(path_text, prefix)?;
+        match (&self.nodes[n as usize].body, last) {
+            (Body::Obj(_), Segment::Key(k)) => {
+                let u = self.begin();
+                let stamp = self.tick();
+                let slot = self.field_slot(n, k);
+                let val = self.make_val(&value, stamp, (n, slot), u);
+                self.write_field(n, slot, val, stamp, u);
+                Ok(())
+            }
+            (Body::Arr(a), Segment::Index(i)) => {
+                let len = a.order.len() - a.dead;
+                if *i == len {
+                    self.insert_values(n, len, std::slice::from_ref(&value));
+                    Ok(())
+                } else if *i < len {
+                    let u = self.begin();
+                    self.replace_elem(n, *i, &value, u);
+                    Ok(())
+                } else {
+                    Err(Error::path(path_text, format!("index {i} is past the end (length {len})")))
+                }
+            }
+            (Body::Obj(_), Segment::Index(_)) => {
+                Err(Error::path(path_text, "an index used on an object"))
+            }
+            (Body::Arr(_), Segment::Key(_)) => Err(Error::path(path_text, "a key used on an array")),
+        }
+    }
+
+    /// Removes the object key or array element at `path`, returning what was there.
+    pub fn remove(&mut self, path_text: &str) -> Result<Option<Value>> {
+        let segs = path::parse(path_text)?;
+        let Some((last, prefix)) = segs.split_last() else {
+            return Err(Error::path(path_text, "the document root cannot be removed"));
+        };
+        let n = self.container(path_text, prefix)?;
+        let Some(old) = self.child_val(n, last).map(|v| self.val_json(v)) else {
+            return Ok(None);
+        };
+        let u = self.begin();
+        match last {
+            Segment::Key(k) => {
+                let stamp = self.tick();
+                let slot = self.field_slot(n, k);
+                self.write_field(n, slot, Val::Gone, stamp, u);
+            }
+            Segment::Index(i) => self.remove_elem(n, *i, u),
+        }
+        Ok(Some(old))
+    }
+
+    /// Appends values to the array at `path`; returns the new length.
+    pub fn push(&mut self, path_text: &str, value: Value) -> Result<usize> {
+        let n = self.array_at(path_text)?;
+        self.check_depth(path_text, path::parse(path_text)?.len() + 1, &value)?;
+        let len = self.len(path_text)?;
+        self.insert_values(n, len, std::slice::from_ref(&value));
+        Ok(len + 1)
+    }
+
+    /// Inserts a value at `index` of the array at `path`.
+    pub fn insert(&mut self, path_text: &str, index: usize, value: Value) -> Result<()> {
+        self.splice(path_text, index, 0, vec![value]).map(|_| ())
+    }
+
+    /// Removes and returns the element at `index` of the array at `path`.
+    pub fn remove_at(&mut self, path_text: &str, index: usize) -> Result<Value> {
+        let mut out = self.splice(path_text, index, 1, Vec::new())?;
+        out.pop()
+            .ok_or_else(|| Error::path(path_text, format!("no element at index {index}")))
+    }
+
+    /// Like JavaScript's `splice`: removes `delete` elements at `start`, inserts `items` there, and
+    /// returns the removed values.
+    pub fn splice(
+        &mut self,
+        path_text: &str,
+        start: usize,
+        delete: usize,
+        items: Vec<Value>,
+    ) -> Result<Vec<Value>> {
+        let n = self.array_at(path_text)?;
+        let depth = path::parse(path_text)?.len() + 1;
+        for item in &items {
+            self.check_depth(path_text, depth, item)?;
+        }
+        let len = self.len(path_text)?;
+        if start > len {
+            return Err(Error::path(path_text, format!("start {start} is past the end (length {len})")));
+        }
+        let delete = delete.min(len - start);
+        if delete == 0 && items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let removed: Vec<Value> = (start..start + delete)
+            .map(|i| {
+                let a = self.arr(n);
+                let pos = visible_pos(a, i).unwrap_or(0);
+                self.val_json(&a.slots[a.order[pos] as usize].val)
+            })
+            .collect();
+        let u = self.begin();
+        for _ in 0..delete {
+            self.remove_elem(n, start, u);
+        }
+        self.insert_values_at(n, start, &items, u);
+        Ok(removed)
+    }
+
+    /// Removes and returns the last element.
+    pub fn pop(&mut self, path_text: &str) -> Result<Option<Value>> {
+        let len = self.len(path_text)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        self.remove_at(path_text, len - 1).map(Some)
+    }
+
+    /// Removes and returns the first element.
+    pub fn shift(&mut self, path_text: &str) -> Result<Option<Value>> {
+        if self.len(path_text)? == 0 {
+            return Ok(None);
+        }
+        self.remove_at(path_text, 0).map(Some)
+    }
+
+    /// Inserts a value at the front; returns the new length.
+    pub fn unshift(&mut self, path_text: &str, value: Value) -> Result<usize> {
+        self.insert(path_text, 0, value)?;
+        self.len(path_text)
+    }
+
+    /// Sorts the array in a fixed total order of JSON values (null, booleans, numbers, strings,
+    /// arrays, objects). Like every reordering, it rewrites the array: see docs/PROTOCOL.md.
+    pub fn sort(&mut self, path_text: &str) -> Result<()> {
+        self.sort_by(path_text, json_order)
+    }
+
+    /// Sorts the array with a comparator.
+    pub fn sort_by(
+        &mut self,
+        path_text: &str,
+        mut cmp: impl FnMut(&Value, &Value) -> Ordering,
+    ) -> Result<()> {
+        let Value::Array(mut items) = self.get(path_text)?.unwrap_or(Value::Null) else {
+            return Err(Error::path(path_text, "is not an array"));
+        };
+        items.sort_by(&mut cmp);
+        self.rewrite(path_text, items)
+    }
+
+    /// Reverses the array.
+    pub fn reverse(&mut self, path_text: &str) -> Result<()> {
+        let Value::Array(mut items) = self.get(path_text)?.unwrap_or(Value::Null) else {
+            return Err(Error::path(path_text, "is not an array"));
+        };
+        items.reverse();
+        self.rewrite(path_text, items)
+    }
+
+    fn rewrite(&mut self, path_text: &str, items: Vec<Value>) -> Result<()> {
+        let len = self.len(path_text)?;
+        self.splice(path_text, 0, len, items).map(|_| ())
+    }
+
+    fn check_depth(&self, path_text: &str, at: usize, value: &Value) -> Result<()> {
+        if at + value_depth(value) > MAX_DEPTH {
+            return Err(Error::path(
+                path_text,
+                format!("the value would nest deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens a new local version for a change.
+    pub(crate) fn begin(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    /// A fresh stamp for a local change.
+    pub(crate) fn tick(&mut self) -> Stamp {
+        let hlc = self.clock.tick((self.wall)());
+        self.knows.insert(self.client, hlc);
+        Stamp {
+            hlc,
+            client: self.client,
+        }
+    }
+
+    /// The slot of key `k` in object `n`, created empty if missing.
+    pub(crate) fn field_slot(&mut self, n: Ix, k: &str) -> u32 {
+        let Body::Obj(o) = &mut self.nodes[n as usize].body else {
+            unreachable!("node {n} checked to be an object")
+        };
+        if let Some(s) = o.keys.get(k) {
+            return *s;
+        }
+        let s = o.slots.len() as u32;
+        o.slots.push(Field {
+            key: k.to_string(),
+            val: Val::Gone,
+            stamp: Stamp::ZERO,
+            u: 0,
+        });
+        o.keys.insert(k.to_string(), s);
+        s
+    }
+
+    pub(crate) fn write_field(&mut self, n: Ix, slot: u32, val: Val, stamp: Stamp, u: u64) {
+        let Body::Obj(o) = &mut self.nodes[n as usize].body else {
+            unreachable!("node {n} checked to be an object")
+        };
+        let f = &mut o.slots[slot as usize];
+        let old_u = f.u;
+        f.val = val;
+        f.stamp = stamp;
+        f.u = u;
+        self.reindex(n, slot, old_u, u);
+    }
+
+    /// Moves a slot's entry in the change index to version `u`.
+    pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
+        self.index.remove(&(old_u, n, slot));
+        self.index.insert((u, n, slot));
+        let node = &mut self.nodes[n as usize];
+        node.u = node.u.max(u);
+    }
+
+    /// Turns a user value into a slot value, creating nodes for objects and arrays.
+    pub(crate) fn make_val(&mut self, value: &Value, stamp: Stamp, parent: (Ix, u32), u: u64) -> Val {
+        match value {
+            Value::Object(_) | Value::Array(_) => Val::Node(self.new_node(value, stamp, Some(parent), u)),
+            p => Val::Prim(p.clone()),
+        }
+    }
+
+    /// Creates a node (and its descendants) for a local object or array value.
+    fn new_node(&mut self, value: &Value, id: Stamp, parent: Option<(Ix, u32)>, u: u64) -> Ix {
+        let ix = self.nodes.len() as Ix;
+        let body = if value.is_array() {
+            Body::Arr(Arr::default())
+        } else {
+            Body::Obj(Obj::default())
+        };
+        self.nodes.push(Node {
+            id,
+            parent,
+            u,
+            body,
+        });
+        self.by_id.insert(id, ix);
+        match value {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let slot = self.field_slot(ix, k);
+                    let stamp = if v.is_object() || v.is_array() {
+                        self.tick()
+                    } else {
+                        id
+                    };
+                    let val = self.make_val(v, stamp, (ix, slot), u);
+                    self.write_field(ix, slot, val, stamp, u);
+                }
+            }
+            Value::Array(items) => self.insert_values_at(ix, 0, items, u),
+            _ => {}
+        }
+        ix
+    }
+
+    /// Inserts values at visible index `at` of array `n` as a new local version.
+    fn insert_values(&mut self, n: Ix, at: usize, items: &[Value]) {
+        let u = self.begin();
+        self.insert_values_at(n, at, items, u);
+    }
+
+    fn insert_values_at(&mut self, n: Ix, at: usize, items: &[Value], u: u64) {
+        let a = self.arr(n);
+        let (mut origin, mut pos) = if at == 0 {
+            (None, 0)
+        } else {
+            let p = visible_pos(a, at - 1).unwrap_or(a.order.len().saturating_sub(1));
+            (Some(a.slots[a.order[p] as usize].id), p + 1)
+        };
+        for item in items {
+            let id = self.tick();
+            let slot = self.arr(n).slots.len() as u32;
+            let val = self.make_val(item, id, (n, slot), u);
+            let a = self.arr_mut(n);
+            a.slots.push(Elem {
+                id,
+                origin,
+                val,
+                vstamp: id,
+                removed: None,
+                u,
+            });
+            a.order.insert(pos, slot);
+            a.by_id.insert(id, slot);
+            a.last_pos = Some(pos);
+            self.index.insert((u, n, slot));
+            let node = &mut self.nodes[n as usize];
+            node.u = node.u.max(u);
+            origin = Some(id);
+            pos += 1;
+        }
+    }
+
+    fn replace_elem(&mut self, n: Ix, i: usize, value: &Value, u: u64) {
+        let stamp = self.tick();
+        let a = self.arr(n);
+        let Some(pos) = visible_pos(a, i) else { return };
+        let slot = a.order[pos];
+        let val = self.make_val(value, stamp, (n, slot), u);
+        let e = &mut self.arr_mut(n).slots[slot as usize];
+        let old_u = e.u;
+        e.val = val;
+        e.vstamp = stamp;
+        e.u = u;
+        self.reindex(n, slot, old_u, u);
+    }
+
+    fn remove_elem(&mut self, n: Ix, i: usize, u: u64) {
+        let stamp = self.tick();
+        let a = self.arr_mut(n);
+        let Some(pos) = visible_pos(a, i) else { return };
+        let slot = a.order[pos];
+        a.dead += 1;
+        let e = &mut a.slots[slot as usize];
+        let old_u = e.u;
+        e.removed = Some(stamp);
+        e.val = Val::Gone;
+        e.u = u;
+        self.reindex(n, slot, old_u, u);
+    }
+
+    /// Whether a node is reachable from the root through live links.
+    pub(crate) fn attached(&self, mut n: Ix, cache: &mut HashMap<Ix, bool>) -> bool {
+        let mut chain = Vec::new();
+        let result = loop {
+            if n == ROOT {
+                break true;
+            }
+            if let Some(known) = cache.get(&n) {
+                break *known;
+            }
+            chain.push(n);
+            let Some((p, s)) = self.nodes[n as usize].parent else {
+                break false;
+            };
+            let holds = match &self.nodes[p as usize].body {
+                Body::Obj(o) => o.slots[s as usize].val == Val::Node(n),
+                Body::Arr(a) => {
+                    let e = &a.slots[s as usize];
+                    e.removed.is_none() && e.val == Val::Node(n)
+                }
+            };
+            if !holds {
+                break false;
+            }
+            n = p;
+        };
+        for c in chain {
+            cache.insert(c, result);
+        }
+        result
+    }
+}
+
+/// Position in `order` of the element at visible index `i`.
+pub(crate) fn visible_pos(a: &Arr, i: usize) -> Option<usize> {
+    if a.dead == 0 {
+        return (i < a.order.len()).then_some(i);
+    }
+    let mut seen = 0;
+    for (pos, s) in a.order.iter().enumerate() {
+        if a.slots[*s as usize].removed.is_none() {
+            if seen == i {
+                return Some(pos);
+            }
+            seen += 1;
+        }
+    }
+    None
+}
+
+/// A total order of JSON values, used by `sort`.
+pub fn json_order(a: &Value, b: &Value) -> Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Number(_) => 2,
+            Value::String(_) => 3,
+            Value::Array(_) => 4,
+            Value::Object(_) => 5,
+        }
+    }
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&y.as_f64().unwrap_or(0.0)),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Array(_), Value::Array(_)) | (Value::Object(_), Value::Object(_)) => {
+            a.to_string().cmp(&b.to_string())
+        }
+        _ => rank(a).cmp(&rank(b)),
+    }
+}

@@ -1,0 +1,129 @@
+//! Making changes objects: everything, or only what a given peer lacks.
+//!
+//! The slot index is read from the peer's `lastAcknowledged` onwards, so the work is proportional
+//! to what changed since, not to the document. Slots whose every stamp the peer is known to hold
+//! (from its own word or relayed by a third replica) are left out.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
+use crate::engine::stamp::Stamp;
+use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WVal};
+
+impl Document {
+    /// Everything: a changes object from which any new replica can be created.
+    pub fn changes(&self) -> Changes {
+        self.make_changes(0, None, true)
+    }
+
+    /// What `peer` has not acknowledged and is not known to hold. With no changes to carry it is
+    /// still a valid acknowledgement (client states only).
+    pub fn changes_for(&self, peer: crate::engine::ClientId) -> Changes {
+        match self.peers.get(&peer) {
+            Some(p) => self.make_changes(p.last_acknowledged, Some(&p.knows), false),
+            None => self.make_changes(0, None, false),
+        }
+    }
+
+    fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
+        let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::new();
+        let mut attached = HashMap::new();
+        for &(_, n, s) in self.index.range((since + 1, 0, 0)..) {
+            if knows.is_some_and(|k| self.known_to(k, n, s)) || !self.attached(n, &mut attached) {
+                continue;
+            }
+            let mut node = n;
+            let mut slot = s;
+            loop {
+                if !include.entry(node).or_default().insert(slot) {
+                    break;
+                }
+                match self.nodes[node as usize].parent {
+                    Some((p, ps)) => {
+                        node = p;
+                        slot = ps;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let root = if include.is_empty() && !full {
+            None
+        } else {
+            Some(self.wire_node(ROOT, &include))
+        };
+        Changes {
+            doc_id: self.doc_id.clone(),
+            sent_by: self.client,
+            from_version: self.version,
+            changes_since: since,
+            knows: self.knows.clone(),
+            client_states: self.client_states(),
+            root,
+        }
+    }
+
+    /// Whether a peer with knowledge `k` holds every stamp of a slot.
+    fn known_to(&self, k: &Knowledge, n: Ix, s: u32) -> bool {
+        let has = |st: Stamp| k.get(&st.client).is_some_and(|h| *h >= st.hlc);
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => has(o.slots[s as usize].stamp),
+            Body::Arr(a) => {
+                let e = &a.slots[s as usize];
+                has(e.id) && has(e.vstamp) && e.removed.is_none_or(has)
+            }
+        }
+    }
+
+    /// The wire form of node `n` with the slots chosen for it (recursion depth is bounded by the
+    /// document depth limit).
+    fn wire_node(&self, n: Ix, include: &HashMap<Ix, BTreeSet<u32>>) -> WNode {
+        let node = &self.nodes[n as usize];
+        let empty = BTreeSet::new();
+        let slots = include.get(&n).unwrap_or(&empty);
+        let wval = |v: &Val| match v {
+            Val::Prim(p) => WVal::Prim(p.clone()),
+            Val::Node(c) => WVal::Node(Box::new(self.wire_node(*c, include))),
+            Val::Gone => WVal::Prim(serde_json::Value::Null),
+        };
+        let body = match &node.body {
+            Body::Obj(o) => WBody::Obj(
+                slots
+                    .iter()
+                    .map(|s| {
+                        let f = &o.slots[*s as usize];
+                        WField {
+                            key: f.key.clone(),
+                            val: (f.val != Val::Gone).then(|| wval(&f.val)),
+                            stamp: f.stamp,
+                        }
+                    })
+                    .collect(),
+            ),
+            Body::Arr(a) => {
+                let mut elems: Vec<WElem> = slots
+                    .iter()
+                    .map(|s| {
+                        let e = &a.slots[*s as usize];
+                        WElem {
+                            id: e.id,
+                            origin: e.origin,
+                            val: e
+                                .removed
+                                .is_none()
+                                .then(|| (wval(&e.val), e.vstamp)),
+                            removed: e.removed,
+                        }
+                    })
+                    .collect();
+                elems.sort_by_key(|e| e.id);
+                WBody::Arr(elems)
+            }
+        };
+        WNode {
+            id: node.id,
+            u: node.u,
+            body,
+        }
+    }
+}

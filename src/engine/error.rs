@@ -1,0 +1,60 @@
+//! Errors of the sync engine.
+//!
+//! Every error names what is wrong and, where it applies, where in the input it was found, so that a
+//! user (or the agent's log) can tell a truncated mail from a hostile one without a debugger.
+
+/// Why an engine operation was refused. The replica is unchanged whenever one of these is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The changes text is not JSON, or is truncated.
+    #[error("changes are not valid JSON: {0}")]
+    Json(String),
+    /// The changes object does not follow the format; `at` is a JSON path into the object.
+    #[error("malformed changes at {at}: {msg}")]
+    Malformed { at: String, msg: String },
+    /// The changes object was written by a newer minisync.
+    #[error("changes use format version {found}; this build reads versions up to {supported}")]
+    UnsupportedVersion { found: u64, supported: u64 },
+    /// The changes object belongs to another document.
+    #[error("changes are for document {found:?} but this replica holds document {expected:?}")]
+    WrongDocument { expected: String, found: String },
+    /// The changes object is well formed but contradicts what this replica knows.
+    #[error("changes rejected at {at}: {msg}")]
+    Conflict { at: String, msg: String },
+    /// Input nests deeper than the engine accepts.
+    #[error("{what} nests deeper than {limit} levels")]
+    TooDeep { what: &'static str, limit: usize },
+    /// A path does not name something that the operation can act on.
+    #[error("path {path:?}: {msg}")]
+    Path { path: String, msg: String },
+    /// A value given to a local operation cannot be stored (for example the root set to a number).
+    #[error("invalid value: {0}")]
+    Value(String),
+    /// A saved replica state could not be restored.
+    #[error("saved state is corrupt: {0}")]
+    Snapshot(String),
+}
+
+impl Error {
+    pub(crate) fn malformed(at: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Malformed {
+            at: at.into(),
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn conflict(at: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Conflict {
+            at: at.into(),
+            msg: msg.into(),
+        }
+    }
+    pub(crate) fn path(path: &str, msg: impl Into<String>) -> Self {
+        Error::Path {
+            path: path.to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Result of engine operations.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,456 @@
+//! Merging a changes object into a replica.
+//!
+//! `apply` works in two passes: `check` reads the changes against the replica and refuses anything
+//! inconsistent (wrong document, a node in two places, an element whose origin is unknown, a stamp
+//! reused for two different values, versions from the future...) without touching the replica;
+//! only then `integrate` writes, and it cannot fail. So a refused changes object leaves the replica
+//! exactly as it was, and an accepted one is applied whole.
+//!
+//! Conflict rule: every slot keeps the write with the greatest stamp. Array rule: RGA — an element
+//! goes right after its origin, after any siblings with greater stamps. Writes inside a node that is
+//! no longer reachable (its key was overwritten or removed, its element removed) are dropped:
+//! removal wins over concurrent edits inside the removed object.
+
+use std::collections::HashSet;
+
+use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
+use crate::engine::error::{Error, Result};
+use crate::engine::stamp::Stamp;
+use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WNode, WVal};
+
+/// What a merge did, for logs and for the agent's decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// Whether the document changed (its version grew).
+    pub changed: bool,
+    /// The replica's version after the merge.
+    pub version: u64,
+}
+
+/// Where a wire node sits, for the location check.
+enum Loc<'a> {
+    Root,
+    Key(Option<Ix>, &'a str),
+    Elem(Option<Ix>, Stamp),
+}
+
+struct Check<'c> {
+    changes: &'c Changes,
+    seen: HashSet<Stamp>,
+    max_hlc: u64,
+    trail: Vec<String>,
+}
+
+impl Check<'_> {
+    fn at(&self) -> String {
+        let mut s = String::from("$.changes");
+        for t in &self.trail {
+            s.push_str(t);
+        }
+        s
+    }
+    fn fail<T>(&self, msg: impl Into<String>) -> Result<T> {
+        Err(Error::conflict(self.at(), msg))
+    }
+    /// Every stamp must be covered by what the sender says it holds, and moves our clock.
+    fn stamp(&mut self, s: Stamp) -> Result<()> {
+        if self.changes.knows.get(&s.client).is_none_or(|h| *h < s.hlc) {
+            return self.fail(format!(
+                "stamp {s} is newer than what the sender says it holds of client {}",
+                s.client
+            ));
+        }
+        self.max_hlc = self.max_hlc.max(s.hlc);
+        Ok(())
+    }
+}
+
+impl Document {
+    /// Creates a new replica (with a fresh client id) from a full changes object.
+    pub fn from_changes(changes: &Changes) -> Result<Self> {
+        Self::from_changes_as(changes, crate::engine::ClientId::random())
+    }
+
+    /// Creates a new replica with the given client id from a full changes object.
+    pub fn from_changes_as(changes: &Changes, client: crate::engine::ClientId) -> Result<Self> {
+        if changes.changes_since != 0 {
+            return Err(Error::malformed(
+                "$.changesSince",
+                "a replica can only be created from a full changes object (changesSince 0)",
+            ));
+        }
+        let root = changes
+            .root
+            .as_ref()
+            .ok_or_else(|| Error::malformed("$.changes", "a full changes object needs the document"))?;
+        if client == changes.sent_by {
+            return Err(Error::Value("the new replica needs a client id of its own".into()));
+        }
+        let mut doc = Document::empty(changes.doc_id.clone(), client, Some(root.id));
+        doc.apply(changes)?;
+        Ok(doc)
+    }
+
+    /// Merges a changes object. On error the replica is unchanged.
+    pub fn apply(&mut self, changes: &Changes) -> Result<MergeOutcome> {
+        if changes.doc_id != self.doc_id {
+            return Err(Error::WrongDocument {
+                expected: self.doc_id.clone(),
+                found: changes.doc_id.clone(),
+            });
+        }
+        if changes.sent_by == self.client {
+            return Err(Error::conflict(
+                "$.sentBy",
+                "changes sent by this replica's own client id (two replicas share an id?)",
+            ));
+        }
+        let about_us = changes
+            .client_states
+            .iter()
+            .find(|c| c.client_id == self.client)
+            .map(|c| c.last_received)
+            .unwrap_or(0);
+        if about_us > self.version {
+            return Err(Error::conflict(
+                "$.clientStates",
+                format!(
+                    "the sender claims to have received version {about_us} of this replica, which is only at version {}",
+                    self.version
+                ),
+            ));
+        }
+        let mut check = Check {
+            changes,
+            seen: HashSet::new(),
+            max_hlc: 0,
+            trail: Vec::new(),
+        };
+        if let Some(root) = &changes.root {
+            self.check_node(root, Loc::Root, 1, &mut check)?;
+        }
+
+        // Everything is known to be consistent: from here on nothing can fail.
+        self.clock.observe(check.max_hlc);
+        let before = self.version;
+        let u = before + 1;
+        let mut changed = false;
+        if let Some(root) = &changes.root {
+            self.integrate(root, ROOT, u, &mut changed);
+        }
+        if changed {
+            self.version = u;
+        }
+        for (c, h) in &changes.knows {
+            let mine = self.knows.entry(*c).or_default();
+            *mine = (*mine).max(*h);
+        }
+        let sender = self.peers.entry(changes.sent_by).or_default();
+        sender.last_received = sender.last_received.max(changes.from_version);
+        sender.last_acknowledged = sender.last_acknowledged.max(about_us);
+        if about_us == before {
+            // The sender held all of ours, so all we hold now it holds too: without this, merging
+            // its changes would make "new" changes to send back, forever.
+            sender.last_acknowledged = self.version;
+        }
+        merge_knows(&mut sender.knows, &changes.knows);
+        for row in &changes.client_states {
+            if row.client_id != self.client && row.client_id != changes.sent_by {
+                merge_knows(&mut self.peers.entry(row.client_id).or_default().knows, &row.knows);
+            }
+        }
+        Ok(MergeOutcome {
+            changed,
+            version: self.version,
+        })
+    }
+
+    fn check_node(&self, w: &WNode, loc: Loc, depth: usize, c: &mut Check) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                what: "document in changes",
+                limit: MAX_DEPTH,
+            });
+        }
+        if !c.seen.insert(w.id) {
+            return c.fail(format!("node id {} appears twice", w.id));
+        }
+        c.stamp(w.id)?;
+        let local = self.by_id.get(&w.id).copied();
+        match (&loc, local) {
+            (Loc::Root, Some(ROOT)) => {}
+            (Loc::Root, _) => {
+                return c.fail(format!(
+                    "the document root is {} here but {} in the changes",
+                    self.nodes[ROOT as usize].id, w.id
+                ));
+            }
+            (_, Some(ix)) => {
+                let at_same_place = match (&loc, self.nodes[ix as usize].parent) {
+                    (Loc::Key(Some(p), k), Some((lp, ls))) if *p == lp => {
+                        matches!(&self.nodes[lp as usize].body, Body::Obj(o) if o.slots[ls as usize].key == *k)
+                    }
+                    (Loc::Elem(Some(p), e), Some((lp, ls))) if *p == lp => {
+                        matches!(&self.nodes[lp as usize].body, Body::Arr(a) if a.slots[ls as usize].id == *e)
+                    }
+                    _ => false,
+                };
+                if !at_same_place {
+                    return c.fail(format!("node {} is known here at another place", w.id));
+                }
+            }
+            (_, None) => {}
+        }
+        let local_body = local.map(|ix| &self.nodes[ix as usize].body);
+        match (&w.body, local_body) {
+            (WBody::Obj(_), Some(Body::Arr(_))) => {
+                return c.fail(format!("node {} is an array here, an object in the changes", w.id));
+            }
+            (WBody::Arr(_), Some(Body::Obj(_))) => {
+                return c.fail(format!("node {} is an object here, an array in the changes", w.id));
+            }
+            _ => {}
+        }
+        match &w.body {
+            WBody::Obj(fields) => {
+                let lo = match local_body {
+                    Some(Body::Obj(o)) => Some(o),
+                    _ => None,
+                };
+                for f in fields {
+                    c.trail.push(format!(".{}", f.key));
+                    c.stamp(f.stamp)?;
+                    let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
+                    if let Some(lf) = lf {
+                        if lf.stamp == f.stamp && !self.same_val(&lf.val, f.val.as_ref()) {
+                            return c.fail(format!("stamp {} is used here for another value", f.stamp));
+                        }
+                    }
+                    if let Some(WVal::Node(child)) = &f.val {
+                        self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
+                    }
+                    c.trail.pop();
+                }
+            }
+            WBody::Arr(elems) => {
+                let la = match local_body {
+                    Some(Body::Arr(a)) => Some(a),
+                    _ => None,
+                };
+                let ids: HashSet<Stamp> = elems.iter().map(|e| e.id).collect();
+                if ids.len() != elems.len() {
+                    return c.fail("an element id appears twice in one array");
+                }
+                for e in elems {
+                    c.trail.push(format!("[{}]", e.id));
+                    self.check_elem(e, la, &ids, c)?;
+                    if let Some((WVal::Node(child), _)) = &e.val {
+                        self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
+                    }
+                    c.trail.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_elem(&self, e: &WElem, la: Option<&Arr>, ids: &HashSet<Stamp>, c: &mut Check) -> Result<()> {
+        c.stamp(e.id)?;
+        if let Some(o) = e.origin {
+            if o >= e.id {
+                return c.fail(format!("element {} is not newer than its origin {o}", e.id));
+            }
+            if !ids.contains(&o) && !la.is_some_and(|a| a.by_id.contains_key(&o)) {
+                return c.fail(format!("element {} follows unknown element {o}", e.id));
+            }
+        }
+        if let Some(r) = e.removed {
+            c.stamp(r)?;
+            if r <= e.id {
+                return c.fail(format!("element {} removed before it was inserted", e.id));
+            }
+        }
+        if let Some((_, vs)) = &e.val {
+            c.stamp(*vs)?;
+            if *vs < e.id {
+                return c.fail(format!("element {} has a value older than itself", e.id));
+            }
+        }
+        let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| &a.slots[*s as usize]));
+        if let Some(le) = le {
+            if le.origin != e.origin {
+                return c.fail(format!("element {} has another origin here", e.id));
+            }
+            if let Some((v, vs)) = &e.val {
+                if le.removed.is_none() && le.vstamp == *vs && !self.same_val(&le.val, Some(v)) {
+                    return c.fail(format!("stamp {vs} is used here for another value"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn same_val(&self, local: &Val, wire: Option<&WVal>) -> bool {
+        match (local, wire) {
+            (Val::Gone, None) => true,
+            (Val::Prim(a), Some(WVal::Prim(b))) => a == b,
+            (Val::Node(n), Some(WVal::Node(w))) => self.nodes[*n as usize].id == w.id,
+            _ => false,
+        }
+    }
+
+    /// Writes a checked wire node into local node `ix` (which is reachable).
+    fn integrate(&mut self, w: &WNode, ix: Ix, u: u64, changed: &mut bool) {
+        match &w.body {
+            WBody::Obj(fields) => {
+                for f in fields {
+                    let slot = self.field_slot(ix, &f.key);
+                    let Body::Obj(o) = &self.nodes[ix as usize].body else { return };
+                    if f.stamp > o.slots[slot as usize].stamp {
+                        let val = match &f.val {
+                            None => Val::Gone,
+                            Some(WVal::Prim(p)) => Val::Prim(p.clone()),
+                            Some(WVal::Node(c)) => Val::Node(self.node_for(c, (ix, slot), u)),
+                        };
+                        self.write_field(ix, slot, val, f.stamp, u);
+                        *changed = true;
+                    }
+                    if let Some(WVal::Node(c)) = &f.val {
+                        let Body::Obj(o) = &self.nodes[ix as usize].body else { return };
+                        if let Val::Node(cix) = o.slots[slot as usize].val {
+                            if self.nodes[cix as usize].id == c.id {
+                                self.integrate(c, cix, u, changed);
+                            }
+                        }
+                    }
+                }
+            }
+            WBody::Arr(elems) => {
+                let mut sorted: Vec<&WElem> = elems.iter().collect();
+                sorted.sort_by_key(|e| e.id);
+                for e in sorted {
+                    let slot = self.integrate_elem(e, ix, u, changed);
+                    if let Some((WVal::Node(c), _)) = &e.val {
+                        let el = &self.arr(ix).slots[slot as usize];
+                        if let (None, Val::Node(cix)) = (el.removed, &el.val) {
+                            let cix = *cix;
+                            if self.nodes[cix as usize].id == c.id {
+                                self.integrate(c, cix, u, changed);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn integrate_elem(&mut self, e: &WElem, ix: Ix, u: u64, changed: &mut bool) -> u32 {
+        if let Some(&slot) = self.arr(ix).by_id.get(&e.id) {
+            let el = &self.arr(ix).slots[slot as usize];
+            let old_u = el.u;
+            if el.removed.is_some() {
+                return slot;
+            }
+            if let Some(r) = e.removed {
+                let a = self.arr_mut(ix);
+                a.dead += 1;
+                let el = &mut a.slots[slot as usize];
+                el.removed = Some(r);
+                el.val = Val::Gone;
+                el.u = u;
+                self.reindex(ix, slot, old_u, u);
+                *changed = true;
+            } else if let Some((v, vs)) = &e.val {
+                if *vs > el.vstamp {
+                    let val = self.wire_val(v, (ix, slot), u);
+                    let el = &mut self.arr_mut(ix).slots[slot as usize];
+                    el.val = val;
+                    el.vstamp = *vs;
+                    el.u = u;
+                    self.reindex(ix, slot, old_u, u);
+                    *changed = true;
+                }
+            }
+            return slot;
+        }
+        let a = self.arr(ix);
+        let mut pos = match e.origin {
+            None => 0,
+            Some(o) => position_of(a, o) + 1,
+        };
+        while pos < a.order.len() && a.slots[a.order[pos] as usize].id > e.id {
+            pos += 1;
+        }
+        let slot = a.slots.len() as u32;
+        let (val, vstamp) = match (&e.val, e.removed) {
+            (Some((v, vs)), None) => (self.wire_val(v, (ix, slot), u), *vs),
+            _ => (Val::Gone, e.id),
+        };
+        let a = self.arr_mut(ix);
+        a.slots.push(Elem {
+            id: e.id,
+            origin: e.origin,
+            val,
+            vstamp,
+            removed: e.removed,
+            u,
+        });
+        a.order.insert(pos, slot);
+        a.by_id.insert(e.id, slot);
+        a.last_pos = Some(pos);
+        if e.removed.is_some() {
+            a.dead += 1;
+        }
+        self.reindex(ix, slot, 0, u);
+        *changed = true;
+        slot
+    }
+
+    fn wire_val(&mut self, v: &WVal, parent: (Ix, u32), u: u64) -> Val {
+        match v {
+            WVal::Prim(p) => Val::Prim(p.clone()),
+            WVal::Node(c) => Val::Node(self.node_for(c, parent, u)),
+        }
+    }
+
+    /// The local node for a wire node, created empty (to be filled by `integrate`) if new.
+    fn node_for(&mut self, w: &WNode, parent: (Ix, u32), u: u64) -> Ix {
+        if let Some(ix) = self.by_id.get(&w.id) {
+            return *ix;
+        }
+        let ix = self.nodes.len() as Ix;
+        self.nodes.push(Node {
+            id: w.id,
+            parent: Some(parent),
+            u,
+            body: if w.is_array() {
+                Body::Arr(Arr::default())
+            } else {
+                Body::Obj(Obj::default())
+            },
+        });
+        self.by_id.insert(w.id, ix);
+        ix
+    }
+}
+
+/// Position in document order of the element with id `id` (known to exist: checked before).
+fn position_of(a: &Arr, id: Stamp) -> usize {
+    if let Some(p) = a.last_pos {
+        if a.order.get(p).is_some_and(|s| a.slots[*s as usize].id == id) {
+            return p;
+        }
+    }
+    a.order
+        .iter()
+        .position(|s| a.slots[*s as usize].id == id)
+        .unwrap_or(a.order.len().saturating_sub(1))
+}
+
+fn merge_knows(into: &mut crate::engine::wire::Knowledge, from: &crate::engine::wire::Knowledge) {
+    for (c, h) in from {
+        let e = into.entry(*c).or_default();
+        *e = (*e).max(*h);
+    }
+}
+

@@ -1,0 +1,22 @@
+//! The sync engine: JSON documents whose replicas converge, with no I/O.
+//!
+//! A [`Document`] is one replica. Local edits go through paths (`foo.bar[1].baz`); what a peer
+//! lacks comes out of [`Document::changes_for`] as a [`Changes`] object; [`Document::apply`] merges
+//! one in. The agent and the transports only call into this module; it knows nothing of them.
+
+mod doc;
+mod emit;
+mod error;
+mod merge;
+pub mod path;
+mod snapshot;
+mod stamp;
+mod wire;
+
+pub use doc::{Document, PeerState, WallClock, json_order, random_doc_id};
+pub use error::{Error, Result};
+pub use merge::MergeOutcome;
+pub use stamp::{ClientId, Hlc, Stamp, system_now_ms};
+pub use wire::{
+    ClientState, Changes, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
+};

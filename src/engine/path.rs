@@ -1,0 +1,107 @@
+//! Paths into a document: `foo.bar[1].baz`, with `["any key"]` for keys that hold dots or brackets.
+
+use crate::engine::error::{Error, Result};
+
+/// One step of a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// A key of an object.
+    Key(String),
+    /// A position in an array.
+    Index(usize),
+}
+
+/// Splits a path into segments. The empty path names the document root.
+pub fn parse(path: &str) -> Result<Vec<Segment>> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = path.chars().collect();
+    let mut i = 0;
+    let mut expect_key = true;
+    while i < chars.len() {
+        match chars[i] {
+            '.' => {
+                if out.is_empty() || expect_key {
+                    return Err(Error::path(path, format!("unexpected '.' at {i}")));
+                }
+                expect_key = true;
+                i += 1;
+                if i == chars.len() {
+                    return Err(Error::path(path, "ends with '.'"));
+                }
+            }
+            '[' => {
+                let close = chars[i..]
+                    .iter()
+                    .position(|c| *c == ']')
+                    .map(|p| p + i)
+                    .ok_or_else(|| Error::path(path, format!("'[' at {i} is never closed")))?;
+                let inner: String = chars[i + 1..close].iter().collect();
+                if let Some(quoted) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                    out.push(Segment::Key(quoted.replace("\\\"", "\"")));
+                } else {
+                    let n = inner.trim().parse::<usize>().map_err(|_| {
+                        Error::path(path, format!("{inner:?} is not an array index"))
+                    })?;
+                    out.push(Segment::Index(n));
+                }
+                expect_key = false;
+                i = close + 1;
+            }
+            _ => {
+                if !expect_key && !out.is_empty() {
+                    return Err(Error::path(path, format!("expected '.' or '[' at {i}")));
+                }
+                let start = i;
+                while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                    i += 1;
+                }
+                out.push(Segment::Key(chars[start..i].iter().collect()));
+                expect_key = false;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Renders segments back into path text (used in error messages).
+pub fn render(segments: &[Segment]) -> String {
+    let mut s = String::new();
+    for seg in segments {
+        match seg {
+            Segment::Key(k) if !k.is_empty() && !k.contains(['.', '[', ']', '"']) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Segment::Key(k) => s.push_str(&format!("[\"{}\"]", k.replace('"', "\\\""))),
+            Segment::Index(n) => s.push_str(&format!("[{n}]")),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Segment::*;
+
+    #[test]
+    fn parses_keys_indexes_and_quoted_keys() {
+        assert_eq!(parse("").unwrap(), vec![]);
+        assert_eq!(
+            parse("foo.bar[1].baz").unwrap(),
+            vec![Key("foo".into()), Key("bar".into()), Index(1), Key("baz".into())]
+        );
+        assert_eq!(
+            parse("[\"a.b\"][0]").unwrap(),
+            vec![Key("a.b".into()), Index(0)]
+        );
+        assert_eq!(parse("_s.v").unwrap(), vec![Key("_s".into()), Key("v".into())]);
+        for bad in ["foo.", ".foo", "a[1", "a[x]", "a..b", "a[1]b"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let p = parse("foo[\"x.y\"][2].z").unwrap();
+        assert_eq!(parse(&render(&p)).unwrap(), p);
+    }
+}

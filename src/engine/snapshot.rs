@@ -1,0 +1,289 @@
+//! Saving a replica whole and restoring it exactly: client id, version, clock, peer table and every
+//! slot with its stamp and version. The form is flat (a list of nodes), so restoring never recurses.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::doc::{Arr, Body, Document, Elem, Field, Node, Obj, PeerState, Val};
+use crate::engine::error::{Error, Result};
+use crate::engine::stamp::{ClientId, Hlc, Stamp, system_now_ms};
+use crate::engine::wire::Knowledge;
+
+const SNAPSHOT_FORMAT: &str = "minisync-replica";
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Snap {
+    format: String,
+    version: u32,
+    doc_id: String,
+    client: ClientId,
+    doc_version: u64,
+    clock: u64,
+    knows: Knowledge,
+    peers: BTreeMap<ClientId, SnapPeer>,
+    nodes: Vec<SnapNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapPeer {
+    last_received: u64,
+    last_acknowledged: u64,
+    knows: Knowledge,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapNode {
+    id: Stamp,
+    parent: Option<(u32, u32)>,
+    u: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    obj: Option<Vec<SnapField>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    arr: Option<SnapArr>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapField {
+    k: String,
+    v: SnapVal,
+    t: Stamp,
+    u: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapArr {
+    slots: Vec<SnapElem>,
+    order: Vec<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapElem {
+    e: Stamp,
+    o: Option<Stamp>,
+    v: SnapVal,
+    t: Stamp,
+    r: Option<Stamp>,
+    u: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SnapVal {
+    P(Value),
+    N(u32),
+    G,
+}
+
+fn snap_val(v: &Val) -> SnapVal {
+    match v {
+        Val::Prim(p) => SnapVal::P(p.clone()),
+        Val::Node(n) => SnapVal::N(*n),
+        Val::Gone => SnapVal::G,
+    }
+}
+
+impl Document {
+    /// The whole replica state as JSON text, for storage.
+    pub fn save(&self) -> String {
+        let snap = Snap {
+            format: SNAPSHOT_FORMAT.into(),
+            version: SNAPSHOT_VERSION,
+            doc_id: self.doc_id.clone(),
+            client: self.client,
+            doc_version: self.version,
+            clock: self.clock.last(),
+            knows: self.knows.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(c, p)| {
+                    (
+                        *c,
+                        SnapPeer {
+                            last_received: p.last_received,
+                            last_acknowledged: p.last_acknowledged,
+                            knows: p.knows.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| SnapNode {
+                    id: n.id,
+                    parent: n.parent,
+                    u: n.u,
+                    obj: match &n.body {
+                        Body::Obj(o) => Some(
+                            o.slots
+                                .iter()
+                                .map(|f| SnapField {
+                                    k: f.key.clone(),
+                                    v: snap_val(&f.val),
+                                    t: f.stamp,
+                                    u: f.u,
+                                })
+                                .collect(),
+                        ),
+                        Body::Arr(_) => None,
+                    },
+                    arr: match &n.body {
+                        Body::Arr(a) => Some(SnapArr {
+                            slots: a
+                                .slots
+                                .iter()
+                                .map(|e| SnapElem {
+                                    e: e.id,
+                                    o: e.origin,
+                                    v: snap_val(&e.val),
+                                    t: e.vstamp,
+                                    r: e.removed,
+                                    u: e.u,
+                                })
+                                .collect(),
+                            order: a.order.clone(),
+                        }),
+                        Body::Obj(_) => None,
+                    },
+                })
+                .collect(),
+        };
+        serde_json::to_string(&snap).unwrap_or_default()
+    }
+
+    /// Restores a replica saved by [`Document::save`], checking that it is consistent.
+    pub fn restore(text: &str) -> Result<Self> {
+        let snap: Snap =
+            serde_json::from_str(text).map_err(|e| Error::Snapshot(e.to_string()))?;
+        if snap.format != SNAPSHOT_FORMAT || snap.version != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot(format!(
+                "unknown saved format {:?} version {}",
+                snap.format, snap.version
+            )));
+        }
+        let bad = |m: String| Error::Snapshot(m);
+        let count = snap.nodes.len() as u32;
+        if count == 0 {
+            return Err(bad("no root node".into()));
+        }
+        let val = |v: SnapVal| -> Result<Val> {
+            Ok(match v {
+                SnapVal::P(p) if !p.is_object() && !p.is_array() => Val::Prim(p),
+                SnapVal::P(_) => return Err(bad("a primitive slot holds a container".into())),
+                SnapVal::N(n) if n > 0 && n < count => Val::Node(n),
+                SnapVal::N(n) => return Err(bad(format!("slot refers to node {n} of {count}"))),
+                SnapVal::G => Val::Gone,
+            })
+        };
+        let mut nodes = Vec::with_capacity(snap.nodes.len());
+        let mut by_id = HashMap::new();
+        let mut index = BTreeSet::new();
+        for (ix, n) in snap.nodes.into_iter().enumerate() {
+            let ix = ix as u32;
+            if by_id.insert(n.id, ix).is_some() {
+                return Err(bad(format!("node id {} appears twice", n.id)));
+            }
+            if (ix == 0) != n.parent.is_none() || n.parent.is_some_and(|(p, _)| p >= count) {
+                return Err(bad(format!("node {ix} has an impossible parent")));
+            }
+            let body = match (n.obj, n.arr) {
+                (Some(fields), None) => {
+                    let mut o = Obj::default();
+                    for (s, f) in fields.into_iter().enumerate() {
+                        index.insert((f.u, ix, s as u32));
+                        if o.keys.insert(f.k.clone(), s as u32).is_some() {
+                            return Err(bad(format!("node {ix} has key {:?} twice", f.k)));
+                        }
+                        o.slots.push(Field {
+                            key: f.k,
+                            val: val(f.v)?,
+                            stamp: f.t,
+                            u: f.u,
+                        });
+                    }
+                    Body::Obj(o)
+                }
+                (None, Some(sa)) => {
+                    let mut a = Arr::default();
+                    for (s, e) in sa.slots.into_iter().enumerate() {
+                        index.insert((e.u, ix, s as u32));
+                        a.by_id.insert(e.e, s as u32);
+                        if e.r.is_some() {
+                            a.dead += 1;
+                        }
+                        a.slots.push(Elem {
+                            id: e.e,
+                            origin: e.o,
+                            val: val(e.v)?,
+                            vstamp: e.t,
+                            removed: e.r,
+                            u: e.u,
+                        });
+                    }
+                    let mut seen = vec![false; a.slots.len()];
+                    for s in &sa.order {
+                        match seen.get_mut(*s as usize) {
+                            Some(b) if !*b => *b = true,
+                            _ => return Err(bad(format!("array node {ix} has a broken order"))),
+                        }
+                    }
+                    if sa.order.len() != a.slots.len() || a.by_id.len() != a.slots.len() {
+                        return Err(bad(format!("array node {ix} has a broken order")));
+                    }
+                    a.order = sa.order;
+                    Body::Arr(a)
+                }
+                _ => return Err(bad(format!("node {ix} is neither object nor array"))),
+            };
+            nodes.push(Node {
+                id: n.id,
+                parent: n.parent,
+                u: n.u,
+                body,
+            });
+        }
+        if !matches!(nodes[0].body, Body::Obj(_)) {
+            return Err(bad("the root is not an object".into()));
+        }
+        for (ix, n) in nodes.iter().enumerate() {
+            if let Some((p, s)) = n.parent {
+                let len = match &nodes[p as usize].body {
+                    Body::Obj(o) => o.slots.len(),
+                    Body::Arr(a) => a.slots.len(),
+                };
+                if s as usize >= len {
+                    return Err(bad(format!("node {ix} names a slot its parent lacks")));
+                }
+            }
+        }
+        Ok(Document {
+            doc_id: snap.doc_id,
+            client: snap.client,
+            version: snap.doc_version,
+            clock: Hlc::at(snap.clock),
+            nodes,
+            by_id,
+            index,
+            peers: snap
+                .peers
+                .into_iter()
+                .map(|(c, p)| {
+                    (
+                        c,
+                        PeerState {
+                            last_received: p.last_received,
+                            last_acknowledged: p.last_acknowledged,
+                            knows: p.knows,
+                        },
+                    )
+                })
+                .collect(),
+            knows: snap.knows,
+            wall: Arc::new(system_now_ms),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! Client ids, change stamps and the hybrid logical clock that orders them.
+//!
+//! Conflicts are decided by comparing [`Stamp`]s: a 64-bit hybrid logical clock value and, to break
+//! ties, the id of the client that made the change. Every replica computes the same order, so
+//! replicas that have seen the same changes hold the same values, whatever their wall clocks say.
+
+use std::fmt;
+
+use crate::engine::error::{Error, Result};
+
+/// Number of characters in a client id.
+pub const CLIENT_ID_LEN: usize = 16;
+
+/// Stamps at or above this value are refused: they could only come from a broken or hostile peer,
+/// and accepting one would let it push every clock to the end of time.
+pub const MAX_HLC: u64 = 1 << 62;
+
+/// Bits of the clock value that count events within one millisecond.
+const COUNTER_BITS: u32 = 16;
+
+/// A replica's identity: 16 ASCII letters or digits, packed into an integer so that stamps are
+/// small, `Copy`, and compare in the same order as the text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(u128);
+
+impl ClientId {
+    /// A fresh random id (lower-case letters and digits), as a new replica needs.
+    pub fn random() -> Self {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        let mut v: u128 = 0;
+        for _ in 0..CLIENT_ID_LEN {
+            v = (v << 8) | u128::from(ALPHABET[rng.random_range(0..ALPHABET.len())]);
+        }
+        ClientId(v)
+    }
+
+    /// Parses an id, refusing anything but exactly 16 ASCII letters and digits.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bytes = s.as_bytes();
+        if bytes.len() != CLIENT_ID_LEN || !bytes.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(Error::Value(format!(
+                "client id {s:?} is not {CLIENT_ID_LEN} ASCII letters or digits"
+            )));
+        }
+        Ok(ClientId(
+            bytes.iter().fold(0u128, |v, b| (v << 8) | u128::from(*b)),
+        ))
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = self.0.to_be_bytes();
+        // Only ASCII alphanumerics can be stored (see `parse` and `random`).
+        f.write_str(std::str::from_utf8(&bytes).unwrap_or("????????????????"))
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({self})")
+    }
+}
+
+/// The identity and order of one change: clock value first, client id to break ties.
+///
+/// Stamps also name things: a node's id is the stamp of the write that created it, and an array
+/// element's id is the stamp of its insertion.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stamp {
+    /// Hybrid logical clock value: wall-clock milliseconds << 16 plus a counter.
+    pub hlc: u64,
+    /// Who made the change.
+    pub client: ClientId,
+}
+
+impl Stamp {
+    /// Older than every real stamp: the stamp of a key that was never written.
+    pub const ZERO: Stamp = Stamp {
+        hlc: 0,
+        client: ClientId(0x3030_3030_3030_3030_3030_3030_3030_3030),
+    };
+
+    /// Parses the wire form `<hlc in hex>-<client id>`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::Value(format!("stamp {s:?} is not <hex clock>-<client id>"));
+        let (h, c) = s.split_once('-').ok_or_else(bad)?;
+        if h.is_empty() || h.len() > 16 {
+            return Err(bad());
+        }
+        let hlc = u64::from_str_radix(h, 16).map_err(|_| bad())?;
+        if hlc >= MAX_HLC {
+            return Err(Error::Value(format!(
+                "stamp {s:?} lies in the far future (clock value at or above 2^62)"
+            )));
+        }
+        Ok(Stamp {
+            hlc,
+            client: ClientId::parse(c).map_err(|_| bad())?,
+        })
+    }
+}
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}-{}", self.hlc, self.client)
+    }
+}
+
+impl fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stamp({self})")
+    }
+}
+
+impl serde::Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Stamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Stamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ClientId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hybrid logical clock: never behind the wall clock, never behind any stamp it has seen, and
+/// strictly increasing. A replica whose wall clock is hours ahead only makes the others' clocks
+/// jump forward with it; every replica still orders every pair of changes the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hlc {
+    last: u64,
+}
+
+impl Hlc {
+    /// A clock that has seen `last`.
+    pub fn at(last: u64) -> Self {
+        Hlc { last }
+    }
+
+    /// The last value handed out or observed.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The next clock value for a local change at wall time `now_ms`.
+    pub fn tick(&mut self, now_ms: u64) -> u64 {
+        let physical = now_ms.min(MAX_HLC >> COUNTER_BITS) << COUNTER_BITS;
+        self.last = (self.last + 1).max(physical).min(MAX_HLC - 1);
+        self.last
+    }
+
+    /// Moves the clock past a value seen in a remote change.
+    pub fn observe(&mut self, hlc: u64) {
+        self.last = self.last.max(hlc.min(MAX_HLC - 1));
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 if the system clock is before it).
+pub fn system_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_round_trip_and_order_like_text() {
+        let a = ClientId::parse("aaaaaaaaaaaaaaaa").unwrap();
+        let b = ClientId::parse("aaaaaaaaaaaaaaab").unwrap();
+        assert!(a < b);
+        assert_eq!(a.to_string(), "aaaaaaaaaaaaaaaa");
+        let r = ClientId::random();
+        assert_eq!(ClientId::parse(&r.to_string()).unwrap(), r);
+        assert!(ClientId::parse("short").is_err());
+        assert!(ClientId::parse("aaaaaaaaaaaaaaa-").is_err());
+    }
+
+    #[test]
+    fn stamps_round_trip_and_refuse_the_far_future() {
+        let s = Stamp {
+            hlc: 0x1234,
+            client: ClientId::parse("abcdefghijklmnop").unwrap(),
+        };
+        assert_eq!(Stamp::parse(&s.to_string()).unwrap(), s);
+        assert!(Stamp::parse("4000000000000000-abcdefghijklmnop").is_err());
+        assert!(Stamp::parse("xyz-abcdefghijklmnop").is_err());
+        assert!(Stamp::parse("12").is_err());
+    }
+
+    #[test]
+    fn clock_is_monotonic_and_follows_remote_values() {
+        let mut c = Hlc::default();
+        let a = c.tick(1000);
+        let b = c.tick(1000);
+        assert!(b > a);
+        c.observe(a + (5 << 30));
+        let d = c.tick(1000);
+        assert!(d > a + (5 << 30));
+        // A wall clock that goes backwards does not move the clock back.
+        let e = c.tick(1);
+        assert!(e > d);
+    }
+}

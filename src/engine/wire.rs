@@ -1,0 +1,706 @@
+//! The changes object: what travels between replicas.
+//!
+//! Parsing turns untrusted JSON into typed values and checks everything that can be checked without
+//! the replica (types, stamps, nesting, sizes); `merge` checks the rest against the replica before
+//! it changes anything. See docs/PROTOCOL.md for the format.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::engine::error::{Error, Result};
+use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
+
+/// Value of the `minisync` marker field.
+pub const FORMAT_MARKER: &str = "changes";
+/// The format version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// Deepest document nesting (objects and arrays inside each other) the engine stores or accepts.
+pub const MAX_DEPTH: usize = 200;
+/// Deepest JSON nesting of a changes object: each document level costs at most three JSON levels
+/// (array node, its `v` list, the element entry), plus the envelope.
+pub const MAX_JSON_DEPTH: usize = MAX_DEPTH * 3 + 8;
+/// Most nodes, fields and array elements one changes object may carry.
+pub const MAX_ITEMS: usize = 20_000_000;
+
+/// What a replica knows: for each client, the highest clock value of that client's changes it holds.
+/// Because every changes object is complete relative to what the receiver acknowledged, a replica
+/// holding a client's change also holds (or has superseded) all that client's earlier ones.
+pub type Knowledge = BTreeMap<ClientId, u64>;
+
+/// One row of a replica's table of clients, as relayed to others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientState {
+    /// Which client the row is about.
+    pub client_id: ClientId,
+    /// The sender's `lastReceived` for that client: the client's version it last merged.
+    pub last_received: u64,
+    /// The sender's `lastAcknowledged` for that client: the sender's own version it confirmed.
+    pub last_acknowledged: u64,
+    /// What the sender knows that client holds.
+    pub knows: Knowledge,
+}
+
+/// A parsed, structurally valid changes object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    pub(crate) doc_id: String,
+    pub(crate) sent_by: ClientId,
+    pub(crate) from_version: u64,
+    pub(crate) changes_since: u64,
+    pub(crate) knows: Knowledge,
+    pub(crate) client_states: Vec<ClientState>,
+    pub(crate) root: Option<WNode>,
+}
+
+/// A node (object or array) on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WNode {
+    pub id: Stamp,
+    pub u: u64,
+    pub body: WBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WBody {
+    Obj(Vec<WField>),
+    Arr(Vec<WElem>),
+}
+
+/// A written object key: its value (`None` when the key was removed) and the stamp of the write.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WField {
+    pub key: String,
+    pub val: Option<WVal>,
+    pub stamp: Stamp,
+}
+
+/// An array element: its id (insertion stamp), what it was inserted after, and either its value with
+/// the stamp of that value or the stamp of its removal.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WElem {
+    pub id: Stamp,
+    pub origin: Option<Stamp>,
+    pub val: Option<(WVal, Stamp)>,
+    pub removed: Option<Stamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WVal {
+    Prim(Value),
+    Node(Box<WNode>),
+}
+
+impl WNode {
+    pub fn is_array(&self) -> bool {
+        matches!(self.body, WBody::Arr(_))
+    }
+}
+
+impl Changes {
+    /// The document this changes object is for.
+    pub fn doc_id(&self) -> &str {
+        &self.doc_id
+    }
+    /// The client that made this changes object.
+    pub fn sent_by(&self) -> ClientId {
+        self.sent_by
+    }
+    /// The sender's version when it made this object.
+    pub fn from_version(&self) -> u64 {
+        self.from_version
+    }
+    /// The sender's version after which the carried changes were made (0: everything).
+    pub fn changes_since(&self) -> u64 {
+        self.changes_since
+    }
+    /// The sender's table of clients.
+    pub fn client_states(&self) -> &[ClientState] {
+        &self.client_states
+    }
+    /// Whether it carries any change at all (an object with none is only an acknowledgement).
+    pub fn has_changes(&self) -> bool {
+        match &self.root {
+            None => false,
+            Some(root) => match &root.body {
+                WBody::Obj(f) => !f.is_empty() || self.changes_since == 0,
+                WBody::Arr(e) => !e.is_empty(),
+            },
+        }
+    }
+
+    /// Parses changes text, refusing anything malformed, too deep or too large.
+    pub fn parse(text: &str) -> Result<Self> {
+        check_json_depth(text.as_bytes())?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.disable_recursion_limit();
+        let value = <Value as serde::Deserialize>::deserialize(&mut de)
+            .map_err(|e| Error::Json(e.to_string()))?;
+        de.end().map_err(|e| Error::Json(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    /// Reads a changes object from JSON already parsed by the caller.
+    pub fn from_value(value: &Value) -> Result<Self> {
+        check_value_depth(value)?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
+        match top.get("minisync") {
+            Some(Value::String(s)) if s == FORMAT_MARKER => {}
+            _ => {
+                return Err(Error::malformed(
+                    "$.minisync",
+                    format!("missing the marker \"minisync\": \"{FORMAT_MARKER}\""),
+                ));
+            }
+        }
+        let version = get_u64(top, "formatVersion", "$")?;
+        if version > FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if version == 0 {
+            return Err(Error::malformed("$.formatVersion", "must be at least 1"));
+        }
+        let doc_id = match top.get("id") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
+            _ => {
+                return Err(Error::malformed(
+                    "$.id",
+                    "the document id must be a string of 1 to 128 characters",
+                ));
+            }
+        };
+        let sent_by = client_of(top.get("sentBy"), "$.sentBy")?;
+        let from_version = get_u64(top, "fromVersion", "$")?;
+        let changes_since = get_u64(top, "changesSince", "$")?;
+        if changes_since > from_version {
+            return Err(Error::malformed(
+                "$.changesSince",
+                format!("changesSince {changes_since} is after fromVersion {from_version}"),
+            ));
+        }
+        let knows = knowledge_of(top.get("knows"), "$.knows")?;
+        let mut client_states = Vec::new();
+        match top.get("clientStates") {
+            Some(Value::Array(rows)) => {
+                if rows.len() > 100_000 {
+                    return Err(Error::malformed("$.clientStates", "more than 100000 rows"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (i, row) in rows.iter().enumerate() {
+                    let at = format!("$.clientStates[{i}]");
+                    let obj = row
+                        .as_object()
+                        .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
+                    let client_id = client_of(obj.get("clientID"), &format!("{at}.clientID"))?;
+                    if !seen.insert(client_id) {
+                        return Err(Error::malformed(&at, format!("client {client_id} listed twice")));
+                    }
+                    client_states.push(ClientState {
+                        client_id,
+                        last_received: get_u64(obj, "lastReceived", &at)?,
+                        last_acknowledged: get_u64(obj, "lastAcknowledged", &at)?,
+                        knows: knowledge_of(obj.get("knows"), &format!("{at}.knows"))?,
+                    });
+                }
+            }
+            None => {}
+            Some(_) => return Err(Error::malformed("$.clientStates", "must be an array")),
+        }
+        let mut budget = MAX_ITEMS;
+        let root = match top.get("changes") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let node = parse_node(v, "$.changes", &mut budget)?;
+                if node.is_array() {
+                    return Err(Error::malformed("$.changes", "the document root must be an object"));
+                }
+                Some(node)
+            }
+        };
+        Ok(Changes {
+            doc_id,
+            sent_by,
+            from_version,
+            changes_since,
+            knows,
+            client_states,
+            root,
+        })
+    }
+
+    /// The JSON form of this changes object.
+    pub fn to_value(&self) -> Value {
+        let mut top = Map::new();
+        top.insert("minisync".into(), FORMAT_MARKER.into());
+        top.insert("formatVersion".into(), FORMAT_VERSION.into());
+        top.insert("id".into(), self.doc_id.clone().into());
+        top.insert("sentBy".into(), self.sent_by.to_string().into());
+        top.insert("fromVersion".into(), self.from_version.into());
+        top.insert("changesSince".into(), self.changes_since.into());
+        top.insert("knows".into(), knowledge_value(&self.knows));
+        let rows = self
+            .client_states
+            .iter()
+            .map(|c| {
+                let mut m = Map::new();
+                m.insert("clientID".into(), c.client_id.to_string().into());
+                m.insert("lastReceived".into(), c.last_received.into());
+                m.insert("lastAcknowledged".into(), c.last_acknowledged.into());
+                m.insert("knows".into(), knowledge_value(&c.knows));
+                Value::Object(m)
+            })
+            .collect();
+        top.insert("clientStates".into(), Value::Array(rows));
+        top.insert(
+            "changes".into(),
+            self.root.as_ref().map(node_value).unwrap_or(Value::Null),
+        );
+        Value::Object(top)
+    }
+
+    /// The JSON text of this changes object.
+    pub fn to_json_string(&self) -> String {
+        self.to_value().to_string()
+    }
+}
+
+/// User keys that begin with `_` get one more `_` on the wire, so that `_s` is always ours.
+pub(crate) fn escape_key(key: &str) -> String {
+    if key.starts_with('_') {
+        format!("_{key}")
+    } else {
+        key.to_string()
+    }
+}
+
+fn node_value(node: &WNode) -> Value {
+    let mut s = Map::new();
+    s.insert("id".into(), node.id.to_string().into());
+    s.insert("u".into(), node.u.into());
+    let mut out = Map::new();
+    match &node.body {
+        WBody::Obj(fields) => {
+            let mut k = Map::new();
+            let mut d = Map::new();
+            for f in fields {
+                match &f.val {
+                    None => {
+                        d.insert(f.key.clone(), f.stamp.to_string().into());
+                    }
+                    Some(WVal::Prim(v)) => {
+                        if f.stamp != node.id {
+                            k.insert(f.key.clone(), f.stamp.to_string().into());
+                        }
+                        out.insert(escape_key(&f.key), v.clone());
+                    }
+                    Some(WVal::Node(child)) => {
+                        out.insert(escape_key(&f.key), node_value(child));
+                    }
+                }
+            }
+            if !k.is_empty() {
+                s.insert("k".into(), Value::Object(k));
+            }
+            if !d.is_empty() {
+                s.insert("d".into(), Value::Object(d));
+            }
+        }
+        WBody::Arr(elems) => {
+            s.insert("a".into(), true.into());
+            let mut live = Vec::new();
+            let mut removed = Vec::new();
+            let (mut prev_live, mut prev_removed) = (None, None);
+            for e in elems {
+                let mut m = Map::new();
+                m.insert("e".into(), e.id.to_string().into());
+                let prev = if e.removed.is_some() {
+                    &mut prev_removed
+                } else {
+                    &mut prev_live
+                };
+                if e.origin != *prev {
+                    m.insert(
+                        "o".into(),
+                        e.origin.map(|o| o.to_string().into()).unwrap_or(Value::Null),
+                    );
+                }
+                *prev = Some(e.id);
+                if let Some(r) = e.removed {
+                    m.insert("r".into(), r.to_string().into());
+                    removed.push(Value::Object(m));
+                } else if let Some((v, vs)) = &e.val {
+                    match v {
+                        WVal::Prim(p) => {
+                            if *vs != e.id {
+                                m.insert("t".into(), vs.to_string().into());
+                            }
+                            m.insert("v".into(), p.clone());
+                        }
+                        WVal::Node(n) => {
+                            m.insert("v".into(), node_value(n));
+                        }
+                    }
+                    live.push(Value::Object(m));
+                }
+            }
+            if !removed.is_empty() {
+                s.insert("ri".into(), Value::Array(removed));
+            }
+            out.insert("v".into(), Value::Array(live));
+        }
+    }
+    out.insert("_s".into(), Value::Object(s));
+    Value::Object(out)
+}
+
+fn knowledge_value(k: &Knowledge) -> Value {
+    Value::Object(
+        k.iter()
+            .map(|(c, h)| (c.to_string(), Value::String(format!("{h:x}"))))
+            .collect(),
+    )
+}
+
+fn knowledge_of(v: Option<&Value>, at: &str) -> Result<Knowledge> {
+    let mut out = Knowledge::new();
+    match v {
+        None => {}
+        Some(Value::Object(m)) => {
+            if m.len() > 100_000 {
+                return Err(Error::malformed(at, "more than 100000 clients"));
+            }
+            for (c, h) in m {
+                let client = ClientId::parse(c).map_err(|e| Error::malformed(at, e.to_string()))?;
+                let hlc = h
+                    .as_str()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .filter(|h| *h < MAX_HLC)
+                    .ok_or_else(|| {
+                        Error::malformed(format!("{at}.{c}"), "must be a hex clock value below 2^62")
+                    })?;
+                out.insert(client, hlc);
+            }
+        }
+        Some(_) => return Err(Error::malformed(at, "must be an object of client → clock")),
+    }
+    Ok(out)
+}
+
+fn get_u64(obj: &Map<String, Value>, key: &str, at: &str) -> Result<u64> {
+    obj.get(key)
+        .and_then(Value::as_u64)
+        .filter(|n| *n < (1 << 53))
+        .ok_or_else(|| {
+            Error::malformed(
+                format!("{at}.{key}"),
+                "must be a non-negative integer below 2^53",
+            )
+        })
+}
+
+fn client_of(v: Option<&Value>, at: &str) -> Result<ClientId> {
+    let s = v
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::malformed(at, "must be a client id string"))?;
+    ClientId::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
+}
+
+fn stamp_of(v: Option<&Value>, at: &str) -> Result<Stamp> {
+    let s = v
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::malformed(at, "must be a stamp string"))?;
+    Stamp::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
+}
+
+fn spend(budget: &mut usize, n: usize, at: &str) -> Result<()> {
+    if n > *budget {
+        return Err(Error::malformed(
+            at,
+            format!("more than {MAX_ITEMS} items in one changes object"),
+        ));
+    }
+    *budget -= n;
+    Ok(())
+}
+
+/// Reads a node. Depth is already bounded by `check_value_depth`, so recursion is safe.
+fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::malformed(at, "a node must be a JSON object"))?;
+    let s_at = format!("{at}._s");
+    let s = obj
+        .get("_s")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::malformed(&s_at, "a node needs its \"_s\" state object"))?;
+    for key in s.keys() {
+        if !matches!(key.as_str(), "id" | "u" | "a" | "k" | "d" | "ri") {
+            return Err(Error::malformed(&s_at, format!("unknown state field {key:?}")));
+        }
+    }
+    let id = stamp_of(s.get("id"), &format!("{s_at}.id"))?;
+    let u = get_u64(s, "u", &s_at)?;
+    spend(budget, 1, at)?;
+    let is_array = match s.get("a") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(Error::malformed(format!("{s_at}.a"), "must be true or false")),
+    };
+    let body = if is_array {
+        if s.contains_key("k") || s.contains_key("d") {
+            return Err(Error::malformed(&s_at, "an array node cannot have \"k\" or \"d\""));
+        }
+        for key in obj.keys() {
+            if key != "_s" && key != "v" {
+                return Err(Error::malformed(at, format!("unknown array node field {key:?}")));
+            }
+        }
+        let live = match obj.get("v") {
+            Some(Value::Array(a)) => a.as_slice(),
+            _ => return Err(Error::malformed(format!("{at}.v"), "must be an array of elements")),
+        };
+        let removed = match s.get("ri") {
+            None => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(_) => return Err(Error::malformed(format!("{s_at}.ri"), "must be an array")),
+        };
+        spend(budget, live.len() + removed.len(), at)?;
+        let mut elems = Vec::with_capacity(live.len() + removed.len());
+        parse_elems(live, false, &format!("{at}.v"), budget, &mut elems)?;
+        parse_elems(removed, true, &format!("{s_at}.ri"), budget, &mut elems)?;
+        WBody::Arr(elems)
+    } else {
+        if s.contains_key("ri") {
+            return Err(Error::malformed(&s_at, "an object node cannot have \"ri\""));
+        }
+        let stamps = match s.get("k") {
+            None => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
+        };
+        spend(budget, obj.len(), at)?;
+        let mut fields = Vec::with_capacity(obj.len());
+        for (wire_key, val) in obj {
+            if wire_key == "_s" {
+                continue;
+            }
+            let key = match wire_key.strip_prefix('_') {
+                Some(rest) if rest.starts_with('_') => rest.to_string(),
+                Some(_) => {
+                    return Err(Error::malformed(
+                        at,
+                        format!("unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"),
+                    ));
+                }
+                None => wire_key.clone(),
+            };
+            let f_at = format!("{at}.{wire_key}");
+            let (val, stamp) = parse_value(val, &f_at, budget)?;
+            let explicit = stamps.and_then(|m| m.get(&key));
+            let stamp = match (&val, explicit) {
+                (WVal::Node(n), Some(_)) => {
+                    return Err(Error::malformed(
+                        format!("{s_at}.k"),
+                        format!("key {key:?} holds node {} whose id is its stamp", n.id),
+                    ));
+                }
+                (WVal::Node(_), None) => stamp.unwrap_or(id),
+                (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &format!("{s_at}.k.{key}"))?,
+                (WVal::Prim(_), None) => id,
+            };
+            fields.push(WField {
+                key,
+                val: Some(val),
+                stamp,
+            });
+        }
+        if let Some(m) = stamps {
+            for key in m.keys() {
+                if !fields.iter().any(|f| &f.key == key) {
+                    return Err(Error::malformed(
+                        format!("{s_at}.k"),
+                        format!("stamp for key {key:?}, which is not in the node"),
+                    ));
+                }
+            }
+        }
+        match s.get("d") {
+            None => {}
+            Some(Value::Object(m)) => {
+                spend(budget, m.len(), at)?;
+                for (key, st) in m {
+                    if fields.iter().any(|f| &f.key == key) {
+                        return Err(Error::malformed(
+                            format!("{s_at}.d"),
+                            format!("key {key:?} is both written and removed"),
+                        ));
+                    }
+                    fields.push(WField {
+                        key: key.clone(),
+                        val: None,
+                        stamp: stamp_of(Some(st), &format!("{s_at}.d.{key}"))?,
+                    });
+                }
+            }
+            Some(_) => return Err(Error::malformed(format!("{s_at}.d"), "must be an object")),
+        }
+        WBody::Obj(fields)
+    };
+    Ok(WNode { id, u, body })
+}
+
+/// Reads a value: a primitive, or a node (then the returned stamp is the node's id).
+fn parse_value(v: &Value, at: &str, budget: &mut usize) -> Result<(WVal, Option<Stamp>)> {
+    match v {
+        Value::Object(_) => {
+            let n = parse_node(v, at, budget)?;
+            let id = n.id;
+            Ok((WVal::Node(Box::new(n)), Some(id)))
+        }
+        Value::Array(_) => Err(Error::malformed(
+            at,
+            "a bare array is not allowed: arrays travel as nodes with \"_s\" and \"v\"",
+        )),
+        p => Ok((WVal::Prim(p.clone()), None)),
+    }
+}
+
+fn parse_elems(
+    list: &[Value],
+    removed: bool,
+    at: &str,
+    budget: &mut usize,
+    out: &mut Vec<WElem>,
+) -> Result<()> {
+    let mut prev: Option<Stamp> = None;
+    for (i, item) in list.iter().enumerate() {
+        let e_at = format!("{at}[{i}]");
+        let m = item
+            .as_object()
+            .ok_or_else(|| Error::malformed(&e_at, "an element must be an object"))?;
+        for key in m.keys() {
+            let ok = if removed {
+                matches!(key.as_str(), "e" | "o" | "r")
+            } else {
+                matches!(key.as_str(), "e" | "o" | "t" | "v")
+            };
+            if !ok {
+                return Err(Error::malformed(&e_at, format!("unknown element field {key:?}")));
+            }
+        }
+        let id = stamp_of(m.get("e"), &format!("{e_at}.e"))?;
+        let origin = match m.get("o") {
+            None => prev,
+            Some(Value::Null) => None,
+            Some(o) => Some(stamp_of(Some(o), &format!("{e_at}.o"))?),
+        };
+        prev = Some(id);
+        if removed {
+            out.push(WElem {
+                id,
+                origin,
+                val: None,
+                removed: Some(stamp_of(m.get("r"), &format!("{e_at}.r"))?),
+            });
+        } else {
+            let raw = m
+                .get("v")
+                .ok_or_else(|| Error::malformed(&e_at, "a live element needs its value \"v\""))?;
+            let (val, node_id) = parse_value(raw, &format!("{e_at}.v"), budget)?;
+            let vstamp = match (node_id, m.get("t")) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::malformed(&e_at, "an element holding a node takes the node's id as its stamp; \"t\" is not allowed"));
+                }
+                (Some(n), None) => n,
+                (None, Some(t)) => stamp_of(Some(t), &format!("{e_at}.t"))?,
+                (None, None) => id,
+            };
+            out.push(WElem {
+                id,
+                origin,
+                val: Some((val, vstamp)),
+                removed: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Scans JSON text for its nesting depth without building anything, so that hostile input nested
+/// thousands of levels deep is refused before any recursive parser sees it.
+fn check_json_depth(bytes: &[u8]) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::TooDeep {
+                        what: "changes JSON",
+                        limit: MAX_JSON_DEPTH,
+                    });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Depth of a JSON value, measured without recursion; errors past `MAX_JSON_DEPTH`.
+fn check_value_depth(v: &Value) -> Result<()> {
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        if d > MAX_JSON_DEPTH {
+            return Err(Error::TooDeep {
+                what: "changes JSON",
+                limit: MAX_JSON_DEPTH,
+            });
+        }
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, d + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|c| (c, d + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Depth of a user value in document levels (objects and arrays), without recursion.
+pub(crate) fn value_depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            Value::Object(m) => {
+                max = max.max(d + 1);
+                stack.extend(m.values().map(|c| (c, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}

@@ -1,0 +1,4 @@
+//! minisync: keeps JSON documents in step between people and devices through ordinary e-mail or a
+//! shared folder. The [`engine`] is pure; the agent, the store and the transports are built on it.
+
+pub mod engine;

@@ -1,0 +1,226 @@
+//! Randomized convergence: replicas make random edits while a lossy, duplicating, reordering network
+//! carries their changes; after a final exchange they must all hold the same JSON and owe each other
+//! nothing. `MINISYNC_FUZZ_CASES=N` runs more cases; `MINISYNC_FUZZ_SEED=S` replays one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use minisync::engine::{Changes, ClientId, Document};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+fn client(seed: u64, i: usize) -> ClientId {
+    ClientId::parse(&format!("{:012x}c{:03}", seed & 0xffff_ffff_ffff, i)).unwrap()
+}
+
+fn random_prim(rng: &mut ChaCha8Rng) -> Value {
+    match rng.random_range(0..4) {
+        0 => json!(rng.random_range(0..100)),
+        1 => json!(format!("s{}", rng.random_range(0..50))),
+        2 => json!(rng.random_bool(0.5)),
+        _ => Value::Null,
+    }
+}
+
+fn random_value(rng: &mut ChaCha8Rng) -> Value {
+    match rng.random_range(0..10) {
+        0..=5 => random_prim(rng),
+        6 | 7 => json!({"x": random_prim(rng), "_s": random_prim(rng)}),
+        _ => json!([random_prim(rng), {"v": random_prim(rng)}]),
+    }
+}
+
+/// Paths of every object and array in a JSON value.
+fn containers(v: &Value, path: String, out: &mut Vec<(String, bool)>) {
+    match v {
+        Value::Object(m) => {
+            out.push((path.clone(), false));
+            for (k, c) in m {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                containers(c, p, out);
+            }
+        }
+        Value::Array(a) => {
+            out.push((path.clone(), true));
+            for (i, c) in a.iter().enumerate() {
+                containers(c, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
+    let mut cs = Vec::new();
+    containers(&d.to_json(), String::new(), &mut cs);
+    let (path, is_array) = cs[rng.random_range(0..cs.len())].clone();
+    const KEYS: [&str; 6] = ["a", "b", "c", "_s", "v", "list"];
+    if is_array {
+        let len = d.len(&path).unwrap();
+        match rng.random_range(0..6) {
+            0 | 1 => d.insert(&path, rng.random_range(0..=len), random_value(rng)).unwrap(),
+            2 if len > 0 => {
+                d.remove_at(&path, rng.random_range(0..len)).unwrap();
+            }
+            3 if len > 0 => d.set(&format!("{path}[{}]", rng.random_range(0..len)), random_value(rng)).unwrap(),
+            4 => {
+                let start = rng.random_range(0..=len);
+                let items = (0..rng.random_range(0..3)).map(|_| random_value(rng)).collect();
+                d.splice(&path, start, rng.random_range(0..2), items).unwrap();
+            }
+            _ => {
+                d.push(&path, random_value(rng)).unwrap();
+            }
+        }
+    } else {
+        let key = KEYS[rng.random_range(0..KEYS.len())];
+        let p = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+        if rng.random_bool(0.2) {
+            d.remove(&p).unwrap();
+        } else if key == "list" {
+            d.set(&p, json!([random_prim(rng)])).unwrap();
+        } else {
+            d.set(&p, random_value(rng)).unwrap();
+        }
+    }
+}
+
+fn run_case(seed: u64) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = rng.random_range(3..=5);
+    let now = Arc::new(AtomicU64::new(1_700_000_000_000));
+    let mut first = Document::with_ids(&json!({"a": 1, "list": [1, 2]}), "doc".into(), client(seed, 0)).unwrap();
+    let clock_for = |skew: u64| {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::Relaxed) + skew) as minisync::engine::WallClock
+    };
+    first.set_wall_clock(clock_for(0));
+    let full = first.changes();
+    let mut docs = vec![first];
+    for i in 1..n {
+        let mut d = Document::from_changes_as(&full, client(seed, i)).unwrap();
+        // One replica in four runs hours ahead.
+        let skew = if rng.random_bool(0.25) { 3 * 3600 * 1000 } else { 0 };
+        d.set_wall_clock(clock_for(skew));
+        docs.push(d);
+    }
+    let mut queue: Vec<(usize, String)> = Vec::new();
+    let steps = rng.random_range(20..60);
+    for _ in 0..steps {
+        now.fetch_add(rng.random_range(0..3), Ordering::Relaxed);
+        match rng.random_range(0..10) {
+            0..=4 => {
+                let i = rng.random_range(0..n);
+                random_edit(&mut docs[i], &mut rng);
+            }
+            5..=7 => {
+                let i = rng.random_range(0..n);
+                let j = (i + rng.random_range(1..n)) % n;
+                let text = docs[i].changes_for(docs[j].client_id()).to_json_string();
+                queue.push((j, text));
+            }
+            _ if !queue.is_empty() => {
+                let k = rng.random_range(0..queue.len());
+                let (to, text) = if rng.random_bool(0.1) {
+                    queue[k].clone() // duplicated: a copy stays queued
+                } else {
+                    queue.swap_remove(k)
+                };
+                if rng.random_bool(0.2) {
+                    continue; // lost
+                }
+                let ch = Changes::parse(&text).map_err(|e| format!("parse: {e}"))?;
+                docs[to].apply(&ch).map_err(|e| format!("apply: {e}"))?;
+            }
+            _ => {}
+        }
+    }
+    // Final exchange, reliable, until quiet.
+    for _round in 0..12 {
+        let mut any = false;
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let ch = docs[i].changes_for(docs[j].client_id());
+                if ch.has_changes() {
+                    any = true;
+                }
+                let parsed = Changes::parse(&ch.to_json_string()).map_err(|e| format!("parse: {e}"))?;
+                docs[j].apply(&parsed).map_err(|e| format!("final apply: {e}"))?;
+            }
+        }
+        if !any {
+            let first = docs[0].to_json();
+            for d in &docs[1..] {
+                if d.to_json() != first {
+                    return Err(format!("diverged:\n{first}\n{}", d.to_json()));
+                }
+            }
+            return Ok(());
+        }
+    }
+    Err("never went quiet: replicas keep sending changes".into())
+}
+
+#[test]
+fn random_edits_over_a_lossy_network_converge() {
+    if let Ok(seed) = std::env::var("MINISYNC_FUZZ_SEED") {
+        let seed: u64 = seed.parse().expect("MINISYNC_FUZZ_SEED is a number");
+        run_case(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        return;
+    }
+    let cases: u64 = std::env::var("MINISYNC_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    for seed in 0..cases {
+        if let Err(e) = run_case(seed) {
+            panic!("seed {seed} failed (replay: MINISYNC_FUZZ_SEED={seed} cargo test --test engine_convergence): {e}");
+        }
+    }
+}
+
+fn edited_replicas(seed: u64) -> (Document, Changes, Changes) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let a = Document::with_ids(&json!({"a": 1, "list": [1, 2, {"x": 1}]}), "doc".into(), client(seed, 0)).unwrap();
+    let mut b = Document::from_changes_as(&a.changes(), client(seed, 1)).unwrap();
+    let mut c = Document::from_changes_as(&a.changes(), client(seed, 2)).unwrap();
+    for _ in 0..rng.random_range(1..8) {
+        random_edit(&mut b, &mut rng);
+        random_edit(&mut c, &mut rng);
+    }
+    let cb = b.changes_for(a.client_id());
+    let cc = c.changes_for(a.client_id());
+    (a, cb, cc)
+}
+
+#[test]
+fn applying_the_same_changes_twice_changes_nothing() {
+    for seed in 0..300 {
+        let (mut a, cb, _) = edited_replicas(seed);
+        a.apply(&cb).unwrap();
+        let (json, version, saved) = (a.to_json(), a.version(), a.save());
+        let again = a.apply(&cb).unwrap();
+        assert!(!again.changed, "seed {seed}");
+        assert_eq!(a.to_json(), json, "seed {seed}");
+        assert_eq!(a.version(), version, "seed {seed}");
+        assert_eq!(a.save(), saved, "seed {seed}");
+    }
+}
+
+#[test]
+fn independent_deltas_commute() {
+    for seed in 0..300 {
+        let (a, cb, cc) = edited_replicas(seed);
+        let mut x = Document::restore(&a.save()).unwrap();
+        let mut y = Document::restore(&a.save()).unwrap();
+        x.apply(&cb).unwrap();
+        x.apply(&cc).unwrap();
+        y.apply(&cc).unwrap();
+        y.apply(&cb).unwrap();
+        assert_eq!(x.to_json(), y.to_json(), "seed {seed}");
+    }
+}
