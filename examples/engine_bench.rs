@@ -1,0 +1,296 @@
+//! Engine benchmark: minisync against automerge and yrs on the same workloads, in one run.
+//!
+//! `cargo run --release --example engine_bench -- --records N [--json]`
+//!
+//! Workloads on a document of N records (`title`, `done`, `n`, `owner`): build it; W1 full changes
+//! for a new peer and a replica made from them; W2 one field changed, delta made and applied;
+//! W3 1,000 fields changed, delta made and applied. Peak memory is the process's resident high-water
+//! mark, reset before each library runs.
+
+use std::time::Instant;
+
+use minisync::engine::{Changes, Document};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Figures {
+    build_ms: f64,
+    w1_ms: f64,
+    w1_bytes: usize,
+    w2_ms: f64,
+    w2_bytes: usize,
+    w3_ms: f64,
+    w3_bytes: usize,
+    peak_mb: f64,
+}
+
+impl Figures {
+    fn json(&self) -> Value {
+        json!({
+            "build_ms": round(self.build_ms), "w1_ms": round(self.w1_ms), "w1_bytes": self.w1_bytes,
+            "w2_ms": round(self.w2_ms), "w2_bytes": self.w2_bytes,
+            "w3_ms": round(self.w3_ms), "w3_bytes": self.w3_bytes, "peak_mb": round(self.peak_mb),
+        })
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Resets the resident-memory high-water mark (Linux); elsewhere the figure covers the whole run.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn record(i: usize) -> (String, bool, i64, String) {
+    (
+        format!("Task number {i} with a reasonably descriptive title"),
+        i % 3 == 0,
+        i as i64,
+        format!("owner{}@example.com", i % 97),
+    )
+}
+
+fn document(n: usize) -> Value {
+    let records: Vec<Value> = (0..n)
+        .map(|i| {
+            let (title, done, num, owner) = record(i);
+            json!({"title": title, "done": done, "n": num, "owner": owner})
+        })
+        .collect();
+    json!({ "records": records })
+}
+
+/// Indexes of the records W3 changes: 1,000 spread over the document.
+fn spread(n: usize) -> Vec<usize> {
+    let k = n.min(1000);
+    (0..k).map(|i| i * n / k).collect()
+}
+
+fn floor(value: &Value) -> f64 {
+    let text = value.to_string();
+    let t = Instant::now();
+    let parsed: Value = serde_json::from_str(&text).expect("own output parses");
+    let again = parsed.to_string();
+    let elapsed = ms(t);
+    assert_eq!(again.len(), text.len());
+    elapsed
+}
+
+fn minisync(n: usize, value: &Value) -> Figures {
+    reset_peak();
+    let mut f = Figures::default();
+    let t = Instant::now();
+    let mut a = Document::new(value).expect("benchmark document is valid");
+    f.build_ms = ms(t);
+
+    let t = Instant::now();
+    let text = a.changes().to_json_string();
+    let mut b = Document::from_changes(&Changes::parse(&text).expect("parses")).expect("creates");
+    f.w1_ms = ms(t);
+    f.w1_bytes = text.len();
+    a.apply(&b.changes_for(a.client_id())).expect("ack");
+
+    let t = Instant::now();
+    a.set(&format!("records[{}].done", n / 2), json!(true)).expect("set");
+    let text = a.changes_for(b.client_id()).to_json_string();
+    b.apply(&Changes::parse(&text).expect("parses")).expect("applies");
+    f.w2_ms = ms(t);
+    f.w2_bytes = text.len();
+    a.apply(&b.changes_for(a.client_id())).expect("ack");
+
+    let t = Instant::now();
+    for i in spread(n) {
+        a.set(&format!("records[{i}].n"), json!(-(i as i64))).expect("set");
+    }
+    let text = a.changes_for(b.client_id()).to_json_string();
+    b.apply(&Changes::parse(&text).expect("parses")).expect("applies");
+    f.w3_ms = ms(t);
+    f.w3_bytes = text.len();
+    assert_eq!(a.get("records[0].n").ok(), b.get("records[0].n").ok());
+    f.peak_mb = peak_mb();
+    f
+}
+
+fn automerge(n: usize) -> Figures {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ObjType, ROOT, ReadDoc};
+    reset_peak();
+    let mut f = Figures::default();
+    let t = Instant::now();
+    let mut a = AutoCommit::new();
+    let list = a.put_object(ROOT, "records", ObjType::List).expect("put");
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let (title, done, num, owner) = record(i);
+        let r = a.insert_object(&list, i, ObjType::Map).expect("insert");
+        a.put(&r, "title", title).expect("put");
+        a.put(&r, "done", done).expect("put");
+        a.put(&r, "n", num).expect("put");
+        a.put(&r, "owner", owner).expect("put");
+        ids.push(r);
+    }
+    a.commit();
+    f.build_ms = ms(t);
+
+    let t = Instant::now();
+    let bytes = a.save();
+    let mut b = AutoCommit::load(&bytes).expect("load");
+    f.w1_ms = ms(t);
+    f.w1_bytes = bytes.len();
+
+    let t = Instant::now();
+    let heads = a.get_heads();
+    a.put(&ids[n / 2], "done", true).expect("put");
+    let bytes = a.save_after(&heads);
+    b.load_incremental(&bytes).expect("apply");
+    f.w2_ms = ms(t);
+    f.w2_bytes = bytes.len();
+
+    let t = Instant::now();
+    let heads = a.get_heads();
+    for i in spread(n) {
+        a.put(&ids[i], "n", -(i as i64)).expect("put");
+    }
+    let bytes = a.save_after(&heads);
+    b.load_incremental(&bytes).expect("apply");
+    f.w3_ms = ms(t);
+    f.w3_bytes = bytes.len();
+    assert_eq!(b.length(&list), n);
+    f.peak_mb = peak_mb();
+    f
+}
+
+fn yrs(n: usize) -> Figures {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Any, Array, Doc, Map, MapPrelim, ReadTxn, StateVector, Transact, Update};
+    reset_peak();
+    let mut f = Figures::default();
+    let t = Instant::now();
+    let a = Doc::new();
+    let list = a.get_or_insert_array("records");
+    let mut maps = Vec::with_capacity(n);
+    {
+        let mut txn = a.transact_mut();
+        for i in 0..n {
+            let (title, done, num, owner) = record(i);
+            let m = list.push_back(
+                &mut txn,
+                MapPrelim::from([
+                    ("title", Any::from(title)),
+                    ("done", Any::from(done)),
+                    ("n", Any::from(num)),
+                    ("owner", Any::from(owner)),
+                ]),
+            );
+            maps.push(m);
+        }
+    }
+    f.build_ms = ms(t);
+
+    let t = Instant::now();
+    let bytes = a.transact().encode_state_as_update_v1(&StateVector::default());
+    let b = Doc::new();
+    b.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).expect("decode"))
+        .expect("apply");
+    f.w1_ms = ms(t);
+    f.w1_bytes = bytes.len();
+
+    let t = Instant::now();
+    let sv = b.transact().state_vector();
+    maps[n / 2].insert(&mut a.transact_mut(), "done", true);
+    let bytes = a.transact().encode_state_as_update_v1(&sv);
+    b.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).expect("decode"))
+        .expect("apply");
+    f.w2_ms = ms(t);
+    f.w2_bytes = bytes.len();
+
+    let t = Instant::now();
+    let sv = b.transact().state_vector();
+    {
+        let mut txn = a.transact_mut();
+        for i in spread(n) {
+            maps[i].insert(&mut txn, "n", -(i as i64));
+        }
+    }
+    let bytes = a.transact().encode_state_as_update_v1(&sv);
+    b.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).expect("decode"))
+        .expect("apply");
+    f.w3_ms = ms(t);
+    f.w3_bytes = bytes.len();
+    assert_eq!(b.get_or_insert_array("records").len(&b.transact()), n as u32);
+    f.peak_mb = peak_mb();
+    f
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mut n = 100_000usize;
+    let mut as_json = false;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--records" => {
+                n = args
+                    .get(i + 1)
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| {
+                        eprintln!("--records needs a positive number");
+                        std::process::exit(2)
+                    });
+                i += 1;
+            }
+            "--json" => as_json = true,
+            other => {
+                eprintln!("unknown argument {other:?}; usage: engine_bench [--records N] [--json]");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    let value = document(n);
+    let floor_ms = floor(&value);
+    let m = minisync(n, &value);
+    drop(value);
+    let am = automerge(n);
+    let y = yrs(n);
+    let out = json!({
+        "records": n, "floor_ms": round(floor_ms),
+        "minisync": m.json(), "automerge": am.json(), "yrs": y.json(),
+    });
+    if as_json {
+        println!("{out}");
+        return;
+    }
+    println!("{n} records; floor (serde_json parse + serialize): {floor_ms:.1} ms\n");
+    println!("| library | build ms | W1 ms | W1 bytes | W2 ms | W2 bytes | W3 ms | W3 bytes | peak MB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, f) in [("minisync", &m), ("automerge", &am), ("yrs", &y)] {
+        println!(
+            "| {name} | {:.1} | {:.1} | {} | {:.3} | {} | {:.1} | {} | {:.0} |",
+            f.build_ms, f.w1_ms, f.w1_bytes, f.w2_ms, f.w2_bytes, f.w3_ms, f.w3_bytes, f.peak_mb
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Hostile and broken changes objects: each is refused with an error that says what is wrong, and
+//! the replica is left exactly as it was.
+
+use minisync::engine::{Changes, Document, Error};
+use serde_json::{Value, json};
+
+struct Pair {
+    a: Document,
+    b: Document,
+}
+
+fn pair() -> Pair {
+    let mut a = Document::new(&json!({"title": "t", "list": [1, {"x": 1}], "o": {"k": 1}})).unwrap();
+    let mut b = Document::from_changes(&a.changes()).unwrap();
+    a.apply(&b.changes_for(a.client_id())).unwrap();
+    b.set("title", json!("from b")).unwrap();
+    b.push("list", json!("new")).unwrap();
+    Pair { a, b }
+}
+
+/// A valid delta from b to a as JSON, to be broken by each case.
+fn delta(p: &Pair) -> Value {
+    p.b.changes_for(p.a.client_id()).to_value()
+}
+
+/// Applies text to a, expects an error containing `needle`, and checks that a is unchanged.
+fn refused(p: &mut Pair, text: &str, needle: &str) -> Error {
+    let before = p.a.save();
+    let result = Changes::parse(text).and_then(|c| p.a.apply(&c));
+    let err = result.expect_err("hostile changes were accepted");
+    assert!(
+        err.to_string().contains(needle),
+        "error {err:?} does not mention {needle:?}"
+    );
+    assert_eq!(p.a.save(), before, "replica changed by refused changes");
+    err
+}
+
+#[test]
+fn the_valid_delta_is_accepted() {
+    let mut p = pair();
+    let text = delta(&p).to_string();
+    p.a.apply(&Changes::parse(&text).unwrap()).unwrap();
+    assert_eq!(p.a.to_json(), p.b.to_json());
+}
+
+#[test]
+fn not_json_and_truncated() {
+    let mut p = pair();
+    refused(&mut p, "this is not json", "not valid JSON");
+    let text = delta(&p).to_string();
+    refused(&mut p, &text[..text.len() / 2], "not valid JSON");
+    refused(&mut p, "", "not valid JSON");
+    refused(&mut p, "[1,2,3]", "must be a JSON object");
+    refused(&mut p, "{}", "marker");
+}
+
+#[test]
+fn wrong_document() {
+    let mut p = pair();
+    let mut v = delta(&p);
+    v["id"] = json!("someotherdocument");
+    refused(&mut p, &v.to_string(), "changes are for document");
+    let other = Document::new(&json!({"x": 1})).unwrap();
+    let mut v = other.changes().to_value();
+    v["id"] = json!(p.a.id());
+    refused(&mut p, &v.to_string(), "document root");
+}
+
+#[test]
+fn newer_format_and_missing_fields() {
+    let mut p = pair();
+    let mut v = delta(&p);
+    v["formatVersion"] = json!(2);
+    refused(&mut p, &v.to_string(), "format version 2");
+    let mut v = delta(&p);
+    v.as_object_mut().unwrap().remove("sentBy");
+    refused(&mut p, &v.to_string(), "$.sentBy");
+    let mut v = delta(&p);
+    v["fromVersion"] = json!(-3);
+    refused(&mut p, &v.to_string(), "$.fromVersion");
+    let mut v = delta(&p);
+    v["changesSince"] = json!(1_000_000);
+    refused(&mut p, &v.to_string(), "after fromVersion");
+}
+
+#[test]
+fn nesting_ten_thousand_levels_deep() {
+    let mut p = pair();
+    let mut deep = String::new();
+    for _ in 0..10_000 {
+        deep.push_str("{\"_s\":{\"id\":\"1-aaaaaaaaaaaaaaaa\",\"u\":1},\"k\":");
+    }
+    deep.push('1');
+    for _ in 0..10_000 {
+        deep.push('}');
+    }
+    let mut v = delta(&p).to_string();
+    v = v.replacen("\"changes\":{", &format!("\"changes\":{{\"deep\":{deep},"), 1);
+    refused(&mut p, &v, "nests deeper");
+    // The same, built as a Value by a caller (no text parsing involved), run on a small stack.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut nested = json!(1);
+            for _ in 0..10_000 {
+                nested = Value::Array(vec![nested]);
+            }
+            let mut v = json!({"minisync": "changes", "formatVersion": 1});
+            v["x"] = nested;
+            let err = Changes::from_value(&v).unwrap_err();
+            // Dismantle without deep recursion in Drop.
+            let mut cur = v["x"].take();
+            while let Value::Array(mut a) = cur {
+                cur = a.pop().unwrap_or(Value::Null);
+            }
+            err
+        })
+        .unwrap();
+    assert!(handle.join().unwrap().to_string().contains("nests deeper"));
+    // A document deeper than the limit is refused on the local side too.
+    let mut deep_value = json!(1);
+    for _ in 0..300 {
+        deep_value = json!({"d": deep_value});
+    }
+    assert!(matches!(p.a.set("deep", deep_value), Err(Error::Path { .. })));
+}
+
+#[test]
+fn a_huge_array_of_garbage() {
+    let mut p = pair();
+    let mut v = delta(&p);
+    let garbage: Vec<Value> = (0..200_000).map(|i| json!(i)).collect();
+    v["changes"]["list"]["v"] = Value::Array(garbage);
+    refused(&mut p, &v.to_string(), "an element must be an object");
+    let mut v = delta(&p);
+    let many: Vec<Value> = (0..200_000)
+        .map(|i| json!({"e": format!("{:x}-zzzzzzzzzzzzzzzz", i + 1), "o": "ffffff-zzzzzzzzzzzzzzzz", "v": i}))
+        .collect();
+    v["changes"]["list"]["v"] = Value::Array(many);
+    refused(&mut p, &v.to_string(), "newer than what the sender says it holds");
+}
+
+#[test]
+fn wrong_types_inside_state() {
+    let mut p = pair();
+    for (path, bad, needle) in [
+        ("id", json!(42), "must be a stamp string"),
+        ("id", json!("nonsense"), "not <hex clock>-<client id>"),
+        ("u", json!("one"), "non-negative integer"),
+        ("a", json!("yes"), "must be true or false"),
+        ("k", json!([1]), "must be an object"),
+        ("zz", json!(1), "unknown state field"),
+    ] {
+        let mut v = delta(&p);
+        v["changes"]["_s"][path] = bad;
+        refused(&mut p, &v.to_string(), needle);
+    }
+    let mut v = delta(&p);
+    v["changes"]["_s"] = json!("state");
+    refused(&mut p, &v.to_string(), "needs its \"_s\"");
+    let mut v = delta(&p);
+    v["changes"]["list"]["_s"]["ri"] = json!({"not": "a list"});
+    refused(&mut p, &v.to_string(), "must be an array");
+    let mut v = delta(&p);
+    v["changes"]["bare"] = json!([1, 2]);
+    refused(&mut p, &v.to_string(), "bare array");
+    let mut v = delta(&p);
+    v["changes"]["_x"] = json!(1);
+    refused(&mut p, &v.to_string(), "unknown metadata key");
+    let mut v = delta(&p);
+    v["clientStates"] = json!([{"clientID": "short"}]);
+    refused(&mut p, &v.to_string(), "clientID");
+}
+
+#[test]
+fn duplicate_and_unknown_ids() {
+    let mut p = pair();
+    // A new node appearing twice.
+    p.b.set("fresh", json!({"q": 1})).unwrap();
+    let mut v = delta(&p);
+    let fresh = v["changes"]["fresh"].clone();
+    v["changes"]["fresh2"] = fresh;
+    refused(&mut p, &v.to_string(), "appears twice");
+    // A known node moved to another place.
+    let mut v = delta(&p);
+    let o = p.a.changes().to_value()["changes"]["o"].clone();
+    v["changes"]["elsewhere"] = o;
+    refused(&mut p, &v.to_string(), "known here at another place");
+    // An element that follows an element nobody has.
+    let mut v = delta(&p);
+    let e = v["changes"]["list"]["v"][0].clone();
+    let mut e2 = e.clone();
+    let id = e["e"].as_str().unwrap().to_string();
+    let (h, c) = id.split_once('-').unwrap();
+    let h = u64::from_str_radix(h, 16).unwrap();
+    e2["o"] = json!(format!("{:x}-{c}", h - 1));
+    v["changes"]["list"]["v"] = json!([e2]);
+    refused(&mut p, &v.to_string(), "follows unknown element");
+    // The same element id twice in one array.
+    let mut v = delta(&p);
+    v["changes"]["list"]["v"] = json!([e.clone(), e]);
+    refused(&mut p, &v.to_string(), "appears twice in one array");
+    // One stamp used for two different values.
+    let mut v = delta(&p);
+    let stamp = p.a.changes().to_value()["changes"]["_s"]["id"].clone();
+    v["changes"]["_s"]["k"] = json!({"title": stamp});
+    v["knows"][stamp.as_str().unwrap().split_once('-').unwrap().1] = json!("3fffffffffffffff");
+    refused(&mut p, &v.to_string(), "used here for another value");
+}
+
+#[test]
+fn versions_and_stamps_from_the_future() {
+    let mut p = pair();
+    let mut v = delta(&p);
+    let me = p.a.client_id().to_string();
+    for row in v["clientStates"].as_array_mut().unwrap() {
+        if row["clientID"] == json!(me) {
+            row["lastReceived"] = json!(1_000_000);
+        }
+    }
+    refused(&mut p, &v.to_string(), "claims to have received version 1000000");
+    let mut v = delta(&p);
+    v["changes"]["_s"]["k"] = json!({"title": "7fffffffffffffff-aaaaaaaaaaaaaaaa"});
+    refused(&mut p, &v.to_string(), "far future");
+    // A stamp beyond what the sender says it holds.
+    let mut v = delta(&p);
+    let b = p.b.client_id().to_string();
+    v["changes"]["_s"]["k"] = json!({"title": format!("3ffffffffffffff0-{b}")});
+    refused(&mut p, &v.to_string(), "newer than what the sender says it holds");
+}
+
+#[test]
+fn own_client_id_and_causality() {
+    let mut p = pair();
+    let mut v = delta(&p);
+    v["sentBy"] = json!(p.a.client_id().to_string());
+    refused(&mut p, &v.to_string(), "own client id");
+    // An element not newer than its origin.
+    let mut v = delta(&p);
+    let elems = p.a.changes().to_value()["changes"]["list"]["v"].clone();
+    let first = elems[0]["e"].as_str().unwrap().to_string();
+    let mut e = v["changes"]["list"]["v"][0].clone();
+    e["e"] = json!(first.clone());
+    e["o"] = json!(first);
+    v["changes"]["list"]["v"] = json!([e]);
+    refused(&mut p, &v.to_string(), "not newer than its origin");
+}
+
+#[test]
+fn user_keys_named_like_metadata_survive_a_delta() {
+    let mut p = pair();
+    p.b.set("o._s", json!({"v": [1, {"_s": "x"}]})).unwrap();
+    p.b.set("o.v", json!("vee")).unwrap();
+    p.b.set("o.__s", json!(2)).unwrap();
+    let text = p.b.changes_for(p.a.client_id()).to_json_string();
+    p.a.apply(&Changes::parse(&text).unwrap()).unwrap();
+    assert_eq!(p.a.get("o").unwrap(), Some(json!({"k": 1, "_s": {"v": [1, {"_s": "x"}]}, "v": "vee", "__s": 2})));
+}
