@@ -2,3 +2,7 @@
 //! shared folder. The [`engine`] is pure; the agent, the store and the transports are built on it.
 
 pub mod engine;
+pub mod config;
+pub mod store;
+pub mod transport;
+pub mod agent;

@@ -1,1 +1,241 @@
-fn main(){}
+//! `agent`: the command line. Parses arguments, calls into the library, prints. Nothing else lives
+//! here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use minisync::agent::{Agent, AgentError, DocCommand, doc_command, status};
+use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path};
+use minisync::store::Store;
+
+/// Keeps JSON documents in step with your peers over e-mail or a shared folder.
+#[derive(Parser)]
+#[command(name = "agent", version, about)]
+struct Cli {
+    /// Config file (default: $XDG_CONFIG_HOME/minisync/agent.toml).
+    #[arg(long, global = true, env = "MINISYNC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented config and create the state database.
+    Init {
+        /// Overwrite an existing config file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run as a service: receive, merge, acknowledge, send and resend until SIGTERM.
+    Run,
+    /// One pass (fetch, merge, acknowledge, send) and exit.
+    Sync,
+    /// Send a peer its pending changes now.
+    Send {
+        /// The peer's e-mail address.
+        #[arg(long)]
+        to: String,
+        /// Only this document.
+        #[arg(long)]
+        doc: Option<String>,
+    },
+    /// Per document and peer: received, acknowledged, pending, last mail, last error.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and edit documents.
+    Doc {
+        #[command(subcommand)]
+        command: DocCmd,
+    },
+    /// Log in to IMAP and SMTP and report what works.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum DocCmd {
+    /// List the configured documents.
+    List,
+    /// Print the value at a path (e.g. `items[0].done`; empty for the whole document).
+    Get { name: String, #[arg(default_value = "")] path: String },
+    /// Set the value at a path (JSON, or else taken as a string).
+    Set { name: String, path: String, value: String },
+    /// Remove the value at a path.
+    Rm { name: String, path: String },
+    /// Create (or replace the content of) a document from a JSON file (`-` for stdin).
+    Import { name: String, file: PathBuf },
+    /// Print a document as JSON (or write it to a file).
+    Export {
+        name: String,
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MINISYNC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let config_error = e.chain().any(|c| {
+                c.downcast_ref::<ConfigError>().is_some()
+                    || matches!(c.downcast_ref::<AgentError>(), Some(AgentError::Config(_)))
+            });
+            eprintln!("error: {e:#}");
+            if config_error {
+                ExitCode::from(EX_CONFIG as u8)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.clone().unwrap_or_else(default_config_path);
+    match cli.command {
+        Command::Init { force } => {
+            if path.exists() && !force {
+                anyhow::bail!("{} exists; use --force to overwrite it", path.display());
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, include_str!("../config/agent.toml"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            let cfg = load(&path)?;
+            Store::open(&cfg.database_path())?;
+            println!("wrote {}\nstate in {}", path.display(), cfg.database_path().display());
+            println!("edit the [account], [[peers]] and [[documents]] tables, then run `agent check`");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let cfg = load(&path)?;
+            let mut agent = Agent::new(cfg)?;
+            runtime()?.block_on(async {
+                tracing::info!("agent running");
+                agent.run(shutdown_signal()).await;
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync => {
+            let cfg = load(&path)?;
+            let mut agent = Agent::new(cfg)?;
+            let report = runtime()?.block_on(agent.sync_once());
+            println!(
+                "merged {}, duplicates {}, quarantined {}, not yet readable {}, sent {}, send failures {}",
+                report.merged, report.duplicates, report.quarantined, report.deferred, report.sent, report.send_failures
+            );
+            for e in &report.errors {
+                eprintln!("error: {e}");
+            }
+            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Send { to, doc } => {
+            let cfg = load(&path)?;
+            let mut agent = Agent::new(cfg)?;
+            let report = runtime()?.block_on(agent.send_now(&to, doc.as_deref()))?;
+            println!("sent {} message(s) to {to}, {} failed", report.sent, report.send_failures);
+            Ok(if report.send_failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Status { json } => {
+            let cfg = load(&path)?;
+            let mut store = Store::open(&cfg.database_path())?;
+            let s = status(&cfg, &mut store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{s}");
+            }
+            Ok(if s.failing { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+        Command::Doc { command } => {
+            let cfg = load(&path)?;
+            let mut store = Store::open(&cfg.database_path())?;
+            let (cmd, output) = match command {
+                DocCmd::List => (DocCommand::List, None),
+                DocCmd::Get { name, path } => (DocCommand::Get { name, path }, None),
+                DocCmd::Set { name, path, value } => (DocCommand::Set { name, path, value }, None),
+                DocCmd::Rm { name, path } => (DocCommand::Rm { name, path }, None),
+                DocCmd::Import { name, file } => {
+                    let json = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+                    };
+                    (DocCommand::Import { name, json }, None)
+                }
+                DocCmd::Export { name, output } => (DocCommand::Export { name }, output),
+            };
+            let text = doc_command(&cfg, &mut store, cmd)?;
+            match output {
+                Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => {
+            let cfg = load(&path)?;
+            let account = cfg
+                .account
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("no [account] in {}: nothing to check", path.display()))?;
+            let results = runtime()?.block_on(minisync::transport::mail::check(&account));
+            let mut ok = true;
+            for (what, r) in results {
+                match r {
+                    Ok(detail) => println!("ok    {what}: {detail}"),
+                    Err(e) => {
+                        ok = false;
+                        println!("FAIL  {what}: {e}");
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}

@@ -25,6 +25,12 @@ impl Document {
         }
     }
 
+    /// Everything changed after this replica's own version `version`, for any reader (the shared
+    /// folder's `changes.latest.json`).
+    pub fn changes_since(&self, version: u64) -> Changes {
+        self.make_changes(version, None, false)
+    }
+
     fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
         let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::new();
         let mut attached = HashMap::new();

@@ -1,0 +1,344 @@
+//! The agent: receive → merge → acknowledge → send → resend, for every configured document, over
+//! whichever transport each document uses.
+//!
+//! One pass (`sync_once`) does all of it once; `run` repeats passes, waiting in between for news
+//! from a transport (IMAP IDLE), for a local edit (another process wrote the database), for an
+//! outbox item to come due, or for shutdown. State lives only in the [`Store`], so a crash at any
+//! point loses nothing: see `receive.rs` for the order of commits.
+
+mod docs;
+mod receive;
+mod send;
+mod status;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, DocumentConfig, TransportKind};
+use crate::engine::{self, ClientId};
+use crate::store::{Store, StoreError};
+use crate::transport::folder::FolderTransport;
+use crate::transport::mail::MailTransport;
+use crate::transport::{Route, Transport, TransportError};
+
+pub use docs::{DocCommand, doc_command};
+pub use status::{DocStatus, PeerStatus, Status, status};
+
+/// Why the agent could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, AgentError>;
+
+/// A configured document and the transport that carries it.
+struct DocSlot {
+    cfg: DocumentConfig,
+    transport: usize,
+}
+
+/// What one pass did, for `agent sync` and the service status line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub merged: usize,
+    pub duplicates: usize,
+    pub quarantined: usize,
+    pub deferred: usize,
+    pub sent: usize,
+    pub send_failures: usize,
+    pub errors: Vec<String>,
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: Config,
+    store: Store,
+    transports: Vec<Arc<dyn Transport>>,
+    docs: Vec<DocSlot>,
+}
+
+impl Agent {
+    /// Opens the state and sets up one transport per kind (mail) or per folder.
+    pub fn new(cfg: Config) -> Result<Agent> {
+        let store = Store::open(&cfg.database_path())?;
+        let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+        let mut mail: Option<usize> = None;
+        let mut docs = Vec::new();
+        for d in &cfg.documents {
+            let ti = match d.transport {
+                TransportKind::Mail => match mail {
+                    Some(i) => i,
+                    None => {
+                        let account = cfg.account.as_ref().ok_or_else(|| {
+                            AgentError::Other("mail documents need an [account]".into())
+                        })?;
+                        transports.push(Arc::new(MailTransport::new(
+                            account.clone(),
+                            cfg.agent.poll_interval,
+                            &cfg.database_path(),
+                        )?));
+                        mail = Some(transports.len() - 1);
+                        transports.len() - 1
+                    }
+                },
+                TransportKind::Folder => {
+                    let folder = cfg.resolve(d.folder.as_deref().unwrap_or(std::path::Path::new(".")));
+                    std::fs::create_dir_all(&folder).map_err(|e| {
+                        AgentError::Other(format!("cannot create folder {}: {e}", folder.display()))
+                    })?;
+                    let poll = cfg.agent.poll_interval.min(Duration::from_secs(1));
+                    transports.push(Arc::new(FolderTransport::new(folder, poll)));
+                    transports.len() - 1
+                }
+            };
+            docs.push(DocSlot {
+                cfg: d.clone(),
+                transport: ti,
+            });
+        }
+        Ok(Agent {
+            cfg,
+            store,
+            transports,
+            docs,
+        })
+    }
+
+    /// The store (for the CLI's reads after a pass).
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// One pass: receive and merge everything waiting, then send what is due.
+    pub async fn sync_once(&mut self) -> PassReport {
+        let mut report = PassReport::default();
+        for ti in 0..self.transports.len() {
+            if let Err(e) = self.receive_from(ti, &mut report).await {
+                tracing::warn!(transport = self.transports[ti].name(), error = %e, "receive failed");
+                report.errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.schedule(&mut report).await {
+            tracing::warn!(error = %e, "scheduling sends failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.flush(&mut report, None).await {
+            tracing::warn!(error = %e, "sending failed");
+            report.errors.push(e.to_string());
+        }
+        report
+    }
+
+    /// Sends one peer its pending changes now, whatever the send delay (`agent send`).
+    pub async fn send_now(&mut self, peer: &str, doc: Option<&str>) -> Result<PassReport> {
+        let mut report = PassReport::default();
+        let mut matched = false;
+        for i in 0..self.docs.len() {
+            let slot = &self.docs[i];
+            if doc.is_some_and(|d| d != slot.cfg.name)
+                || !slot.cfg.peers.iter().any(|p| p.eq_ignore_ascii_case(peer))
+            {
+                continue;
+            }
+            matched = true;
+            let name = slot.cfg.name.clone();
+            if self.store.has_doc(&name)? {
+                self.queue_for_peer(i, peer, true)?;
+            }
+        }
+        if !matched {
+            return Err(AgentError::Other(format!(
+                "{peer} shares no document{} in the config",
+                doc.map(|d| format!(" named {d:?}")).unwrap_or_default()
+            )));
+        }
+        self.flush(&mut report, Some(peer)).await?;
+        Ok(report)
+    }
+
+    /// Routes for the documents a transport carries.
+    fn routes(&mut self, ti: usize) -> Result<Vec<Route>> {
+        let mut routes = Vec::new();
+        for slot in self.docs.iter().filter(|s| s.transport == ti) {
+            let name = slot.cfg.name.clone();
+            let route = if self.store.has_doc(&name)? {
+                self.store.read_doc(&name, |d| Route {
+                    name: name.clone(),
+                    doc_id: Some(d.id().to_string()),
+                    client_id: Some(d.client_id()),
+                    last_received: d
+                        .peers()
+                        .iter()
+                        .map(|(c, p)| (*c, p.last_received))
+                        .collect::<BTreeMap<ClientId, u64>>(),
+                })?
+            } else {
+                Route {
+                    name,
+                    doc_id: None,
+                    client_id: None,
+                    last_received: BTreeMap::new(),
+                }
+            };
+            routes.push(route);
+        }
+        Ok(routes)
+    }
+
+    /// Runs until `shutdown` resolves: passes, separated by waits for news.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let mut backoff = Backoff::default();
+        loop {
+            let report = self.sync_once().await;
+            let status = format!(
+                "merged {} sent {} quarantined {} errors {}",
+                report.merged,
+                report.sent,
+                report.quarantined,
+                report.errors.len()
+            );
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
+            if report.merged + report.sent + report.quarantined > 0 {
+                tracing::info!(%status, "pass done");
+            }
+            let pause = if report.errors.is_empty() {
+                backoff.reset();
+                self.next_wake()
+            } else {
+                backoff.next()
+            };
+            let transports = self.transports.clone();
+            let store = &self.store;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wait_any(&transports, pause), if report.errors.is_empty() => {}
+                _ = tokio::time::sleep(pause), if !report.errors.is_empty() => {}
+                _ = local_change(store) => {}
+            }
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        tracing::info!("stopped");
+    }
+
+    /// How long the loop may wait before something is due.
+    fn next_wake(&self) -> Duration {
+        let now = crate::store::now_ms();
+        let mut at = now + 4 * 60 * 1000; // re-issue IDLE well within 5 minutes of silence
+        if let Ok(Some(t)) = self.store.next_due() {
+            at = at.min(t);
+        }
+        for slot in &self.docs {
+            let name = &slot.cfg.name;
+            if let Ok(Some(edited)) = self.store.edited_at(name) {
+                at = at.min(edited + slot.cfg.send_delay.as_millis() as i64);
+            }
+            if let Ok(rows) = self.store.peers(name) {
+                for r in rows {
+                    if let Some(sent) = r.last_sent_at {
+                        at = at.min(sent + slot.cfg.resend_interval.as_millis() as i64);
+                    }
+                }
+            }
+        }
+        Duration::from_millis((at - now).clamp(0, 4 * 60 * 1000) as u64)
+    }
+}
+
+/// Waits for any transport to report news, at most `max`.
+async fn wait_any(transports: &[Arc<dyn Transport>], max: Duration) {
+    if transports.is_empty() {
+        tokio::time::sleep(max).await;
+        return;
+    }
+    let waits = transports.iter().map(|t| t.wait(max));
+    let (result, _, _) = futures::future::select_all(waits.map(Box::pin)).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "waiting for news failed");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Resolves when another process (the CLI) commits to the database.
+async fn local_change(store: &Store) {
+    let start = data_version(store);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if data_version(store) != start {
+            return;
+        }
+    }
+}
+
+fn data_version(store: &Store) -> i64 {
+    store
+        .conn()
+        .query_row("PRAGMA data_version", [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// Exponential backoff with jitter for reconnects and retries: 1 s doubling to 2 min.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The next pause.
+    pub fn next(&mut self) -> Duration {
+        let d = backoff_delay(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        d
+    }
+    /// Back to the shortest pause after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The pause before retry number `attempt` (0-based): 1 s × 2^attempt, capped at 2 minutes, with
+/// up to 25 % random jitter so that many agents do not retry in step.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    use rand::Rng;
+    let base = 1000u64.saturating_mul(1u64 << attempt.min(7)).min(120_000);
+    let jitter = rand::rng().random_range(0..=base / 4);
+    Duration::from_millis(base + jitter)
+}
+
+/// A fresh, well-formed Message-ID in the account's domain.
+pub fn new_message_id(address: &str) -> String {
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("minisync.invalid");
+    format!("<minisync.{}.{}@{domain}>", ClientId::random(), ClientId::random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff_delay(0) >= Duration::from_secs(1));
+        assert!(backoff_delay(0) <= Duration::from_millis(1250));
+        assert!(backoff_delay(3) >= Duration::from_secs(8));
+        assert!(backoff_delay(30) <= Duration::from_secs(150));
+    }
+
+    #[test]
+    fn message_ids_are_unique_and_well_formed() {
+        let a = new_message_id("alice@example.test");
+        assert_ne!(a, new_message_id("alice@example.test"));
+        assert!(a.starts_with('<') && a.ends_with("@example.test>"));
+    }
+}

@@ -1,0 +1,213 @@
+//! Sending: deciding what is due (new changes after the send delay, unacknowledged changes after
+//! the resend interval), putting it in the outbox, and delivering the outbox with retries.
+//! Shared media get a publication instead: a base rewritten when the latest file grows past 30 %
+//! of it, and a latest file rewritten whenever the replica changed.
+
+use crate::agent::{Agent, PassReport, Result, backoff_delay, new_message_id};
+use crate::engine::ClientId;
+use crate::store::{OutItem, PeerChange, Published, Store, now_ms};
+use crate::transport::{Delivery, Outgoing, SendError};
+
+/// The latest file is folded into a new base once it passes this share of the base's size.
+const REBASE_RATIO: f64 = 0.3;
+
+impl Agent {
+    /// Queues what is due for every peer of every document, and publishes shared documents.
+    pub(super) async fn schedule(&mut self, report: &mut PassReport) -> Result<()> {
+        for i in 0..self.docs.len() {
+            let name = self.docs[i].cfg.name.clone();
+            if !self.store.has_doc(&name)? {
+                continue;
+            }
+            match self.transports[self.docs[i].transport].delivery() {
+                Delivery::Shared => {
+                    if let Err(e) = self.publish(i).await {
+                        report.send_failures += 1;
+                        report.errors.push(e.to_string());
+                    }
+                }
+                Delivery::PerPeer => {
+                    let rev = self.store.doc_rev(&name)?.unwrap_or(0);
+                    let mut all_queued = true;
+                    for peer in self.docs[i].cfg.peers.clone() {
+                        all_queued &= self.queue_for_peer(i, &peer, false)?;
+                    }
+                    if all_queued && self.store.edited_at(&name)?.is_some() {
+                        self.store.clear_edited(&name, rev)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a changes mail for one peer if one is due (or `now`); false when the send delay is
+    /// still running.
+    pub(super) fn queue_for_peer(&mut self, i: usize, peer: &str, now: bool) -> Result<bool> {
+        let cfg = self.docs[i].cfg.clone();
+        let row = self.store.peer(&cfg.name, peer)?;
+        let version = self.store.read_doc(&cfg.name, |d| d.version())?;
+        let t = now_ms();
+        let fresh = version > row.sent_version;
+        if fresh && !now {
+            if let Some(edited) = self.store.edited_at(&cfg.name)? {
+                if t < edited + cfg.send_delay.as_millis() as i64 {
+                    return Ok(false);
+                }
+            }
+        }
+        let resend_due = row
+            .last_sent_at
+            .is_some_and(|s| t >= s + cfg.resend_interval.as_millis() as i64)
+            && self.store.pending_for(&cfg.name, peer)? == 0;
+        if !fresh && !resend_due && !now {
+            return Ok(true);
+        }
+        let client = row.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
+        let (body, has) = self.store.read_doc(&cfg.name, |d| {
+            let ch = match client {
+                Some(c) => d.changes_for(c),
+                None => d.changes(),
+            };
+            (ch.to_json_string(), ch.has_changes())
+        })?;
+        if has {
+            let address = self.cfg.account.as_ref().map(|a| a.address.as_str()).unwrap_or("");
+            let item = OutItem {
+                id: 0,
+                doc: cfg.name.clone(),
+                peer: peer.to_string(),
+                message_id: new_message_id(address),
+                in_reply_to: None,
+                body,
+                ack_only: false,
+                version,
+                attempts: 0,
+            };
+            Store::enqueue(self.store.conn(), &item)?;
+            tracing::debug!(doc = %cfg.name, %peer, version, resend = !fresh, "queued changes");
+        }
+        Store::touch_peer(self.store.conn(), &cfg.name, peer, PeerChange::Queued(version))?;
+        Ok(true)
+    }
+
+    /// Delivers due outbox items (only those for `only_peer` when given).
+    pub(super) async fn flush(&mut self, report: &mut PassReport, only_peer: Option<&str>) -> Result<()> {
+        for item in self.store.due(now_ms())? {
+            if only_peer.is_some_and(|p| !p.eq_ignore_ascii_case(&item.peer)) {
+                continue;
+            }
+            let Some(slot) = self.docs.iter().find(|s| s.cfg.name == item.doc) else {
+                self.store.mark_failed(item.id, "document no longer in the config")?;
+                continue;
+            };
+            let transport = self.transports[slot.transport].clone();
+            let (doc_id, client) = self.store.read_doc(&item.doc, |d| (d.id().to_string(), d.client_id()))?;
+            let out = Outgoing {
+                doc_name: &item.doc,
+                doc_id: &doc_id,
+                client_id: client,
+                peer: &item.peer,
+                message_id: &item.message_id,
+                in_reply_to: item.in_reply_to.as_deref(),
+                body: &item.body,
+                ack_only: item.ack_only,
+                version: item.version,
+                base: None,
+                base_version: 0,
+                base_len: 0,
+            };
+            let span = tracing::info_span!("send", doc = %item.doc, peer = %item.peer, message_id = %item.message_id);
+            let _guard = span.enter();
+            match transport.send(&out).await {
+                Ok(()) => {
+                    self.store.mark_sent(item.id)?;
+                    Store::touch_peer(self.store.conn(), &item.doc, &item.peer, PeerChange::Sent)?;
+                    tracing::info!(bytes = item.body.len(), ack_only = item.ack_only, "sent");
+                    report.sent += 1;
+                }
+                Err(SendError::Temporary(e)) => {
+                    let at = now_ms() + backoff_delay(item.attempts.saturating_add(2)).as_millis() as i64;
+                    self.store.mark_retry(item.id, &e, at)?;
+                    Store::touch_peer(
+                        self.store.conn(),
+                        &item.doc,
+                        &item.peer,
+                        PeerChange::Failed { error: e.clone(), failing: item.attempts >= 3 },
+                    )?;
+                    tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
+                    report.send_failures += 1;
+                }
+                Err(SendError::Permanent(e)) => {
+                    self.store.mark_failed(item.id, &e)?;
+                    Store::touch_peer(
+                        self.store.conn(),
+                        &item.doc,
+                        &item.peer,
+                        PeerChange::Failed { error: e.clone(), failing: true },
+                    )?;
+                    tracing::error!(error = %e, "send refused by the server");
+                    report.send_failures += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this replica's publication to a shared medium when it changed.
+    async fn publish(&mut self, i: usize) -> Result<()> {
+        let name = self.docs[i].cfg.name.clone();
+        let transport = self.transports[self.docs[i].transport].clone();
+        let previous = self.store.published(&name)?.unwrap_or_default();
+        let fingerprint = self.store.read_doc(&name, |d| {
+            let acks: Vec<String> = d.peers().iter().map(|(c, p)| format!("{c}={}", p.last_received)).collect();
+            format!("{}|{}", d.version(), acks.join(","))
+        })?;
+        if fingerprint == previous.fingerprint {
+            return Ok(());
+        }
+        let (doc_id, client, version, latest, base) = self.store.read_doc(&name, |d| {
+            let latest = d.changes_since(previous.base_version).to_json_string();
+            let rebase = previous.base_len == 0
+                || latest.len() as f64 > REBASE_RATIO * previous.base_len as f64;
+            if rebase {
+                let base = d.changes().to_json_string();
+                (d.id().to_string(), d.client_id(), d.version(), d.changes_since(d.version()).to_json_string(), Some(base))
+            } else {
+                (d.id().to_string(), d.client_id(), d.version(), latest, None)
+            }
+        })?;
+        let (base_version, base_len) = match &base {
+            Some(b) => (version, b.len() as u64),
+            None => (previous.base_version, previous.base_len),
+        };
+        let out = Outgoing {
+            doc_name: &name,
+            doc_id: &doc_id,
+            client_id: client,
+            peer: "",
+            message_id: "",
+            in_reply_to: None,
+            body: &latest,
+            ack_only: false,
+            version,
+            base: base.as_deref(),
+            base_version,
+            base_len,
+        };
+        transport
+            .send(&out)
+            .await
+            .map_err(|e| crate::agent::AgentError::Other(format!("publishing {name:?}: {e}")))?;
+        tracing::info!(doc = %name, version, rebased = base.is_some(), bytes = latest.len(), "published");
+        self.store.set_published(
+            &name,
+            &Published {
+                base_version,
+                base_len,
+                fingerprint,
+            },
+        )?;
+        Ok(())
+    }
+}

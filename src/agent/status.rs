@@ -1,0 +1,148 @@
+//! `agent status`: per document and peer, what was received and acknowledged, what is pending,
+//! when mail last went each way, and the last error.
+
+use serde::Serialize;
+
+use crate::config::{Config, TransportKind};
+use crate::engine::ClientId;
+use crate::store::Store;
+
+/// The whole status report.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub documents: Vec<DocStatus>,
+    /// Whether any peer is failing (the command then exits non-zero).
+    pub failing: bool,
+}
+
+/// One document.
+#[derive(Debug, Serialize)]
+pub struct DocStatus {
+    pub name: String,
+    pub transport: &'static str,
+    pub exists: bool,
+    pub doc_id: Option<String>,
+    pub client_id: Option<String>,
+    pub version: Option<u64>,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer of one document.
+#[derive(Debug, Serialize)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub client_id: Option<String>,
+    pub last_received: u64,
+    pub last_acknowledged: u64,
+    pub pending_changes: bool,
+    pub outbox: usize,
+    pub last_sent: Option<String>,
+    pub last_received_at: Option<String>,
+    pub last_error: Option<String>,
+    pub failing: bool,
+}
+
+fn when(ms: Option<i64>) -> Option<String> {
+    ms.map(|m| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    })
+}
+
+/// Builds the status report from the store.
+pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
+    let mut documents = Vec::new();
+    let mut failing = false;
+    for d in &cfg.documents {
+        let exists = store.has_doc(&d.name)?;
+        let mut peers = Vec::new();
+        let (doc_id, client_id, version) = if exists {
+            store.read_doc(&d.name, |doc| {
+                (Some(doc.id().to_string()), Some(doc.client_id().to_string()), Some(doc.version()))
+            })?
+        } else {
+            (None, None, None)
+        };
+        let mut keys: Vec<String> = match d.transport {
+            TransportKind::Mail => d.peers.clone(),
+            TransportKind::Folder => store.peers(&d.name)?.into_iter().map(|r| r.peer).collect(),
+        };
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            let row = store.peer(&d.name, &key)?;
+            let client = row.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
+            let (last_received, last_acknowledged, pending_changes) = match (exists, client) {
+                (true, Some(c)) => store.read_doc(&d.name, |doc| {
+                    let p = doc.peer(c).cloned().unwrap_or_default();
+                    (p.last_received, p.last_acknowledged, doc.changes_for(c).has_changes())
+                })?,
+                (true, None) => (0, 0, true),
+                _ => (0, 0, false),
+            };
+            failing |= row.failing;
+            let last_error = row.last_error.clone().or(store.last_outbox_error(&d.name, &key)?);
+            peers.push(PeerStatus {
+                outbox: store.pending_for(&d.name, &key)?,
+                peer: key,
+                client_id: row.client_id,
+                last_received,
+                last_acknowledged,
+                pending_changes,
+                last_sent: when(row.last_sent_at),
+                last_received_at: when(row.last_received_at),
+                last_error,
+                failing: row.failing,
+            });
+        }
+        documents.push(DocStatus {
+            name: d.name.clone(),
+            transport: match d.transport {
+                TransportKind::Mail => "mail",
+                TransportKind::Folder => "folder",
+            },
+            exists,
+            doc_id,
+            client_id,
+            version,
+            peers,
+        });
+    }
+    Ok(Status { documents, failing })
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for d in &self.documents {
+            match (&d.doc_id, d.version) {
+                (Some(id), Some(v)) => writeln!(f, "{} ({}, id {id}, version {v})", d.name, d.transport)?,
+                _ => writeln!(f, "{} ({}, no replica here yet)", d.name, d.transport)?,
+            }
+            if d.peers.is_empty() {
+                writeln!(f, "  no peers seen yet")?;
+            }
+            for p in &d.peers {
+                writeln!(
+                    f,
+                    "  {}{}: received {} acknowledged {}{}{}",
+                    p.peer,
+                    if p.failing { " [FAILING]" } else { "" },
+                    p.last_received,
+                    p.last_acknowledged,
+                    if p.pending_changes { ", changes pending" } else { ", in step" },
+                    if p.outbox > 0 { format!(", {} in outbox", p.outbox) } else { String::new() },
+                )?;
+                writeln!(
+                    f,
+                    "    last sent {}, last received {}",
+                    p.last_sent.as_deref().unwrap_or("never"),
+                    p.last_received_at.as_deref().unwrap_or("never")
+                )?;
+                if let Some(e) = &p.last_error {
+                    writeln!(f, "    last error: {e}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

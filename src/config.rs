@@ -1,0 +1,556 @@
+//! The agent's TOML configuration: the account, the peers, the documents and where state lives.
+//!
+//! Parsing is strict: an unknown key is an error that names its line and suggests the nearest valid
+//! key, because a typo in a sync tool's config silently means "not synced". The binary exits with
+//! code 78 (EX_CONFIG) on any [`ConfigError`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code for a configuration error (sysexits.h EX_CONFIG); the systemd unit does not restart on it.
+pub const EX_CONFIG: i32 = 78;
+
+/// What is wrong with a configuration, in words that say what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("password for {what}: {msg}")]
+    Secret { what: String, msg: String },
+}
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encryption {
+    /// TLS from the first byte (IMAPS 993, SMTPS 465).
+    Tls,
+    /// Plain connection upgraded with STARTTLS (IMAP 143, submission 587).
+    StartTls,
+    /// No encryption: only for loopback test servers.
+    None,
+}
+
+/// One server (IMAP or SMTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub encryption: Encryption,
+    /// Login name; the account address when absent.
+    pub login: Option<String>,
+    /// Inline password (prefer `password-cmd` or `password-env`).
+    pub password: Option<String>,
+    /// Name of an environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// Shell command (run with `sh -c`) whose first output line is the password.
+    pub password_cmd: Option<String>,
+    /// PEM file of a CA to trust besides the public roots (private or self-signed servers).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The IMAP side: the server plus which folders to use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Imap {
+    pub host: String,
+    pub port: u16,
+    pub encryption: Encryption,
+    pub login: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub password_cmd: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// Mailbox watched for incoming changes.
+    #[serde(default = "default_mailbox")]
+    pub mailbox: String,
+    /// Folder that processed agent mail is moved to (created if missing).
+    #[serde(default = "default_processed")]
+    pub processed_folder: String,
+    /// Folder for agent mail that was refused (created if missing).
+    #[serde(default = "default_quarantine")]
+    pub quarantine_folder: String,
+}
+
+impl Imap {
+    /// The connection settings, in the shape shared with SMTP.
+    pub fn server(&self) -> Server {
+        Server {
+            host: self.host.clone(),
+            port: self.port,
+            encryption: self.encryption,
+            login: self.login.clone(),
+            password: self.password.clone(),
+            password_env: self.password_env.clone(),
+            password_cmd: self.password_cmd.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
+}
+
+fn default_mailbox() -> String {
+    "INBOX".into()
+}
+fn default_processed() -> String {
+    "Minisync".into()
+}
+fn default_quarantine() -> String {
+    "Minisync-Quarantine".into()
+}
+
+/// The mail account the agent sends and receives with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Account {
+    pub address: String,
+    pub name: Option<String>,
+    pub imap: Imap,
+    pub smtp: Server,
+}
+
+/// Someone documents are shared with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Peer {
+    pub address: String,
+    pub name: Option<String>,
+}
+
+/// Which transport carries a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    #[default]
+    Mail,
+    Folder,
+}
+
+/// A synced document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DocumentConfig {
+    pub name: String,
+    /// Peers (e-mail addresses) that share it; mail transport only.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// The shared folder; folder transport only.
+    pub folder: Option<PathBuf>,
+    /// Edits within this delay go out together.
+    #[serde(default = "default_send_delay", with = "humantime_serde_compat")]
+    pub send_delay: Duration,
+    /// Changes not acknowledged within this interval are sent again.
+    #[serde(default = "default_resend", with = "humantime_serde_compat")]
+    pub resend_interval: Duration,
+}
+
+fn default_send_delay() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_resend() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+/// Agent-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentSettings {
+    /// How often to poll the mailbox when the server has no IDLE (and the folder transport).
+    #[serde(default = "default_poll", with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// Where the SQLite state lives; the XDG state directory when absent.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            poll_interval: default_poll(),
+            state_dir: None,
+        }
+    }
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    pub account: Option<Account>,
+    #[serde(default)]
+    pub agent: AgentSettings,
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub documents: Vec<DocumentConfig>,
+    /// Where the file was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Durations written like "2s", "500ms", "15m" (humantime), or a number of seconds.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\" or \"15m\""
+                ))
+            }),
+        }
+    }
+}
+
+/// The default config path: `$XDG_CONFIG_HOME/minisync/agent.toml` (or `~/.config/...`).
+pub fn default_config_path() -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config").join("minisync/agent.toml")
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(fallback),
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text (`path` is only used in messages and for relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                msg: explain(e.message()),
+            }
+        })?;
+        cfg.path = path.to_path_buf();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn invalid(&self, msg: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            msg: msg.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for d in &self.documents {
+            if d.name.is_empty()
+                || !d
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(self.invalid(format!(
+                    "document name {:?}: use letters, digits, '-', '_' or '.'",
+                    d.name
+                )));
+            }
+            if !names.insert(&d.name) {
+                return Err(self.invalid(format!("document {:?} is listed twice", d.name)));
+            }
+            match d.transport {
+                TransportKind::Mail => {
+                    if self.account.is_none() {
+                        return Err(self.invalid(format!(
+                            "document {:?} uses the mail transport but there is no [account] table",
+                            d.name
+                        )));
+                    }
+                    if d.folder.is_some() {
+                        return Err(self.invalid(format!(
+                            "document {:?}: `folder` only applies to transport = \"folder\"",
+                            d.name
+                        )));
+                    }
+                    for p in &d.peers {
+                        if !self.peers.iter().any(|q| q.address.eq_ignore_ascii_case(p)) {
+                            return Err(self.invalid(format!(
+                                "document {:?} names peer {p:?}, which is not in [[peers]]: add it there",
+                                d.name
+                            )));
+                        }
+                    }
+                }
+                TransportKind::Folder => {
+                    if d.folder.is_none() {
+                        return Err(self.invalid(format!(
+                            "document {:?} uses the folder transport: set `folder = \"/path/to/shared/folder\"`",
+                            d.name
+                        )));
+                    }
+                }
+            }
+        }
+        for p in &self.peers {
+            if !p.address.contains('@') {
+                return Err(self.invalid(format!("peer {:?} is not an e-mail address", p.address)));
+            }
+        }
+        if let Some(a) = &self.account {
+            if !a.address.contains('@') {
+                return Err(self.invalid(format!(
+                    "account address {:?} is not an e-mail address",
+                    a.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory holding the agent's state.
+    pub fn state_dir(&self) -> PathBuf {
+        match &self.agent.state_dir {
+            Some(p) if p.is_relative() => self
+                .path
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(p),
+            Some(p) => p.clone(),
+            None => xdg_dir("XDG_STATE_HOME", ".local/state").join("minisync"),
+        }
+    }
+
+    /// The SQLite database path.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir().join("agent.sqlite")
+    }
+
+    /// A document's settings by name.
+    pub fn document(&self, name: &str) -> Option<&DocumentConfig> {
+        self.documents.iter().find(|d| d.name == name)
+    }
+
+    /// A folder path, relative paths taken from the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_relative() {
+            self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        } else {
+            p.to_path_buf()
+        }
+    }
+}
+
+impl Server {
+    /// The login name (the account address when not set).
+    pub fn login_or<'a>(&'a self, address: &'a str) -> &'a str {
+        self.login.as_deref().unwrap_or(address)
+    }
+
+    /// Resolves the password from the command, the environment variable or the inline value.
+    pub fn password(&self, what: &str) -> Result<String, ConfigError> {
+        let err = |msg: String| ConfigError::Secret {
+            what: what.to_string(),
+            msg,
+        };
+        if let Some(cmd) = &self.password_cmd {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .output()
+                .map_err(|e| err(format!("cannot run password-cmd: {e}")))?;
+            if !out.status.success() {
+                return Err(err(format!(
+                    "password-cmd exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            return Ok(text.lines().next().unwrap_or("").to_string());
+        }
+        if let Some(var) = &self.password_env {
+            return std::env::var(var)
+                .map_err(|_| err(format!("environment variable {var} is not set")));
+        }
+        self.password.clone().ok_or_else(|| {
+            err("set one of password-cmd, password-env or password".to_string())
+        })
+    }
+}
+
+/// Every key the config accepts, for "did you mean" suggestions.
+const KNOWN_KEYS: &[&str] = &[
+    "account", "agent", "peers", "documents", "address", "name", "imap", "smtp", "host", "port",
+    "encryption", "login", "password", "password-env", "password-cmd", "ca-file", "mailbox",
+    "processed-folder", "quarantine-folder", "transport", "folder", "send-delay",
+    "resend-interval", "poll-interval", "state-dir",
+];
+
+/// Adds a suggestion to toml's "unknown field" messages.
+fn explain(msg: &str) -> String {
+    let msg = msg.trim().to_string();
+    let Some(rest) = msg.strip_prefix("unknown field `") else {
+        return msg;
+    };
+    let Some((field, _)) = rest.split_once('`') else {
+        return msg;
+    };
+    // Prefer the keys toml lists as valid at this place; fall back to every known key.
+    let listed: Vec<&str> = msg
+        .split('`')
+        .skip(3)
+        .step_by(2)
+        .collect();
+    let pool: Vec<&str> = if listed.is_empty() { KNOWN_KEYS.to_vec() } else { listed };
+    let best = pool
+        .iter()
+        .map(|k| (edit_distance(field, k), *k))
+        .min()
+        .filter(|(d, _)| *d <= 3);
+    match best {
+        Some((_, k)) => format!("unknown key `{field}`: did you mean `{k}`? ({msg})"),
+        None => format!("unknown key `{field}` ({msg})"),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[account]
+address = "alice@example.test"
+[account.imap]
+host = "127.0.0.1"
+port = 1143
+encryption = "none"
+password = "secret"
+[account.smtp]
+host = "127.0.0.1"
+port = 1587
+encryption = "start-tls"
+password-env = "MINISYNC_TEST_PW"
+
+[[peers]]
+address = "bob@example.test"
+
+[[documents]]
+name = "todo"
+peers = ["bob@example.test"]
+send-delay = "500ms"
+
+[[documents]]
+name = "notes"
+transport = "folder"
+folder = "shared"
+"#;
+
+    #[test]
+    fn reads_a_good_config() {
+        let c = Config::parse(GOOD, Path::new("/etc/x/agent.toml")).unwrap();
+        assert_eq!(c.documents[0].send_delay, Duration::from_millis(500));
+        assert_eq!(c.documents[0].resend_interval, Duration::from_secs(900));
+        let imap = c.account.as_ref().unwrap();
+        assert_eq!(imap.imap.mailbox, "INBOX");
+        assert_eq!(imap.imap.processed_folder, "Minisync");
+        assert_eq!(
+            c.resolve(c.documents[1].folder.as_ref().unwrap()),
+            PathBuf::from("/etc/x/shared")
+        );
+        assert_eq!(imap.imap.server().password("imap").unwrap(), "secret");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line_and_the_nearest_key() {
+        let bad = GOOD.replace("send-delay = ", "send-dealy = ");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("a.toml:21:"), "{e}");
+        assert!(e.contains("did you mean `send-delay`"), "{e}");
+        let bad = GOOD.replace("encryption = \"none\"", "encryption = \"ssl\"");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("a.toml:7:"), "{e}");
+        let bad = GOOD.replace("port = 1143", "prot = 1143");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("did you mean `port`"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_configs_say_what_to_change() {
+        let bad = GOOD.replace("peers = [\"bob@example.test\"]", "peers = [\"carol@example.test\"]");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("not in [[peers]]"), "{e}");
+        let bad = GOOD.replace("folder = \"shared\"", "");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("set `folder"), "{e}");
+        let bad = GOOD.replace("send-delay = \"500ms\"", "send-delay = \"soon\"");
+        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn passwords_from_commands_and_the_environment() {
+        let mut s = Config::parse(GOOD, Path::new("a")).unwrap().account.unwrap().imap.server();
+        s.password = None;
+        s.password_cmd = Some("echo from-cmd; echo second".into());
+        assert_eq!(s.password("imap").unwrap(), "from-cmd");
+        s.password_cmd = Some("exit 3".into());
+        assert!(s.password("imap").unwrap_err().to_string().contains("exited"));
+        s.password_cmd = None;
+        s.password_env = Some("MINISYNC_SURELY_UNSET_VAR".into());
+        assert!(s.password("imap").unwrap_err().to_string().contains("not set"));
+    }
+}

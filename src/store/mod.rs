@@ -1,0 +1,612 @@
+//! All agent state in one SQLite database: documents with their sync state, per-peer delivery
+//! state, the outbox, the Message-IDs already processed and the IMAP cursors.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a committed merge survives a crash,
+//! and every change that must happen together (a merge, the note that its mail was seen, the
+//! acknowledgement it calls for) is one transaction. The CLI and a running agent may use the same
+//! database at once: document updates take the write lock first (`BEGIN IMMEDIATE`) and reload a
+//! document another process changed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use crate::engine::{self, Document};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("document {name:?}: {source}")]
+    Document {
+        name: String,
+        source: engine::Error,
+    },
+    #[error("no document named {0:?} (create it with `agent doc import` or `agent doc set`)")]
+    NoDocument(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    engine::system_now_ms() as i64
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS documents (
+    name TEXT PRIMARY KEY,
+    doc_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    edited_at INTEGER,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    doc TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    client_id TEXT,
+    sent_version INTEGER NOT NULL DEFAULT 0,
+    last_sent_at INTEGER,
+    last_received_at INTEGER,
+    last_error TEXT,
+    failing INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (doc, peer)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    in_reply_to TEXT,
+    body TEXT NOT NULL,
+    ack_only INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS seen (
+    message_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    mailbox TEXT PRIMARY KEY,
+    uid_validity INTEGER NOT NULL,
+    next_uid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published (
+    doc TEXT PRIMARY KEY,
+    base_version INTEGER NOT NULL,
+    base_len INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL
+);
+"#;
+
+/// A message waiting to go out (or sent, or failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutItem {
+    pub id: i64,
+    pub doc: String,
+    pub peer: String,
+    pub message_id: String,
+    pub in_reply_to: Option<String>,
+    pub body: String,
+    pub ack_only: bool,
+    pub version: u64,
+    pub attempts: u32,
+}
+
+/// Delivery state of one peer of one document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerRow {
+    pub peer: String,
+    pub client_id: Option<String>,
+    pub sent_version: u64,
+    pub last_sent_at: Option<i64>,
+    pub last_received_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub failing: bool,
+}
+
+/// What the shared-medium publisher last wrote for a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    pub base_version: u64,
+    pub base_len: u64,
+    pub fingerprint: String,
+}
+
+/// The database, with a cache of loaded documents keyed by revision.
+pub struct Store {
+    conn: Connection,
+    cache: HashMap<String, (i64, Document)>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// Names of the stored documents.
+    pub fn doc_names(&self) -> Result<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT name FROM documents ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether a document exists.
+    pub fn has_doc(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM documents WHERE name = ?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Stores a new document (refuses to overwrite one).
+    pub fn create_doc(&mut self, name: &str, doc: &Document, edited: bool) -> Result<()> {
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?5)",
+            params![name, doc.id(), doc.save(), edited.then_some(now), now],
+        )?;
+        Ok(())
+    }
+
+    /// The current revision of a document (grows with every saved change).
+    pub fn doc_rev(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn load_into_cache(conn: &Connection, cache: &mut HashMap<String, (i64, Document)>, name: &str) -> Result<()> {
+        let rev: i64 = conn
+            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NoDocument(name.to_string()))?;
+        if cache.get(name).is_some_and(|(r, _)| *r == rev) {
+            return Ok(());
+        }
+        let state: String =
+            conn.query_row("SELECT state FROM documents WHERE name = ?1", [name], |r| r.get(0))?;
+        let doc = Document::restore(&state).map_err(|source| StoreError::Document {
+            name: name.to_string(),
+            source,
+        })?;
+        cache.insert(name.to_string(), (rev, doc));
+        Ok(())
+    }
+
+    /// Reads a document (from the cache when it is current).
+    pub fn read_doc<R>(&mut self, name: &str, f: impl FnOnce(&Document) -> R) -> Result<R> {
+        Self::load_into_cache(&self.conn, &mut self.cache, name)?;
+        let (_, doc) = self
+            .cache
+            .get(name)
+            .ok_or_else(|| StoreError::NoDocument(name.to_string()))?;
+        Ok(f(doc))
+    }
+
+    /// Changes a document atomically: `f` gets the document and the open transaction (for the
+    /// writes that must commit with it) and says whether the document must be saved and whether
+    /// the change was a local edit. If `f` fails nothing is written and the cached copy is dropped.
+    pub fn update_doc<R, E>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Document, &Transaction) -> std::result::Result<(R, Save), E>,
+    ) -> std::result::Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        Self::load_into_cache(&tx, &mut self.cache, name)?;
+        let Some((rev, doc)) = self.cache.get_mut(name) else {
+            return Err(StoreError::NoDocument(name.to_string()).into());
+        };
+        let result = f(doc, &tx);
+        let (value, save) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.cache.remove(name);
+                return Err(e);
+            }
+        };
+        if save != Save::No {
+            let now = now_ms();
+            let edited = save == Save::Edited;
+            let new_rev = *rev + 1;
+            let write = tx
+                .execute(
+                    "UPDATE documents SET state = ?1, rev = ?2, updated_at = ?3, edited_at = CASE WHEN ?4 THEN COALESCE(edited_at, ?3) ELSE edited_at END WHERE name = ?5",
+                    params![doc.save(), new_rev, now, edited, name],
+                )
+                .and_then(|_| tx.commit());
+            if let Err(e) = write {
+                self.cache.remove(name);
+                return Err(StoreError::from(e).into());
+            }
+            *rev = new_rev;
+        } else {
+            tx.commit().map_err(StoreError::from)?;
+        }
+        Ok(value)
+    }
+
+    /// When the document's oldest unsent change was made (None: nothing waiting).
+    pub fn edited_at(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT edited_at FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Clears the "changes waiting" mark if no newer change came in after `rev`.
+    pub fn clear_edited(&self, name: &str, rev: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE documents SET edited_at = NULL WHERE name = ?1 AND rev = ?2",
+            params![name, rev],
+        )?;
+        Ok(())
+    }
+
+    /// A peer's delivery state (default when never seen).
+    pub fn peer(&self, doc: &str, peer: &str) -> Result<PeerRow> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT peer, client_id, sent_version, last_sent_at, last_received_at, last_error, failing FROM peers WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer],
+                peer_row,
+            )
+            .optional()?
+            .unwrap_or(PeerRow {
+                peer: peer.to_string(),
+                ..PeerRow::default()
+            }))
+    }
+
+    /// All peers recorded for a document.
+    pub fn peers(&self, doc: &str) -> Result<Vec<PeerRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT peer, client_id, sent_version, last_sent_at, last_received_at, last_error, failing FROM peers WHERE doc = ?1 ORDER BY peer",
+        )?;
+        let rows = st.query_map([doc], peer_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Updates one column group of a peer row, creating the row if needed.
+    pub fn touch_peer(conn: &Connection, doc: &str, peer: &str, change: PeerChange) -> Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO peers (doc, peer) VALUES (?1, ?2)",
+            params![doc, peer],
+        )?;
+        let now = now_ms();
+        match change {
+            PeerChange::Pin(client) => conn.execute(
+                "UPDATE peers SET client_id = ?3 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, client],
+            )?,
+            PeerChange::Received => conn.execute(
+                "UPDATE peers SET last_received_at = ?3 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, now],
+            )?,
+            PeerChange::Queued(version) => conn.execute(
+                "UPDATE peers SET sent_version = MAX(sent_version, ?3) WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, version as i64],
+            )?,
+            PeerChange::Sent => conn.execute(
+                "UPDATE peers SET last_sent_at = ?3, last_error = NULL, failing = 0 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, now],
+            )?,
+            PeerChange::Failed { error, failing } => conn.execute(
+                "UPDATE peers SET last_error = ?3, failing = ?4 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, error, failing],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// The connection, for peer updates outside a document transaction.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Puts a message in the outbox, dropping unsent older ones for the same document and peer:
+    /// every changes object is complete since the peer's last acknowledgement, so the newest
+    /// one carries everything the older ones did.
+    pub fn enqueue(conn: &Connection, item: &OutItem) -> Result<()> {
+        conn.execute(
+            "DELETE FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND attempts = 0 AND (ack_only = 1 OR ?3 = 0)",
+            params![item.doc, item.peer, item.ack_only],
+        )?;
+        conn.execute(
+            "INSERT INTO outbox (doc, peer, message_id, in_reply_to, body, ack_only, version, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            params![
+                item.doc,
+                item.peer,
+                item.message_id,
+                item.in_reply_to,
+                item.body,
+                item.ack_only,
+                item.version as i64,
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Outbox items whose time has come.
+    pub fn due(&self, now: i64) -> Result<Vec<OutItem>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, doc, peer, message_id, in_reply_to, body, ack_only, version, attempts FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id",
+        )?;
+        let rows = st.query_map([now], out_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When the next pending outbox item is due.
+    pub fn next_due(&self) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Pending items for a document and peer.
+    pub fn pending_for(&self, doc: &str, peer: &str) -> Result<usize> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending'",
+            params![doc, peer],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
+    }
+
+    /// Marks an item accepted by the server.
+    pub fn mark_sent(&self, id: i64) -> Result<()> {
+        self.conn
+            .execute("UPDATE outbox SET status = 'sent', last_error = NULL WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Schedules another attempt after a temporary failure.
+    pub fn mark_retry(&self, id: i64, error: &str, at: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            params![id, error, at],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an item permanently refused.
+    pub fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Counts of outbox items by status, and sent mails per peer of a document.
+    pub fn sent_count(&self, doc: &str, peer: &str) -> Result<u64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'sent'",
+            params![doc, peer],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Whether a Message-ID was already processed.
+    pub fn seen(&self, message_id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM seen WHERE message_id = ?1", [message_id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Records a processed Message-ID (inside the merge's transaction).
+    pub fn mark_seen(conn: &Connection, message_id: &str) -> Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO seen (message_id, at) VALUES (?1, ?2)",
+            params![message_id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The IMAP cursor of a mailbox: (UIDVALIDITY, next UID to look at).
+    pub fn cursor(&self, mailbox: &str) -> Result<Option<(u32, u32)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT uid_validity, next_uid FROM cursors WHERE mailbox = ?1",
+                [mailbox],
+                |r| Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u32)),
+            )
+            .optional()?)
+    }
+
+    /// Moves the IMAP cursor.
+    pub fn set_cursor(&self, mailbox: &str, uid_validity: u32, next_uid: u32) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO cursors (mailbox, uid_validity, next_uid) VALUES (?1, ?2, ?3) ON CONFLICT(mailbox) DO UPDATE SET uid_validity = ?2, next_uid = ?3",
+            params![mailbox, uid_validity as i64, next_uid as i64],
+        )?;
+        Ok(())
+    }
+
+    /// What was last published to a shared medium for a document.
+    pub fn published(&self, doc: &str) -> Result<Option<Published>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT base_version, base_len, fingerprint FROM published WHERE doc = ?1",
+                [doc],
+                |r| {
+                    Ok(Published {
+                        base_version: r.get::<_, i64>(0)? as u64,
+                        base_len: r.get::<_, i64>(1)? as u64,
+                        fingerprint: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records a publication.
+    pub fn set_published(&self, doc: &str, p: &Published) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO published (doc, base_version, base_len, fingerprint) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(doc) DO UPDATE SET base_version = ?2, base_len = ?3, fingerprint = ?4",
+            params![doc, p.base_version as i64, p.base_len as i64, p.fingerprint],
+        )?;
+        Ok(())
+    }
+
+    /// The last error recorded on any outbox item of a document and peer.
+    pub fn last_outbox_error(&self, doc: &str, peer: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last_error FROM outbox WHERE doc = ?1 AND peer = ?2 AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![doc, peer],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+}
+
+/// Whether `update_doc` must save the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Save {
+    /// Nothing to write.
+    No,
+    /// Sync state changed (a merge, an acknowledgement).
+    Merged,
+    /// A local edit: also starts the send delay.
+    Edited,
+}
+
+/// One kind of update to a peer row.
+#[derive(Debug, Clone)]
+pub enum PeerChange {
+    Pin(String),
+    Received,
+    Queued(u64),
+    Sent,
+    Failed { error: String, failing: bool },
+}
+
+fn peer_row(r: &rusqlite::Row) -> rusqlite::Result<PeerRow> {
+    Ok(PeerRow {
+        peer: r.get(0)?,
+        client_id: r.get(1)?,
+        sent_version: r.get::<_, i64>(2)? as u64,
+        last_sent_at: r.get(3)?,
+        last_received_at: r.get(4)?,
+        last_error: r.get(5)?,
+        failing: r.get::<_, i64>(6)? != 0,
+    })
+}
+
+fn out_row(r: &rusqlite::Row) -> rusqlite::Result<OutItem> {
+    Ok(OutItem {
+        id: r.get(0)?,
+        doc: r.get(1)?,
+        peer: r.get(2)?,
+        message_id: r.get(3)?,
+        in_reply_to: r.get(4)?,
+        body: r.get(5)?,
+        ack_only: r.get::<_, i64>(6)? != 0,
+        version: r.get::<_, i64>(7)? as u64,
+        attempts: r.get::<_, i64>(8)? as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn documents_survive_reopening_and_failed_updates_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let mut s = Store::open(&path).unwrap();
+        let d = Document::new(&json!({"a": 1})).unwrap();
+        s.create_doc("todo", &d, false).unwrap();
+        s.update_doc::<_, StoreError>("todo", |doc, _| {
+            doc.set("a", json!(2)).map_err(|source| StoreError::Document { name: "todo".into(), source })?;
+            Ok(((), Save::Edited))
+        })
+        .unwrap();
+        assert!(s.edited_at("todo").unwrap().is_some());
+        let r: std::result::Result<(), StoreError> = s.update_doc("todo", |doc, _| {
+            doc.set("a", json!(3)).unwrap();
+            Err(StoreError::NoDocument("simulated failure".into()))
+        });
+        assert!(r.is_err());
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.read_doc("todo", |d| d.to_json()).unwrap(), json!({"a": 2}));
+    }
+
+    #[test]
+    fn outbox_keeps_only_the_newest_unsent_changes_per_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let item = |n: u64, ack: bool| OutItem {
+            id: 0,
+            doc: "todo".into(),
+            peer: "bob@example.test".into(),
+            message_id: format!("<m{n}@x>"),
+            in_reply_to: None,
+            body: "{}".into(),
+            ack_only: ack,
+            version: n,
+            attempts: 0,
+        };
+        Store::enqueue(s.conn(), &item(1, false)).unwrap();
+        Store::enqueue(s.conn(), &item(2, false)).unwrap();
+        Store::enqueue(s.conn(), &item(3, true)).unwrap(); // an ack does not replace changes
+        let due = s.due(now_ms() + 1).unwrap();
+        assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2, 3]);
+        s.mark_retry(due[0].id, "421 try later", now_ms() + 60_000).unwrap();
+        assert_eq!(s.due(now_ms() + 1).unwrap().len(), 1);
+        s.mark_sent(due[1].id).unwrap();
+        assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 1);
+    }
+}

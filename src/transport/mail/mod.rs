@@ -1,0 +1,240 @@
+//! The mail transport: changes go out over SMTP as attachments and come in over IMAP.
+//!
+//! Receiving never touches mail that is not ours: headers are fetched with `BODY.PEEK` and only
+//! messages carrying the `Minisync-Version` header are downloaded, merged and moved to the processed
+//! (or quarantine) folder. The IMAP cursor (UIDVALIDITY + next UID) is kept in the agent's database;
+//! it never moves past agent mail that has not been moved away yet, so a crash re-reads it (and the
+//! agent's Message-ID table makes the second reading harmless).
+
+pub mod envelope;
+pub mod imap;
+pub mod smtp;
+pub mod tls;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_imap::types::UnsolicitedResponse;
+
+use crate::config::Account;
+use crate::store::Store;
+use crate::transport::{Arrival, Delivery, Outgoing, Route, SendError, Settle, Transport, TransportError};
+
+/// IMAP connection state, reused between passes.
+#[derive(Default)]
+struct ImapState {
+    session: Option<imap::ImapSession>,
+    has_idle: bool,
+    has_move: bool,
+    folders_ready: bool,
+}
+
+/// Mail over one account.
+pub struct MailTransport {
+    account: Account,
+    poll: Duration,
+    smtp: smtp::Smtp,
+    imap: tokio::sync::Mutex<ImapState>,
+    cursors: Mutex<Store>,
+}
+
+fn err(e: impl std::fmt::Display) -> TransportError {
+    TransportError(e.to_string())
+}
+
+impl MailTransport {
+    /// Sets up SMTP (resolving its password now) and the IMAP cursor store; IMAP connects lazily.
+    pub fn new(account: Account, poll: Duration, database: &Path) -> Result<Self, crate::agent::AgentError> {
+        let smtp = smtp::transport(&account.smtp, &account.address).map_err(crate::agent::AgentError::Other)?;
+        Ok(MailTransport {
+            poll,
+            smtp,
+            imap: tokio::sync::Mutex::new(ImapState::default()),
+            cursors: Mutex::new(Store::open(database)?),
+            account,
+        })
+    }
+
+    /// Connects (if needed) and selects the watched mailbox; returns (UIDVALIDITY, UIDNEXT).
+    async fn ready(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
+        if st.session.is_none() {
+            let mut s = imap::connect(&self.account.imap, &self.account.address).await.map_err(err)?;
+            let caps = s.capabilities().await.map_err(err)?;
+            st.has_idle = caps.has_str("IDLE");
+            st.has_move = caps.has_str("MOVE");
+            st.folders_ready = false;
+            tracing::info!(host = %self.account.imap.host, idle = st.has_idle, r#move = st.has_move, "IMAP connected");
+            st.session = Some(s);
+        }
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        let mb = session.select(&self.account.imap.mailbox).await.map_err(err)?;
+        Ok((mb.uid_validity.unwrap_or(0), mb.uid_next.unwrap_or(1)))
+    }
+
+    async fn receive_inner(&self, st: &mut ImapState) -> Result<Vec<Arrival>, TransportError> {
+        let (validity, uid_next) = self.ready(st).await?;
+        let mailbox = &self.account.imap.mailbox;
+        let cursor = self.cursors.lock().map_err(|_| err("cursor store poisoned"))?.cursor(mailbox).map_err(err)?;
+        let from = match cursor {
+            Some((v, n)) if v == validity && n <= uid_next => n,
+            Some((v, _)) if v != validity => {
+                tracing::info!(mailbox, old = v, new = validity, "UIDVALIDITY changed: rescanning (processed mail is recognised by Message-ID)");
+                1
+            }
+            Some(_) => {
+                tracing::info!(mailbox, "UIDNEXT went backwards: rescanning");
+                1
+            }
+            None => 1,
+        };
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        let mut arrivals = Vec::new();
+        let mut next = from;
+        if from < uid_next {
+            let headers = imap::headers_from(session, from).await.map_err(err)?;
+            let ours: Vec<u32> = headers
+                .iter()
+                .filter(|(_, h)| envelope::is_agent_mail(h))
+                .map(|(u, _)| *u)
+                .collect();
+            next = ours
+                .first()
+                .copied()
+                .or(headers.last().map(|(u, _)| u + 1))
+                .unwrap_or(from);
+            for (uid, raw) in imap::bodies(session, &ours).await.map_err(err)? {
+                arrivals.push(envelope::parse(uid.to_string(), &raw));
+            }
+        }
+        self.cursors
+            .lock()
+            .map_err(|_| err("cursor store poisoned"))?
+            .set_cursor(mailbox, validity, next)
+            .map_err(err)?;
+        Ok(arrivals)
+    }
+
+    async fn settle_inner(&self, st: &mut ImapState, uid: u32, folder: &str) -> Result<(), TransportError> {
+        if st.session.is_none() {
+            self.ready(st).await?;
+        }
+        let has_move = st.has_move;
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        if !st.folders_ready {
+            imap::ensure_folder(session, &self.account.imap.processed_folder).await.map_err(err)?;
+            imap::ensure_folder(session, &self.account.imap.quarantine_folder).await.map_err(err)?;
+            st.folders_ready = true;
+        }
+        imap::move_message(session, uid, folder, has_move).await.map_err(err)
+    }
+
+    async fn idle(&self, st: &mut ImapState, max: Duration) -> Result<(), TransportError> {
+        let mut session = st.session.take().ok_or_else(|| err("no IMAP session"))?;
+        // Mail that arrived since the last fetch may have been announced already: look first.
+        session.noop().await.map_err(err)?;
+        let mut news = false;
+        while let Ok(r) = session.unsolicited_responses.try_recv() {
+            news |= matches!(r, UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_));
+        }
+        if news {
+            st.session = Some(session);
+            return Ok(());
+        }
+        let mut handle = session.idle();
+        handle.init().await.map_err(err)?;
+        let (wait, _stop) = handle.wait_with_timeout(max);
+        let result = wait.await;
+        let session = handle.done().await.map_err(err)?;
+        st.session = Some(session);
+        result.map(|_| ()).map_err(err)
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for MailTransport {
+    fn name(&self) -> &'static str {
+        "mail"
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::PerPeer
+    }
+
+    async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError> {
+        let (env, raw) = envelope::build(out, &self.account.address, self.account.name.as_deref())
+            .map_err(SendError::Permanent)?;
+        smtp::send(&self.smtp, &env, &raw).await
+    }
+
+    async fn receive(&self, _routes: &[Route]) -> Result<Vec<Arrival>, TransportError> {
+        let mut st = self.imap.lock().await;
+        let r = self.receive_inner(&mut st).await;
+        if r.is_err() {
+            st.session = None;
+        }
+        r
+    }
+
+    async fn settle(&self, arrival: &Arrival, how: &Settle) -> Result<(), TransportError> {
+        let folder = match how {
+            Settle::Processed => &self.account.imap.processed_folder,
+            Settle::Quarantined(_) => &self.account.imap.quarantine_folder,
+            Settle::Retry => return Ok(()),
+        };
+        let uid: u32 = arrival.key.parse().map_err(|_| err(format!("bad IMAP UID {:?}", arrival.key)))?;
+        let mut st = self.imap.lock().await;
+        let r = self.settle_inner(&mut st, uid, folder).await;
+        if r.is_err() {
+            st.session = None;
+        }
+        r
+    }
+
+    async fn wait(&self, max: Duration) -> Result<(), TransportError> {
+        let mut st = self.imap.lock().await;
+        if st.session.is_none() {
+            if let Err(e) = self.ready(&mut st).await {
+                st.session = None;
+                return Err(e);
+            }
+        }
+        if !st.has_idle {
+            drop(st);
+            tokio::time::sleep(max.min(self.poll)).await;
+            return Ok(());
+        }
+        let r = self.idle(&mut st, max).await;
+        if r.is_err() {
+            st.session = None;
+        }
+        r
+    }
+}
+
+/// `agent check`: logs in to IMAP and SMTP and reports what works.
+pub async fn check(account: &Account) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    let imap_result = async {
+        let mut s = imap::connect(&account.imap, &account.address).await?;
+        let caps = s.capabilities().await.map_err(|e| e.to_string())?;
+        let mb = s
+            .select(&account.imap.mailbox)
+            .await
+            .map_err(|e| format!("cannot open mailbox {}: {e}", account.imap.mailbox))?;
+        let _ = s.logout().await;
+        Ok(format!(
+            "{}:{} logged in; {} has {} messages; IDLE {}, MOVE {}",
+            account.imap.host,
+            account.imap.port,
+            account.imap.mailbox,
+            mb.exists,
+            if caps.has_str("IDLE") { "yes" } else { "no (polling)" },
+            if caps.has_str("MOVE") { "yes" } else { "no (copy + expunge)" },
+        ))
+    }
+    .await;
+    out.push(("IMAP".to_string(), imap_result));
+    out.push(("SMTP".to_string(), smtp::check(&account.smtp, &account.address).await));
+    out
+}

@@ -1,0 +1,118 @@
+//! The one thing the agent knows about carrying changes: the [`Transport`] trait.
+//!
+//! A transport moves changes objects (as JSON text) and knows nothing of how they merge. Two kinds
+//! of delivery exist: *per peer* (mail: one message per document and peer, acknowledged by reply)
+//! and *shared* (a folder every replica reads: each replica publishes one base and one latest file
+//! that all the others read).
+
+pub mod folder;
+pub mod mail;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::engine::ClientId;
+
+/// How a transport delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// One message per peer; the agent keeps an outbox and resends.
+    PerPeer,
+    /// One publication read by everyone.
+    Shared,
+}
+
+/// What a transport needs to know about a document to receive for it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The document's name in the config.
+    pub name: String,
+    /// Its document id, when a replica exists here.
+    pub doc_id: Option<String>,
+    /// This replica's client id, when a replica exists here.
+    pub client_id: Option<ClientId>,
+    /// The version last merged from each client.
+    pub last_received: BTreeMap<ClientId, u64>,
+}
+
+/// One outgoing changes object.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub doc_name: &'a str,
+    pub doc_id: &'a str,
+    pub client_id: ClientId,
+    /// The peer's address (per-peer delivery only).
+    pub peer: &'a str,
+    pub message_id: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    /// The changes object.
+    pub body: &'a str,
+    /// Whether it carries no changes (a pure acknowledgement).
+    pub ack_only: bool,
+    /// The sender's version it was made at.
+    pub version: u64,
+    /// Shared delivery: the full changes at `base_version`, when rewritten this time.
+    pub base: Option<&'a str>,
+    pub base_version: u64,
+    pub base_len: u64,
+}
+
+/// One incoming changes message (or publication), not yet merged.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The transport's handle for it (an IMAP UID, a folder path).
+    pub key: String,
+    /// Message-ID, for transports that can deliver twice.
+    pub message_id: Option<String>,
+    /// Who sent it: an e-mail address, or a client id for shared delivery.
+    pub from: String,
+    /// The document it names (name for mail, id for a folder).
+    pub doc: String,
+    pub in_reply_to: Option<String>,
+    /// The changes objects in the order to apply them, or why they cannot be read.
+    pub payloads: Result<Vec<String>, String>,
+}
+
+/// What became of an arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Merged (or a harmless duplicate): move it out of the way.
+    Processed,
+    /// Refused: set aside with the reason.
+    Quarantined(String),
+    /// Not merged this time (for example a half-delivered folder): leave it to be read again.
+    Retry,
+}
+
+/// A send that did not go through.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// Try again later (network trouble, SMTP 4xx).
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+    /// Will not succeed as it is (SMTP 5xx); the server's reply is kept for `agent status`.
+    #[error("refused: {0}")]
+    Permanent(String),
+}
+
+/// A receive-side failure (connection lost, login refused, folder unreadable).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// A way to carry changes objects between replicas.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// A short name for logs and status ("mail", "folder").
+    fn name(&self) -> &'static str;
+    /// Per-peer or shared delivery.
+    fn delivery(&self) -> Delivery;
+    /// Delivers one changes object.
+    async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError>;
+    /// Collects what has arrived for these documents.
+    async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError>;
+    /// Moves an arrival out of the way once its merge is committed (or quarantines it).
+    async fn settle(&self, arrival: &Arrival, how: &Settle) -> Result<(), TransportError>;
+    /// Waits until something may have arrived, at most `max`.
+    async fn wait(&self, max: Duration) -> Result<(), TransportError>;
+}
