@@ -63,7 +63,7 @@ fn peak_mb() -> f64 {
 fn record(i: usize) -> (String, bool, i64, String) {
     (
         format!("Task number {i} with a reasonably descriptive title"),
-        i % 3 == 0,
+        i.is_multiple_of(3),
         i as i64,
         format!("owner{}@example.com", i % 97),
     )
@@ -110,19 +110,23 @@ fn minisync(n: usize, value: &Value) -> Figures {
     a.apply(&b.changes_for(a.client_id())).expect("ack");
 
     let t = Instant::now();
-    a.set(&format!("records[{}].done", n / 2), json!(true)).expect("set");
+    a.set(&format!("records[{}].done", n / 2), json!(true))
+        .expect("set");
     let text = a.changes_for(b.client_id()).to_json_string();
-    b.apply(&Changes::parse(&text).expect("parses")).expect("applies");
+    b.apply(&Changes::parse(&text).expect("parses"))
+        .expect("applies");
     f.w2_ms = ms(t);
     f.w2_bytes = text.len();
     a.apply(&b.changes_for(a.client_id())).expect("ack");
 
     let t = Instant::now();
     for i in spread(n) {
-        a.set(&format!("records[{i}].n"), json!(-(i as i64))).expect("set");
+        a.set(&format!("records[{i}].n"), json!(-(i as i64)))
+            .expect("set");
     }
     let text = a.changes_for(b.client_id()).to_json_string();
-    b.apply(&Changes::parse(&text).expect("parses")).expect("applies");
+    b.apply(&Changes::parse(&text).expect("parses"))
+        .expect("applies");
     f.w3_ms = ms(t);
     f.w3_bytes = text.len();
     assert_eq!(a.get("records[0].n").ok(), b.get("records[0].n").ok());
@@ -207,7 +211,9 @@ fn yrs(n: usize) -> Figures {
     f.build_ms = ms(t);
 
     let t = Instant::now();
-    let bytes = a.transact().encode_state_as_update_v1(&StateVector::default());
+    let bytes = a
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
     let b = Doc::new();
     b.transact_mut()
         .apply_update(Update::decode_v1(&bytes).expect("decode"))
@@ -239,7 +245,10 @@ fn yrs(n: usize) -> Figures {
         .expect("apply");
     f.w3_ms = ms(t);
     f.w3_bytes = bytes.len();
-    assert_eq!(b.get_or_insert_array("records").len(&b.transact()), n as u32);
+    assert_eq!(
+        b.get_or_insert_array("records").len(&b.transact()),
+        n as u32
+    );
     f.peak_mb = peak_mb();
     f
 }
@@ -285,7 +294,9 @@ fn main() {
         return;
     }
     println!("{n} records; floor (serde_json parse + serialize): {floor_ms:.1} ms\n");
-    println!("| library | build ms | W1 ms | W1 bytes | W2 ms | W2 bytes | W3 ms | W3 bytes | peak MB |");
+    println!(
+        "| library | build ms | W1 ms | W1 bytes | W2 ms | W2 bytes | W3 ms | W3 bytes | peak MB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, f) in [("minisync", &m), ("automerge", &am), ("yrs", &y)] {
         println!(

@@ -336,13 +336,13 @@ impl Config {
                 return Err(self.invalid(format!("peer {:?} is not an e-mail address", p.address)));
             }
         }
-        if let Some(a) = &self.account {
-            if !a.address.contains('@') {
-                return Err(self.invalid(format!(
-                    "account address {:?} is not an e-mail address",
-                    a.address
-                )));
-            }
+        if let Some(a) = &self.account
+            && !a.address.contains('@')
+        {
+            return Err(self.invalid(format!(
+                "account address {:?} is not an e-mail address",
+                a.address
+            )));
         }
         Ok(())
     }
@@ -350,11 +350,9 @@ impl Config {
     /// The directory holding the agent's state.
     pub fn state_dir(&self) -> PathBuf {
         match &self.agent.state_dir {
-            Some(p) if p.is_relative() => self
-                .path
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join(p),
+            Some(p) if p.is_relative() => {
+                self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+            }
             Some(p) => p.clone(),
             None => xdg_dir("XDG_STATE_HOME", ".local/state").join("minisync"),
         }
@@ -412,18 +410,39 @@ impl Server {
             return std::env::var(var)
                 .map_err(|_| err(format!("environment variable {var} is not set")));
         }
-        self.password.clone().ok_or_else(|| {
-            err("set one of password-cmd, password-env or password".to_string())
-        })
+        self.password
+            .clone()
+            .ok_or_else(|| err("set one of password-cmd, password-env or password".to_string()))
     }
 }
 
 /// Every key the config accepts, for "did you mean" suggestions.
 const KNOWN_KEYS: &[&str] = &[
-    "account", "agent", "peers", "documents", "address", "name", "imap", "smtp", "host", "port",
-    "encryption", "login", "password", "password-env", "password-cmd", "ca-file", "mailbox",
-    "processed-folder", "quarantine-folder", "transport", "folder", "send-delay",
-    "resend-interval", "poll-interval", "state-dir",
+    "account",
+    "agent",
+    "peers",
+    "documents",
+    "address",
+    "name",
+    "imap",
+    "smtp",
+    "host",
+    "port",
+    "encryption",
+    "login",
+    "password",
+    "password-env",
+    "password-cmd",
+    "ca-file",
+    "mailbox",
+    "processed-folder",
+    "quarantine-folder",
+    "transport",
+    "folder",
+    "send-delay",
+    "resend-interval",
+    "poll-interval",
+    "state-dir",
 ];
 
 /// Adds a suggestion to toml's "unknown field" messages.
@@ -436,12 +455,12 @@ fn explain(msg: &str) -> String {
         return msg;
     };
     // Prefer the keys toml lists as valid at this place; fall back to every known key.
-    let listed: Vec<&str> = msg
-        .split('`')
-        .skip(3)
-        .step_by(2)
-        .collect();
-    let pool: Vec<&str> = if listed.is_empty() { KNOWN_KEYS.to_vec() } else { listed };
+    let listed: Vec<&str> = msg.split('`').skip(3).step_by(2).collect();
+    let pool: Vec<&str> = if listed.is_empty() {
+        KNOWN_KEYS.to_vec()
+    } else {
+        listed
+    };
     let best = pool
         .iter()
         .map(|k| (edit_distance(field, k), *k))
@@ -517,40 +536,70 @@ folder = "shared"
     #[test]
     fn unknown_keys_name_the_line_and_the_nearest_key() {
         let bad = GOOD.replace("send-delay = ", "send-dealy = ");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("a.toml:21:"), "{e}");
         assert!(e.contains("did you mean `send-delay`"), "{e}");
         let bad = GOOD.replace("encryption = \"none\"", "encryption = \"ssl\"");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("a.toml:7:"), "{e}");
         let bad = GOOD.replace("port = 1143", "prot = 1143");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("did you mean `port`"), "{e}");
     }
 
     #[test]
     fn inconsistent_configs_say_what_to_change() {
-        let bad = GOOD.replace("peers = [\"bob@example.test\"]", "peers = [\"carol@example.test\"]");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let bad = GOOD.replace(
+            "peers = [\"bob@example.test\"]",
+            "peers = [\"carol@example.test\"]",
+        );
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not in [[peers]]"), "{e}");
         let bad = GOOD.replace("folder = \"shared\"", "");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("set `folder"), "{e}");
         let bad = GOOD.replace("send-delay = \"500ms\"", "send-delay = \"soon\"");
-        let e = Config::parse(&bad, Path::new("a.toml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a duration"), "{e}");
     }
 
     #[test]
     fn passwords_from_commands_and_the_environment() {
-        let mut s = Config::parse(GOOD, Path::new("a")).unwrap().account.unwrap().imap.server();
+        let mut s = Config::parse(GOOD, Path::new("a"))
+            .unwrap()
+            .account
+            .unwrap()
+            .imap
+            .server();
         s.password = None;
         s.password_cmd = Some("echo from-cmd; echo second".into());
         assert_eq!(s.password("imap").unwrap(), "from-cmd");
         s.password_cmd = Some("exit 3".into());
-        assert!(s.password("imap").unwrap_err().to_string().contains("exited"));
+        assert!(
+            s.password("imap")
+                .unwrap_err()
+                .to_string()
+                .contains("exited")
+        );
         s.password_cmd = None;
         s.password_env = Some("MINISYNC_SURELY_UNSET_VAR".into());
-        assert!(s.password("imap").unwrap_err().to_string().contains("not set"));
+        assert!(
+            s.password("imap")
+                .unwrap_err()
+                .to_string()
+                .contains("not set")
+        );
     }
 }

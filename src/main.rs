@@ -62,9 +62,17 @@ enum DocCmd {
     /// List the configured documents.
     List,
     /// Print the value at a path (e.g. `items[0].done`; empty for the whole document).
-    Get { name: String, #[arg(default_value = "")] path: String },
+    Get {
+        name: String,
+        #[arg(default_value = "")]
+        path: String,
+    },
     /// Set the value at a path (JSON, or else taken as a string).
-    Set { name: String, path: String, value: String },
+    Set {
+        name: String,
+        path: String,
+        value: String,
+    },
     /// Remove the value at a path.
     Rm { name: String, path: String },
     /// Create (or replace the content of) a document from a JSON file (`-` for stdin).
@@ -84,6 +92,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match real_main(cli) {
@@ -122,44 +131,72 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} exists; use --force to overwrite it", path.display());
             }
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             std::fs::write(&path, include_str!("../config/agent.toml"))
                 .with_context(|| format!("writing {}", path.display()))?;
             let cfg = load(&path)?;
             Store::open(&cfg.database_path())?;
-            println!("wrote {}\nstate in {}", path.display(), cfg.database_path().display());
-            println!("edit the [account], [[peers]] and [[documents]] tables, then run `agent check`");
+            println!(
+                "wrote {}\nstate in {}",
+                path.display(),
+                cfg.database_path().display()
+            );
+            println!(
+                "edit the [account], [[peers]] and [[documents]] tables, then run `agent check`"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
             let cfg = load(&path)?;
-            let mut agent = Agent::new(cfg)?;
             runtime()?.block_on(async {
+                let mut agent = Agent::new(cfg)?;
                 tracing::info!("agent running");
                 agent.run(shutdown_signal()).await;
-            });
+                Ok::<_, AgentError>(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync => {
             let cfg = load(&path)?;
-            let mut agent = Agent::new(cfg)?;
-            let report = runtime()?.block_on(agent.sync_once());
+            let report = runtime()?.block_on(async {
+                let mut agent = Agent::new(cfg)?;
+                Ok::<_, AgentError>(agent.sync_once().await)
+            })?;
             println!(
                 "merged {}, duplicates {}, quarantined {}, not yet readable {}, sent {}, send failures {}",
-                report.merged, report.duplicates, report.quarantined, report.deferred, report.sent, report.send_failures
+                report.merged,
+                report.duplicates,
+                report.quarantined,
+                report.deferred,
+                report.sent,
+                report.send_failures
             );
             for e in &report.errors {
                 eprintln!("error: {e}");
             }
-            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Send { to, doc } => {
             let cfg = load(&path)?;
-            let mut agent = Agent::new(cfg)?;
-            let report = runtime()?.block_on(agent.send_now(&to, doc.as_deref()))?;
-            println!("sent {} message(s) to {to}, {} failed", report.sent, report.send_failures);
-            Ok(if report.send_failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let report = runtime()?.block_on(async {
+                let mut agent = Agent::new(cfg)?;
+                agent.send_now(&to, doc.as_deref()).await
+            })?;
+            println!(
+                "sent {} message(s) to {to}, {} failed",
+                report.sent, report.send_failures
+            );
+            Ok(if report.send_failures == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status { json } => {
             let cfg = load(&path)?;
@@ -170,7 +207,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{s}");
             }
-            Ok(if s.failing { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if s.failing {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Doc { command } => {
             let cfg = load(&path)?;
@@ -184,7 +225,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     let json = if file.as_os_str() == "-" {
                         std::io::read_to_string(std::io::stdin())?
                     } else {
-                        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+                        std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?
                     };
                     (DocCommand::Import { name, json }, None)
                 }
@@ -192,17 +234,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let text = doc_command(&cfg, &mut store, cmd)?;
             match output {
-                Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?
+                }
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => {
             let cfg = load(&path)?;
-            let account = cfg
-                .account
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no [account] in {}: nothing to check", path.display()))?;
+            let account = cfg.account.clone().ok_or_else(|| {
+                anyhow::anyhow!("no [account] in {}: nothing to check", path.display())
+            })?;
             let results = runtime()?.block_on(minisync::transport::mail::check(&account));
             let mut ok = true;
             for (what, r) in results {
@@ -214,7 +257,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -223,13 +270,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -10,7 +10,8 @@ struct Pair {
 }
 
 fn pair() -> Pair {
-    let mut a = Document::new(&json!({"title": "t", "list": [1, {"x": 1}], "o": {"k": 1}})).unwrap();
+    let mut a =
+        Document::new(&json!({"title": "t", "list": [1, {"x": 1}], "o": {"k": 1}})).unwrap();
     let mut b = Document::from_changes(&a.changes()).unwrap();
     a.apply(&b.changes_for(a.client_id())).unwrap();
     b.set("title", json!("from b")).unwrap();
@@ -96,7 +97,11 @@ fn nesting_ten_thousand_levels_deep() {
         deep.push('}');
     }
     let mut v = delta(&p).to_string();
-    v = v.replacen("\"changes\":{", &format!("\"changes\":{{\"deep\":{deep},"), 1);
+    v = v.replacen(
+        "\"changes\":{",
+        &format!("\"changes\":{{\"deep\":{deep},"),
+        1,
+    );
     refused(&mut p, &v, "nests deeper");
     // The same, built as a Value by a caller (no text parsing involved), run on a small stack.
     let handle = std::thread::Builder::new()
@@ -123,7 +128,10 @@ fn nesting_ten_thousand_levels_deep() {
     for _ in 0..300 {
         deep_value = json!({"d": deep_value});
     }
-    assert!(matches!(p.a.set("deep", deep_value), Err(Error::Path { .. })));
+    assert!(matches!(
+        p.a.set("deep", deep_value),
+        Err(Error::Path { .. })
+    ));
 }
 
 #[test]
@@ -138,7 +146,11 @@ fn a_huge_array_of_garbage() {
         .map(|i| json!({"e": format!("{:x}-zzzzzzzzzzzzzzzz", i + 1), "o": "ffffff-zzzzzzzzzzzzzzzz", "v": i}))
         .collect();
     v["changes"]["list"]["v"] = Value::Array(many);
-    refused(&mut p, &v.to_string(), "newer than what the sender says it holds");
+    refused(
+        &mut p,
+        &v.to_string(),
+        "newer than what the sender says it holds",
+    );
 }
 
 #[test]
@@ -219,7 +231,11 @@ fn versions_and_stamps_from_the_future() {
             row["lastReceived"] = json!(1_000_000);
         }
     }
-    refused(&mut p, &v.to_string(), "claims to have received version 1000000");
+    refused(
+        &mut p,
+        &v.to_string(),
+        "claims to have received version 1000000",
+    );
     let mut v = delta(&p);
     v["changes"]["_s"]["k"] = json!({"title": "7fffffffffffffff-aaaaaaaaaaaaaaaa"});
     refused(&mut p, &v.to_string(), "far future");
@@ -227,7 +243,11 @@ fn versions_and_stamps_from_the_future() {
     let mut v = delta(&p);
     let b = p.b.client_id().to_string();
     v["changes"]["_s"]["k"] = json!({"title": format!("3ffffffffffffff0-{b}")});
-    refused(&mut p, &v.to_string(), "newer than what the sender says it holds");
+    refused(
+        &mut p,
+        &v.to_string(),
+        "newer than what the sender says it holds",
+    );
 }
 
 #[test]
@@ -255,5 +275,8 @@ fn user_keys_named_like_metadata_survive_a_delta() {
     p.b.set("o.__s", json!(2)).unwrap();
     let text = p.b.changes_for(p.a.client_id()).to_json_string();
     p.a.apply(&Changes::parse(&text).unwrap()).unwrap();
-    assert_eq!(p.a.get("o").unwrap(), Some(json!({"k": 1, "_s": {"v": [1, {"_s": "x"}]}, "v": "vee", "__s": 2})));
+    assert_eq!(
+        p.a.get("o").unwrap(),
+        Some(json!({"k": 1, "_s": {"v": [1, {"_s": "x"}]}, "v": "vee", "__s": 2}))
+    );
 }

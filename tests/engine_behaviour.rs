@@ -42,7 +42,10 @@ fn what_changed_carries_only_new_keys() {
     let ch = a.changes_for(b.client_id());
     let text = ch.to_json_string();
     assert!(text.contains("\"foo\":\"new\""), "{text}");
-    assert!(!text.contains("keep"), "unchanged keys must not travel: {text}");
+    assert!(
+        !text.contains("keep"),
+        "unchanged keys must not travel: {text}"
+    );
     b.apply(&ch).unwrap();
     assert_eq!(b.to_json(), a.to_json());
 }
@@ -60,7 +63,10 @@ fn nested_objects_and_removed_objects() {
     assert_eq!(a.to_json(), json!({"foo": {}}));
     send(&a, &mut b);
     assert_eq!(b.to_json(), json!({"foo": {}}));
-    assert!(a.set("foo.bar.x", json!(1)).is_err(), "writing inside a removed object fails");
+    assert!(
+        a.set("foo.bar.x", json!(1)).is_err(),
+        "writing inside a removed object fails"
+    );
 }
 
 #[test]
@@ -90,7 +96,8 @@ fn array_operations() {
     let mut b = replica_of(&d);
     assert_eq!(b.to_json(), d.to_json());
     send(&b, &mut d);
-    d.sort_by("a", |x, y| y.to_string().cmp(&x.to_string())).unwrap();
+    d.sort_by("a", |x, y| y.to_string().cmp(&x.to_string()))
+        .unwrap();
     send(&d, &mut b);
     assert_eq!(b.to_json(), d.to_json());
 }
@@ -133,7 +140,10 @@ fn the_round_trip_from_the_original() {
     bob.push("foo.bar", json!("foo you too")).unwrap();
     send(&bob, &mut alice);
     assert_eq!(alice.to_json(), bob.to_json());
-    assert_eq!(alice.to_json(), json!({"foo": {"bar": ["baz", "quu", "foo you too"]}}));
+    assert_eq!(
+        alice.to_json(),
+        json!({"foo": {"bar": ["baz", "quu", "foo you too"]}})
+    );
     alice.set("foo.bar", json!([])).unwrap();
     send(&alice, &mut bob);
     assert_eq!(alice.to_json(), bob.to_json());
@@ -189,7 +199,10 @@ fn client_states_relay_across_three_clients() {
     alice.push("items", json!("alice's second")).unwrap();
     send(&alice, &mut bob);
     send(&bob, &mut charlie);
-    assert_eq!(charlie.get("items[1]").unwrap(), Some(json!("alice's second")));
+    assert_eq!(
+        charlie.get("items[1]").unwrap(),
+        Some(json!("alice's second"))
+    );
     send(&charlie, &mut bob);
     send(&bob, &mut alice);
     assert_eq!(alice.to_json(), charlie.to_json());
@@ -261,8 +274,14 @@ fn no_ping_pong_after_a_full_exchange() {
     assert!(!a.changes_for(b.client_id()).has_changes());
     assert!(!b.changes_for(a.client_id()).has_changes());
     // Each one's lastAcknowledged reaches the other's version.
-    assert_eq!(a.peer(b.client_id()).unwrap().last_acknowledged, a.version());
-    assert_eq!(b.peer(a.client_id()).unwrap().last_acknowledged, b.version());
+    assert_eq!(
+        a.peer(b.client_id()).unwrap().last_acknowledged,
+        a.version()
+    );
+    assert_eq!(
+        b.peer(a.client_id()).unwrap().last_acknowledged,
+        b.version()
+    );
 }
 
 #[test]
@@ -278,7 +297,8 @@ fn concurrent_runs_of_inserts_do_not_interleave() {
     let mut a = doc(json!({"l": ["start", "end"]}));
     let mut b = replica_of(&a);
     send(&b, &mut a);
-    a.splice("l", 1, 0, vec![json!("a1"), json!("a2"), json!("a3")]).unwrap();
+    a.splice("l", 1, 0, vec![json!("a1"), json!("a2"), json!("a3")])
+        .unwrap();
     b.splice("l", 1, 0, vec![json!("b1"), json!("b2")]).unwrap();
     b.insert("l", 3, json!("b3")).unwrap();
     let ca = a.changes_for(b.client_id());
@@ -299,9 +319,16 @@ fn concurrent_runs_of_inserts_do_not_interleave() {
 #[test]
 fn same_second_conflicts_are_decided_identically_everywhere() {
     // Frozen wall clocks: both replicas change the same key "at the same time".
-    let mut a = Document::with_ids(&json!({"k": 0}), "doc".into(), ClientId::parse("aaaaaaaaaaaaaaaa").unwrap()).unwrap();
+    let mut a = Document::with_ids(
+        &json!({"k": 0}),
+        "doc".into(),
+        ClientId::parse("aaaaaaaaaaaaaaaa").unwrap(),
+    )
+    .unwrap();
     a.set_wall_clock(std::sync::Arc::new(|| 1_000));
-    let mut b = Document::from_changes_as(&a.changes(), ClientId::parse("bbbbbbbbbbbbbbbb").unwrap()).unwrap();
+    let mut b =
+        Document::from_changes_as(&a.changes(), ClientId::parse("bbbbbbbbbbbbbbbb").unwrap())
+            .unwrap();
     b.set_wall_clock(std::sync::Arc::new(|| 1_000));
     a.set("k", json!("a")).unwrap();
     b.set("k", json!("b")).unwrap();
@@ -317,7 +344,9 @@ fn a_clock_hours_ahead_does_not_split_replicas() {
     let mut a = doc(json!({"k": 0}));
     let mut b = replica_of(&a);
     send(&b, &mut a);
-    b.set_wall_clock(std::sync::Arc::new(|| minisync::engine::system_now_ms() + 5 * 3600 * 1000));
+    b.set_wall_clock(std::sync::Arc::new(|| {
+        minisync::engine::system_now_ms() + 5 * 3600 * 1000
+    }));
     b.set("k", json!("future")).unwrap();
     a.set("k", json!("now")).unwrap();
     let ca = a.changes_for(b.client_id());

@@ -37,7 +37,11 @@ fn containers(v: &Value, path: String, out: &mut Vec<(String, bool)>) {
         Value::Object(m) => {
             out.push((path.clone(), false));
             for (k, c) in m {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 containers(c, p, out);
             }
         }
@@ -59,15 +63,25 @@ fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
     if is_array {
         let len = d.len(&path).unwrap();
         match rng.random_range(0..6) {
-            0 | 1 => d.insert(&path, rng.random_range(0..=len), random_value(rng)).unwrap(),
+            0 | 1 => d
+                .insert(&path, rng.random_range(0..=len), random_value(rng))
+                .unwrap(),
             2 if len > 0 => {
                 d.remove_at(&path, rng.random_range(0..len)).unwrap();
             }
-            3 if len > 0 => d.set(&format!("{path}[{}]", rng.random_range(0..len)), random_value(rng)).unwrap(),
+            3 if len > 0 => d
+                .set(
+                    &format!("{path}[{}]", rng.random_range(0..len)),
+                    random_value(rng),
+                )
+                .unwrap(),
             4 => {
                 let start = rng.random_range(0..=len);
-                let items = (0..rng.random_range(0..3)).map(|_| random_value(rng)).collect();
-                d.splice(&path, start, rng.random_range(0..2), items).unwrap();
+                let items = (0..rng.random_range(0..3))
+                    .map(|_| random_value(rng))
+                    .collect();
+                d.splice(&path, start, rng.random_range(0..2), items)
+                    .unwrap();
             }
             _ => {
                 d.push(&path, random_value(rng)).unwrap();
@@ -75,7 +89,11 @@ fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
         }
     } else {
         let key = KEYS[rng.random_range(0..KEYS.len())];
-        let p = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+        let p = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
         if rng.random_bool(0.2) {
             d.remove(&p).unwrap();
         } else if key == "list" {
@@ -90,7 +108,12 @@ fn run_case(seed: u64) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = rng.random_range(3..=5);
     let now = Arc::new(AtomicU64::new(1_700_000_000_000));
-    let mut first = Document::with_ids(&json!({"a": 1, "list": [1, 2]}), "doc".into(), client(seed, 0)).unwrap();
+    let mut first = Document::with_ids(
+        &json!({"a": 1, "list": [1, 2]}),
+        "doc".into(),
+        client(seed, 0),
+    )
+    .unwrap();
     let clock_for = |skew: u64| {
         let now = now.clone();
         Arc::new(move || now.load(Ordering::Relaxed) + skew) as minisync::engine::WallClock
@@ -101,7 +124,11 @@ fn run_case(seed: u64) -> Result<(), String> {
     for i in 1..n {
         let mut d = Document::from_changes_as(&full, client(seed, i)).unwrap();
         // One replica in four runs hours ahead.
-        let skew = if rng.random_bool(0.25) { 3 * 3600 * 1000 } else { 0 };
+        let skew = if rng.random_bool(0.25) {
+            3 * 3600 * 1000
+        } else {
+            0
+        };
         d.set_wall_clock(clock_for(skew));
         docs.push(d);
     }
@@ -148,8 +175,11 @@ fn run_case(seed: u64) -> Result<(), String> {
                 if ch.has_changes() {
                     any = true;
                 }
-                let parsed = Changes::parse(&ch.to_json_string()).map_err(|e| format!("parse: {e}"))?;
-                docs[j].apply(&parsed).map_err(|e| format!("final apply: {e}"))?;
+                let parsed =
+                    Changes::parse(&ch.to_json_string()).map_err(|e| format!("parse: {e}"))?;
+                docs[j]
+                    .apply(&parsed)
+                    .map_err(|e| format!("final apply: {e}"))?;
             }
         }
         if !any {
@@ -178,14 +208,21 @@ fn random_edits_over_a_lossy_network_converge() {
         .unwrap_or(2000);
     for seed in 0..cases {
         if let Err(e) = run_case(seed) {
-            panic!("seed {seed} failed (replay: MINISYNC_FUZZ_SEED={seed} cargo test --test engine_convergence): {e}");
+            panic!(
+                "seed {seed} failed (replay: MINISYNC_FUZZ_SEED={seed} cargo test --test engine_convergence): {e}"
+            );
         }
     }
 }
 
 fn edited_replicas(seed: u64) -> (Document, Changes, Changes) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let a = Document::with_ids(&json!({"a": 1, "list": [1, 2, {"x": 1}]}), "doc".into(), client(seed, 0)).unwrap();
+    let a = Document::with_ids(
+        &json!({"a": 1, "list": [1, 2, {"x": 1}]}),
+        "doc".into(),
+        client(seed, 0),
+    )
+    .unwrap();
     let mut b = Document::from_changes_as(&a.changes(), client(seed, 1)).unwrap();
     let mut c = Document::from_changes_as(&a.changes(), client(seed, 2)).unwrap();
     for _ in 0..rng.random_range(1..8) {

@@ -24,7 +24,11 @@ fn peer(shared: &Path) -> Peer {
     std::fs::write(&path, &text).unwrap();
     let cfg = Config::load(&path).unwrap();
     let agent = Agent::new(cfg.clone()).unwrap();
-    Peer { _dir: dir, cfg, agent }
+    Peer {
+        _dir: dir,
+        cfg,
+        agent,
+    }
 }
 
 impl Peer {
@@ -32,16 +36,29 @@ impl Peer {
         doc_command(&self.cfg, self.agent.store(), c).unwrap()
     }
     fn set(&mut self, path: &str, value: Value) {
-        self.cmd(DocCommand::Set { name: "todo".into(), path: path.into(), value: value.to_string() });
+        self.cmd(DocCommand::Set {
+            name: "todo".into(),
+            path: path.into(),
+            value: value.to_string(),
+        });
     }
     fn json(&mut self) -> Value {
-        self.agent.store().read_doc("todo", |d| d.to_json()).unwrap()
+        self.agent
+            .store()
+            .read_doc("todo", |d| d.to_json())
+            .unwrap()
     }
     fn client(&mut self) -> String {
-        self.agent.store().read_doc("todo", |d| d.client_id().to_string()).unwrap()
+        self.agent
+            .store()
+            .read_doc("todo", |d| d.client_id().to_string())
+            .unwrap()
     }
     fn doc_id(&mut self) -> String {
-        self.agent.store().read_doc("todo", |d| d.id().to_string()).unwrap()
+        self.agent
+            .store()
+            .read_doc("todo", |d| d.id().to_string())
+            .unwrap()
     }
     async fn sync(&mut self) -> PassReport {
         self.agent.sync_once().await
@@ -66,22 +83,39 @@ async fn two_peers_converge_and_acknowledge() {
     let shared = tempfile::tempdir().unwrap();
     let mut alice = peer(shared.path());
     let mut bob = peer(shared.path());
-    alice.cmd(DocCommand::Import { name: "todo".into(), json: r#"{"items": [], "title": "groceries"}"#.into() });
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: r#"{"items": [], "title": "groceries"}"#.into(),
+    });
     alice.sync().await;
     bob.sync().await; // bob has no replica: he adopts the one in the folder
     assert_eq!(bob.json(), alice.json());
     alice.set("title", json!("weekend groceries"));
-    alice.cmd(DocCommand::Set { name: "todo".into(), path: "items[0]".into(), value: "\"milk\"".into() });
+    alice.cmd(DocCommand::Set {
+        name: "todo".into(),
+        path: "items[0]".into(),
+        value: "\"milk\"".into(),
+    });
     bob.set("items[0]", json!("bread"));
     settle(&mut [&mut alice, &mut bob]).await;
     assert_eq!(alice.json(), bob.json());
     let items = alice.json()["items"].as_array().unwrap().len();
-    assert_eq!(items, 2, "both concurrent inserts are kept: {}", alice.json());
+    assert_eq!(
+        items,
+        2,
+        "both concurrent inserts are kept: {}",
+        alice.json()
+    );
     // Acknowledgements travel through the folder too.
     let (a, b) = (alice.client(), bob.client());
-    let av = alice.agent.store().read_doc("todo", |d| d.version()).unwrap();
+    let av = alice
+        .agent
+        .store()
+        .read_doc("todo", |d| d.version())
+        .unwrap();
     let ack = bob.agent.store().read_doc("todo", |d| {
-        d.peer(minisync::engine::ClientId::parse(&a).unwrap()).map(|p| p.last_received)
+        d.peer(minisync::engine::ClientId::parse(&a).unwrap())
+            .map(|p| p.last_received)
     });
     assert_eq!(ack.unwrap(), Some(av));
     let st = minisync::agent::status(&bob.cfg, bob.agent.store()).unwrap();
@@ -95,7 +129,10 @@ async fn three_peers_converge() {
     let mut alice = peer(shared.path());
     let mut bob = peer(shared.path());
     let mut carol = peer(shared.path());
-    alice.cmd(DocCommand::Import { name: "todo".into(), json: r#"{"n": 0}"#.into() });
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: r#"{"n": 0}"#.into(),
+    });
     settle(&mut [&mut alice, &mut bob, &mut carol]).await;
     alice.set("a", json!(1));
     bob.set("b", json!(2));
@@ -112,7 +149,10 @@ async fn damaged_folders_merge_nothing_and_the_next_pass_catches_up() {
     let shared = tempfile::tempdir().unwrap();
     let mut alice = peer(shared.path());
     let mut bob = peer(shared.path());
-    alice.cmd(DocCommand::Import { name: "todo".into(), json: r#"{"k": 0}"#.into() });
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: r#"{"k": 0}"#.into(),
+    });
     settle(&mut [&mut alice, &mut bob]).await;
     let bob_dir = client_dir(shared.path(), &mut bob);
     let latest = bob_dir.join(LATEST_FILE);
@@ -154,7 +194,11 @@ async fn damaged_folders_merge_nothing_and_the_next_pass_catches_up() {
     std::fs::write(&latest, &good).unwrap();
 
     // A conflict copy left by a sync tool is never read.
-    std::fs::write(bob_dir.join("changes.latest (1).json"), b"{\"minisync\":\"changes\", broken").unwrap();
+    std::fs::write(
+        bob_dir.join("changes.latest (1).json"),
+        b"{\"minisync\":\"changes\", broken",
+    )
+    .unwrap();
     let r = alice.sync().await;
     assert_eq!(r.deferred, 0, "{r:?}");
     assert_eq!(alice.json(), json!({"k": 3}));
@@ -177,15 +221,23 @@ async fn damaged_folders_merge_nothing_and_the_next_pass_catches_up() {
 async fn base_is_rewritten_and_a_newcomer_catches_up_from_base_and_latest() {
     let shared = tempfile::tempdir().unwrap();
     let mut alice = peer(shared.path());
-    let big: Vec<Value> = (0..50).map(|i| json!({"title": format!("item {i}"), "done": false})).collect();
-    alice.cmd(DocCommand::Import { name: "todo".into(), json: json!({"items": big}).to_string() });
+    let big: Vec<Value> = (0..50)
+        .map(|i| json!({"title": format!("item {i}"), "done": false}))
+        .collect();
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: json!({"items": big}).to_string(),
+    });
     alice.sync().await;
     let dir = client_dir(shared.path(), &mut alice);
     let read_version = |d: &Path| -> VersionFile {
         serde_json::from_slice(&std::fs::read(d.join(VERSION_FILE)).unwrap()).unwrap()
     };
     let v0 = read_version(&dir);
-    assert_eq!(v0.base_version, v0.version, "the first publication is a base");
+    assert_eq!(
+        v0.base_version, v0.version,
+        "the first publication is a base"
+    );
     // A small change: only the latest file grows.
     alice.set("items[0].done", json!(true));
     alice.sync().await;

@@ -12,11 +12,26 @@ use crate::store::{Save, Store};
 #[derive(Debug, Clone)]
 pub enum DocCommand {
     List,
-    Get { name: String, path: String },
-    Set { name: String, path: String, value: String },
-    Rm { name: String, path: String },
-    Import { name: String, json: String },
-    Export { name: String },
+    Get {
+        name: String,
+        path: String,
+    },
+    Set {
+        name: String,
+        path: String,
+        value: String,
+    },
+    Rm {
+        name: String,
+        path: String,
+    },
+    Import {
+        name: String,
+        json: String,
+    },
+    Export {
+        name: String,
+    },
 }
 
 /// Parses a command-line value: JSON when it is JSON, otherwise the text as a string.
@@ -30,7 +45,11 @@ fn configured(cfg: &Config, name: &str) -> Result<()> {
         return Err(AgentError::Other(format!(
             "no document named {name:?} in {} (configured: {})",
             cfg.path.display(),
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         )));
     }
     Ok(())
@@ -43,7 +62,8 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             let mut out = String::new();
             for d in &cfg.documents {
                 if store.has_doc(&d.name)? {
-                    let (id, v) = store.read_doc(&d.name, |doc| (doc.id().to_string(), doc.version()))?;
+                    let (id, v) =
+                        store.read_doc(&d.name, |doc| (doc.id().to_string(), doc.version()))?;
                     out.push_str(&format!("{}\t{id}\tversion {v}\n", d.name));
                 } else {
                     out.push_str(&format!("{}\t-\tno replica here yet\n", d.name));
@@ -56,7 +76,9 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             let v = store.read_doc(&name, |d| d.get(&path))??;
             match v {
                 Some(v) => Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"),
-                None => Err(AgentError::Other(format!("{name}: nothing at path {path:?}"))),
+                None => Err(AgentError::Other(format!(
+                    "{name}: nothing at path {path:?}"
+                ))),
             }
         }
         DocCommand::Export { name } => {
@@ -73,13 +95,22 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
                     let Value::Object(m) = &value else {
                         return Err(AgentError::Other("a document must be a JSON object".into()));
                     };
-                    for key in doc.to_json().as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                    for key in doc
+                        .to_json()
+                        .as_object()
+                        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                        .unwrap_or_default()
+                    {
                         if !m.contains_key(&key) {
-                            doc.remove(&crate::engine::path::render(&[crate::engine::path::Segment::Key(key)]))?;
+                            doc.remove(&crate::engine::path::render(&[
+                                crate::engine::path::Segment::Key(key),
+                            ]))?;
                         }
                     }
                     for (k, v) in m {
-                        let p = crate::engine::path::render(&[crate::engine::path::Segment::Key(k.clone())]);
+                        let p = crate::engine::path::render(&[crate::engine::path::Segment::Key(
+                            k.clone(),
+                        )]);
                         if doc.get(&p)?.as_ref() != Some(v) {
                             doc.set(&p, v.clone())?;
                         }
@@ -96,7 +127,11 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
         DocCommand::Set { name, path, value } => {
             configured(cfg, &name)?;
             if !store.has_doc(&name)? {
-                store.create_doc(&name, &Document::new(&serde_json::json!({}))?, true)?;
+                // Creating it here would fork the document: a peer's copy would be another document.
+                return Err(AgentError::Other(format!(
+                    "no replica of {name:?} here yet: start it with `agent doc import {name} FILE`, \
+                     or receive it from a peer with `agent sync`"
+                )));
             }
             let value = parse_value(&value);
             store.update_doc::<_, AgentError>(&name, |doc, _| {
@@ -114,7 +149,9 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             })?;
             match removed {
                 Some(_) => Ok(String::new()),
-                None => Err(AgentError::Other(format!("{name}: nothing at path {path:?}"))),
+                None => Err(AgentError::Other(format!(
+                    "{name}: nothing at path {path:?}"
+                ))),
             }
         }
     }

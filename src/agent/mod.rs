@@ -93,7 +93,8 @@ impl Agent {
                     }
                 },
                 TransportKind::Folder => {
-                    let folder = cfg.resolve(d.folder.as_deref().unwrap_or(std::path::Path::new(".")));
+                    let folder =
+                        cfg.resolve(d.folder.as_deref().unwrap_or(std::path::Path::new(".")));
                     std::fs::create_dir_all(&folder).map_err(|e| {
                         AgentError::Other(format!("cannot create folder {}: {e}", folder.display()))
                     })?;
@@ -218,7 +219,7 @@ impl Agent {
                 backoff.reset();
                 self.next_wake()
             } else {
-                backoff.next()
+                backoff.pause()
             };
             let transports = self.transports.clone();
             let store = &self.store;
@@ -297,7 +298,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The next pause.
-    pub fn next(&mut self) -> Duration {
+    pub fn pause(&mut self) -> Duration {
         let d = backoff_delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
         d
@@ -319,8 +320,15 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 
 /// A fresh, well-formed Message-ID in the account's domain.
 pub fn new_message_id(address: &str) -> String {
-    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or("minisync.invalid");
-    format!("<minisync.{}.{}@{domain}>", ClientId::random(), ClientId::random())
+    let domain = address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or("minisync.invalid");
+    format!(
+        "<minisync.{}.{}@{domain}>",
+        ClientId::random(),
+        ClientId::random()
+    )
 }
 
 #[cfg(test)]

@@ -34,7 +34,10 @@ impl Agent {
                 doc = %arrival.doc,
                 key = %arrival.key,
             );
-            let outcome = self.handle(ti, &arrival, report).instrument(span.clone()).await;
+            let outcome = self
+                .handle(ti, &arrival, report)
+                .instrument(span.clone())
+                .await;
             let settle = match outcome {
                 Ok(()) => Settle::Processed,
                 Err(Refusal::Quarantine(reason)) => {
@@ -56,7 +59,12 @@ impl Agent {
         Ok(())
     }
 
-    async fn handle(&mut self, ti: usize, a: &Arrival, report: &mut PassReport) -> std::result::Result<(), Refusal> {
+    async fn handle(
+        &mut self,
+        ti: usize,
+        a: &Arrival,
+        report: &mut PassReport,
+    ) -> std::result::Result<(), Refusal> {
         let shared = self.transports[ti].delivery() == Delivery::Shared;
         let refuse = |msg: String| {
             if shared {
@@ -66,15 +74,17 @@ impl Agent {
             }
         };
         let internal = |e: AgentError| Refusal::Retry(format!("internal: {e}"));
-        if let Some(mid) = &a.message_id {
-            if self.store.seen(mid).map_err(|e| internal(e.into()))? {
-                tracing::info!(message_id = %mid, "duplicate: already merged");
-                report.duplicates += 1;
-                return Ok(());
-            }
+        if let Some(mid) = &a.message_id
+            && self.store.seen(mid).map_err(|e| internal(e.into()))?
+        {
+            tracing::info!(message_id = %mid, "duplicate: already merged");
+            report.duplicates += 1;
+            return Ok(());
         }
         // Which configured document is it for?
-        let candidates: Vec<usize> = (0..self.docs.len()).filter(|i| self.docs[*i].transport == ti).collect();
+        let candidates: Vec<usize> = (0..self.docs.len())
+            .filter(|i| self.docs[*i].transport == ti)
+            .collect();
         let slot = if shared && candidates.len() == 1 {
             candidates[0]
         } else {
@@ -88,7 +98,11 @@ impl Agent {
             a.from.clone()
         } else {
             let from = a.from.to_ascii_lowercase();
-            let known = self.docs[slot].cfg.peers.iter().find(|p| p.eq_ignore_ascii_case(&from));
+            let known = self.docs[slot]
+                .cfg
+                .peers
+                .iter()
+                .find(|p| p.eq_ignore_ascii_case(&from));
             match known {
                 Some(p) => p.clone(),
                 None => {
@@ -109,7 +123,9 @@ impl Agent {
         };
         let sent_by = first.sent_by();
         if changes.iter().any(|c| c.sent_by() != sent_by) {
-            return Err(refuse("changes objects from different clients in one message".into()));
+            return Err(refuse(
+                "changes objects from different clients in one message".into(),
+            ));
         }
         if shared && a.from != sent_by.to_string() {
             return Err(refuse(format!(
@@ -117,24 +133,36 @@ impl Agent {
                 a.from
             )));
         }
-        let row = self.store.peer(&name, &peer_key).map_err(|e| internal(e.into()))?;
-        if let Some(pinned) = &row.client_id {
-            if *pinned != sent_by.to_string() {
-                return Err(Refusal::Quarantine(format!(
-                    "{peer_key} used to be client {pinned}, this message comes from client {sent_by}"
-                )));
-            }
+        let row = self
+            .store
+            .peer(&name, &peer_key)
+            .map_err(|e| internal(e.into()))?;
+        if let Some(pinned) = &row.client_id
+            && *pinned != sent_by.to_string()
+        {
+            return Err(Refusal::Quarantine(format!(
+                "{peer_key} used to be client {pinned}, this message comes from client {sent_by}"
+            )));
         }
         if !self.store.has_doc(&name).map_err(|e| internal(e.into()))? {
             let doc = Document::from_changes(first).map_err(|e| {
-                refuse(format!("cannot create document {name:?} from these changes: {e}"))
+                refuse(format!(
+                    "cannot create document {name:?} from these changes: {e}"
+                ))
             })?;
-            self.store.create_doc(&name, &doc, false).map_err(|e| internal(e.into()))?;
+            self.store
+                .create_doc(&name, &doc, false)
+                .map_err(|e| internal(e.into()))?;
             tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
             changes.remove(0);
         }
         let wants_reply = !shared && texts.len() == 1 && changes_carry(&texts[0]);
-        let address = self.cfg.account.as_ref().map(|a| a.address.clone()).unwrap_or_default();
+        let address = self
+            .cfg
+            .account
+            .as_ref()
+            .map(|a| a.address.clone())
+            .unwrap_or_default();
         let message_id = a.message_id.clone();
         let merged = self.store.update_doc::<_, AgentError>(&name, |doc, tx| {
             let before = doc.version();
@@ -147,7 +175,15 @@ impl Agent {
             Store::touch_peer(tx, &name, &peer_key, PeerChange::Pin(sent_by.to_string()))?;
             Store::touch_peer(tx, &name, &peer_key, PeerChange::Received)?;
             if wants_reply {
-                queue_ack(tx, doc, &name, &peer_key, sent_by, message_id.as_deref(), &address)?;
+                queue_ack(
+                    tx,
+                    doc,
+                    &name,
+                    &peer_key,
+                    sent_by,
+                    message_id.as_deref(),
+                    &address,
+                )?;
             }
             Ok((doc.version() != before, Save::Merged))
         });
@@ -157,7 +193,9 @@ impl Agent {
                 report.merged += 1;
                 Ok(())
             }
-            Err(AgentError::Engine(e)) => Err(refuse(format!("changes refused by the engine: {e}"))),
+            Err(AgentError::Engine(e)) => {
+                Err(refuse(format!("changes refused by the engine: {e}")))
+            }
             Err(e) => Err(internal(e)),
         }
     }
@@ -165,7 +203,9 @@ impl Agent {
 
 /// Whether a changes text carries changes (and so must be acknowledged by reply).
 fn changes_carry(text: &str) -> bool {
-    Changes::parse(text).map(|c| c.has_changes()).unwrap_or(false)
+    Changes::parse(text)
+        .map(|c| c.has_changes())
+        .unwrap_or(false)
 }
 
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).

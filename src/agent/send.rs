@@ -49,12 +49,12 @@ impl Agent {
         let version = self.store.read_doc(&cfg.name, |d| d.version())?;
         let t = now_ms();
         let fresh = version > row.sent_version;
-        if fresh && !now {
-            if let Some(edited) = self.store.edited_at(&cfg.name)? {
-                if t < edited + cfg.send_delay.as_millis() as i64 {
-                    return Ok(false);
-                }
-            }
+        if fresh
+            && !now
+            && let Some(edited) = self.store.edited_at(&cfg.name)?
+            && t < edited + cfg.send_delay.as_millis() as i64
+        {
+            return Ok(false);
         }
         let resend_due = row
             .last_sent_at
@@ -63,7 +63,10 @@ impl Agent {
         if !fresh && !resend_due && !now {
             return Ok(true);
         }
-        let client = row.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
+        let client = row
+            .client_id
+            .as_deref()
+            .and_then(|c| ClientId::parse(c).ok());
         let (body, has) = self.store.read_doc(&cfg.name, |d| {
             let ch = match client {
                 Some(c) => d.changes_for(c),
@@ -72,7 +75,12 @@ impl Agent {
             (ch.to_json_string(), ch.has_changes())
         })?;
         if has {
-            let address = self.cfg.account.as_ref().map(|a| a.address.as_str()).unwrap_or("");
+            let address = self
+                .cfg
+                .account
+                .as_ref()
+                .map(|a| a.address.as_str())
+                .unwrap_or("");
             let item = OutItem {
                 id: 0,
                 doc: cfg.name.clone(),
@@ -87,22 +95,34 @@ impl Agent {
             Store::enqueue(self.store.conn(), &item)?;
             tracing::debug!(doc = %cfg.name, %peer, version, resend = !fresh, "queued changes");
         }
-        Store::touch_peer(self.store.conn(), &cfg.name, peer, PeerChange::Queued(version))?;
+        Store::touch_peer(
+            self.store.conn(),
+            &cfg.name,
+            peer,
+            PeerChange::Queued(version),
+        )?;
         Ok(true)
     }
 
     /// Delivers due outbox items (only those for `only_peer` when given).
-    pub(super) async fn flush(&mut self, report: &mut PassReport, only_peer: Option<&str>) -> Result<()> {
+    pub(super) async fn flush(
+        &mut self,
+        report: &mut PassReport,
+        only_peer: Option<&str>,
+    ) -> Result<()> {
         for item in self.store.due(now_ms())? {
             if only_peer.is_some_and(|p| !p.eq_ignore_ascii_case(&item.peer)) {
                 continue;
             }
             let Some(slot) = self.docs.iter().find(|s| s.cfg.name == item.doc) else {
-                self.store.mark_failed(item.id, "document no longer in the config")?;
+                self.store
+                    .mark_failed(item.id, "document no longer in the config")?;
                 continue;
             };
             let transport = self.transports[slot.transport].clone();
-            let (doc_id, client) = self.store.read_doc(&item.doc, |d| (d.id().to_string(), d.client_id()))?;
+            let (doc_id, client) = self
+                .store
+                .read_doc(&item.doc, |d| (d.id().to_string(), d.client_id()))?;
             let out = Outgoing {
                 doc_name: &item.doc,
                 doc_id: &doc_id,
@@ -127,13 +147,17 @@ impl Agent {
                     report.sent += 1;
                 }
                 Err(SendError::Temporary(e)) => {
-                    let at = now_ms() + backoff_delay(item.attempts.saturating_add(2)).as_millis() as i64;
+                    let at = now_ms()
+                        + backoff_delay(item.attempts.saturating_add(2)).as_millis() as i64;
                     self.store.mark_retry(item.id, &e, at)?;
                     Store::touch_peer(
                         self.store.conn(),
                         &item.doc,
                         &item.peer,
-                        PeerChange::Failed { error: e.clone(), failing: item.attempts >= 3 },
+                        PeerChange::Failed {
+                            error: e.clone(),
+                            failing: item.attempts >= 3,
+                        },
                     )?;
                     tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
                     report.send_failures += 1;
@@ -144,7 +168,10 @@ impl Agent {
                         self.store.conn(),
                         &item.doc,
                         &item.peer,
-                        PeerChange::Failed { error: e.clone(), failing: true },
+                        PeerChange::Failed {
+                            error: e.clone(),
+                            failing: true,
+                        },
                     )?;
                     tracing::error!(error = %e, "send refused by the server");
                     report.send_failures += 1;
@@ -160,7 +187,11 @@ impl Agent {
         let transport = self.transports[self.docs[i].transport].clone();
         let previous = self.store.published(&name)?.unwrap_or_default();
         let fingerprint = self.store.read_doc(&name, |d| {
-            let acks: Vec<String> = d.peers().iter().map(|(c, p)| format!("{c}={}", p.last_received)).collect();
+            let acks: Vec<String> = d
+                .peers()
+                .iter()
+                .map(|(c, p)| format!("{c}={}", p.last_received))
+                .collect();
             format!("{}|{}", d.version(), acks.join(","))
         })?;
         if fingerprint == previous.fingerprint {
@@ -172,7 +203,13 @@ impl Agent {
                 || latest.len() as f64 > REBASE_RATIO * previous.base_len as f64;
             if rebase {
                 let base = d.changes().to_json_string();
-                (d.id().to_string(), d.client_id(), d.version(), d.changes_since(d.version()).to_json_string(), Some(base))
+                (
+                    d.id().to_string(),
+                    d.client_id(),
+                    d.version(),
+                    d.changes_since(d.version()).to_json_string(),
+                    Some(base),
+                )
             } else {
                 (d.id().to_string(), d.client_id(), d.version(), latest, None)
             }

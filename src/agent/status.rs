@@ -58,7 +58,11 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         let mut peers = Vec::new();
         let (doc_id, client_id, version) = if exists {
             store.read_doc(&d.name, |doc| {
-                (Some(doc.id().to_string()), Some(doc.client_id().to_string()), Some(doc.version()))
+                (
+                    Some(doc.id().to_string()),
+                    Some(doc.client_id().to_string()),
+                    Some(doc.version()),
+                )
             })?
         } else {
             (None, None, None)
@@ -71,17 +75,27 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         keys.dedup();
         for key in keys {
             let row = store.peer(&d.name, &key)?;
-            let client = row.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
+            let client = row
+                .client_id
+                .as_deref()
+                .and_then(|c| ClientId::parse(c).ok());
             let (last_received, last_acknowledged, pending_changes) = match (exists, client) {
                 (true, Some(c)) => store.read_doc(&d.name, |doc| {
                     let p = doc.peer(c).cloned().unwrap_or_default();
-                    (p.last_received, p.last_acknowledged, doc.changes_for(c).has_changes())
+                    (
+                        p.last_received,
+                        p.last_acknowledged,
+                        doc.changes_for(c).has_changes(),
+                    )
                 })?,
                 (true, None) => (0, 0, true),
                 _ => (0, 0, false),
             };
             failing |= row.failing;
-            let last_error = row.last_error.clone().or(store.last_outbox_error(&d.name, &key)?);
+            let last_error = row
+                .last_error
+                .clone()
+                .or(store.last_outbox_error(&d.name, &key)?);
             peers.push(PeerStatus {
                 outbox: store.pending_for(&d.name, &key)?,
                 peer: key,
@@ -115,7 +129,9 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for d in &self.documents {
             match (&d.doc_id, d.version) {
-                (Some(id), Some(v)) => writeln!(f, "{} ({}, id {id}, version {v})", d.name, d.transport)?,
+                (Some(id), Some(v)) => {
+                    writeln!(f, "{} ({}, id {id}, version {v})", d.name, d.transport)?
+                }
                 _ => writeln!(f, "{} ({}, no replica here yet)", d.name, d.transport)?,
             }
             if d.peers.is_empty() {
@@ -129,8 +145,16 @@ impl std::fmt::Display for Status {
                     if p.failing { " [FAILING]" } else { "" },
                     p.last_received,
                     p.last_acknowledged,
-                    if p.pending_changes { ", changes pending" } else { ", in step" },
-                    if p.outbox > 0 { format!(", {} in outbox", p.outbox) } else { String::new() },
+                    if p.pending_changes {
+                        ", changes pending"
+                    } else {
+                        ", in step"
+                    },
+                    if p.outbox > 0 {
+                        format!(", {} in outbox", p.outbox)
+                    } else {
+                        String::new()
+                    },
                 )?;
                 writeln!(
                     f,

@@ -317,7 +317,10 @@ impl Document {
         self.walk(segs).ok_or_else(|| {
             Error::path(
                 path_text,
-                format!("{:?} is not an existing object or array", path::render(segs)),
+                format!(
+                    "{:?} is not an existing object or array",
+                    path::render(segs)
+                ),
             )
         })
     }
@@ -352,7 +355,10 @@ impl Document {
     pub fn set(&mut self, path_text: &str, value: Value) -> Result<()> {
         let segs = path::parse(path_text)?;
         let Some((last, prefix)) = segs.split_last() else {
-            return Err(Error::path(path_text, "the document root cannot be replaced; set its keys"));
+            return Err(Error::path(
+                path_text,
+                "the document root cannot be replaced; set its keys",
+            ));
         };
         self.check_depth(path_text, segs.len(), &value)?;
         let n = self.container(path_text, prefix)?;
@@ -375,13 +381,18 @@ impl Document {
                     self.replace_elem(n, *i, &value, u);
                     Ok(())
                 } else {
-                    Err(Error::path(path_text, format!("index {i} is past the end (length {len})")))
+                    Err(Error::path(
+                        path_text,
+                        format!("index {i} is past the end (length {len})"),
+                    ))
                 }
             }
             (Body::Obj(_), Segment::Index(_)) => {
                 Err(Error::path(path_text, "an index used on an object"))
             }
-            (Body::Arr(_), Segment::Key(_)) => Err(Error::path(path_text, "a key used on an array")),
+            (Body::Arr(_), Segment::Key(_)) => {
+                Err(Error::path(path_text, "a key used on an array"))
+            }
         }
     }
 
@@ -389,7 +400,10 @@ impl Document {
     pub fn remove(&mut self, path_text: &str) -> Result<Option<Value>> {
         let segs = path::parse(path_text)?;
         let Some((last, prefix)) = segs.split_last() else {
-            return Err(Error::path(path_text, "the document root cannot be removed"));
+            return Err(Error::path(
+                path_text,
+                "the document root cannot be removed",
+            ));
         };
         let n = self.container(path_text, prefix)?;
         let Some(old) = self.child_val(n, last).map(|v| self.val_json(v)) else {
@@ -444,7 +458,10 @@ impl Document {
         }
         let len = self.len(path_text)?;
         if start > len {
-            return Err(Error::path(path_text, format!("start {start} is past the end (length {len})")));
+            return Err(Error::path(
+                path_text,
+                format!("start {start} is past the end (length {len})"),
+            ));
         }
         let delete = delete.min(len - start);
         if delete == 0 && items.is_empty() {
@@ -587,9 +604,17 @@ impl Document {
     }
 
     /// Turns a user value into a slot value, creating nodes for objects and arrays.
-    pub(crate) fn make_val(&mut self, value: &Value, stamp: Stamp, parent: (Ix, u32), u: u64) -> Val {
+    pub(crate) fn make_val(
+        &mut self,
+        value: &Value,
+        stamp: Stamp,
+        parent: (Ix, u32),
+        u: u64,
+    ) -> Val {
         match value {
-            Value::Object(_) | Value::Array(_) => Val::Node(self.new_node(value, stamp, Some(parent), u)),
+            Value::Object(_) | Value::Array(_) => {
+                Val::Node(self.new_node(value, stamp, Some(parent), u))
+            }
             p => Val::Prim(p.clone()),
         }
     }

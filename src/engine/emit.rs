@@ -114,10 +114,7 @@ impl Document {
                         WElem {
                             id: e.id,
                             origin: e.origin,
-                            val: e
-                                .removed
-                                .is_none()
-                                .then(|| (wval(&e.val), e.vstamp)),
+                            val: e.removed.is_none().then(|| (wval(&e.val), e.vstamp)),
                             removed: e.removed,
                         }
                     })

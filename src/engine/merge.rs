@@ -79,12 +79,13 @@ impl Document {
                 "a replica can only be created from a full changes object (changesSince 0)",
             ));
         }
-        let root = changes
-            .root
-            .as_ref()
-            .ok_or_else(|| Error::malformed("$.changes", "a full changes object needs the document"))?;
+        let root = changes.root.as_ref().ok_or_else(|| {
+            Error::malformed("$.changes", "a full changes object needs the document")
+        })?;
         if client == changes.sent_by {
-            return Err(Error::Value("the new replica needs a client id of its own".into()));
+            return Err(Error::Value(
+                "the new replica needs a client id of its own".into(),
+            ));
         }
         let mut doc = Document::empty(changes.doc_id.clone(), client, Some(root.id));
         doc.apply(changes)?;
@@ -156,7 +157,10 @@ impl Document {
         merge_knows(&mut sender.knows, &changes.knows);
         for row in &changes.client_states {
             if row.client_id != self.client && row.client_id != changes.sent_by {
-                merge_knows(&mut self.peers.entry(row.client_id).or_default().knows, &row.knows);
+                merge_knows(
+                    &mut self.peers.entry(row.client_id).or_default().knows,
+                    &row.knows,
+                );
             }
         }
         Ok(MergeOutcome {
@@ -204,10 +208,16 @@ impl Document {
         let local_body = local.map(|ix| &self.nodes[ix as usize].body);
         match (&w.body, local_body) {
             (WBody::Obj(_), Some(Body::Arr(_))) => {
-                return c.fail(format!("node {} is an array here, an object in the changes", w.id));
+                return c.fail(format!(
+                    "node {} is an array here, an object in the changes",
+                    w.id
+                ));
             }
             (WBody::Arr(_), Some(Body::Obj(_))) => {
-                return c.fail(format!("node {} is an object here, an array in the changes", w.id));
+                return c.fail(format!(
+                    "node {} is an object here, an array in the changes",
+                    w.id
+                ));
             }
             _ => {}
         }
@@ -221,10 +231,11 @@ impl Document {
                     c.trail.push(format!(".{}", f.key));
                     c.stamp(f.stamp)?;
                     let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
-                    if let Some(lf) = lf {
-                        if lf.stamp == f.stamp && !self.same_val(&lf.val, f.val.as_ref()) {
-                            return c.fail(format!("stamp {} is used here for another value", f.stamp));
-                        }
+                    if let Some(lf) = lf
+                        && lf.stamp == f.stamp
+                        && !self.same_val(&lf.val, f.val.as_ref())
+                    {
+                        return c.fail(format!("stamp {} is used here for another value", f.stamp));
                     }
                     if let Some(WVal::Node(child)) = &f.val {
                         self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
@@ -254,7 +265,13 @@ impl Document {
         Ok(())
     }
 
-    fn check_elem(&self, e: &WElem, la: Option<&Arr>, ids: &HashSet<Stamp>, c: &mut Check) -> Result<()> {
+    fn check_elem(
+        &self,
+        e: &WElem,
+        la: Option<&Arr>,
+        ids: &HashSet<Stamp>,
+        c: &mut Check,
+    ) -> Result<()> {
         c.stamp(e.id)?;
         if let Some(o) = e.origin {
             if o >= e.id {
@@ -281,10 +298,12 @@ impl Document {
             if le.origin != e.origin {
                 return c.fail(format!("element {} has another origin here", e.id));
             }
-            if let Some((v, vs)) = &e.val {
-                if le.removed.is_none() && le.vstamp == *vs && !self.same_val(&le.val, Some(v)) {
-                    return c.fail(format!("stamp {vs} is used here for another value"));
-                }
+            if let Some((v, vs)) = &e.val
+                && le.removed.is_none()
+                && le.vstamp == *vs
+                && !self.same_val(&le.val, Some(v))
+            {
+                return c.fail(format!("stamp {vs} is used here for another value"));
             }
         }
         Ok(())
@@ -305,7 +324,9 @@ impl Document {
             WBody::Obj(fields) => {
                 for f in fields {
                     let slot = self.field_slot(ix, &f.key);
-                    let Body::Obj(o) = &self.nodes[ix as usize].body else { return };
+                    let Body::Obj(o) = &self.nodes[ix as usize].body else {
+                        return;
+                    };
                     if f.stamp > o.slots[slot as usize].stamp {
                         let val = match &f.val {
                             None => Val::Gone,
@@ -316,11 +337,13 @@ impl Document {
                         *changed = true;
                     }
                     if let Some(WVal::Node(c)) = &f.val {
-                        let Body::Obj(o) = &self.nodes[ix as usize].body else { return };
-                        if let Val::Node(cix) = o.slots[slot as usize].val {
-                            if self.nodes[cix as usize].id == c.id {
-                                self.integrate(c, cix, u, changed);
-                            }
+                        let Body::Obj(o) = &self.nodes[ix as usize].body else {
+                            return;
+                        };
+                        if let Val::Node(cix) = o.slots[slot as usize].val
+                            && self.nodes[cix as usize].id == c.id
+                        {
+                            self.integrate(c, cix, u, changed);
                         }
                     }
                 }
@@ -360,16 +383,16 @@ impl Document {
                 el.u = u;
                 self.reindex(ix, slot, old_u, u);
                 *changed = true;
-            } else if let Some((v, vs)) = &e.val {
-                if *vs > el.vstamp {
-                    let val = self.wire_val(v, (ix, slot), u);
-                    let el = &mut self.arr_mut(ix).slots[slot as usize];
-                    el.val = val;
-                    el.vstamp = *vs;
-                    el.u = u;
-                    self.reindex(ix, slot, old_u, u);
-                    *changed = true;
-                }
+            } else if let Some((v, vs)) = &e.val
+                && *vs > el.vstamp
+            {
+                let val = self.wire_val(v, (ix, slot), u);
+                let el = &mut self.arr_mut(ix).slots[slot as usize];
+                el.val = val;
+                el.vstamp = *vs;
+                el.u = u;
+                self.reindex(ix, slot, old_u, u);
+                *changed = true;
             }
             return slot;
         }
@@ -436,10 +459,12 @@ impl Document {
 
 /// Position in document order of the element with id `id` (known to exist: checked before).
 fn position_of(a: &Arr, id: Stamp) -> usize {
-    if let Some(p) = a.last_pos {
-        if a.order.get(p).is_some_and(|s| a.slots[*s as usize].id == id) {
-            return p;
-        }
+    if let Some(p) = a.last_pos
+        && a.order
+            .get(p)
+            .is_some_and(|s| a.slots[*s as usize].id == id)
+    {
+        return p;
     }
     a.order
         .iter()
@@ -453,4 +478,3 @@ fn merge_knows(into: &mut crate::engine::wire::Knowledge, from: &crate::engine::
         *e = (*e).max(*h);
     }
 }
-

@@ -18,5 +18,5 @@ pub use error::{Error, Result};
 pub use merge::MergeOutcome;
 pub use stamp::{ClientId, Hlc, Stamp, system_now_ms};
 pub use wire::{
-    ClientState, Changes, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
+    Changes, ClientState, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
 };

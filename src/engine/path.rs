@@ -91,13 +91,21 @@ mod tests {
         assert_eq!(parse("").unwrap(), vec![]);
         assert_eq!(
             parse("foo.bar[1].baz").unwrap(),
-            vec![Key("foo".into()), Key("bar".into()), Index(1), Key("baz".into())]
+            vec![
+                Key("foo".into()),
+                Key("bar".into()),
+                Index(1),
+                Key("baz".into())
+            ]
         );
         assert_eq!(
             parse("[\"a.b\"][0]").unwrap(),
             vec![Key("a.b".into()), Index(0)]
         );
-        assert_eq!(parse("_s.v").unwrap(), vec![Key("_s".into()), Key("v".into())]);
+        assert_eq!(
+            parse("_s.v").unwrap(),
+            vec![Key("_s".into()), Key("v".into())]
+        );
         for bad in ["foo.", ".foo", "a[1", "a[x]", "a..b", "a[1]b"] {
             assert!(parse(bad).is_err(), "{bad}");
         }

@@ -157,8 +157,7 @@ impl Document {
 
     /// Restores a replica saved by [`Document::save`], checking that it is consistent.
     pub fn restore(text: &str) -> Result<Self> {
-        let snap: Snap =
-            serde_json::from_str(text).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let snap: Snap = serde_json::from_str(text).map_err(|e| Error::Snapshot(e.to_string()))?;
         if snap.format != SNAPSHOT_FORMAT || snap.version != SNAPSHOT_VERSION {
             return Err(Error::Snapshot(format!(
                 "unknown saved format {:?} version {}",

@@ -198,7 +198,10 @@ impl Changes {
                         .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
                     let client_id = client_of(obj.get("clientID"), &format!("{at}.clientID"))?;
                     if !seen.insert(client_id) {
-                        return Err(Error::malformed(&at, format!("client {client_id} listed twice")));
+                        return Err(Error::malformed(
+                            &at,
+                            format!("client {client_id} listed twice"),
+                        ));
                     }
                     client_states.push(ClientState {
                         client_id,
@@ -217,7 +220,10 @@ impl Changes {
             Some(v) => {
                 let node = parse_node(v, "$.changes", &mut budget)?;
                 if node.is_array() {
-                    return Err(Error::malformed("$.changes", "the document root must be an object"));
+                    return Err(Error::malformed(
+                        "$.changes",
+                        "the document root must be an object",
+                    ));
                 }
                 Some(node)
             }
@@ -326,7 +332,9 @@ fn node_value(node: &WNode) -> Value {
                 if e.origin != *prev {
                     m.insert(
                         "o".into(),
-                        e.origin.map(|o| o.to_string().into()).unwrap_or(Value::Null),
+                        e.origin
+                            .map(|o| o.to_string().into())
+                            .unwrap_or(Value::Null),
                     );
                 }
                 *prev = Some(e.id);
@@ -381,7 +389,10 @@ fn knowledge_of(v: Option<&Value>, at: &str) -> Result<Knowledge> {
                     .and_then(|s| u64::from_str_radix(s, 16).ok())
                     .filter(|h| *h < MAX_HLC)
                     .ok_or_else(|| {
-                        Error::malformed(format!("{at}.{c}"), "must be a hex clock value below 2^62")
+                        Error::malformed(
+                            format!("{at}.{c}"),
+                            "must be a hex clock value below 2^62",
+                        )
                     })?;
                 out.insert(client, hlc);
             }
@@ -440,7 +451,10 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
         .ok_or_else(|| Error::malformed(&s_at, "a node needs its \"_s\" state object"))?;
     for key in s.keys() {
         if !matches!(key.as_str(), "id" | "u" | "a" | "k" | "d" | "ri") {
-            return Err(Error::malformed(&s_at, format!("unknown state field {key:?}")));
+            return Err(Error::malformed(
+                &s_at,
+                format!("unknown state field {key:?}"),
+            ));
         }
     }
     let id = stamp_of(s.get("id"), &format!("{s_at}.id"))?;
@@ -449,20 +463,36 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
     let is_array = match s.get("a") {
         None | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
-        Some(_) => return Err(Error::malformed(format!("{s_at}.a"), "must be true or false")),
+        Some(_) => {
+            return Err(Error::malformed(
+                format!("{s_at}.a"),
+                "must be true or false",
+            ));
+        }
     };
     let body = if is_array {
         if s.contains_key("k") || s.contains_key("d") {
-            return Err(Error::malformed(&s_at, "an array node cannot have \"k\" or \"d\""));
+            return Err(Error::malformed(
+                &s_at,
+                "an array node cannot have \"k\" or \"d\"",
+            ));
         }
         for key in obj.keys() {
             if key != "_s" && key != "v" {
-                return Err(Error::malformed(at, format!("unknown array node field {key:?}")));
+                return Err(Error::malformed(
+                    at,
+                    format!("unknown array node field {key:?}"),
+                ));
             }
         }
         let live = match obj.get("v") {
             Some(Value::Array(a)) => a.as_slice(),
-            _ => return Err(Error::malformed(format!("{at}.v"), "must be an array of elements")),
+            _ => {
+                return Err(Error::malformed(
+                    format!("{at}.v"),
+                    "must be an array of elements",
+                ));
+            }
         };
         let removed = match s.get("ri") {
             None => &[][..],
@@ -494,7 +524,9 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
                 Some(_) => {
                     return Err(Error::malformed(
                         at,
-                        format!("unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"),
+                        format!(
+                            "unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"
+                        ),
                     ));
                 }
                 None => wire_key.clone(),
@@ -590,7 +622,10 @@ fn parse_elems(
                 matches!(key.as_str(), "e" | "o" | "t" | "v")
             };
             if !ok {
-                return Err(Error::malformed(&e_at, format!("unknown element field {key:?}")));
+                return Err(Error::malformed(
+                    &e_at,
+                    format!("unknown element field {key:?}"),
+                ));
             }
         }
         let id = stamp_of(m.get("e"), &format!("{e_at}.e"))?;
@@ -614,7 +649,10 @@ fn parse_elems(
             let (val, node_id) = parse_value(raw, &format!("{e_at}.v"), budget)?;
             let vstamp = match (node_id, m.get("t")) {
                 (Some(_), Some(_)) => {
-                    return Err(Error::malformed(&e_at, "an element holding a node takes the node's id as its stamp; \"t\" is not allowed"));
+                    return Err(Error::malformed(
+                        &e_at,
+                        "an element holding a node takes the node's id as its stamp; \"t\" is not allowed",
+                    ));
                 }
                 (Some(n), None) => n,
                 (None, Some(t)) => stamp_of(Some(t), &format!("{e_at}.t"))?,

@@ -26,10 +26,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("document {name:?}: {source}")]
-    Document {
-        name: String,
-        source: engine::Error,
-    },
+    Document { name: String, source: engine::Error },
     #[error("no document named {0:?} (create it with `agent doc import` or `agent doc set`)")]
     NoDocument(String),
 }
@@ -156,7 +153,9 @@ impl Store {
 
     /// Names of the stored documents.
     pub fn doc_names(&self) -> Result<Vec<String>> {
-        let mut st = self.conn.prepare("SELECT name FROM documents ORDER BY name")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT name FROM documents ORDER BY name")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -165,7 +164,11 @@ impl Store {
     pub fn has_doc(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM documents WHERE name = ?1", [name], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM documents WHERE name = ?1",
+                [name],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -184,20 +187,30 @@ impl Store {
     pub fn doc_rev(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
-    fn load_into_cache(conn: &Connection, cache: &mut HashMap<String, (i64, Document)>, name: &str) -> Result<()> {
+    fn load_into_cache(
+        conn: &Connection,
+        cache: &mut HashMap<String, (i64, Document)>,
+        name: &str,
+    ) -> Result<()> {
         let rev: i64 = conn
-            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NoDocument(name.to_string()))?;
         if cache.get(name).is_some_and(|(r, _)| *r == rev) {
             return Ok(());
         }
         let state: String =
-            conn.query_row("SELECT state FROM documents WHERE name = ?1", [name], |r| r.get(0))?;
+            conn.query_row("SELECT state FROM documents WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })?;
         let doc = Document::restore(&state).map_err(|source| StoreError::Document {
             name: name.to_string(),
             source,
@@ -268,7 +281,11 @@ impl Store {
     pub fn edited_at(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row("SELECT edited_at FROM documents WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT edited_at FROM documents WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .optional()?
             .flatten())
     }
@@ -397,8 +414,10 @@ impl Store {
 
     /// Marks an item accepted by the server.
     pub fn mark_sent(&self, id: i64) -> Result<()> {
-        self.conn
-            .execute("UPDATE outbox SET status = 'sent', last_error = NULL WHERE id = ?1", [id])?;
+        self.conn.execute(
+            "UPDATE outbox SET status = 'sent', last_error = NULL WHERE id = ?1",
+            [id],
+        )?;
         Ok(())
     }
 
@@ -433,7 +452,11 @@ impl Store {
     pub fn seen(&self, message_id: &str) -> Result<bool> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM seen WHERE message_id = ?1", [message_id], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM seen WHERE message_id = ?1",
+                [message_id],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -569,7 +592,11 @@ mod tests {
         let d = Document::new(&json!({"a": 1})).unwrap();
         s.create_doc("todo", &d, false).unwrap();
         s.update_doc::<_, StoreError>("todo", |doc, _| {
-            doc.set("a", json!(2)).map_err(|source| StoreError::Document { name: "todo".into(), source })?;
+            doc.set("a", json!(2))
+                .map_err(|source| StoreError::Document {
+                    name: "todo".into(),
+                    source,
+                })?;
             Ok(((), Save::Edited))
         })
         .unwrap();
@@ -581,7 +608,10 @@ mod tests {
         assert!(r.is_err());
         drop(s);
         let mut s = Store::open(&path).unwrap();
-        assert_eq!(s.read_doc("todo", |d| d.to_json()).unwrap(), json!({"a": 2}));
+        assert_eq!(
+            s.read_doc("todo", |d| d.to_json()).unwrap(),
+            json!({"a": 2})
+        );
     }
 
     #[test]
@@ -603,8 +633,12 @@ mod tests {
         Store::enqueue(s.conn(), &item(2, false)).unwrap();
         Store::enqueue(s.conn(), &item(3, true)).unwrap(); // an ack does not replace changes
         let due = s.due(now_ms() + 1).unwrap();
-        assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2, 3]);
-        s.mark_retry(due[0].id, "421 try later", now_ms() + 60_000).unwrap();
+        assert_eq!(
+            due.iter().map(|i| i.version).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        s.mark_retry(due[0].id, "421 try later", now_ms() + 60_000)
+            .unwrap();
         assert_eq!(s.due(now_ms() + 1).unwrap().len(), 1);
         s.mark_sent(due[1].id).unwrap();
         assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 1);

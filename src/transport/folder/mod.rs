@@ -71,7 +71,10 @@ impl FolderTransport {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let has_any = dir.join(LATEST_FILE).exists() || dir.join(BASE_FILE).exists();
                 return has_any.then(|| {
-                    Err(format!("{} is missing (not fully delivered yet?)", version_path.display()))
+                    Err(format!(
+                        "{} is missing (not fully delivered yet?)",
+                        version_path.display()
+                    ))
                 });
             }
             Err(e) => return Some(Err(format!("cannot read {}: {e}", version_path.display()))),
@@ -85,8 +88,12 @@ impl FolderTransport {
         }
         let read = |name: &str, expected: u64| -> Result<String, String> {
             let p = dir.join(name);
-            let body = std::fs::read_to_string(&p)
-                .map_err(|e| format!("cannot read {}: {e} (not fully delivered yet?)", p.display()))?;
+            let body = std::fs::read_to_string(&p).map_err(|e| {
+                format!(
+                    "cannot read {}: {e} (not fully delivered yet?)",
+                    p.display()
+                )
+            })?;
             if body.len() as u64 != expected {
                 return Err(format!(
                     "{} is {} bytes but {VERSION_FILE} says {expected}: not fully delivered yet",

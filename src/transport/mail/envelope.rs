@@ -8,7 +8,9 @@
 
 use std::io::{Read, Write};
 
-use lettre::message::header::{ContentDisposition, ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{
+    ContentDisposition, ContentTransferEncoding, ContentType, HeaderName, HeaderValue,
+};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use mail_parser::{MessageParser, MimeHeaders};
@@ -29,10 +31,23 @@ pub const COMPRESS_ABOVE: usize = 16 * 1024;
 pub const MAX_CHANGES_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Builds the RFC 5322 message for an outgoing changes object.
-pub fn build(out: &Outgoing<'_>, from: &str, from_name: Option<&str>) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
-    let from_addr: Address = from.parse().map_err(|e| format!("account address {from:?}: {e}"))?;
-    let to_addr: Address = out.peer.parse().map_err(|e| format!("peer address {:?}: {e}", out.peer))?;
-    let what = if out.ack_only { "acknowledgement" } else { "changes" };
+pub fn build(
+    out: &Outgoing<'_>,
+    from: &str,
+    from_name: Option<&str>,
+) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
+    let from_addr: Address = from
+        .parse()
+        .map_err(|e| format!("account address {from:?}: {e}"))?;
+    let to_addr: Address = out
+        .peer
+        .parse()
+        .map_err(|e| format!("peer address {:?}: {e}", out.peer))?;
+    let what = if out.ack_only {
+        "acknowledgement"
+    } else {
+        "changes"
+    };
     let text = format!(
         "This message carries minisync {what} for the document \"{}\".\n\
          It is processed automatically by the minisync agent of {}; you do not need to open or answer it.\n\
@@ -41,11 +56,16 @@ pub fn build(out: &Outgoing<'_>, from: &str, from_name: Option<&str>) -> Result<
     );
     let (ctype, filename, bytes) = if out.body.len() > COMPRESS_ABOVE {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(out.body.as_bytes()).map_err(|e| format!("compressing: {e}"))?;
+        enc.write_all(out.body.as_bytes())
+            .map_err(|e| format!("compressing: {e}"))?;
         let gz = enc.finish().map_err(|e| format!("compressing: {e}"))?;
         ("application/gzip", "minisync-changes.json.gz", gz)
     } else {
-        ("application/json", "minisync-changes.json", out.body.as_bytes().to_vec())
+        (
+            "application/json",
+            "minisync-changes.json",
+            out.body.as_bytes().to_vec(),
+        )
     };
     let attachment = SinglePart::builder()
         .header(ContentType::parse(ctype).map_err(|e| e.to_string())?)
@@ -61,16 +81,26 @@ pub fn build(out: &Outgoing<'_>, from: &str, from_name: Option<&str>) -> Result<
         builder = builder.in_reply_to(r.to_string()).references(r.to_string());
     }
     let mut message = builder
-        .multipart(MultiPart::mixed().singlepart(SinglePart::plain(text)).singlepart(attachment))
+        .multipart(
+            MultiPart::mixed()
+                .singlepart(SinglePart::plain(text))
+                .singlepart(attachment),
+        )
         .map_err(|e| format!("building the message: {e}"))?;
     let headers = message.headers_mut();
     for (name, value) in [
         (VERSION_HEADER, ENVELOPE_VERSION.to_string()),
         (DOCUMENT_HEADER, out.doc_name.to_string()),
-        (KIND_HEADER, if out.ack_only { "ack" } else { "changes" }.to_string()),
+        (
+            KIND_HEADER,
+            if out.ack_only { "ack" } else { "changes" }.to_string(),
+        ),
         ("Auto-Submitted", "auto-generated".to_string()),
     ] {
-        headers.insert_raw(HeaderValue::new(HeaderName::new_from_ascii_str(name), value));
+        headers.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str(name),
+            value,
+        ));
     }
     Ok((message.envelope().clone(), message.formatted()))
 }
@@ -111,10 +141,16 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
         .unwrap_or("")
         .trim()
         .to_string();
-    let version = m.header(VERSION_HEADER).and_then(|h| h.as_text()).unwrap_or("").trim();
+    let version = m
+        .header(VERSION_HEADER)
+        .and_then(|h| h.as_text())
+        .unwrap_or("")
+        .trim();
     arrival.payloads = (|| {
         if version != ENVELOPE_VERSION {
-            return Err(format!("unsupported {VERSION_HEADER} {version:?} (this agent reads {ENVELOPE_VERSION})"));
+            return Err(format!(
+                "unsupported {VERSION_HEADER} {version:?} (this agent reads {ENVELOPE_VERSION})"
+            ));
         }
         if arrival.message_id.is_none() {
             return Err("no Message-ID".into());
@@ -128,8 +164,9 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
         let part = m
             .attachments()
             .find(|p| {
-                p.attachment_name()
-                    .is_some_and(|n| n == "minisync-changes.json" || n == "minisync-changes.json.gz")
+                p.attachment_name().is_some_and(|n| {
+                    n == "minisync-changes.json" || n == "minisync-changes.json.gz"
+                })
             })
             .ok_or("no minisync-changes.json attachment")?;
         let compressed = part.attachment_name() == Some("minisync-changes.json.gz");
@@ -142,7 +179,8 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
                 .map_err(|e| format!("the gzip attachment is broken: {e}"))?;
             String::from_utf8(out).map_err(|_| "the attachment is not UTF-8".to_string())?
         } else {
-            String::from_utf8(bytes.to_vec()).map_err(|_| "the attachment is not UTF-8".to_string())?
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| "the attachment is not UTF-8".to_string())?
         };
         Ok(vec![text])
     })();
@@ -173,8 +211,16 @@ mod tests {
 
     #[test]
     fn round_trips_small_and_compressed_changes() {
-        for body in ["{\"minisync\":\"changes\"}".to_string(), format!("{{\"x\":\"{}\"}}", "y".repeat(100_000))] {
-            let (env, raw) = build(&out(&body, Some("<prev@example.test>")), "alice@example.test", Some("Alice")).unwrap();
+        for body in [
+            "{\"minisync\":\"changes\"}".to_string(),
+            format!("{{\"x\":\"{}\"}}", "y".repeat(100_000)),
+        ] {
+            let (env, raw) = build(
+                &out(&body, Some("<prev@example.test>")),
+                "alice@example.test",
+                Some("Alice"),
+            )
+            .unwrap();
             assert_eq!(env.to()[0].to_string(), "bob@example.test");
             let text = String::from_utf8_lossy(&raw);
             assert!(text.contains("Minisync-Version: 1"), "{text}");
@@ -189,15 +235,27 @@ mod tests {
             assert_eq!(a.message_id.as_deref(), Some("<m1@example.test>"));
             assert_eq!(a.in_reply_to.as_deref(), Some("<prev@example.test>"));
         }
-        assert!(build(&out("{}", None), "alice@example.test", None).unwrap().1.len() < 2000);
+        assert!(
+            build(&out("{}", None), "alice@example.test", None)
+                .unwrap()
+                .1
+                .len()
+                < 2000
+        );
     }
 
     #[test]
     fn broken_mail_names_the_problem() {
         let a = parse("1".into(), b"Minisync-Version: 1\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\nMinisync-Document: todo\r\n\r\nno attachment here");
-        assert!(a.payloads.unwrap_err().contains("no minisync-changes.json attachment"));
+        assert!(
+            a.payloads
+                .unwrap_err()
+                .contains("no minisync-changes.json attachment")
+        );
         let a = parse("1".into(), b"Minisync-Version: 9\r\nFrom: a@b.c\r\n\r\n");
         assert!(a.payloads.unwrap_err().contains("unsupported"));
-        assert!(!is_agent_mail(b"From: friend@example.test\r\nSubject: lunch?\r\n\r\n"));
+        assert!(!is_agent_mail(
+            b"From: friend@example.test\r\nSubject: lunch?\r\n\r\n"
+        ));
     }
 }

@@ -23,7 +23,11 @@ pub enum ImapStream {
 }
 
 impl AsyncRead for ImapStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ImapStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -32,7 +36,11 @@ impl AsyncRead for ImapStream {
 }
 
 impl AsyncWrite for ImapStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             ImapStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -56,7 +64,8 @@ pub type ImapSession = Session<ImapStream>;
 
 async fn tls_wrap(tcp: TcpStream, cfg: &Imap) -> Result<ImapStream, String> {
     let config = tls::client_config(cfg.ca_file.as_deref())?;
-    let name = ServerName::try_from(cfg.host.clone()).map_err(|e| format!("server name {:?}: {e}", cfg.host))?;
+    let name = ServerName::try_from(cfg.host.clone())
+        .map_err(|e| format!("server name {:?}: {e}", cfg.host))?;
     let stream = TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -67,10 +76,13 @@ async fn tls_wrap(tcp: TcpStream, cfg: &Imap) -> Result<ImapStream, String> {
 /// Connects and logs in.
 pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
     let password = cfg.server().password("IMAP").map_err(|e| e.to_string())?;
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(30), TcpStream::connect((cfg.host.as_str(), cfg.port)))
-        .await
-        .map_err(|_| format!("connecting to {}:{} timed out", cfg.host, cfg.port))?
-        .map_err(|e| format!("cannot connect to IMAP {}:{}: {e}", cfg.host, cfg.port))?;
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        TcpStream::connect((cfg.host.as_str(), cfg.port)),
+    )
+    .await
+    .map_err(|_| format!("connecting to {}:{} timed out", cfg.host, cfg.port))?
+    .map_err(|e| format!("cannot connect to IMAP {}:{}: {e}", cfg.host, cfg.port))?;
     let _ = tcp.set_nodelay(true);
     let mut client = match cfg.encryption {
         Encryption::Tls => async_imap::Client::new(tls_wrap(tcp, cfg).await?),
@@ -101,7 +113,12 @@ pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
     login(client, cfg, address, &password).await
 }
 
-async fn login(client: async_imap::Client<ImapStream>, cfg: &Imap, address: &str, password: &str) -> Result<ImapSession, String> {
+async fn login(
+    client: async_imap::Client<ImapStream>,
+    cfg: &Imap,
+    address: &str,
+    password: &str,
+) -> Result<ImapSession, String> {
     let user = cfg.login.as_deref().unwrap_or(address);
     client
         .login(user, password)
@@ -121,15 +138,24 @@ pub async fn ensure_folder(session: &mut ImapSession, name: &str) -> Result<(), 
         .iter()
         .any(|n| n.name() == name);
     if !exists {
-        session.create(name).await.map_err(|e| format!("cannot create folder {name}: {e}"))?;
+        session
+            .create(name)
+            .await
+            .map_err(|e| format!("cannot create folder {name}: {e}"))?;
     }
     Ok(())
 }
 
 /// Header blocks of messages from `from_uid` on: (uid, header bytes).
-pub async fn headers_from(session: &mut ImapSession, from_uid: u32) -> Result<Vec<(u32, Vec<u8>)>, String> {
+pub async fn headers_from(
+    session: &mut ImapSession,
+    from_uid: u32,
+) -> Result<Vec<(u32, Vec<u8>)>, String> {
     let fetches: Vec<_> = session
-        .uid_fetch(format!("{from_uid}:*"), "(UID RFC822.SIZE BODY.PEEK[HEADER])")
+        .uid_fetch(
+            format!("{from_uid}:*"),
+            "(UID RFC822.SIZE BODY.PEEK[HEADER])",
+        )
         .await
         .map_err(|e| format!("fetching headers: {e}"))?
         .try_collect()
@@ -145,10 +171,17 @@ pub async fn headers_from(session: &mut ImapSession, from_uid: u32) -> Result<Ve
 }
 
 /// Whole messages by UID, in batches.
-pub async fn bodies(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32, Vec<u8>)>, String> {
+pub async fn bodies(
+    session: &mut ImapSession,
+    uids: &[u32],
+) -> Result<Vec<(u32, Vec<u8>)>, String> {
     let mut out = Vec::new();
     for chunk in uids.chunks(200) {
-        let set = chunk.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let set = chunk
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let fetches: Vec<_> = session
             .uid_fetch(&set, "(UID BODY.PEEK[])")
             .await
@@ -156,18 +189,33 @@ pub async fn bodies(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<(u32,
             .try_collect()
             .await
             .map_err(|e| format!("fetching messages: {e}"))?;
-        out.extend(fetches.iter().filter_map(|f| Some((f.uid?, f.body()?.to_vec()))));
+        out.extend(
+            fetches
+                .iter()
+                .filter_map(|f| Some((f.uid?, f.body()?.to_vec()))),
+        );
     }
     Ok(out)
 }
 
 /// Moves one message to a folder (MOVE where offered, else COPY + \Deleted + UID EXPUNGE).
-pub async fn move_message(session: &mut ImapSession, uid: u32, folder: &str, has_move: bool) -> Result<(), String> {
+pub async fn move_message(
+    session: &mut ImapSession,
+    uid: u32,
+    folder: &str,
+    has_move: bool,
+) -> Result<(), String> {
     let set = uid.to_string();
     if has_move {
-        return session.uid_mv(&set, folder).await.map_err(|e| format!("moving message {uid} to {folder}: {e}"));
+        return session
+            .uid_mv(&set, folder)
+            .await
+            .map_err(|e| format!("moving message {uid} to {folder}: {e}"));
     }
-    session.uid_copy(&set, folder).await.map_err(|e| format!("copying message {uid} to {folder}: {e}"))?;
+    session
+        .uid_copy(&set, folder)
+        .await
+        .map_err(|e| format!("copying message {uid} to {folder}: {e}"))?;
     session
         .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
         .await

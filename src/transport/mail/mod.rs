@@ -19,7 +19,9 @@ use async_imap::types::UnsolicitedResponse;
 
 use crate::config::Account;
 use crate::store::Store;
-use crate::transport::{Arrival, Delivery, Outgoing, Route, SendError, Settle, Transport, TransportError};
+use crate::transport::{
+    Arrival, Delivery, Outgoing, Route, SendError, Settle, Transport, TransportError,
+};
 
 /// IMAP connection state, reused between passes.
 #[derive(Default)]
@@ -45,8 +47,13 @@ fn err(e: impl std::fmt::Display) -> TransportError {
 
 impl MailTransport {
     /// Sets up SMTP (resolving its password now) and the IMAP cursor store; IMAP connects lazily.
-    pub fn new(account: Account, poll: Duration, database: &Path) -> Result<Self, crate::agent::AgentError> {
-        let smtp = smtp::transport(&account.smtp, &account.address).map_err(crate::agent::AgentError::Other)?;
+    pub fn new(
+        account: Account,
+        poll: Duration,
+        database: &Path,
+    ) -> Result<Self, crate::agent::AgentError> {
+        let smtp = smtp::transport(&account.smtp, &account.address)
+            .map_err(crate::agent::AgentError::Other)?;
         Ok(MailTransport {
             poll,
             smtp,
@@ -59,7 +66,9 @@ impl MailTransport {
     /// Connects (if needed) and selects the watched mailbox; returns (UIDVALIDITY, UIDNEXT).
     async fn ready(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
         if st.session.is_none() {
-            let mut s = imap::connect(&self.account.imap, &self.account.address).await.map_err(err)?;
+            let mut s = imap::connect(&self.account.imap, &self.account.address)
+                .await
+                .map_err(err)?;
             let caps = s.capabilities().await.map_err(err)?;
             st.has_idle = caps.has_str("IDLE");
             st.has_move = caps.has_str("MOVE");
@@ -68,18 +77,31 @@ impl MailTransport {
             st.session = Some(s);
         }
         let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-        let mb = session.select(&self.account.imap.mailbox).await.map_err(err)?;
+        let mb = session
+            .select(&self.account.imap.mailbox)
+            .await
+            .map_err(err)?;
         Ok((mb.uid_validity.unwrap_or(0), mb.uid_next.unwrap_or(1)))
     }
 
     async fn receive_inner(&self, st: &mut ImapState) -> Result<Vec<Arrival>, TransportError> {
         let (validity, uid_next) = self.ready(st).await?;
         let mailbox = &self.account.imap.mailbox;
-        let cursor = self.cursors.lock().map_err(|_| err("cursor store poisoned"))?.cursor(mailbox).map_err(err)?;
+        let cursor = self
+            .cursors
+            .lock()
+            .map_err(|_| err("cursor store poisoned"))?
+            .cursor(mailbox)
+            .map_err(err)?;
         let from = match cursor {
             Some((v, n)) if v == validity && n <= uid_next => n,
             Some((v, _)) if v != validity => {
-                tracing::info!(mailbox, old = v, new = validity, "UIDVALIDITY changed: rescanning (processed mail is recognised by Message-ID)");
+                tracing::info!(
+                    mailbox,
+                    old = v,
+                    new = validity,
+                    "UIDVALIDITY changed: rescanning (processed mail is recognised by Message-ID)"
+                );
                 1
             }
             Some(_) => {
@@ -115,18 +137,29 @@ impl MailTransport {
         Ok(arrivals)
     }
 
-    async fn settle_inner(&self, st: &mut ImapState, uid: u32, folder: &str) -> Result<(), TransportError> {
+    async fn settle_inner(
+        &self,
+        st: &mut ImapState,
+        uid: u32,
+        folder: &str,
+    ) -> Result<(), TransportError> {
         if st.session.is_none() {
             self.ready(st).await?;
         }
         let has_move = st.has_move;
         let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
         if !st.folders_ready {
-            imap::ensure_folder(session, &self.account.imap.processed_folder).await.map_err(err)?;
-            imap::ensure_folder(session, &self.account.imap.quarantine_folder).await.map_err(err)?;
+            imap::ensure_folder(session, &self.account.imap.processed_folder)
+                .await
+                .map_err(err)?;
+            imap::ensure_folder(session, &self.account.imap.quarantine_folder)
+                .await
+                .map_err(err)?;
             st.folders_ready = true;
         }
-        imap::move_message(session, uid, folder, has_move).await.map_err(err)
+        imap::move_message(session, uid, folder, has_move)
+            .await
+            .map_err(err)
     }
 
     async fn idle(&self, st: &mut ImapState, max: Duration) -> Result<(), TransportError> {
@@ -135,7 +168,10 @@ impl MailTransport {
         session.noop().await.map_err(err)?;
         let mut news = false;
         while let Ok(r) = session.unsolicited_responses.try_recv() {
-            news |= matches!(r, UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_));
+            news |= matches!(
+                r,
+                UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
+            );
         }
         if news {
             st.session = Some(session);
@@ -182,7 +218,10 @@ impl Transport for MailTransport {
             Settle::Quarantined(_) => &self.account.imap.quarantine_folder,
             Settle::Retry => return Ok(()),
         };
-        let uid: u32 = arrival.key.parse().map_err(|_| err(format!("bad IMAP UID {:?}", arrival.key)))?;
+        let uid: u32 = arrival
+            .key
+            .parse()
+            .map_err(|_| err(format!("bad IMAP UID {:?}", arrival.key)))?;
         let mut st = self.imap.lock().await;
         let r = self.settle_inner(&mut st, uid, folder).await;
         if r.is_err() {
@@ -193,11 +232,11 @@ impl Transport for MailTransport {
 
     async fn wait(&self, max: Duration) -> Result<(), TransportError> {
         let mut st = self.imap.lock().await;
-        if st.session.is_none() {
-            if let Err(e) = self.ready(&mut st).await {
-                st.session = None;
-                return Err(e);
-            }
+        if st.session.is_none()
+            && let Err(e) = self.ready(&mut st).await
+        {
+            st.session = None;
+            return Err(e);
         }
         if !st.has_idle {
             drop(st);
@@ -229,12 +268,23 @@ pub async fn check(account: &Account) -> Vec<(String, Result<String, String>)> {
             account.imap.port,
             account.imap.mailbox,
             mb.exists,
-            if caps.has_str("IDLE") { "yes" } else { "no (polling)" },
-            if caps.has_str("MOVE") { "yes" } else { "no (copy + expunge)" },
+            if caps.has_str("IDLE") {
+                "yes"
+            } else {
+                "no (polling)"
+            },
+            if caps.has_str("MOVE") {
+                "yes"
+            } else {
+                "no (copy + expunge)"
+            },
         ))
     }
     .await;
     out.push(("IMAP".to_string(), imap_result));
-    out.push(("SMTP".to_string(), smtp::check(&account.smtp, &account.address).await));
+    out.push((
+        "SMTP".to_string(),
+        smtp::check(&account.smtp, &account.address).await,
+    ));
     out
 }

@@ -16,10 +16,15 @@ pub fn transport(server: &Server, address: &str) -> Result<Smtp, String> {
     let tls = || -> Result<TlsParameters, String> {
         let mut b = TlsParameters::builder(server.host.clone());
         if let Some(ca) = &server.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
-            b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| format!("CA file {}: {e}", ca.display()))?);
+            let pem = std::fs::read(ca)
+                .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+            b = b.add_root_certificate(
+                Certificate::from_pem(&pem)
+                    .map_err(|e| format!("CA file {}: {e}", ca.display()))?,
+            );
         }
-        b.build_rustls().map_err(|e| format!("SMTP TLS settings: {e}"))
+        b.build_rustls()
+            .map_err(|e| format!("SMTP TLS settings: {e}"))
     };
     let mode = match server.encryption {
         Encryption::Tls => Tls::Wrapper(tls()?),
@@ -29,13 +34,20 @@ pub fn transport(server: &Server, address: &str) -> Result<Smtp, String> {
     Ok(Smtp::builder_dangerous(server.host.clone())
         .port(server.port)
         .tls(mode)
-        .credentials(Credentials::new(server.login_or(address).to_string(), password))
+        .credentials(Credentials::new(
+            server.login_or(address).to_string(),
+            password,
+        ))
         .timeout(Some(std::time::Duration::from_secs(60)))
         .build())
 }
 
 /// Sends a formatted message.
-pub async fn send(smtp: &Smtp, envelope: &lettre::address::Envelope, raw: &[u8]) -> Result<(), SendError> {
+pub async fn send(
+    smtp: &Smtp,
+    envelope: &lettre::address::Envelope,
+    raw: &[u8],
+) -> Result<(), SendError> {
     match smtp.send_raw(envelope, raw).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_permanent() => Err(SendError::Permanent(describe(&e))),
@@ -59,7 +71,10 @@ pub async fn check(server: &Server, address: &str) -> Result<String, String> {
     let smtp = transport(server, address)?;
     match smtp.test_connection().await {
         Ok(true) => Ok(format!("{}:{} accepts our login", server.host, server.port)),
-        Ok(false) => Err(format!("{}:{} did not answer as an SMTP server", server.host, server.port)),
+        Ok(false) => Err(format!(
+            "{}:{} did not answer as an SMTP server",
+            server.host, server.port
+        )),
         Err(e) => Err(describe(&e)),
     }
 }

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 /// Reads every certificate of a PEM file.
-pub fn read_pem(path: &Path) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+pub fn read_pem(
+    path: &Path,
+) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, String> {
+    let data =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
     let certs = certs.map_err(|e| format!("CA file {} is not PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -29,6 +32,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
         }
     }
     Ok(Arc::new(
-        ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
+        ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     ))
 }

@@ -1,0 +1,300 @@
+//! Helpers for the tests that run against the real mail stack (`scripts/mail-stack`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// What the test command prints when the mail stack is not running.
+pub const RUN_WITH: &str =
+    "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)";
+
+/// The running mail stack, read from the env file `scripts/mail-stack` wrote.
+pub struct Stack {
+    pub env: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn get() -> Stack {
+        let path = std::env::var("MINISYNC_MAILSTACK")
+            .unwrap_or_else(|_| panic!("MINISYNC_MAILSTACK is not set: this test {RUN_WITH}"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        let env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Stack { env }
+    }
+    pub fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{k} missing from the mail stack env"))
+    }
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(self.var("MAILSTACK_DIR"))
+    }
+    /// The maildir of a user (`new/`, `cur/` inside; folders as `.Name/`).
+    pub fn maildir(&self, address: &str) -> PathBuf {
+        self.dir()
+            .join("mail")
+            .join(address.split('@').next().unwrap_or(address))
+    }
+}
+
+/// A unique address for this run and test.
+pub fn address(name: &str) -> String {
+    let r: u32 = rand::random();
+    format!("{name}-{r:08x}@example.test")
+}
+
+/// How a node connects: exercises every encryption mode across the tests.
+#[derive(Clone, Copy)]
+pub enum Security {
+    Tls,
+    StartTls,
+    Plain,
+}
+
+/// One agent with its config and state in a temporary directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub address: String,
+}
+
+pub struct DocSpec<'a> {
+    pub name: &'a str,
+    pub peers: &'a [&'a str],
+    pub send_delay: &'a str,
+    pub resend: &'a str,
+}
+
+pub fn node(
+    stack: &Stack,
+    address: &str,
+    peers: &[&str],
+    docs: &[DocSpec],
+    security: Security,
+) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = stack.var("CA_FILE");
+    let (imap_port, imap_enc, smtp_port, smtp_enc) = match security {
+        Security::Tls => (
+            stack.var("IMAPS_PORT"),
+            "tls",
+            stack.var("SMTPS_PORT"),
+            "tls",
+        ),
+        Security::StartTls => (
+            stack.var("IMAP_PORT"),
+            "start-tls",
+            stack.var("SMTP_PORT"),
+            "start-tls",
+        ),
+        Security::Plain => (
+            stack.var("IMAP_PORT"),
+            "none",
+            stack.var("SMTP_PORT"),
+            "none",
+        ),
+    };
+    let mut text = format!(
+        "[account]\naddress = \"{address}\"\n\n[account.imap]\nhost = \"localhost\"\nport = {imap_port}\nencryption = \"{imap_enc}\"\npassword-env = \"MINISYNC_TEST_PASSWORD\"\nca-file = \"{ca}\"\n\n[account.smtp]\nhost = \"localhost\"\nport = {smtp_port}\nencryption = \"{smtp_enc}\"\npassword-cmd = \"echo secret\"\nca-file = \"{ca}\"\n\n[agent]\nstate-dir = \"state\"\npoll-interval = \"2s\"\n"
+    );
+    for p in peers {
+        text.push_str(&format!("\n[[peers]]\naddress = \"{p}\"\n"));
+    }
+    for d in docs {
+        let peers: Vec<String> = d.peers.iter().map(|p| format!("\"{p}\"")).collect();
+        text.push_str(&format!(
+            "\n[[documents]]\nname = \"{}\"\npeers = [{}]\nsend-delay = \"{}\"\nresend-interval = \"{}\"\n",
+            d.name,
+            peers.join(", "),
+            d.send_delay,
+            d.resend
+        ));
+    }
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, text).unwrap();
+    Node {
+        dir,
+        config,
+        address: address.to_string(),
+    }
+}
+
+impl Node {
+    pub fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("MINISYNC_TEST_PASSWORD", "secret")
+            .env("MINISYNC_LOG", "info")
+            .output()
+            .unwrap()
+    }
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "agent {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// Creates a document from JSON with `agent doc import`.
+    pub fn import(&self, doc: &str, value: &Value) {
+        let file = self.dir.path().join(format!("{doc}-import.json"));
+        std::fs::write(&file, value.to_string()).unwrap();
+        self.ok(&["doc", "import", doc, file.to_str().unwrap()]);
+    }
+    pub fn sync(&self) -> String {
+        self.ok(&["sync"])
+    }
+    pub fn doc(&self, name: &str) -> Option<Value> {
+        let out = self.cmd(&["doc", "export", name]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+    pub fn status(&self) -> Value {
+        let out = self.cmd(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+    /// (lastReceived, lastAcknowledged) this node holds for a peer of a document.
+    pub fn acks(&self, doc: &str, peer: &str) -> (u64, u64) {
+        let s = self.status();
+        let d = s["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == doc)
+            .unwrap()
+            .clone();
+        let p = d["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == peer)
+            .unwrap()
+            .clone();
+        (
+            p["last_received"].as_u64().unwrap(),
+            p["last_acknowledged"].as_u64().unwrap(),
+        )
+    }
+    pub fn version(&self, doc: &str) -> u64 {
+        let s = self.status();
+        s["documents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == doc)
+            .unwrap()["version"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+    /// Starts `agent run` in the background; its log goes to a file in the node's directory.
+    pub fn spawn(&self) -> Service {
+        let log = self
+            .dir
+            .path()
+            .join(format!("run-{}.log", rand::random::<u32>()));
+        let child = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("MINISYNC_TEST_PASSWORD", "secret")
+            .env("MINISYNC_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Service { child, log }
+    }
+}
+
+/// A running `agent run`; killed when dropped.
+pub struct Service {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls until `f` is true, failing the test with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Message files in a maildir folder ("" for INBOX).
+pub fn messages(maildir: &Path, folder: &str) -> Vec<PathBuf> {
+    let base = if folder.is_empty() {
+        maildir.to_path_buf()
+    } else {
+        maildir.join(format!(".{folder}"))
+    };
+    ["new", "cur"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(base.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Sends a raw message through the stack's SMTP (as `from`, authenticated).
+pub fn send_raw(stack: &Stack, from: &str, to: &str, raw: &[u8]) {
+    use lettre::Transport;
+    use lettre::transport::smtp::authentication::Credentials;
+    let smtp = lettre::SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(stack.var("SMTP_PORT").parse().unwrap())
+        .credentials(Credentials::new(from.to_string(), "secret".to_string()))
+        .build();
+    let env =
+        lettre::address::Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()])
+            .unwrap();
+    smtp.send_raw(&env, raw).unwrap();
+}

@@ -1,0 +1,366 @@
+//! End to end over real Postfix + Dovecot (`scripts/test` starts them). Each test uses addresses of
+//! its own. Without the stack these tests are reported as ignored.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a> {
+    DocSpec {
+        name: "todo",
+        peers,
+        send_delay: delay,
+        resend,
+    }
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn two_agents_edit_concurrently_converge_and_acknowledge() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "200ms", "10m")],
+        Security::Tls,
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a],
+        &[todo(&[&a], "200ms", "10m")],
+        Security::StartTls,
+    );
+    let out = alice.cmd(&["doc", "set", "todo", "items", "[]"]);
+    assert!(
+        !out.status.success(),
+        "set on a document that does not exist yet must not fork it"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("doc import"));
+    alice.import("todo", &json!({"items": []}));
+    let _s1 = alice.spawn();
+    let _s2 = bob.spawn();
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    // Concurrent edits on both sides while both services run.
+    alice.ok(&["doc", "set", "todo", "title", "groceries"]);
+    bob.ok(&["doc", "set", "todo", "items[0]", "{\"what\": \"milk\"}"]);
+    alice.ok(&["doc", "set", "todo", "items[0]", "{\"what\": \"bread\"}"]);
+    wait_until(T, "both hold the same document with both edits", || {
+        let (x, y) = (alice.doc("todo"), bob.doc("todo"));
+        x == y
+            && x.as_ref().is_some_and(|v| {
+                v["items"].as_array().is_some_and(|i| i.len() == 2) && v["title"] == "groceries"
+            })
+    });
+    wait_until(
+        T,
+        "each one's lastAcknowledged reaches the other's version",
+        || {
+            alice.acks("todo", &b).1 == alice.version("todo")
+                && bob.acks("todo", &a).1 == bob.version("todo")
+        },
+    );
+    assert_eq!(alice.acks("todo", &b).0, bob.version("todo"));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn alices_edits_reach_carol_through_bob() {
+    let stack = Stack::get();
+    let (a, b, c) = (address("alice"), address("bob"), address("carol"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::Plain,
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a, &c],
+        &[todo(&[&a, &c], "0s", "10m")],
+        Security::Tls,
+    );
+    let carol = node(
+        &stack,
+        &c,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::StartTls,
+    );
+    alice.import("todo", &json!({"from": "alice"}));
+    let _s = [alice.spawn(), bob.spawn(), carol.spawn()];
+    wait_until(T, "carol gets alice's document through bob", || {
+        carol.doc("todo").is_some_and(|d| d["from"] == "alice")
+    });
+    carol.ok(&["doc", "set", "todo", "carol", "true"]);
+    alice.ok(&["doc", "set", "todo", "later", "1"]);
+    wait_until(T, "all three converge", || {
+        let x = alice.doc("todo");
+        x.as_ref()
+            .is_some_and(|v| v["carol"] == json!(true) && v["later"] == json!(1))
+            && bob.doc("todo") == x
+            && carol.doc("todo") == x
+    });
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_deleted_change_mail_is_recovered_by_the_resend() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "2s")],
+        Security::Plain,
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a],
+        &[todo(&[&a], "0s", "2s")],
+        Security::Plain,
+    );
+    alice.import("todo", &json!({"x": 0}));
+    alice.sync();
+    wait_until(T, "bob's first mail", || {
+        !messages(&stack.maildir(&b), "").is_empty()
+    });
+    bob.sync();
+    wait_until(T, "alice gets bob's ack", || {
+        !messages(&stack.maildir(&a), "").is_empty()
+    });
+    alice.sync();
+    alice.ok(&["doc", "set", "todo", "x", "1"]);
+    alice.sync();
+    wait_until(T, "the change mail arrives", || {
+        !messages(&stack.maildir(&b), "").is_empty()
+    });
+    for m in messages(&stack.maildir(&b), "") {
+        std::fs::remove_file(m).unwrap(); // lost before bob's agent sees it
+    }
+    bob.sync();
+    assert_eq!(bob.doc("todo").unwrap()["x"], json!(0));
+    std::thread::sleep(Duration::from_millis(2200));
+    alice.sync(); // unacknowledged for longer than the resend interval: sent again
+    wait_until(T, "the resent mail arrives", || {
+        !messages(&stack.maildir(&b), "").is_empty()
+    });
+    bob.sync();
+    assert_eq!(bob.doc("todo").unwrap()["x"], json!(1));
+    wait_until(T, "the ack arrives", || {
+        !messages(&stack.maildir(&a), "").is_empty()
+    });
+    alice.sync();
+    assert_eq!(alice.acks("todo", &b).1, alice.version("todo"));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_duplicated_mail_has_no_effect() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::Plain,
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a],
+        &[todo(&[&a], "0s", "10m")],
+        Security::Plain,
+    );
+    alice.import("todo", &json!({"n": 1}));
+    alice.sync();
+    wait_until(T, "the mail arrives", || {
+        !messages(&stack.maildir(&b), "").is_empty()
+    });
+    // The same message delivered twice (same Message-ID), as after an SMTP retry.
+    let original = std::fs::read(messages(&stack.maildir(&b), "").remove(0)).unwrap();
+    send_raw(&stack, &a, &b, &original);
+    wait_until(T, "the duplicate arrives", || {
+        messages(&stack.maildir(&b), "").len() == 2
+    });
+    let out = bob.sync();
+    assert!(out.contains("merged 1, duplicates 1"), "{out}");
+    let version = bob.version("todo");
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 1}));
+    let out = bob.sync();
+    assert!(out.contains("merged 0"), "{out}");
+    assert_eq!(bob.version("todo"), version);
+    assert!(
+        messages(&stack.maildir(&b), "").is_empty(),
+        "both copies moved out of the inbox"
+    );
+    assert_eq!(messages(&stack.maildir(&b), "Minisync").len(), 2);
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn non_peer_and_malformed_mail_is_quarantined_and_ordinary_mail_stays_unread() {
+    let stack = Stack::get();
+    let (a, b, m, f) = (
+        address("alice"),
+        address("bob"),
+        address("mallory"),
+        address("friend"),
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a],
+        &[todo(&[&a], "0s", "10m")],
+        Security::Plain,
+    );
+    let mallory = node(
+        &stack,
+        &m,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::Plain,
+    );
+    mallory.import("todo", &json!({"evil": true}));
+    mallory.sync();
+    // Ordinary mail from a friend, and broken agent mail from a real peer.
+    send_raw(&stack, &f, &b, format!("From: {f}\r\nTo: {b}\r\nSubject: lunch?\r\nMessage-ID: <lunch@example.test>\r\n\r\nAre you free?\r\n").as_bytes());
+    send_raw(&stack, &a, &b, format!("From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <broken@example.test>\r\nMinisync-Version: 1\r\nMinisync-Document: todo\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: application/json\r\nContent-Disposition: attachment; filename=\"minisync-changes.json\"\r\n\r\n{{not json\r\n--zz--\r\n").as_bytes());
+    wait_until(T, "three mails in bob's inbox", || {
+        messages(&stack.maildir(&b), "").len() == 3
+    });
+    let out = bob.cmd(&["sync"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("quarantined 2"), "{text}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("is not a peer of document"), "{log}");
+    assert!(log.contains("bad changes"), "{log}");
+    assert!(bob.doc("todo").is_none(), "nothing merged");
+    assert_eq!(messages(&stack.maildir(&b), "Minisync-Quarantine").len(), 2);
+    let inbox = messages(&stack.maildir(&b), "");
+    assert_eq!(inbox.len(), 1, "ordinary mail stays in place");
+    let name = inbox[0].file_name().unwrap().to_string_lossy().into_owned();
+    let flags = name
+        .rsplit_once(":2,")
+        .map(|(_, f)| f.to_string())
+        .unwrap_or_default();
+    assert!(!flags.contains('S'), "ordinary mail stays unread: {name}");
+    // The agent keeps working: a real change from alice still merges.
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::Plain,
+    );
+    alice.import("todo", &json!({"ok": true}));
+    alice.sync();
+    wait_until(T, "alice's mail arrives", || {
+        messages(&stack.maildir(&b), "").len() == 2
+    });
+    bob.sync();
+    assert_eq!(bob.doc("todo").unwrap(), json!({"ok": true}));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn killed_with_sigkill_mid_sync_converges_after_restart() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "3s")],
+        Security::Plain,
+    );
+    let bob = node(
+        &stack,
+        &b,
+        &[&a],
+        &[todo(&[&a], "0s", "3s")],
+        Security::Plain,
+    );
+    alice.import("todo", &json!({"log": []}));
+    let _sa = alice.spawn();
+    let mut sb = bob.spawn();
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    for i in 0..30 {
+        alice.ok(&["doc", "set", "todo", &format!("log[{i}]"), &i.to_string()]);
+        if i % 7 == 3 {
+            std::thread::sleep(Duration::from_millis(150));
+            sb.kill9();
+            sb = bob.spawn();
+        }
+        if i % 11 == 5 {
+            bob.ok(&["doc", "set", "todo", &format!("bob{i}"), "true"]);
+        }
+    }
+    let expected: Vec<u64> = (0..30).collect();
+    let converged = || {
+        let (x, y) = (alice.doc("todo"), bob.doc("todo"));
+        x == y
+            && x.is_some_and(|v| {
+                v["log"] == json!(expected) && v["bob5"] == json!(true) && v["bob27"] == json!(true)
+            })
+    };
+    for _ in 0..900 {
+        if converged() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        converged(),
+        "not converged:\nalice {:?}\nbob   {:?}\nalice log:\n{}\nbob log:\n{}",
+        alice.doc("todo"),
+        bob.doc("todo"),
+        _sa.log_text(),
+        sb.log_text()
+    );
+    drop(sb);
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_burst_of_1000_edits_goes_out_as_at_most_two_mails() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "3s", "10m")],
+        Security::Plain,
+    );
+    alice.import("todo", &json!({"n": 0}));
+    let cfg = minisync::config::Config::load(&alice.config).unwrap();
+    let mut store = minisync::store::Store::open(&cfg.database_path()).unwrap();
+    let _s = alice.spawn();
+    wait_until(T, "the first mail", || {
+        messages(&stack.maildir(&b), "").len() == 1
+    });
+    for i in 0..1000 {
+        store
+            .update_doc::<_, minisync::agent::AgentError>("todo", |d, _| {
+                d.set("n", json!(i))?;
+                Ok(((), minisync::store::Save::Edited))
+            })
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let mails = messages(&stack.maildir(&b), "").len() - 1;
+    assert!((1..=2).contains(&mails), "{mails} mails for 1000 edits");
+}
