@@ -359,3 +359,24 @@ fn a_clock_hours_ahead_does_not_split_replicas() {
     send(&a, &mut b);
     assert_eq!(b.get("k").unwrap(), Some(json!("later")));
 }
+
+#[test]
+fn bulk_created_elements_travel_compactly() {
+    let items: Vec<serde_json::Value> = (0..50).map(|i| json!({"i": i})).collect();
+    let a = doc(json!({"items": items}));
+    let v = a.changes().to_value();
+    let list = v["changes"]["items"]["v"].as_array().unwrap();
+    assert!(list[0].get("e").is_some(), "the first element names its id");
+    for e in &list[1..] {
+        assert!(
+            e.get("e").is_none() && e.get("o").is_none(),
+            "consecutive ids and origins are implied: {e}"
+        );
+        assert!(
+            e["v"]["_s"].get("id").is_none(),
+            "a node's id is its element's: {e}"
+        );
+    }
+    let b = replica_of(&a);
+    assert_eq!(b.to_json(), a.to_json());
+}

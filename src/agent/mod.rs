@@ -276,7 +276,7 @@ async fn wait_any(transports: &[Arc<dyn Transport>], max: Duration) {
 async fn local_change(store: &Store) {
     let start = data_version(store);
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         if data_version(store) != start {
             return;
         }

@@ -218,7 +218,7 @@ impl Changes {
         let root = match top.get("changes") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let node = parse_node(v, "$.changes", &mut budget)?;
+                let node = parse_node(v, "$.changes", &mut budget, None, from_version)?;
                 if node.is_array() {
                     return Err(Error::malformed(
                         "$.changes",
@@ -264,7 +264,10 @@ impl Changes {
         top.insert("clientStates".into(), Value::Array(rows));
         top.insert(
             "changes".into(),
-            self.root.as_ref().map(node_value).unwrap_or(Value::Null),
+            self.root
+                .as_ref()
+                .map(|r| node_value(r, None, self.from_version))
+                .unwrap_or(Value::Null),
         );
         Value::Object(top)
     }
@@ -284,10 +287,24 @@ pub(crate) fn escape_key(key: &str) -> String {
     }
 }
 
-fn node_value(node: &WNode) -> Value {
+/// The stamp right after `s` from the same client: what an absent element id means.
+fn next_stamp(s: Stamp) -> Option<Stamp> {
+    (s.hlc + 1 < MAX_HLC).then_some(Stamp {
+        hlc: s.hlc + 1,
+        client: s.client,
+    })
+}
+
+/// Writes a node. `implied_id` is the id a reader assumes when `_s.id` is absent (the enclosing
+/// element's id), `parent_u` the `u` it assumes when `_s.u` is absent.
+fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
     let mut s = Map::new();
-    s.insert("id".into(), node.id.to_string().into());
-    s.insert("u".into(), node.u.into());
+    if implied_id != Some(node.id) {
+        s.insert("id".into(), node.id.to_string().into());
+    }
+    if node.u != parent_u {
+        s.insert("u".into(), node.u.into());
+    }
     let mut out = Map::new();
     match &node.body {
         WBody::Obj(fields) => {
@@ -305,7 +322,7 @@ fn node_value(node: &WNode) -> Value {
                         out.insert(escape_key(&f.key), v.clone());
                     }
                     Some(WVal::Node(child)) => {
-                        out.insert(escape_key(&f.key), node_value(child));
+                        out.insert(escape_key(&f.key), node_value(child, None, node.u));
                     }
                 }
             }
@@ -323,12 +340,14 @@ fn node_value(node: &WNode) -> Value {
             let (mut prev_live, mut prev_removed) = (None, None);
             for e in elems {
                 let mut m = Map::new();
-                m.insert("e".into(), e.id.to_string().into());
                 let prev = if e.removed.is_some() {
                     &mut prev_removed
                 } else {
                     &mut prev_live
                 };
+                if prev.and_then(next_stamp) != Some(e.id) {
+                    m.insert("e".into(), e.id.to_string().into());
+                }
                 if e.origin != *prev {
                     m.insert(
                         "o".into(),
@@ -350,7 +369,7 @@ fn node_value(node: &WNode) -> Value {
                             m.insert("v".into(), p.clone());
                         }
                         WVal::Node(n) => {
-                            m.insert("v".into(), node_value(n));
+                            m.insert("v".into(), node_value(n, Some(e.id), node.u));
                         }
                     }
                     live.push(Value::Object(m));
@@ -440,7 +459,14 @@ fn spend(budget: &mut usize, n: usize, at: &str) -> Result<()> {
 }
 
 /// Reads a node. Depth is already bounded by `check_value_depth`, so recursion is safe.
-fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
+/// `implied_id` and `parent_u` stand in for an absent `_s.id` and `_s.u`.
+fn parse_node(
+    v: &Value,
+    at: &str,
+    budget: &mut usize,
+    implied_id: Option<Stamp>,
+    parent_u: u64,
+) -> Result<WNode> {
     let obj = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a node must be a JSON object"))?;
@@ -457,8 +483,14 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
             ));
         }
     }
-    let id = stamp_of(s.get("id"), &format!("{s_at}.id"))?;
-    let u = get_u64(s, "u", &s_at)?;
+    let id = match (s.get("id"), implied_id) {
+        (None, Some(id)) => id,
+        (v, _) => stamp_of(v, &format!("{s_at}.id"))?,
+    };
+    let u = match s.get("u") {
+        None => parent_u,
+        Some(_) => get_u64(s, "u", &s_at)?,
+    };
     spend(budget, 1, at)?;
     let is_array = match s.get("a") {
         None | Some(Value::Bool(false)) => false,
@@ -501,8 +533,8 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
         };
         spend(budget, live.len() + removed.len(), at)?;
         let mut elems = Vec::with_capacity(live.len() + removed.len());
-        parse_elems(live, false, &format!("{at}.v"), budget, &mut elems)?;
-        parse_elems(removed, true, &format!("{s_at}.ri"), budget, &mut elems)?;
+        parse_elems(live, false, &format!("{at}.v"), budget, u, &mut elems)?;
+        parse_elems(removed, true, &format!("{s_at}.ri"), budget, u, &mut elems)?;
         WBody::Arr(elems)
     } else {
         if s.contains_key("ri") {
@@ -532,7 +564,7 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
                 None => wire_key.clone(),
             };
             let f_at = format!("{at}.{wire_key}");
-            let (val, stamp) = parse_value(val, &f_at, budget)?;
+            let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
             let explicit = stamps.and_then(|m| m.get(&key));
             let stamp = match (&val, explicit) {
                 (WVal::Node(n), Some(_)) => {
@@ -587,10 +619,16 @@ fn parse_node(v: &Value, at: &str, budget: &mut usize) -> Result<WNode> {
 }
 
 /// Reads a value: a primitive, or a node (then the returned stamp is the node's id).
-fn parse_value(v: &Value, at: &str, budget: &mut usize) -> Result<(WVal, Option<Stamp>)> {
+fn parse_value(
+    v: &Value,
+    at: &str,
+    budget: &mut usize,
+    implied_id: Option<Stamp>,
+    parent_u: u64,
+) -> Result<(WVal, Option<Stamp>)> {
     match v {
         Value::Object(_) => {
-            let n = parse_node(v, at, budget)?;
+            let n = parse_node(v, at, budget, implied_id, parent_u)?;
             let id = n.id;
             Ok((WVal::Node(Box::new(n)), Some(id)))
         }
@@ -607,6 +645,7 @@ fn parse_elems(
     removed: bool,
     at: &str,
     budget: &mut usize,
+    parent_u: u64,
     out: &mut Vec<WElem>,
 ) -> Result<()> {
     let mut prev: Option<Stamp> = None;
@@ -628,7 +667,18 @@ fn parse_elems(
                 ));
             }
         }
-        let id = stamp_of(m.get("e"), &format!("{e_at}.e"))?;
+        let id = match (m.get("e"), prev) {
+            (None, Some(p)) => next_stamp(p).ok_or_else(|| {
+                Error::malformed(&e_at, "an element id after the last possible stamp")
+            })?,
+            (None, None) => {
+                return Err(Error::malformed(
+                    format!("{e_at}.e"),
+                    "the first element of a list needs its id \"e\"",
+                ));
+            }
+            (Some(e), _) => stamp_of(Some(e), &format!("{e_at}.e"))?,
+        };
         let origin = match m.get("o") {
             None => prev,
             Some(Value::Null) => None,
@@ -646,7 +696,8 @@ fn parse_elems(
             let raw = m
                 .get("v")
                 .ok_or_else(|| Error::malformed(&e_at, "a live element needs its value \"v\""))?;
-            let (val, node_id) = parse_value(raw, &format!("{e_at}.v"), budget)?;
+            let (val, node_id) =
+                parse_value(raw, &format!("{e_at}.v"), budget, Some(id), parent_u)?;
             let vstamp = match (node_id, m.get("t")) {
                 (Some(_), Some(_)) => {
                     return Err(Error::malformed(

@@ -1,0 +1,389 @@
+//! The whole path over the real mail stack: latency, the mail stack's own floor, drain throughput,
+//! mails per burst of edits and bytes on the wire. Prints one JSON object.
+//!
+//! Run it through `scripts/bench-mail`, which starts Postfix + Dovecot and builds the agent:
+//! `mail_bench --stack DIR/env --agent target/release/agent [--edits 200]`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use minisync::agent::{Agent, AgentError};
+use minisync::config::Config;
+use minisync::store::{Save, Store};
+use serde_json::{Value, json};
+
+struct Bench {
+    env: HashMap<String, String>,
+    agent: PathBuf,
+    home: tempfile::TempDir,
+}
+
+struct Node {
+    config: PathBuf,
+}
+
+impl Bench {
+    fn var(&self, k: &str) -> anyhow::Result<&str> {
+        self.env
+            .get(k)
+            .map(String::as_str)
+            .with_context(|| format!("{k} missing from the stack env"))
+    }
+
+    fn address(&self, name: &str) -> String {
+        format!("{name}-{:08x}@example.test", rand::random::<u32>())
+    }
+
+    fn maildir(&self, address: &str) -> anyhow::Result<PathBuf> {
+        Ok(Path::new(self.var("MAILSTACK_DIR")?)
+            .join("mail")
+            .join(address.split('@').next().unwrap_or("")))
+    }
+
+    fn node(&self, address: &str, peer: &str, send_delay: &str) -> anyhow::Result<Node> {
+        let dir = self.home.path().join(address);
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("agent.toml");
+        let (imap, smtp) = (self.var("IMAP_PORT")?, self.var("SMTP_PORT")?);
+        std::fs::write(
+            &config,
+            format!(
+                "[account]\naddress = \"{address}\"\n[account.imap]\nhost = \"127.0.0.1\"\nport = {imap}\nencryption = \"none\"\npassword = \"secret\"\n\
+                 [account.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\nencryption = \"none\"\npassword = \"secret\"\n\
+                 [agent]\nstate-dir = \"state\"\n[[peers]]\naddress = \"{peer}\"\n\
+                 [[documents]]\nname = \"doc\"\npeers = [\"{peer}\"]\nsend-delay = \"{send_delay}\"\nresend-interval = \"1h\"\n"
+            ),
+        )?;
+        Ok(Node { config })
+    }
+
+    fn cli(&self, node: &Node, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.agent)
+            .arg("--config")
+            .arg(&node.config)
+            .args(args)
+            .env("MINISYNC_LOG", "warn")
+            .output()?;
+        if !out.status.success() {
+            bail!("agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn spawn(&self, node: &Node) -> anyhow::Result<Child> {
+        Ok(Command::new(&self.agent)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("run")
+            .env("MINISYNC_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
+    fn import(&self, node: &Node, value: &Value) -> anyhow::Result<()> {
+        let file = node.config.with_file_name("import.json");
+        std::fs::write(&file, value.to_string())?;
+        self.cli(node, &["doc", "import", "doc", file.to_str().unwrap_or("")])?;
+        Ok(())
+    }
+}
+
+fn store_of(node: &Node) -> anyhow::Result<Store> {
+    Ok(Store::open(&Config::load(&node.config)?.database_path())?)
+}
+
+fn edit(store: &mut Store, path: &str, value: Value) -> anyhow::Result<()> {
+    store.update_doc::<_, AgentError>("doc", |d, _| {
+        d.set(path, value)?;
+        Ok(((), Save::Edited))
+    })?;
+    Ok(())
+}
+
+fn inbox(dir: &Path) -> Vec<PathBuf> {
+    ["new", "cur"]
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_dir(dir.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    (sorted[i.min(sorted.len() - 1)] * 10.0).round() / 10.0
+}
+
+struct Kill(Vec<Child>);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Edit-to-merged latency with both agents running as services.
+fn latency(b: &Bench, edits: usize) -> anyhow::Result<Vec<f64>> {
+    let (a, bb) = (b.address("alice"), b.address("bob"));
+    let alice = b.node(&a, &bb, "0s")?;
+    let bob = b.node(&bb, &a, "0s")?;
+    b.import(&alice, &json!({"n": 0}))?;
+    let _services = Kill(vec![b.spawn(&alice)?, b.spawn(&bob)?]);
+    let mut astore = store_of(&alice)?;
+    let mut bstore = store_of(&bob)?;
+    wait_for(Duration::from_secs(60), "bob's replica", || {
+        bstore.has_doc("doc").unwrap_or(false)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut out = Vec::with_capacity(edits);
+    for i in 1..=edits {
+        let t = Instant::now();
+        edit(&mut astore, "n", json!(i))?;
+        wait_for(Duration::from_secs(30), "the edit at bob", || {
+            bstore
+                .read_doc("doc", |d| d.get("n").ok().flatten())
+                .ok()
+                .flatten()
+                == Some(json!(i))
+        })?;
+        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20)); // let the acknowledgement settle
+    }
+    Ok(out)
+}
+
+/// SMTP acceptance to the mail being visible over IMAP, no agent involved: `(by NOOP polling,
+/// by IDLE notification)` for each send.
+async fn floor(b: &Bench, sends: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    use async_imap::types::UnsolicitedResponse;
+    use lettre::AsyncTransport;
+    use lettre::transport::smtp::authentication::Credentials;
+    let (from, to) = (b.address("floor-a"), b.address("floor-b"));
+    let smtp = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(b.var("SMTP_PORT")?.parse()?)
+        .credentials(Credentials::new(from.clone(), "secret".into()))
+        .build();
+    let tcp =
+        tokio::net::TcpStream::connect(("127.0.0.1", b.var("IMAP_PORT")?.parse::<u16>()?)).await?;
+    let mut client = async_imap::Client::new(tcp);
+    client.read_response().await?;
+    let mut session = client.login(&to, "secret").await.map_err(|(e, _)| e)?;
+    session.select("INBOX").await?;
+    let env = lettre::address::Envelope::new(Some(from.parse()?), vec![to.parse()?])?;
+    let (mut polled, mut idled) = (Vec::with_capacity(sends), Vec::with_capacity(sends));
+    for i in 0..2 * sends {
+        let raw = format!(
+            "From: {from}\r\nTo: {to}\r\nSubject: floor {i}\r\nMessage-ID: <floor{i}.{}@example.test>\r\n\r\nping\r\n",
+            rand::random::<u32>()
+        );
+        if i % 2 == 0 {
+            smtp.send_raw(&env, raw.as_bytes()).await?;
+            let t = Instant::now();
+            loop {
+                session.noop().await?;
+                let mut seen = false;
+                while let Ok(r) = session.unsolicited_responses.try_recv() {
+                    seen |= matches!(r, UnsolicitedResponse::Exists(_));
+                }
+                if seen {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(30) {
+                    bail!("mail {i} never became visible");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            polled.push(t.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            let mut idle = session.idle();
+            idle.init().await?;
+            smtp.send_raw(&env, raw.as_bytes()).await?;
+            let t = Instant::now();
+            let (wait, _stop) = idle.wait_with_timeout(Duration::from_secs(30));
+            wait.await?;
+            idled.push(t.elapsed().as_secs_f64() * 1000.0);
+            session = idle.done().await?;
+            session.noop().await?;
+            while session.unsolicited_responses.try_recv().is_ok() {}
+        }
+    }
+    Ok((polled, idled))
+}
+
+/// 1,000 change mails waiting, drained by one `agent sync`: (mails/s, peak RSS MB).
+async fn drain(b: &Bench, mails: usize) -> anyhow::Result<(f64, f64)> {
+    let (a, bb) = (b.address("drain-a"), b.address("drain-b"));
+    let alice = b.node(&a, &bb, "0s")?;
+    let bob = b.node(&bb, &a, "0s")?;
+    b.import(&alice, &json!({"n": 0, "log": "x"}))?;
+    let mut agent = Agent::new(Config::load(&alice.config)?)?;
+    for i in 0..mails {
+        edit(agent.store(), "n", json!(i))?;
+        let r = agent.send_now(&bb, Some("doc")).await?;
+        if r.sent != 1 {
+            bail!("send {i} did not go out: {r:?}");
+        }
+    }
+    drop(agent);
+    let dir = b.maildir(&bb)?;
+    wait_for(Duration::from_secs(120), "all mails delivered", || {
+        inbox(&dir).len() >= mails
+    })?;
+    let t = Instant::now();
+    let mut child = Command::new(&b.agent)
+        .arg("--config")
+        .arg(&bob.config)
+        .arg("sync")
+        .env("MINISYNC_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0f64;
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        {
+            peak_kb = f64::max(peak_kb, kb);
+        }
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let secs = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("agent sync failed while draining");
+    }
+    let left = inbox(&dir).len();
+    if left != 0 {
+        bail!("{left} mails left in the inbox after the drain");
+    }
+    Ok((mails as f64 / secs, peak_kb / 1024.0))
+}
+
+/// 1,000 edits within one send delay, with the agent running: mails that went to the peer.
+fn burst(b: &Bench, edits: usize) -> anyhow::Result<u64> {
+    let (a, bb) = (b.address("burst-a"), b.address("burst-b"));
+    let alice = b.node(&a, &bb, "3s")?;
+    b.import(&alice, &json!({"n": 0}))?;
+    let dir = b.maildir(&bb)?;
+    let _service = Kill(vec![b.spawn(&alice)?]);
+    wait_for(Duration::from_secs(60), "the first mail", || {
+        inbox(&dir).len() == 1
+    })?;
+    let mut store = store_of(&alice)?;
+    for i in 0..edits {
+        edit(&mut store, "n", json!(i))?;
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    Ok(inbox(&dir).len() as u64 - 1)
+}
+
+/// Bytes on the wire (the delivered message) for the first full sync of a ~10 MB document and for a
+/// one-field delta.
+async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
+    let (a, bb) = (b.address("size-a"), b.address("size-b"));
+    let alice = b.node(&a, &bb, "0s")?;
+    let bob = b.node(&bb, &a, "0s")?;
+    let records: Vec<Value> = (0..100_000)
+        .map(|i| json!({"title": format!("Task number {i} with a reasonably descriptive title"), "done": i % 3 == 0, "n": i, "owner": format!("owner{}@example.com", i % 97)}))
+        .collect();
+    b.import(&alice, &json!({ "records": records }))?;
+    let bdir = b.maildir(&bb)?;
+    let adir = b.maildir(&a)?;
+    b.cli(&alice, &["send", "--to", &bb])?;
+    wait_for(Duration::from_secs(120), "the full sync mail", || {
+        inbox(&bdir).len() == 1
+    })?;
+    let full = std::fs::metadata(&inbox(&bdir)[0])?.len();
+    b.cli(&bob, &["sync"])?;
+    wait_for(Duration::from_secs(120), "bob's acknowledgement", || {
+        inbox(&adir).len() == 1
+    })?;
+    b.cli(&alice, &["sync"])?;
+    b.cli(
+        &alice,
+        &["doc", "set", "doc", "records[50000].done", "true"],
+    )?;
+    b.cli(&alice, &["send", "--to", &bb])?;
+    wait_for(Duration::from_secs(60), "the delta mail", || {
+        inbox(&bdir).len() == 1
+    })?;
+    let delta = std::fs::metadata(&inbox(&bdir)[0])?.len();
+    Ok((full, delta))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let stack =
+        arg("--stack").context("--stack DIR/env is required (scripts/bench-mail passes it)")?;
+    let agent = PathBuf::from(arg("--agent").context("--agent PATH is required")?);
+    let edits: usize = arg("--edits")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200);
+    let env = std::fs::read_to_string(&stack)
+        .with_context(|| format!("reading {stack}"))?
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let b = Bench {
+        env,
+        agent,
+        home: tempfile::tempdir()?,
+    };
+
+    let mut lat = tokio::task::block_in_place(|| latency(&b, edits))?;
+    lat.sort_by(f64::total_cmp);
+    let (mut fl, mut idle_fl) = floor(&b, edits).await?;
+    fl.sort_by(f64::total_cmp);
+    idle_fl.sort_by(f64::total_cmp);
+    let (rate, rss) = drain(&b, 1000).await?;
+    let mails = tokio::task::block_in_place(|| burst(&b, 1000))?;
+    let (full, delta) = sizes(&b).await?;
+    let out = json!({
+        "latency_ms": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0)},
+        "floor_ms": {"p50": percentile(&fl, 0.5), "p99": percentile(&fl, 0.99)},
+        "idle_floor_ms": {"p50": percentile(&idle_fl, 0.5), "p99": percentile(&idle_fl, 0.99)},
+        "drain_mails_per_s": (rate * 10.0).round() / 10.0,
+        "drain_peak_rss_mb": (rss * 10.0).round() / 10.0,
+        "mails_per_peer_for_1000_edits": mails,
+        "full_sync_bytes": full,
+        "delta_bytes": delta,
+    });
+    println!("{out}");
+    Ok(())
+}
