@@ -68,6 +68,9 @@ fn two_agents_edit_concurrently_converge_and_acknowledge() {
         },
     );
     assert_eq!(alice.acks("todo", &b).0, bob.version("todo"));
+    // Local edits interrupt IDLE cleanly: the running agent keeps its one IMAP connection.
+    let log = _s1.log_text();
+    assert_eq!(log.matches("IMAP connected").count(), 1, "{log}");
 }
 
 #[test]

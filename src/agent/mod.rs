@@ -223,11 +223,30 @@ impl Agent {
             };
             let transports = self.transports.clone();
             let store = &self.store;
+            let interrupt = tokio::sync::Notify::new();
+            // A local edit interrupts the wait (IDLE ends with DONE, the connection is kept); the
+            // watcher keeps notifying until the wait has returned, so no notification is missed.
+            let watcher = async {
+                local_change(store).await;
+                loop {
+                    interrupt.notify_waiters();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            let waiting = async {
+                if report.errors.is_empty() {
+                    wait_any(&transports, pause, &interrupt).await;
+                } else {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = interrupt.notified() => {}
+                    }
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = wait_any(&transports, pause), if report.errors.is_empty() => {}
-                _ = tokio::time::sleep(pause), if !report.errors.is_empty() => {}
-                _ = local_change(store) => {}
+                _ = waiting => {}
+                _ = watcher => {}
             }
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -258,13 +277,20 @@ impl Agent {
     }
 }
 
-/// Waits for any transport to report news, at most `max`.
-async fn wait_any(transports: &[Arc<dyn Transport>], max: Duration) {
+/// Waits for any transport to report news, at most `max`, or for `interrupt`.
+async fn wait_any(
+    transports: &[Arc<dyn Transport>],
+    max: Duration,
+    interrupt: &tokio::sync::Notify,
+) {
     if transports.is_empty() {
-        tokio::time::sleep(max).await;
+        tokio::select! {
+            _ = tokio::time::sleep(max) => {}
+            _ = interrupt.notified() => {}
+        }
         return;
     }
-    let waits = transports.iter().map(|t| t.wait(max));
+    let waits = transports.iter().map(|t| t.wait(max, interrupt));
     let (result, _, _) = futures::future::select_all(waits.map(Box::pin)).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "waiting for news failed");

@@ -113,6 +113,11 @@ pub trait Transport: Send + Sync {
     async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError>;
     /// Moves an arrival out of the way once its merge is committed (or quarantines it).
     async fn settle(&self, arrival: &Arrival, how: &Settle) -> Result<(), TransportError>;
-    /// Waits until something may have arrived, at most `max`.
-    async fn wait(&self, max: Duration) -> Result<(), TransportError>;
+    /// Waits until something may have arrived, at most `max`, or until `interrupt` is notified (a
+    /// local edit): then it returns promptly and keeps its connection for the next pass.
+    async fn wait(
+        &self,
+        max: Duration,
+        interrupt: &tokio::sync::Notify,
+    ) -> Result<(), TransportError>;
 }

@@ -217,8 +217,15 @@ impl Transport for FolderTransport {
         Ok(())
     }
 
-    async fn wait(&self, max: Duration) -> Result<(), TransportError> {
-        tokio::time::sleep(max.min(self.poll)).await;
+    async fn wait(
+        &self,
+        max: Duration,
+        interrupt: &tokio::sync::Notify,
+    ) -> Result<(), TransportError> {
+        tokio::select! {
+            _ = tokio::time::sleep(max.min(self.poll)) => {}
+            _ = interrupt.notified() => {}
+        }
         Ok(())
     }
 }

@@ -162,7 +162,12 @@ impl MailTransport {
             .map_err(err)
     }
 
-    async fn idle(&self, st: &mut ImapState, max: Duration) -> Result<(), TransportError> {
+    async fn idle(
+        &self,
+        st: &mut ImapState,
+        max: Duration,
+        interrupt: &tokio::sync::Notify,
+    ) -> Result<(), TransportError> {
         let mut session = st.session.take().ok_or_else(|| err("no IMAP session"))?;
         // Mail that arrived since the last fetch may have been announced already: look first.
         session.noop().await.map_err(err)?;
@@ -179,8 +184,18 @@ impl MailTransport {
         }
         let mut handle = session.idle();
         handle.init().await.map_err(err)?;
-        let (wait, _stop) = handle.wait_with_timeout(max);
-        let result = wait.await;
+        let result = {
+            let (wait, stop) = handle.wait_with_timeout(max);
+            tokio::pin!(wait);
+            let mut stop = Some(stop);
+            loop {
+                tokio::select! {
+                    r = &mut wait => break r,
+                    // Dropping the stop source ends the IDLE wait cleanly; DONE follows below.
+                    _ = interrupt.notified(), if stop.is_some() => { stop.take(); }
+                }
+            }
+        };
         let session = handle.done().await.map_err(err)?;
         st.session = Some(session);
         result.map(|_| ()).map_err(err)
@@ -230,7 +245,11 @@ impl Transport for MailTransport {
         r
     }
 
-    async fn wait(&self, max: Duration) -> Result<(), TransportError> {
+    async fn wait(
+        &self,
+        max: Duration,
+        interrupt: &tokio::sync::Notify,
+    ) -> Result<(), TransportError> {
         let mut st = self.imap.lock().await;
         if st.session.is_none()
             && let Err(e) = self.ready(&mut st).await
@@ -240,10 +259,13 @@ impl Transport for MailTransport {
         }
         if !st.has_idle {
             drop(st);
-            tokio::time::sleep(max.min(self.poll)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(max.min(self.poll)) => {}
+                _ = interrupt.notified() => {}
+            }
             return Ok(());
         }
-        let r = self.idle(&mut st, max).await;
+        let r = self.idle(&mut st, max, interrupt).await;
         if r.is_err() {
             st.session = None;
         }
