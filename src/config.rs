@@ -63,7 +63,8 @@ pub struct Server {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The IMAP side: the server plus which folders to use.
+/// The IMAP side: the server plus which folders to use. The server fields repeat [`Server`]'s
+/// rather than `#[serde(flatten)]` it, because flattening loses the line numbers in error messages.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Imap {

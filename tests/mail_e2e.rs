@@ -10,6 +10,20 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
+/// Alice and Bob, peers of each other for the document "todo".
+fn pair(
+    stack: &Stack,
+    delay: &str,
+    resend: &str,
+    sa: Security,
+    sb: Security,
+) -> (String, String, Node, Node) {
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
+    let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
+    (a, b, alice, bob)
+}
+
 fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a> {
     DocSpec {
         name: "todo",
@@ -23,21 +37,7 @@ fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn two_agents_edit_concurrently_converge_and_acknowledge() {
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = node(
-        &stack,
-        &a,
-        &[&b],
-        &[todo(&[&b], "200ms", "10m")],
-        Security::Tls,
-    );
-    let bob = node(
-        &stack,
-        &b,
-        &[&a],
-        &[todo(&[&a], "200ms", "10m")],
-        Security::StartTls,
-    );
+    let (a, b, alice, bob) = pair(&stack, "200ms", "10m", Security::Tls, Security::StartTls);
     let out = alice.cmd(&["doc", "set", "todo", "items", "[]"]);
     assert!(
         !out.status.success(),
@@ -119,21 +119,7 @@ fn alices_edits_reach_carol_through_bob() {
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn a_deleted_change_mail_is_recovered_by_the_resend() {
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = node(
-        &stack,
-        &a,
-        &[&b],
-        &[todo(&[&b], "0s", "2s")],
-        Security::Plain,
-    );
-    let bob = node(
-        &stack,
-        &b,
-        &[&a],
-        &[todo(&[&a], "0s", "2s")],
-        Security::Plain,
-    );
+    let (a, b, alice, bob) = pair(&stack, "0s", "2s", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"x": 0}));
     alice.sync();
     wait_until(T, "bob's first mail", || {
@@ -172,21 +158,7 @@ fn a_deleted_change_mail_is_recovered_by_the_resend() {
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn a_duplicated_mail_has_no_effect() {
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = node(
-        &stack,
-        &a,
-        &[&b],
-        &[todo(&[&b], "0s", "10m")],
-        Security::Plain,
-    );
-    let bob = node(
-        &stack,
-        &b,
-        &[&a],
-        &[todo(&[&a], "0s", "10m")],
-        Security::Plain,
-    );
+    let (a, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"n": 1}));
     alice.sync();
     wait_until(T, "the mail arrives", || {
@@ -281,21 +253,7 @@ fn non_peer_and_malformed_mail_is_quarantined_and_ordinary_mail_stays_unread() {
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn killed_with_sigkill_mid_sync_converges_after_restart() {
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = node(
-        &stack,
-        &a,
-        &[&b],
-        &[todo(&[&b], "0s", "3s")],
-        Security::Plain,
-    );
-    let bob = node(
-        &stack,
-        &b,
-        &[&a],
-        &[todo(&[&a], "0s", "3s")],
-        Security::Plain,
-    );
+    let (_, _, alice, bob) = pair(&stack, "0s", "3s", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"log": []}));
     let _sa = alice.spawn();
     let mut sb = bob.spawn();

@@ -146,34 +146,26 @@ impl Agent {
                     tracing::info!(bytes = item.body.len(), ack_only = item.ack_only, "sent");
                     report.sent += 1;
                 }
-                Err(SendError::Temporary(e)) => {
-                    let at = now_ms()
-                        + backoff_delay(item.attempts.saturating_add(2)).as_millis() as i64;
-                    self.store.mark_retry(item.id, &e, at)?;
-                    Store::touch_peer(
-                        self.store.conn(),
-                        &item.doc,
-                        &item.peer,
-                        PeerChange::Failed {
-                            error: e.clone(),
-                            failing: item.attempts >= 3,
-                        },
-                    )?;
-                    tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
-                    report.send_failures += 1;
-                }
-                Err(SendError::Permanent(e)) => {
-                    self.store.mark_failed(item.id, &e)?;
-                    Store::touch_peer(
-                        self.store.conn(),
-                        &item.doc,
-                        &item.peer,
-                        PeerChange::Failed {
-                            error: e.clone(),
-                            failing: true,
-                        },
-                    )?;
-                    tracing::error!(error = %e, "send refused by the server");
+                Err(failure) => {
+                    let (error, failing) = match &failure {
+                        SendError::Temporary(e) => {
+                            let delay = backoff_delay(item.attempts.saturating_add(2));
+                            self.store.mark_retry(
+                                item.id,
+                                e,
+                                now_ms() + delay.as_millis() as i64,
+                            )?;
+                            tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
+                            (e.clone(), item.attempts >= 3)
+                        }
+                        SendError::Permanent(e) => {
+                            self.store.mark_failed(item.id, e)?;
+                            tracing::error!(error = %e, "send refused by the server");
+                            (e.clone(), true)
+                        }
+                    };
+                    let change = PeerChange::Failed { error, failing };
+                    Store::touch_peer(self.store.conn(), &item.doc, &item.peer, change)?;
                     report.send_failures += 1;
                 }
             }
