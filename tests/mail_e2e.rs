@@ -247,6 +247,65 @@ fn non_peer_and_malformed_mail_is_quarantined_and_ordinary_mail_stays_unread() {
     });
     bob.sync();
     assert_eq!(bob.doc("todo").unwrap(), json!({"ok": true}));
+    // Someone else using alice's address (another client id) is not merged either.
+    let impostor = node(
+        &stack,
+        &a,
+        &[&b],
+        &[todo(&[&b], "0s", "10m")],
+        Security::Plain,
+    );
+    impostor.import("todo", &json!({"ok": false}));
+    impostor.sync();
+    wait_until(T, "the impostor's mail arrives", || {
+        messages(&stack.maildir(&b), "").len() == 2
+    });
+    let out = bob.cmd(&["sync"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quarantined 1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("used to be client"));
+    assert_eq!(bob.doc("todo").unwrap(), json!({"ok": true}));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_refused_send_is_shown_in_status_and_nothing_is_lost() {
+    let stack = Stack::get();
+    let a = address("alice");
+    // The test stack refuses this domain at RCPT time: a permanent 5xx.
+    let nowhere = "bob@refused.example.test";
+    let alice = node(
+        &stack,
+        &a,
+        &[nowhere],
+        &[todo(&[nowhere], "0s", "10m")],
+        Security::StartTls,
+    );
+    alice.import("todo", &json!({"n": 1}));
+    let out = alice.cmd(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("send failures 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let st = alice.cmd(&["status", "--json"]);
+    assert_eq!(
+        st.status.code(),
+        Some(2),
+        "status exits non-zero when a peer is failing"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let peer = &v["documents"][0]["peers"][0];
+    assert_eq!(peer["failing"], json!(true));
+    assert!(
+        peer["last_error"].as_str().unwrap_or("").contains("554"),
+        "{peer}"
+    );
+    assert_eq!(
+        peer["pending_changes"],
+        json!(true),
+        "the changes are still owed: nothing lost"
+    );
+    assert_eq!(alice.doc("todo").unwrap(), json!({"n": 1}));
 }
 
 #[test]
