@@ -122,6 +122,8 @@ impl Agent {
             return Err(refuse("no changes object in the message".into()));
         };
         let sent_by = first.sent_by();
+        // Mail that carries changes is acknowledged by reply; a pure acknowledgement never is.
+        let wants_reply = !shared && changes.len() == 1 && first.has_changes();
         if changes.iter().any(|c| c.sent_by() != sent_by) {
             return Err(refuse(
                 "changes objects from different clients in one message".into(),
@@ -156,7 +158,6 @@ impl Agent {
             tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
             changes.remove(0);
         }
-        let wants_reply = !shared && texts.len() == 1 && changes_carry(&texts[0]);
         let address = self
             .cfg
             .account
@@ -199,13 +200,6 @@ impl Agent {
             Err(e) => Err(internal(e)),
         }
     }
-}
-
-/// Whether a changes text carries changes (and so must be acknowledged by reply).
-fn changes_carry(text: &str) -> bool {
-    Changes::parse(text)
-        .map(|c| c.has_changes())
-        .unwrap_or(false)
 }
 
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).
