@@ -44,6 +44,17 @@ impl Bench {
     }
 
     fn node(&self, address: &str, peer: &str, send_delay: &str) -> anyhow::Result<Node> {
+        self.node_with(address, peer, send_delay, "auto")
+    }
+
+    /// A node whose `[account.imap] idle-check` is set to `idle_check`.
+    fn node_with(
+        &self,
+        address: &str,
+        peer: &str,
+        send_delay: &str,
+        idle_check: &str,
+    ) -> anyhow::Result<Node> {
         let dir = self.home.path().join(address);
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("agent.toml");
@@ -51,7 +62,7 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "[account]\naddress = \"{address}\"\n[account.imap]\nhost = \"127.0.0.1\"\nport = {imap}\nencryption = \"none\"\npassword = \"secret\"\n\
+                "[account]\naddress = \"{address}\"\n[account.imap]\nhost = \"127.0.0.1\"\nport = {imap}\nencryption = \"none\"\npassword = \"secret\"\nidle-check = \"{idle_check}\"\n\
                  [account.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\nencryption = \"none\"\npassword = \"secret\"\n\
                  [agent]\nstate-dir = \"state\"\n[[peers]]\naddress = \"{peer}\"\n\
                  [[documents]]\nname = \"doc\"\npeers = [\"{peer}\"]\nsend-delay = \"{send_delay}\"\nresend-interval = \"1h\"\n"
@@ -143,11 +154,12 @@ impl Drop for Kill {
     }
 }
 
-/// Edit-to-merged latency with both agents running as services.
-fn latency(b: &Bench, edits: usize) -> anyhow::Result<Vec<f64>> {
+/// Edit-to-merged latency with both agents running as services, with `idle_check` as their
+/// `[account.imap] idle-check` setting.
+fn latency(b: &Bench, edits: usize, idle_check: &str) -> anyhow::Result<Vec<f64>> {
     let (a, bb) = (b.address("alice"), b.address("bob"));
-    let alice = b.node(&a, &bb, "0s")?;
-    let bob = b.node(&bb, &a, "0s")?;
+    let alice = b.node_with(&a, &bb, "0s", idle_check)?;
+    let bob = b.node_with(&bb, &a, "0s", idle_check)?;
     b.import(&alice, &json!({"n": 0}))?;
     let _services = Kill(vec![b.spawn(&alice)?, b.spawn(&bob)?]);
     let mut astore = store_of(&alice)?;
@@ -366,8 +378,10 @@ async fn main() -> anyhow::Result<()> {
         home: tempfile::tempdir()?,
     };
 
-    let mut lat = tokio::task::block_in_place(|| latency(&b, edits))?;
+    let mut lat = tokio::task::block_in_place(|| latency(&b, edits, "auto"))?;
     lat.sort_by(f64::total_cmp);
+    let mut idle_lat = tokio::task::block_in_place(|| latency(&b, edits, "off"))?;
+    idle_lat.sort_by(f64::total_cmp);
     let (mut fl, mut idle_fl) = floor(&b, edits).await?;
     fl.sort_by(f64::total_cmp);
     idle_fl.sort_by(f64::total_cmp);
@@ -376,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
     let (full, delta) = sizes(&b).await?;
     let out = json!({
         "latency_ms": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0)},
+        "latency_idle_only_ms": {"p50": percentile(&idle_lat, 0.5), "p90": percentile(&idle_lat, 0.9), "p99": percentile(&idle_lat, 0.99), "max": percentile(&idle_lat, 1.0)},
         "floor_ms": {"p50": percentile(&fl, 0.5), "p99": percentile(&fl, 0.99)},
         "idle_floor_ms": {"p50": percentile(&idle_fl, 0.5), "p99": percentile(&idle_fl, 0.99)},
         "drain_mails_per_s": (rate * 10.0).round() / 10.0,

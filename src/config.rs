@@ -85,6 +85,77 @@ pub struct Imap {
     /// Folder for agent mail that was refused (created if missing).
     #[serde(default = "default_quarantine")]
     pub quarantine_folder: String,
+    /// How often to also look for news while IDLE waits. See [`IdleCheck`].
+    #[serde(default)]
+    pub idle_check: IdleCheck,
+}
+
+/// Whether the agent also asks the server for news while it waits in IDLE.
+///
+/// IDLE alone is enough on most providers, but some servers hold notifications back: Dovecot
+/// batches them for about half a second, which is most of the delay between an edit and its merge
+/// on a nearby server. Ending IDLE briefly (`DONE`, `NOOP`, `IDLE`) makes the server report at
+/// once. That costs three commands per check, which a provider with millions of users would not
+/// welcome from every client, so it is only automatic for a server on the same machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleCheck {
+    /// Every [`IdleCheck::AUTO_INTERVAL`] when the IMAP host is a loopback address, otherwise off.
+    #[default]
+    Auto,
+    /// IDLE only.
+    Off,
+    /// At this interval (at least [`IdleCheck::MIN_INTERVAL`]).
+    Every(Duration),
+}
+
+impl IdleCheck {
+    /// The interval `auto` uses for a server on this machine.
+    pub const AUTO_INTERVAL: Duration = Duration::from_millis(100);
+    /// Shorter intervals would keep the connection busy rather than idle.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+    /// The interval in force for a server at `host`, if any.
+    pub fn interval(self, host: &str) -> Option<Duration> {
+        match self {
+            IdleCheck::Auto if is_loopback(host) => Some(Self::AUTO_INTERVAL),
+            IdleCheck::Auto | IdleCheck::Off => None,
+            IdleCheck::Every(d) => Some(d),
+        }
+    }
+}
+
+/// Whether `host` names this machine, judged from the name alone (no DNS lookup).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl<'de> Deserialize<'de> for IdleCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bad = |why: String| {
+            serde::de::Error::custom(format!(
+                "idle-check {text:?}: {why}; write \"auto\", \"off\" or an interval such as \"100ms\""
+            ))
+        };
+        match text.as_str() {
+            "auto" => Ok(IdleCheck::Auto),
+            "off" => Ok(IdleCheck::Off),
+            t => {
+                let every = humantime::parse_duration(t).map_err(|e| bad(e.to_string()))?;
+                if every < Self::MIN_INTERVAL {
+                    return Err(bad(format!(
+                        "checking more often than every {:?} would keep the connection busy",
+                        Self::MIN_INTERVAL
+                    )));
+                }
+                Ok(IdleCheck::Every(every))
+            }
+        }
+    }
 }
 
 impl Imap {
@@ -100,6 +171,11 @@ impl Imap {
             password_cmd: self.password_cmd.clone(),
             ca_file: self.ca_file.clone(),
         }
+    }
+
+    /// How often to look for news while IDLE waits, if at all.
+    pub fn idle_check_interval(&self) -> Option<Duration> {
+        self.idle_check.interval(&self.host)
     }
 }
 
@@ -438,6 +514,7 @@ const KNOWN_KEYS: &[&str] = &[
     "mailbox",
     "processed-folder",
     "quarantine-folder",
+    "idle-check",
     "transport",
     "folder",
     "send-delay",
@@ -574,6 +651,37 @@ folder = "shared"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
+    fn idle_check_is_automatic_only_for_a_server_on_this_machine() {
+        let imap = |extra: &str, host: &str| {
+            let text = GOOD.replace(
+                "host = \"127.0.0.1\"\nport = 1143",
+                &format!("host = \"{host}\"\nport = 1143{extra}"),
+            );
+            Config::parse(&text, Path::new("a.toml"))
+                .map(|c| c.account.unwrap().imap.idle_check_interval())
+                .map_err(|e| e.to_string())
+        };
+        let auto = Some(IdleCheck::AUTO_INTERVAL);
+        assert_eq!(imap("", "127.0.0.1"), Ok(auto));
+        assert_eq!(imap("", "localhost"), Ok(auto));
+        assert_eq!(imap("", "::1"), Ok(auto));
+        assert_eq!(imap("", "imap.example.com"), Ok(None));
+        assert_eq!(imap("", "192.168.1.10"), Ok(None));
+        assert_eq!(imap("\nidle-check = \"off\"", "127.0.0.1"), Ok(None));
+        assert_eq!(
+            imap("\nidle-check = \"250ms\"", "imap.example.com"),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        let e = imap("\nidle-check = \"1ms\"", "localhost").unwrap_err();
+        assert!(
+            e.contains("a.toml:7:") && e.contains("keep the connection busy"),
+            "{e}"
+        );
+        let e = imap("\nidle-check = \"often\"", "localhost").unwrap_err();
+        assert!(e.contains("write \"auto\", \"off\""), "{e}");
     }
 
     #[test]

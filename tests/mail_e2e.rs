@@ -10,29 +10,6 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
-/// Alice and Bob, peers of each other for the document "todo".
-fn pair(
-    stack: &Stack,
-    delay: &str,
-    resend: &str,
-    sa: Security,
-    sb: Security,
-) -> (String, String, Node, Node) {
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
-    let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
-    (a, b, alice, bob)
-}
-
-fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a> {
-    DocSpec {
-        name: "todo",
-        peers,
-        send_delay: delay,
-        resend,
-    }
-}
-
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn two_agents_edit_concurrently_converge_and_acknowledge() {
@@ -70,6 +47,30 @@ fn two_agents_edit_concurrently_converge_and_acknowledge() {
     assert_eq!(alice.acks("todo", &b).0, bob.version("todo"));
     // Local edits interrupt IDLE cleanly: the running agent keeps its one IMAP connection.
     let log = _s1.log_text();
+    assert_eq!(log.matches("IMAP connected").count(), 1, "{log}");
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn with_idle_check_off_changes_arrive_by_idle_alone() {
+    let stack = Stack::get();
+    let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    bob.set_imap("idle-check = \"off\"");
+    alice.import("todo", &json!({"n": 0}));
+    let _sa = alice.spawn();
+    let sb = bob.spawn();
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    std::thread::sleep(Duration::from_secs(1)); // bob is idling now
+    alice.ok(&["doc", "set", "todo", "n", "1"]);
+    // Nothing else is due for minutes (resend 10m, IDLE renewed every 4 min): only the server's
+    // IDLE notification can wake bob this soon.
+    wait_until(
+        Duration::from_secs(10),
+        "bob merges the change, woken by IDLE",
+        || bob.doc("todo").is_some_and(|d| d["n"] == json!(1)),
+    );
+    let log = sb.log_text();
+    assert!(!log.contains("checking for news while IDLE waits"), "{log}");
     assert_eq!(log.matches("IMAP connected").count(), 1, "{log}");
 }
 

@@ -140,6 +140,12 @@ impl Node {
             .output()
             .unwrap()
     }
+    /// Adds a line to the config's `[account.imap]` table.
+    pub fn set_imap(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("[account.imap]\n", &format!("[account.imap]\n{line}\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cmd(args);
@@ -297,4 +303,27 @@ pub fn send_raw(stack: &Stack, from: &str, to: &str, raw: &[u8]) {
         lettre::address::Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()])
             .unwrap();
     smtp.send_raw(&env, raw).unwrap();
+}
+
+/// Alice and Bob, peers of each other for the document "todo".
+pub fn pair(
+    stack: &Stack,
+    delay: &str,
+    resend: &str,
+    sa: Security,
+    sb: Security,
+) -> (String, String, Node, Node) {
+    let (a, b) = (address("alice"), address("bob"));
+    let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
+    let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
+    (a, b, alice, bob)
+}
+
+pub fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a> {
+    DocSpec {
+        name: "todo",
+        peers,
+        send_delay: delay,
+        resend,
+    }
 }

@@ -1,94 +1,24 @@
 //! IMAP: connecting (TLS, STARTTLS or plain), finding new agent mail by its header without
 //! touching anything else, fetching it, moving it, and waiting with IDLE.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use async_imap::Session;
 use futures::TryStreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::config::{Encryption, Imap};
-use crate::transport::mail::tls;
+use crate::transport::mail::net::{MailStream, connect_tcp, tls_wrap};
 
-/// A connection to the IMAP server, encrypted or not.
-#[derive(Debug)]
-pub enum ImapStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ImapStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ImapStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ImapStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ImapStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-pub type ImapSession = Session<ImapStream>;
-
-async fn tls_wrap(tcp: TcpStream, cfg: &Imap) -> Result<ImapStream, String> {
-    let config = tls::client_config(cfg.ca_file.as_deref())?;
-    let name = ServerName::try_from(cfg.host.clone())
-        .map_err(|e| format!("server name {:?}: {e}", cfg.host))?;
-    let stream = TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with {}:{}: {e}", cfg.host, cfg.port))?;
-    Ok(ImapStream::Tls(Box::new(stream)))
-}
+pub type ImapSession = Session<MailStream>;
 
 /// Connects and logs in.
 pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
     let password = cfg.server().password("IMAP").map_err(|e| e.to_string())?;
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        TcpStream::connect((cfg.host.as_str(), cfg.port)),
-    )
-    .await
-    .map_err(|_| format!("connecting to {}:{} timed out", cfg.host, cfg.port))?
-    .map_err(|e| format!("cannot connect to IMAP {}:{}: {e}", cfg.host, cfg.port))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(&cfg.host, cfg.port, "IMAP").await?;
+    let tls = |tcp| tls_wrap(tcp, &cfg.host, cfg.port, cfg.ca_file.as_deref());
     let mut client = match cfg.encryption {
-        Encryption::Tls => async_imap::Client::new(tls_wrap(tcp, cfg).await?),
-        Encryption::None => async_imap::Client::new(ImapStream::Plain(tcp)),
+        Encryption::Tls => async_imap::Client::new(tls(tcp).await?),
+        Encryption::None => async_imap::Client::new(MailStream::Plain(tcp)),
         Encryption::StartTls => {
-            let mut plain = async_imap::Client::new(ImapStream::Plain(tcp));
+            let mut plain = async_imap::Client::new(MailStream::Plain(tcp));
             plain
                 .read_response()
                 .await
@@ -98,10 +28,10 @@ pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
                 .run_command_and_check_ok("STARTTLS", None)
                 .await
                 .map_err(|e| format!("IMAP STARTTLS refused: {e}"))?;
-            let ImapStream::Plain(tcp) = plain.into_inner() else {
+            let MailStream::Plain(tcp) = plain.into_inner() else {
                 return Err("internal: STARTTLS on a TLS stream".into());
             };
-            let upgraded = async_imap::Client::new(tls_wrap(tcp, cfg).await?);
+            let upgraded = async_imap::Client::new(tls(tcp).await?);
             return login(upgraded, cfg, address, &password).await;
         }
     };
@@ -114,7 +44,7 @@ pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
 }
 
 async fn login(
-    client: async_imap::Client<ImapStream>,
+    client: async_imap::Client<MailStream>,
     cfg: &Imap,
     address: &str,
     password: &str,

@@ -8,13 +8,14 @@
 
 pub mod envelope;
 pub mod imap;
+pub mod net;
 pub mod smtp;
-pub mod tls;
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use async_imap::extensions::idle::IdleResponse;
 use async_imap::types::UnsolicitedResponse;
 
 use crate::config::Account;
@@ -36,6 +37,8 @@ struct ImapState {
 pub struct MailTransport {
     account: Account,
     poll: Duration,
+    /// Checks for news while IDLE waits (see [`crate::config::IdleCheck`]).
+    idle_check: Option<Duration>,
     smtp: smtp::Smtp,
     imap: tokio::sync::Mutex<ImapState>,
     cursors: Mutex<Store>,
@@ -52,10 +55,15 @@ impl MailTransport {
         poll: Duration,
         database: &Path,
     ) -> Result<Self, crate::agent::AgentError> {
-        let smtp = smtp::transport(&account.smtp, &account.address)
+        let smtp = smtp::Smtp::new(&account.smtp, &account.address)
             .map_err(crate::agent::AgentError::Other)?;
+        let idle_check = account.imap.idle_check_interval();
+        if let Some(every) = idle_check {
+            tracing::info!(host = %account.imap.host, ?every, "checking for news while IDLE waits");
+        }
         Ok(MailTransport {
             poll,
+            idle_check,
             smtp,
             imap: tokio::sync::Mutex::new(ImapState::default()),
             cursors: Mutex::new(Store::open(database)?),
@@ -162,14 +170,17 @@ impl MailTransport {
             .map_err(err)
     }
 
+    /// One IDLE wait of at most `max`: whether it ended because there may be news (or a local
+    /// edit interrupted it) rather than by running out of time.
     async fn idle(
         &self,
         st: &mut ImapState,
         max: Duration,
         interrupt: &tokio::sync::Notify,
-    ) -> Result<(), TransportError> {
+    ) -> Result<bool, TransportError> {
         let mut session = st.session.take().ok_or_else(|| err("no IMAP session"))?;
-        // Mail that arrived since the last fetch may have been announced already: look first.
+        // Mail that arrived since the last fetch may have been announced already, and a server that
+        // holds IDLE notifications back reports at once on NOOP: look first.
         session.noop().await.map_err(err)?;
         let mut news = false;
         while let Ok(r) = session.unsolicited_responses.try_recv() {
@@ -180,7 +191,7 @@ impl MailTransport {
         }
         if news {
             st.session = Some(session);
-            return Ok(());
+            return Ok(true);
         }
         let mut handle = session.idle();
         handle.init().await.map_err(err)?;
@@ -198,7 +209,30 @@ impl MailTransport {
         };
         let session = handle.done().await.map_err(err)?;
         st.session = Some(session);
-        result.map(|_| ()).map_err(err)
+        result
+            .map(|r| !matches!(r, IdleResponse::Timeout))
+            .map_err(err)
+    }
+
+    /// Waits in IDLE until news, an interrupt or `max`; with an idle check, IDLE is ended and
+    /// re-entered (after a NOOP) every check interval within that time.
+    async fn idle_until(
+        &self,
+        st: &mut ImapState,
+        max: Duration,
+        interrupt: &tokio::sync::Notify,
+    ) -> Result<(), TransportError> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            let step = self.idle_check.map_or(left, |every| every.min(left));
+            if self.idle(st, step, interrupt).await? {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -215,7 +249,7 @@ impl Transport for MailTransport {
     async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError> {
         let (env, raw) = envelope::build(out, &self.account.address, self.account.name.as_deref())
             .map_err(SendError::Permanent)?;
-        smtp::send(&self.smtp, &env, &raw).await
+        self.smtp.send(&env, &raw).await
     }
 
     async fn receive(&self, _routes: &[Route]) -> Result<Vec<Arrival>, TransportError> {
@@ -265,7 +299,7 @@ impl Transport for MailTransport {
             }
             return Ok(());
         }
-        let r = self.idle(&mut st, max, interrupt).await;
+        let r = self.idle_until(&mut st, max, interrupt).await;
         if r.is_err() {
             st.session = None;
         }
@@ -306,7 +340,10 @@ pub async fn check(account: &Account) -> Vec<(String, Result<String, String>)> {
     out.push(("IMAP".to_string(), imap_result));
     out.push((
         "SMTP".to_string(),
-        smtp::check(&account.smtp, &account.address).await,
+        match smtp::Smtp::new(&account.smtp, &account.address) {
+            Ok(smtp) => smtp.check().await,
+            Err(e) => Err(e),
+        },
     ));
     out
 }
