@@ -76,6 +76,109 @@ fn with_idle_check_off_changes_arrive_by_idle_alone() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_message_the_server_cannot_read_is_skipped_and_blocks_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let stack = Stack::get();
+    let (_, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Tls);
+    let inbox = || messages(&stack.maildir(&b), "");
+    // A maildir file keeps its unique name when Dovecot moves it from new/ to cur/ and adds flags.
+    let unique = |p: &std::path::Path| {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        name.split(':').next().unwrap().to_string()
+    };
+    let inbox_names = || inbox().iter().map(|p| unique(p)).collect::<Vec<_>>();
+    let wait_inbox = |n: usize| {
+        wait_until(T, &format!("{n} mails in bob's inbox"), || {
+            inbox().len() == n
+        })
+    };
+    // Three change mails; the server will fail to read the middle one.
+    alice.import("todo", &json!({"n": 0}));
+    for n in 1..=3 {
+        alice.ok(&["send", "--to", &b]);
+        wait_inbox(n);
+        if n == 1 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let damaged = n == 2;
+        if damaged {
+            let file = inbox()
+                .into_iter()
+                .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .unwrap();
+            // Dovecot reads mail as the `mail` user: without permissions every FETCH (and SEARCH)
+            // touching the file fails, and Dovecot drops the connection.
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        alice.ok(&["doc", "set", "todo", "n", &n.to_string()]);
+    }
+    let damaged = inbox()
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o777 == 0))
+        .unwrap();
+    let out = bob.cmd(&["sync"]);
+    let (stdout, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{log}");
+    assert!(stdout.contains("merged 2"), "{stdout}\n{log}");
+    assert!(log.contains("the server cannot read this message"), "{log}");
+    // Mail 3 carried everything bob had not acknowledged, mail 2's change included.
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 2}));
+    // The damaged mail is left where it is, and the next passes are not held up by it.
+    assert_eq!(inbox_names(), vec![unique(&damaged)]);
+    alice.ok(&["send", "--to", &b]);
+    wait_inbox(2);
+    let out = bob.sync();
+    assert!(out.contains("merged 1"), "{out}");
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 3}));
+    assert_eq!(inbox_names(), vec![unique(&damaged)]);
+    for p in inbox() {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
+    }
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_new_uidvalidity_makes_the_agent_rescan_the_mailbox() {
+    let stack = Stack::get();
+    let (_, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    let inbox = || messages(&stack.maildir(&b), "");
+    let send = |n: usize| {
+        for i in 0..n {
+            alice.ok(&["doc", "set", "todo", "n", &i.to_string()]);
+            alice.ok(&["send", "--to", &b]);
+        }
+        wait_until(T, &format!("{n} mails in bob's inbox"), || {
+            inbox().len() == n
+        });
+    };
+    alice.import("todo", &json!({"n": 0}));
+    send(2);
+    assert!(bob.sync().contains("merged 2"));
+    bob.sync(); // the cursor now stands after UID 2
+    // The mailbox is rebuilt (as after a server migration or index loss): a new UIDVALIDITY, and
+    // UIDs start again at 1, so the next three mails get UIDs 1, 2 and 3.
+    let dir = stack.maildir(&b);
+    for f in [
+        "dovecot-uidlist",
+        "dovecot.index",
+        "dovecot.index.log",
+        "dovecot.index.cache",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    send(3);
+    // Trusting the old cursor would skip UIDs 1 and 2.
+    let out = bob.sync();
+    assert!(out.contains("merged 3"), "{out}");
+    assert!(inbox().is_empty());
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 2}));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn alices_edits_reach_carol_through_bob() {
     let stack = Stack::get();
     let (a, b, c) = (address("alice"), address("bob"), address("carol"));

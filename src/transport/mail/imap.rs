@@ -2,6 +2,7 @@
 //! touching anything else, fetching it, moving it, and waiting with IDLE.
 
 use async_imap::Session;
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, Status};
 use futures::TryStreamExt;
 
 use crate::config::{Encryption, Imap};
@@ -76,56 +77,152 @@ pub async fn ensure_folder(session: &mut ImapSession, name: &str) -> Result<(), 
     Ok(())
 }
 
-/// Header blocks of messages from `from_uid` on: (uid, header bytes).
-pub async fn headers_from(
-    session: &mut ImapSession,
-    from_uid: u32,
-) -> Result<Vec<(u32, Vec<u8>)>, String> {
-    let fetches: Vec<_> = session
-        .uid_fetch(
-            format!("{from_uid}:*"),
-            "(UID RFC822.SIZE BODY.PEEK[HEADER])",
-        )
-        .await
-        .map_err(|e| format!("fetching headers: {e}"))?
-        .try_collect()
-        .await
-        .map_err(|e| format!("fetching headers: {e}"))?;
-    let mut out: Vec<(u32, Vec<u8>)> = fetches
-        .iter()
-        .filter_map(|f| Some((f.uid?, f.header()?.to_vec())))
-        .filter(|(uid, _)| *uid >= from_uid)
-        .collect();
-    out.sort_by_key(|(u, _)| *u);
-    Ok(out)
+/// What a command returned, and whether the server announced new mail meanwhile.
+pub struct Replies<T> {
+    pub items: Vec<T>,
+    pub news: bool,
 }
 
-/// Whole messages by UID, in batches.
-pub async fn bodies(
+/// Runs a command and reads its replies here, handing each untagged one to `each`; fails unless
+/// the command ends in OK. async-imap's `uid_search` and `uid_fetch` end at the tagged reply
+/// without looking at it, so a refused command (`NO`) reads as an empty or partial result
+/// (chatmail/async-imap#146). Taken at face value, that would move the cursor past agent mail
+/// that is still waiting, or hide a message the server cannot read.
+async fn checked<T>(
+    session: &mut ImapSession,
+    command: &str,
+    mut each: impl FnMut(&Response<'_>, &mut Vec<T>),
+) -> Result<Replies<T>, String> {
+    let short: String = command.chars().take(60).collect();
+    let fail = |e: &dyn std::fmt::Display| format!("{short}: {e}");
+    let tag = session.run_command(command).await.map_err(|e| fail(&e))?;
+    let mut out = Replies {
+        items: Vec::new(),
+        news: false,
+    };
+    loop {
+        let reply = session
+            .read_response()
+            .await
+            .map_err(|e| fail(&e))?
+            .ok_or_else(|| fail(&"the server closed the connection"))?;
+        match reply.parsed() {
+            Response::MailboxData(MailboxDatum::Exists(_) | MailboxDatum::Recent(_)) => {
+                out.news = true
+            }
+            Response::Done {
+                tag: t,
+                status,
+                information,
+                ..
+            } if *t == tag => {
+                return match status {
+                    Status::Ok => Ok(out),
+                    _ => Err(fail(&format!(
+                        "{status:?} {}",
+                        information.as_deref().unwrap_or("")
+                    ))),
+                };
+            }
+            Response::Data {
+                status: Status::Bye,
+                information,
+                ..
+            } => {
+                return Err(fail(&format!(
+                    "BYE {}",
+                    information.as_deref().unwrap_or("")
+                )));
+            }
+            other => each(other, &mut out.items),
+        }
+    }
+}
+
+/// UIDs from `from_uid` on of messages carrying `header`, found by the server (`UID SEARCH
+/// HEADER`), so that no other mail is downloaded. Fails as a whole if the server cannot read one
+/// of the messages.
+pub async fn search_header(
+    session: &mut ImapSession,
+    from_uid: u32,
+    header: &str,
+) -> Result<Replies<u32>, String> {
+    search(
+        session,
+        &format!("UID {from_uid}:* HEADER {header} \"\""),
+        from_uid,
+    )
+    .await
+}
+
+/// Every UID from `from_uid` on (from the index; no message is read).
+pub async fn uids_from(session: &mut ImapSession, from_uid: u32) -> Result<Replies<u32>, String> {
+    search(session, &format!("UID {from_uid}:*"), from_uid).await
+}
+
+async fn search(
+    session: &mut ImapSession,
+    query: &str,
+    from_uid: u32,
+) -> Result<Replies<u32>, String> {
+    let mut found = checked(session, &format!("UID SEARCH {query}"), |r, uids| {
+        if let Response::MailboxData(MailboxDatum::Search(ids)) = r {
+            uids.extend(ids);
+        }
+    })
+    .await?;
+    // `n:*` also matches the last message when n is past it.
+    found.items.retain(|u| *u >= from_uid);
+    found.items.sort_unstable();
+    Ok(found)
+}
+
+/// Which part of a message to fetch.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    Header,
+    Whole,
+}
+
+/// The header block or the whole of each message in `uids`: (uid, bytes), in UID order. Messages
+/// expunged meanwhile are simply missing; a message the server cannot read fails the command.
+pub async fn fetch(
     session: &mut ImapSession,
     uids: &[u32],
-) -> Result<Vec<(u32, Vec<u8>)>, String> {
-    let mut out = Vec::new();
-    for chunk in uids.chunks(200) {
-        let set = chunk
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let fetches: Vec<_> = session
-            .uid_fetch(&set, "(UID BODY.PEEK[])")
-            .await
-            .map_err(|e| format!("fetching messages: {e}"))?
-            .try_collect()
-            .await
-            .map_err(|e| format!("fetching messages: {e}"))?;
-        out.extend(
-            fetches
-                .iter()
-                .filter_map(|f| Some((f.uid?, f.body()?.to_vec()))),
-        );
-    }
-    Ok(out)
+    part: Part,
+) -> Result<Replies<(u32, Vec<u8>)>, String> {
+    let set = uids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let query = match part {
+        Part::Header => "BODY.PEEK[HEADER]",
+        Part::Whole => "BODY.PEEK[]",
+    };
+    let mut got = checked(
+        session,
+        &format!("UID FETCH {set} (UID {query})"),
+        |r, out| {
+            if let Response::Fetch(_, attrs) = r {
+                let uid = attrs.iter().find_map(|a| match a {
+                    AttributeValue::Uid(u) => Some(*u),
+                    _ => None,
+                });
+                let data = attrs.iter().find_map(|a| match a {
+                    AttributeValue::BodySection { data, .. } => data.as_deref(),
+                    _ => None,
+                });
+                if let (Some(uid), Some(data)) = (uid, data) {
+                    out.push((uid, data.to_vec()));
+                }
+            }
+        },
+    )
+    .await?;
+    got.items.retain(|(uid, _)| uids.contains(uid));
+    got.items.sort_by_key(|(u, _)| *u);
+    Ok(got)
 }
 
 /// Moves one message to a folder (MOVE where offered, else COPY + \Deleted + UID EXPUNGE).

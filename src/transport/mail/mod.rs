@@ -11,6 +11,7 @@ pub mod imap;
 pub mod net;
 pub mod smtp;
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,7 +32,14 @@ struct ImapState {
     has_idle: bool,
     has_move: bool,
     folders_ready: bool,
+    /// (UIDVALIDITY, UID) of messages the server failed to read; skipped until the agent restarts.
+    unreadable: HashSet<(u32, u32)>,
+    /// The server announced new mail while we read replies ourselves (see `imap::search`).
+    news: bool,
 }
+
+/// Messages fetched per command.
+const FETCH_BATCH: usize = 200;
 
 /// Mail over one account.
 pub struct MailTransport {
@@ -118,22 +126,16 @@ impl MailTransport {
             }
             None => 1,
         };
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
         let mut arrivals = Vec::new();
         let mut next = from;
         if from < uid_next {
-            let headers = imap::headers_from(session, from).await.map_err(err)?;
-            let ours: Vec<u32> = headers
-                .iter()
-                .filter(|(_, h)| envelope::is_agent_mail(h))
-                .map(|(u, _)| *u)
-                .collect();
-            next = ours
-                .first()
-                .copied()
-                .or(headers.last().map(|(u, _)| u + 1))
-                .unwrap_or(from);
-            for (uid, raw) in imap::bodies(session, &ours).await.map_err(err)? {
+            let (ours, limit) = self.agent_mail(st, validity, from, uid_next).await?;
+            // The cursor stays on the first agent mail until it has been moved away.
+            next = ours.first().map_or(limit, |first| limit.min(*first));
+            for (uid, raw) in self
+                .fetch_isolating(st, validity, &ours, imap::Part::Whole)
+                .await?
+            {
                 arrivals.push(envelope::parse(uid.to_string(), &raw));
             }
         }
@@ -143,6 +145,112 @@ impl MailTransport {
             .set_cursor(mailbox, validity, next)
             .map_err(err)?;
         Ok(arrivals)
+    }
+
+    /// UIDs of agent mail from `from` on, and where the cursor may go at most. The server finds
+    /// agent mail (SEARCH on our header) unless it cannot, which happens when it fails to read one
+    /// message in the range; then headers are fetched and read here, with
+    /// [`Self::fetch_isolating`] setting the unreadable one aside. A header that did not come back
+    /// for another reason holds the cursor before it, so that it is looked at again next pass.
+    async fn agent_mail(
+        &self,
+        st: &mut ImapState,
+        validity: u32,
+        from: u32,
+        uid_next: u32,
+    ) -> Result<(Vec<u32>, u32), TransportError> {
+        let mut limit = uid_next;
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        let found = match imap::search_header(session, from, envelope::VERSION_HEADER).await {
+            Ok(found) => {
+                st.news |= found.news;
+                found.items
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the server cannot search the mailbox; reading headers here");
+                self.reopen(st).await?;
+                let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+                let all = imap::uids_from(session, from).await.map_err(err)?;
+                st.news |= all.news;
+                let all = all.items;
+                let headers = self
+                    .fetch_isolating(st, validity, &all, imap::Part::Header)
+                    .await?;
+                let got: HashSet<u32> = headers.iter().map(|(uid, _)| *uid).collect();
+                if let Some(missing) = all
+                    .iter()
+                    .find(|uid| !got.contains(uid) && !st.unreadable.contains(&(validity, **uid)))
+                {
+                    limit = limit.min(*missing);
+                }
+                headers
+                    .into_iter()
+                    .filter(|(_, h)| envelope::is_agent_mail(h))
+                    .map(|(uid, _)| uid)
+                    .collect()
+            }
+        };
+        let ours: Vec<u32> = found
+            .into_iter()
+            .filter(|uid| !st.unreadable.contains(&(validity, *uid)))
+            .collect();
+        Ok((ours, limit))
+    }
+
+    /// Fetches `part` of `uids` in batches. When a batch fails, its messages are fetched one at a
+    /// time on a fresh connection (Dovecot drops the connection on a message it cannot read), so
+    /// one broken message is logged, remembered and skipped instead of blocking every pass. If the
+    /// server itself is unreachable, reconnecting fails and the error is returned as usual.
+    async fn fetch_isolating(
+        &self,
+        st: &mut ImapState,
+        validity: u32,
+        uids: &[u32],
+        part: imap::Part,
+    ) -> Result<Vec<(u32, Vec<u8>)>, TransportError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for batch in uids.chunks(FETCH_BATCH) {
+            let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+            match imap::fetch(session, batch, part).await {
+                Ok(got) => {
+                    st.news |= got.news;
+                    out.extend(got.items);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a fetch failed; retrying its messages one at a time")
+                }
+            }
+            let mut broken = true;
+            for &uid in batch {
+                if broken {
+                    self.reopen(st).await?;
+                }
+                let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+                match imap::fetch(session, &[uid], part).await {
+                    Ok(got) => {
+                        st.news |= got.news;
+                        out.extend(got.items);
+                        broken = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(uid, error = %e, "the server cannot read this message; it is skipped until the agent restarts");
+                        st.unreadable.insert((validity, uid));
+                        broken = true;
+                    }
+                }
+            }
+            if broken {
+                self.reopen(st).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the connection and opens a new one on the watched mailbox.
+    async fn reopen(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
+        st.session = None;
+        self.ready(st).await
     }
 
     async fn settle_inner(
@@ -182,7 +290,7 @@ impl MailTransport {
         // Mail that arrived since the last fetch may have been announced already, and a server that
         // holds IDLE notifications back reports at once on NOOP: look first.
         session.noop().await.map_err(err)?;
-        let mut news = false;
+        let mut news = std::mem::take(&mut st.news);
         while let Ok(r) = session.unsolicited_responses.try_recv() {
             news |= matches!(
                 r,
