@@ -83,6 +83,14 @@ enum DocCmd {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Take a peer's document in place of ours when you each created one of the same name (the
+    /// previous content is kept in a file).
+    Adopt {
+        name: String,
+        /// The peer whose document to take.
+        #[arg(long)]
+        from: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -231,6 +239,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     (DocCommand::Import { name, json }, None)
                 }
                 DocCmd::Export { name, output } => (DocCommand::Export { name }, output),
+                DocCmd::Adopt { name, from } => (DocCommand::Adopt { name, from }, None),
             };
             let text = doc_command(&cfg, &mut store, cmd)?;
             match output {

@@ -179,6 +179,74 @@ fn a_new_uidvalidity_makes_the_agent_rescan_the_mailbox() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_document_created_on_both_sides_is_resolved_by_adopting_one() {
+    let stack = Stack::get();
+    let (a, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::StartTls);
+    alice.import("todo", &json!({"from": "alice"}));
+    bob.import("todo", &json!({"from": "bob", "extra": [1, 2]}));
+    alice.ok(&["send", "--to", &b]);
+    bob.ok(&["send", "--to", &a]);
+    wait_until(T, "each has the other's mail", || {
+        messages(&stack.maildir(&a), "").len() == 1 && messages(&stack.maildir(&b), "").len() == 1
+    });
+    // Each side sets the other's mail aside and says what to do.
+    for (me, other) in [(&alice, &b), (&bob, &a)] {
+        let out = me.cmd(&["sync"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("quarantined 1"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("you each created it"));
+        let st = me.cmd(&["status"]);
+        assert!(
+            !st.status.success(),
+            "a forked document is a failing status"
+        );
+        let text = String::from_utf8_lossy(&st.stdout);
+        assert!(text.contains("CREATED TWICE"), "{text}");
+        assert!(
+            text.contains(&format!("agent doc adopt todo --from {other}")),
+            "{text}"
+        );
+    }
+    // Bob takes Alice's document; his own content is kept in a file.
+    let out = bob.ok(&["doc", "adopt", "todo", "--from", &a]);
+    assert!(out.contains("now"), "{out}");
+    let backup = out
+        .lines()
+        .find_map(|l| l.split("kept in ").nth(1))
+        .expect("the old content's file is named");
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(backup.trim()).unwrap()).unwrap();
+    assert_eq!(kept, json!({"from": "bob", "extra": [1, 2]}));
+    assert_eq!(bob.doc("todo").unwrap(), json!({"from": "alice"}));
+    assert!(bob.cmd(&["status"]).status.success());
+    let err = bob.cmd(&["doc", "adopt", "todo", "--from", &a]);
+    assert!(!err.status.success(), "nothing left to adopt");
+    // Bob's acknowledgement is for Alice's document: it merges there and clears her warning too.
+    bob.sync();
+    wait_until(T, "bob's acknowledgement reaches alice", || {
+        messages(&stack.maildir(&a), "").len() == 1
+    });
+    assert!(alice.sync().contains("merged 1"));
+    let st = alice.cmd(&["status"]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // From now on they edit one document.
+    bob.ok(&["doc", "set", "todo", "by", "bob"]);
+    bob.ok(&["send", "--to", &a]);
+    wait_until(T, "bob's edit reaches alice", || {
+        messages(&stack.maildir(&a), "").len() == 1
+    });
+    alice.sync();
+    assert_eq!(
+        alice.doc("todo").unwrap(),
+        json!({"from": "alice", "by": "bob"})
+    );
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn alices_edits_reach_carol_through_bob() {
     let stack = Stack::get();
     let (a, b, c) = (address("alice"), address("bob"), address("carol"));

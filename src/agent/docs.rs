@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use crate::agent::{AgentError, Result};
 use crate::config::Config;
-use crate::engine::Document;
-use crate::store::{Save, Store};
+use crate::engine::{Changes, Document};
+use crate::store::{PeerChange, Save, Store};
 
 /// One `agent doc` subcommand.
 #[derive(Debug, Clone)]
@@ -31,6 +31,11 @@ pub enum DocCommand {
     },
     Export {
         name: String,
+    },
+    /// Replace our replica by a peer's document of the same name (both sides created it).
+    Adopt {
+        name: String,
+        from: String,
     },
 }
 
@@ -140,6 +145,7 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             })?;
             Ok(String::new())
         }
+        DocCommand::Adopt { name, from } => adopt(cfg, store, &name, &from),
         DocCommand::Rm { name, path } => {
             configured(cfg, &name)?;
             let removed = store.update_doc::<_, AgentError>(&name, |doc, _| {
@@ -155,4 +161,69 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             }
         }
     }
+}
+
+/// `agent doc adopt NAME --from PEER`: when two people each created a document of the same name,
+/// one of them takes the other's. The peer's last mail (kept when it was quarantined) becomes our
+/// replica, in one transaction that also drops the old replica's delivery state and queues the
+/// acknowledgement that tells the peer we now follow their document. The old content is written
+/// to a file in the state directory first, so nothing is lost.
+fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<String> {
+    configured(cfg, name)?;
+    let doc_cfg = cfg
+        .document(name)
+        .ok_or_else(|| AgentError::Other(name.into()))?;
+    let peer = doc_cfg
+        .peers
+        .iter()
+        .find(|p| p.eq_ignore_ascii_case(from))
+        .ok_or_else(|| {
+            AgentError::Other(format!(
+                "{from} is not a peer of {name:?} (its peers: {})",
+                doc_cfg.peers.join(", ")
+            ))
+        })?
+        .clone();
+    let (theirs, text) = store.fork(name, &peer)?.ok_or_else(|| {
+        AgentError::Other(format!(
+            "no other document named {name:?} has come from {peer}: `adopt` takes a peer's \
+             document after their mail was quarantined as \"another document\" (see `agent status`)"
+        ))
+    })?;
+    let changes = Changes::parse(&text)?;
+    let doc = Document::from_changes(&changes)?;
+    let mut out = String::new();
+    if store.has_doc(name)? {
+        let old = store.read_doc(name, |d| d.to_json())?;
+        let backup = cfg.state_dir().join(format!(
+            "{name}.before-adopt-{}.json",
+            crate::store::now_ms()
+        ));
+        let text = serde_json::to_string_pretty(&old).unwrap_or_default();
+        std::fs::write(&backup, text + "\n").map_err(|e| {
+            AgentError::Other(format!(
+                "cannot keep the old content in {}: {e}",
+                backup.display()
+            ))
+        })?;
+        out.push_str(&format!(
+            "{name}: the previous content is kept in {}\n",
+            backup.display()
+        ));
+    }
+    let address = cfg
+        .account
+        .as_ref()
+        .map(|a| a.address.clone())
+        .unwrap_or_default();
+    let sent_by = changes.sent_by();
+    store.replace_doc::<AgentError>(name, &doc, |tx| {
+        Store::touch_peer(tx, name, &peer, PeerChange::Pin(sent_by.to_string()))?;
+        Store::touch_peer(tx, name, &peer, PeerChange::Received)?;
+        super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, &address)
+    })?;
+    out.push_str(&format!(
+        "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"
+    ));
+    Ok(out)
 }

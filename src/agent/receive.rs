@@ -146,7 +146,17 @@ impl Agent {
                 "{peer_key} used to be client {pinned}, this message comes from client {sent_by}"
             )));
         }
-        if !self.store.has_doc(&name).map_err(|e| internal(e.into()))? {
+        let exists = self.store.has_doc(&name).map_err(|e| internal(e.into()))?;
+        if exists && !shared {
+            let ours = self
+                .store
+                .read_doc(&name, |d| d.id().to_string())
+                .map_err(|e| internal(e.into()))?;
+            if ours != first.doc_id() {
+                return Err(self.forked(&name, &peer_key, &ours, first, &texts[0]));
+            }
+        }
+        if !exists {
             let doc = Document::from_changes(first).map_err(|e| {
                 refuse(format!(
                     "cannot create document {name:?} from these changes: {e}"
@@ -175,6 +185,7 @@ impl Agent {
             }
             Store::touch_peer(tx, &name, &peer_key, PeerChange::Pin(sent_by.to_string()))?;
             Store::touch_peer(tx, &name, &peer_key, PeerChange::Received)?;
+            Store::clear_fork(tx, &name, &peer_key)?;
             if wants_reply {
                 queue_ack(
                     tx,
@@ -202,8 +213,45 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// A peer's mail is for another document of the same name: both sides created it. Its
+    /// changes are kept (when they hold the whole document) for `agent doc adopt`, and the mail
+    /// is quarantined with a reason that says what to do.
+    fn forked(
+        &mut self,
+        name: &str,
+        peer: &str,
+        ours: &str,
+        first: &Changes,
+        text: &str,
+    ) -> Refusal {
+        let theirs = first.doc_id();
+        let whole = Document::from_changes(first).is_ok();
+        if whole && let Err(e) = self.store.record_fork(name, peer, theirs, text) {
+            return Refusal::Retry(format!("internal: {e}"));
+        }
+        Refusal::Quarantine(format!(
+            "{peer} has another document named {name:?} (id {theirs}; ours is {ours}): you each \
+             created it. {}",
+            if whole {
+                let me = self
+                    .cfg
+                    .account
+                    .as_ref()
+                    .map_or("<your address>", |a| a.address.as_str());
+                format!(
+                    "To take theirs: `agent doc adopt {name} --from {peer}`; or they take ours \
+                     with `agent doc adopt {name} --from {me}`"
+                )
+            } else {
+                "Their next full mail can be adopted with `agent doc adopt`".to_string()
+            }
+        ))
+    }
+}
+
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).
-fn queue_ack(
+pub(super) fn queue_ack(
     tx: &rusqlite::Connection,
     doc: &Document,
     name: &str,

@@ -40,6 +40,9 @@ pub struct PeerStatus {
     pub last_received_at: Option<String>,
     pub last_error: Option<String>,
     pub failing: bool,
+    /// The id of the peer's own document of this name, when each side created one; `agent doc
+    /// adopt` resolves it.
+    pub other_document: Option<String>,
 }
 
 fn when(ms: Option<i64>) -> Option<String> {
@@ -91,7 +94,8 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 (true, None) => (0, 0, true),
                 _ => (0, 0, false),
             };
-            failing |= row.failing;
+            let other_document = store.fork(&d.name, &key)?.map(|(id, _)| id);
+            failing |= row.failing || other_document.is_some();
             let last_error = row
                 .last_error
                 .clone()
@@ -107,6 +111,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 last_received_at: when(row.last_received_at),
                 last_error,
                 failing: row.failing,
+                other_document,
             });
         }
         documents.push(DocStatus {
@@ -164,6 +169,14 @@ impl std::fmt::Display for Status {
                 )?;
                 if let Some(e) = &p.last_error {
                     writeln!(f, "    last error: {e}")?;
+                }
+                if let Some(id) = &p.other_document {
+                    writeln!(
+                        f,
+                        "    CREATED TWICE: {} has its own document {:?} (id {id}); their mail is quarantined. \
+                         Take theirs with `agent doc adopt {} --from {}`, or have them adopt yours",
+                        p.peer, d.name, d.name, p.peer
+                    )?;
                 }
             }
         }

@@ -27,7 +27,9 @@ pub enum StoreError {
     },
     #[error("document {name:?}: {source}")]
     Document { name: String, source: engine::Error },
-    #[error("no document named {0:?} (create it with `agent doc import` or `agent doc set`)")]
+    #[error(
+        "no replica of document {0:?} here yet (start it with `agent doc import`, or receive it from a peer with `agent sync`)"
+    )]
     NoDocument(String),
 }
 
@@ -82,6 +84,14 @@ CREATE TABLE IF NOT EXISTS cursors (
     mailbox TEXT PRIMARY KEY,
     uid_validity INTEGER NOT NULL,
     next_uid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forks (
+    doc TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    changes TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (doc, peer)
 );
 CREATE TABLE IF NOT EXISTS published (
     doc TEXT PRIMARY KEY,
@@ -515,6 +525,70 @@ impl Store {
             "INSERT INTO published (doc, base_version, base_len, fingerprint) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(doc) DO UPDATE SET base_version = ?2, base_len = ?3, fingerprint = ?4",
             params![doc, p.base_version as i64, p.base_len as i64, p.fingerprint],
         )?;
+        Ok(())
+    }
+
+    /// Keeps the latest full changes object of a peer whose document of this name is another
+    /// document (both sides created it), so that `agent doc adopt` can take it later.
+    pub fn record_fork(&self, doc: &str, peer: &str, doc_id: &str, changes: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO forks (doc, peer, doc_id, changes, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![doc, peer, doc_id, changes, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// The peer's other document of this name: (its id, its changes object).
+    pub fn fork(&self, doc: &str, peer: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT doc_id, changes FROM forks WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// Forgets a fork once the peer's mail merges (one of the two sides adopted the other's).
+    pub fn clear_fork(conn: &Connection, doc: &str, peer: &str) -> Result<()> {
+        conn.execute(
+            "DELETE FROM forks WHERE doc = ?1 AND peer = ?2",
+            params![doc, peer],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a document by another one (`agent doc adopt`), in one transaction: the old
+    /// replica, its peers' delivery state, its unsent mail and its forks go; `then` adds the
+    /// writes that belong with the new replica.
+    pub fn replace_doc<E>(
+        &mut self,
+        name: &str,
+        doc: &Document,
+        then: impl FnOnce(&Transaction) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        self.cache.remove(name);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let clear = |sql: &str| tx.execute(sql, [name]).map_err(StoreError::from);
+        clear("DELETE FROM documents WHERE name = ?1")?;
+        clear("DELETE FROM peers WHERE doc = ?1")?;
+        clear("DELETE FROM outbox WHERE doc = ?1")?;
+        clear("DELETE FROM forks WHERE doc = ?1")?;
+        clear("DELETE FROM published WHERE doc = ?1")?;
+        tx.execute(
+            "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, 1, NULL, ?4)",
+            params![name, doc.id(), doc.save(), now_ms()],
+        )
+        .map_err(StoreError::from)?;
+        then(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(())
     }
 
