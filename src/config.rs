@@ -88,6 +88,13 @@ pub struct Imap {
     /// How often to also look for news while IDLE waits. See [`IdleCheck`].
     #[serde(default)]
     pub idle_check: IdleCheck,
+    /// How long one IMAP exchange may take before the connection is taken for dead and reopened.
+    #[serde(default = "default_imap_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+fn default_imap_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Whether the agent also asks the server for news while it waits in IDLE.
@@ -515,6 +522,7 @@ const KNOWN_KEYS: &[&str] = &[
     "processed-folder",
     "quarantine-folder",
     "idle-check",
+    "timeout",
     "transport",
     "folder",
     "send-delay",

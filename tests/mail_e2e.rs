@@ -247,6 +247,31 @@ fn a_document_created_on_both_sides_is_resolved_by_adopting_one() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn an_imap_connection_that_dies_silently_is_replaced() {
+    let stack = Stack::get();
+    let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    let relay = Relay::to(stack.var("IMAP_PORT").parse().unwrap());
+    bob.set_imap_port(relay.port);
+    bob.set_imap("timeout = \"2s\"");
+    alice.import("todo", &json!({"n": 0}));
+    let _sa = alice.spawn();
+    let sb = bob.spawn();
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    std::thread::sleep(Duration::from_millis(500)); // bob is idling through the relay
+    relay.freeze();
+    alice.ok(&["doc", "set", "todo", "n", "1"]);
+    wait_until(
+        Duration::from_secs(30),
+        "bob gives up on the dead connection, reconnects and merges",
+        || bob.doc("todo").is_some_and(|d| d["n"] == json!(1)),
+    );
+    let log = sb.log_text();
+    assert!(log.contains("no answer from"), "{log}");
+    assert!(log.matches("IMAP connected").count() >= 2, "{log}");
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn alices_edits_reach_carol_through_bob() {
     let stack = Stack::get();
     let (a, b, c) = (address("alice"), address("bob"), address("carol"));

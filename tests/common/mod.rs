@@ -140,6 +140,21 @@ impl Node {
             .output()
             .unwrap()
     }
+    /// Points the config's IMAP server at another port on this machine.
+    pub fn set_imap_port(&self, port: u16) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let (head, tail) = text.split_once("[account.imap]\n").unwrap();
+        let (port_line, rest) = tail
+            .split_once('\n')
+            .map(|(host, rest)| (host, rest.split_once('\n').unwrap()))
+            .map(|(host, (_, rest))| (format!("{host}\nport = {port}"), rest))
+            .unwrap();
+        std::fs::write(
+            &self.config,
+            format!("{head}[account.imap]\n{port_line}\n{rest}"),
+        )
+        .unwrap();
+    }
     /// Adds a line to the config's `[account.imap]` table.
     pub fn set_imap(&self, line: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
@@ -325,5 +340,68 @@ pub fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpe
         peers,
         send_delay: delay,
         resend,
+    }
+}
+
+/// A TCP relay in front of a real server that can play dead: after `freeze`, the connections it
+/// already carries swallow everything and answer nothing (as when a NAT forgets a connection or a
+/// laptop wakes on another network), while new connections are relayed normally.
+pub struct Relay {
+    pub port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relay {
+    pub fn to(target_port: u16) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicUsize::new(0));
+        let gen_accept = generation.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let born = gen_accept.load(Ordering::SeqCst);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let generation = gen_accept.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut from, mut to) = (from, to);
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    // Frozen: swallow, never answer, never close.
+                                    if generation.load(Ordering::SeqCst) == born
+                                        && to.write_all(&buf[..n]).is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, generation }
+    }
+
+    /// Every connection open now goes silent for good.
+    pub fn freeze(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -79,8 +79,30 @@ impl MailTransport {
         })
     }
 
+    /// Runs one IMAP exchange, giving up after the configured timeout: a connection that died
+    /// without a word (a laptop asleep, a NAT that forgot it) would otherwise hang the agent. The
+    /// caller drops the connection on the error and the next pass reconnects.
+    async fn step<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, TransportError> {
+        let limit = self.account.imap.timeout;
+        match tokio::time::timeout(limit, work).await {
+            Ok(r) => r.map_err(err),
+            Err(_) => Err(err(format!(
+                "IMAP {what}: no answer from {} within {limit:?}",
+                self.account.imap.host
+            ))),
+        }
+    }
+
     /// Connects (if needed) and selects the watched mailbox; returns (UIDVALIDITY, UIDNEXT).
     async fn ready(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
+        self.step("connect and select", self.ready_inner(st)).await
+    }
+
+    async fn ready_inner(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
         if st.session.is_none() {
             let mut s = imap::connect(&self.account.imap, &self.account.address)
                 .await
@@ -161,7 +183,8 @@ impl MailTransport {
     ) -> Result<(Vec<u32>, u32), TransportError> {
         let mut limit = uid_next;
         let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-        let found = match imap::search_header(session, from, envelope::VERSION_HEADER).await {
+        let search = imap::search_header(session, from, envelope::VERSION_HEADER);
+        let found = match self.step("search", search).await {
             Ok(found) => {
                 st.news |= found.news;
                 found.items
@@ -170,7 +193,7 @@ impl MailTransport {
                 tracing::warn!(error = %e, "the server cannot search the mailbox; reading headers here");
                 self.reopen(st).await?;
                 let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-                let all = imap::uids_from(session, from).await.map_err(err)?;
+                let all = self.step("search", imap::uids_from(session, from)).await?;
                 st.news |= all.news;
                 let all = all.items;
                 let headers = self
@@ -211,7 +234,7 @@ impl MailTransport {
         let mut out = Vec::with_capacity(uids.len());
         for batch in uids.chunks(FETCH_BATCH) {
             let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-            match imap::fetch(session, batch, part).await {
+            match self.step("fetch", imap::fetch(session, batch, part)).await {
                 Ok(got) => {
                     st.news |= got.news;
                     out.extend(got.items);
@@ -227,7 +250,7 @@ impl MailTransport {
                     self.reopen(st).await?;
                 }
                 let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-                match imap::fetch(session, &[uid], part).await {
+                match self.step("fetch", imap::fetch(session, &[uid], part)).await {
                     Ok(got) => {
                         st.news |= got.news;
                         out.extend(got.items);
@@ -289,7 +312,7 @@ impl MailTransport {
         let mut session = st.session.take().ok_or_else(|| err("no IMAP session"))?;
         // Mail that arrived since the last fetch may have been announced already, and a server that
         // holds IDLE notifications back reports at once on NOOP: look first.
-        session.noop().await.map_err(err)?;
+        self.step("NOOP", session.noop()).await?;
         let mut news = std::mem::take(&mut st.news);
         while let Ok(r) = session.unsolicited_responses.try_recv() {
             news |= matches!(
@@ -302,7 +325,7 @@ impl MailTransport {
             return Ok(true);
         }
         let mut handle = session.idle();
-        handle.init().await.map_err(err)?;
+        self.step("IDLE", handle.init()).await?;
         let result = {
             let (wait, stop) = handle.wait_with_timeout(max);
             tokio::pin!(wait);
@@ -315,7 +338,7 @@ impl MailTransport {
                 }
             }
         };
-        let session = handle.done().await.map_err(err)?;
+        let session = self.step("DONE", handle.done()).await?;
         st.session = Some(session);
         result
             .map(|r| !matches!(r, IdleResponse::Timeout))
@@ -380,7 +403,9 @@ impl Transport for MailTransport {
             .parse()
             .map_err(|_| err(format!("bad IMAP UID {:?}", arrival.key)))?;
         let mut st = self.imap.lock().await;
-        let r = self.settle_inner(&mut st, uid, folder).await;
+        let r = self
+            .step("move", self.settle_inner(&mut st, uid, folder))
+            .await;
         if r.is_err() {
             st.session = None;
         }

@@ -2,6 +2,8 @@
 //! web PKI roots plus, when configured, a private CA file (self-signed or company servers, and the
 //! test stack's throw-away CA).
 //!
+//! Keepalive probes let the kernel notice a peer that vanished while we wait in IDLE.
+//!
 //! Nagle matters more than it looks: both protocols write a command, then wait for the reply, and
 //! lettre writes a message body and its closing `.` separately. With Nagle on, that second write
 //! waits for the server's delayed ACK, 40 ms on Linux, on every mail sent.
@@ -23,6 +25,16 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 /// How long opening a TCP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// TCP keepalive: after a minute of silence (a long IDLE), probe every 15 s and give up after 4
+/// unanswered probes, so a connection that died silently errors within about two minutes instead
+/// of leaving IDLE waiting for a reply that cannot come.
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4)
+}
+
 /// A connection to a mail server, encrypted or not.
 #[derive(Debug)]
 pub enum MailStream {
@@ -38,6 +50,9 @@ pub async fn connect_tcp(host: &str, port: u16, what: &str) -> Result<TcpStream,
         .map_err(|e| format!("cannot connect to {what} {host}:{port}: {e}"))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("{what} {host}:{port}: cannot turn off Nagle: {e}"))?;
+    socket2::SockRef::from(&tcp)
+        .set_tcp_keepalive(&keepalive())
+        .map_err(|e| format!("{what} {host}:{port}: cannot set TCP keepalive: {e}"))?;
     Ok(tcp)
 }
 
