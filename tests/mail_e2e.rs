@@ -507,6 +507,51 @@ fn a_refused_send_is_shown_in_status_and_nothing_is_lost() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_temporary_refusal_is_retried_and_not_given_up() {
+    let stack = Stack::get();
+    let a = address("alice");
+    // The test stack defers this domain at RCPT time: a temporary 4xx, as with greylisting.
+    let later = "bob@deferred.example.test";
+    let alice = node(
+        &stack,
+        &a,
+        &[later],
+        &[todo(&[later], "0s", "10m")],
+        Security::Tls,
+    );
+    alice.import("todo", &json!({"n": 1}));
+    let out = alice.cmd(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("send failures 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let st = alice.cmd(&["status", "--json"]);
+    assert!(st.status.success(), "one deferral is not a failing peer");
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let peer = &v["documents"][0]["peers"][0];
+    assert_eq!(peer["failing"], json!(false));
+    assert_eq!(peer["outbox"], json!(1), "kept for another try");
+    assert!(
+        peer["last_error"].as_str().unwrap_or("").contains("450"),
+        "{peer}"
+    );
+    // Not due again at once (backoff), then tried again.
+    let out = alice.cmd(&["sync"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("send failures 0"));
+    std::thread::sleep(Duration::from_secs(6));
+    let out = alice.cmd(&["sync"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("send failures 1"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("attempt=2"), "{log}");
+    assert_eq!(
+        alice.status()["documents"][0]["peers"][0]["outbox"],
+        json!(1)
+    );
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn killed_with_sigkill_mid_sync_converges_after_restart() {
     let stack = Stack::get();
     let (_, _, alice, bob) = pair(&stack, "0s", "3s", Security::Plain, Security::Plain);
