@@ -88,9 +88,33 @@ pub struct Imap {
     /// How often to also look for news while IDLE waits. See [`IdleCheck`].
     #[serde(default)]
     pub idle_check: IdleCheck,
+    /// How long processed agent mail stays in the processed folder (`None`: forever). Every change
+    /// and every acknowledgement is a mail, so without this the folder grows without end.
+    #[serde(
+        default = "default_keep_processed",
+        deserialize_with = "keep_processed"
+    )]
+    pub keep_processed: Option<Duration>,
     /// How long one IMAP exchange may take before the connection is taken for dead and reopened.
     #[serde(default = "default_imap_timeout", with = "humantime_serde_compat")]
     pub timeout: Duration,
+}
+
+fn default_keep_processed() -> Option<Duration> {
+    Some(Duration::from_secs(14 * 24 * 3600))
+}
+
+/// `keep-processed`: a duration such as "14d", or "forever".
+fn keep_processed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text == "forever" {
+        return Ok(None);
+    }
+    humantime::parse_duration(&text).map(Some).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "keep-processed {text:?}: {e}; write a duration such as \"14d\" or \"12h\", or \"forever\""
+        ))
+    })
 }
 
 fn default_imap_timeout() -> Duration {
@@ -420,13 +444,25 @@ impl Config {
                 return Err(self.invalid(format!("peer {:?} is not an e-mail address", p.address)));
             }
         }
-        if let Some(a) = &self.account
-            && !a.address.contains('@')
-        {
-            return Err(self.invalid(format!(
-                "account address {:?} is not an e-mail address",
-                a.address
-            )));
+        if let Some(a) = &self.account {
+            if !a.address.contains('@') {
+                return Err(self.invalid(format!(
+                    "account address {:?} is not an e-mail address",
+                    a.address
+                )));
+            }
+            let imap = &a.imap;
+            for (key, folder) in [
+                ("processed-folder", &imap.processed_folder),
+                ("quarantine-folder", &imap.quarantine_folder),
+            ] {
+                if folder.eq_ignore_ascii_case(&imap.mailbox) {
+                    return Err(self.invalid(format!(
+                        "[account.imap] {key} {folder:?} is the watched mailbox: agent mail is moved out of \
+                         the mailbox into it, so it must be another folder"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -523,6 +559,7 @@ const KNOWN_KEYS: &[&str] = &[
     "quarantine-folder",
     "idle-check",
     "timeout",
+    "keep-processed",
     "transport",
     "folder",
     "send-delay",
@@ -690,6 +727,29 @@ folder = "shared"
         );
         let e = imap("\nidle-check = \"often\"", "localhost").unwrap_err();
         assert!(e.contains("write \"auto\", \"off\""), "{e}");
+    }
+
+    #[test]
+    fn keep_processed_takes_a_duration_or_forever_and_folders_must_differ() {
+        let with = |line: &str| {
+            let text = GOOD.replace("port = 1143", &format!("port = 1143\n{line}"));
+            Config::parse(&text, Path::new("a.toml"))
+                .map(|c| c.account.unwrap().imap.keep_processed)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(""), Ok(Some(Duration::from_secs(14 * 24 * 3600))));
+        assert_eq!(
+            with("keep-processed = \"12h\""),
+            Ok(Some(Duration::from_secs(12 * 3600)))
+        );
+        assert_eq!(with("keep-processed = \"forever\""), Ok(None));
+        let e = with("keep-processed = \"a while\"").unwrap_err();
+        assert!(e.contains("a.toml:7:") && e.contains("\"forever\""), "{e}");
+        let e = with("processed-folder = \"inbox\"").unwrap_err();
+        assert!(
+            e.contains("processed-folder \"inbox\" is the watched mailbox"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -272,6 +272,50 @@ fn an_imap_connection_that_dies_silently_is_replaced() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn processed_mail_past_keep_processed_is_deleted_and_nothing_else() {
+    let stack = Stack::get();
+    let (_, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::StartTls);
+    bob.set_imap("keep-processed = \"1s\"");
+    alice.import("todo", &json!({"n": 0}));
+    for n in 1..=2 {
+        alice.ok(&["doc", "set", "todo", "n", &n.to_string()]);
+        alice.ok(&["send", "--to", &b]);
+        wait_until(T, "the mail reaches bob", || {
+            messages(&stack.maildir(&b), "").len() == n
+        });
+    }
+    let first = bob.cmd(&["sync"]);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("merged 2"));
+    // Something of the user's own in the processed folder, older than keep-processed too.
+    let folder = stack.maildir(&b).join(".Minisync/new");
+    std::fs::write(
+        folder.join("1700000000.user.vm"),
+        "From: someone@example.test\r\nSubject: keep me\r\n\r\nnot agent mail\r\n",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = bob.cmd(&["sync"]);
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        logs.contains("deleted processed mail past keep-processed"),
+        "{logs}"
+    );
+    let left = messages(&stack.maildir(&b), "Minisync");
+    assert_eq!(left.len(), 1, "only the user's message stays: {left:?}");
+    assert!(
+        std::fs::read_to_string(&left[0])
+            .unwrap()
+            .contains("keep me")
+    );
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 2}));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn alices_edits_reach_carol_through_bob() {
     let stack = Stack::get();
     let (a, b, c) = (address("alice"), address("bob"), address("carol"));

@@ -60,12 +60,17 @@ pub struct PassReport {
     pub errors: Vec<String>,
 }
 
+/// How often old processed mail and old state rows are cleared away.
+const TIDY_EVERY: Duration = Duration::from_secs(3600);
+
 /// The running agent.
 pub struct Agent {
     cfg: Config,
     store: Store,
     transports: Vec<Arc<dyn Transport>>,
     docs: Vec<DocSlot>,
+    /// When `tidy` last ran (None: not yet, so the first pass does it).
+    last_tidy: Option<std::time::Instant>,
 }
 
 impl Agent {
@@ -113,6 +118,7 @@ impl Agent {
             store,
             transports,
             docs,
+            last_tidy: None,
         })
     }
 
@@ -138,7 +144,32 @@ impl Agent {
             tracing::warn!(error = %e, "sending failed");
             report.errors.push(e.to_string());
         }
+        if self.last_tidy.is_none_or(|t| t.elapsed() >= TIDY_EVERY) {
+            self.last_tidy = Some(std::time::Instant::now());
+            self.tidy().await;
+        }
         report
+    }
+
+    /// Clears away processed mail past `keep-processed` and state rows no longer needed. A failure
+    /// is only logged: nothing depends on it, and it is tried again an hour later.
+    async fn tidy(&mut self) {
+        for t in &self.transports {
+            match t.tidy().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(
+                        transport = t.name(),
+                        deleted = n,
+                        "deleted processed mail past keep-processed"
+                    )
+                }
+                Err(e) => tracing::warn!(transport = t.name(), error = %e, "tidying failed"),
+            }
+        }
+        if let Err(e) = self.store.prune(crate::store::now_ms()) {
+            tracing::warn!(error = %e, "pruning old state failed");
+        }
     }
 
     /// Sends one peer its pending changes now, whatever the send delay (`agent send`).

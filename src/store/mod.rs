@@ -40,6 +40,11 @@ pub fn now_ms() -> i64 {
     engine::system_now_ms() as i64
 }
 
+/// How long a processed Message-ID is remembered for duplicate detection: 90 days.
+pub const KEEP_SEEN_MS: i64 = 90 * 24 * 3600 * 1000;
+/// How long sent and refused outbox items are kept (for `agent status`): 30 days.
+pub const KEEP_OUTBOX_MS: i64 = 30 * 24 * 3600 * 1000;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS documents (
     name TEXT PRIMARY KEY,
@@ -528,6 +533,21 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets what is no longer needed: Message-IDs seen more than [`KEEP_SEEN_MS`] ago (a
+    /// duplicate that late is not expected; if one came, merging it again is harmless anyway) and
+    /// outbox items sent or refused more than [`KEEP_OUTBOX_MS`] ago (their bodies are whole
+    /// changes objects). Returns how many rows went.
+    pub fn prune(&self, now: i64) -> Result<usize> {
+        let seen = self
+            .conn
+            .execute("DELETE FROM seen WHERE at < ?1", [now - KEEP_SEEN_MS])?;
+        let outbox = self.conn.execute(
+            "DELETE FROM outbox WHERE status != 'pending' AND created_at < ?1",
+            [now - KEEP_OUTBOX_MS],
+        )?;
+        Ok(seen + outbox)
+    }
+
     /// Keeps the latest full changes object of a peer whose document of this name is another
     /// document (both sides created it), so that `agent doc adopt` can take it later.
     pub fn record_fork(&self, doc: &str, peer: &str, doc_id: &str, changes: &str) -> Result<()> {
@@ -716,5 +736,9 @@ mod tests {
         assert_eq!(s.due(now_ms() + 1).unwrap().len(), 1);
         s.mark_sent(due[1].id).unwrap();
         assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 1);
+        // Nothing is old enough to prune yet; a month and more later the sent item goes.
+        assert_eq!(s.prune(now_ms()).unwrap(), 0);
+        assert_eq!(s.prune(now_ms() + KEEP_OUTBOX_MS + 1000).unwrap(), 1);
+        assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 0);
     }
 }

@@ -113,6 +113,11 @@ pub trait Transport: Send + Sync {
     async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError>;
     /// Moves an arrival out of the way once its merge is committed (or quarantines it).
     async fn settle(&self, arrival: &Arrival, how: &Settle) -> Result<(), TransportError>;
+    /// Removes what the transport keeps that is no longer needed (mail: processed agent mail older
+    /// than the account's `keep-processed`); returns how many items went. Called now and then.
+    async fn tidy(&self) -> Result<usize, TransportError> {
+        Ok(0)
+    }
     /// Waits until something may have arrived, at most `max`, or until `interrupt` is notified (a
     /// local edit): then it returns promptly and keeps its connection for the next pass.
     async fn wait(

@@ -155,6 +155,62 @@ pub async fn search_header(
     .await
 }
 
+/// Agent mail (carrying `header`) that arrived in the selected folder more than `age` ago. Uses
+/// `OLDER` (RFC 5032 WITHIN) when the server has it, else `BEFORE` a date (whole days).
+pub async fn older_than(
+    session: &mut ImapSession,
+    header: &str,
+    age: std::time::Duration,
+    within: bool,
+) -> Result<Vec<u32>, String> {
+    let when = if within {
+        format!("OLDER {}", age.as_secs().max(1))
+    } else {
+        format!("BEFORE {}", imap_date(std::time::SystemTime::now() - age))
+    };
+    Ok(
+        search(session, &format!("UID 1:* {when} HEADER {header} \"\""), 1)
+            .await?
+            .items,
+    )
+}
+
+/// An IMAP date (`22-Nov-2026`).
+fn imap_date(t: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let text = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-22T10:00:00Z
+    let (y, m, d) = (&text[0..4], &text[5..7], &text[8..10]);
+    let month = m.parse::<usize>().map_or("Jan", |m| MONTHS[(m + 11) % 12]);
+    format!("{d}-{month}-{y}")
+}
+
+/// Flags messages deleted and expunges them (only those, with UIDPLUS; the whole folder's
+/// deleted messages otherwise, which in the agent's own folder are only ever its own).
+pub async fn delete(session: &mut ImapSession, uids: &[u32], uidplus: bool) -> Result<(), String> {
+    for batch in uids.chunks(500) {
+        let set = batch
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        checked::<()>(
+            session,
+            &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+            |_, _| {},
+        )
+        .await?;
+        let expunge = if uidplus {
+            format!("UID EXPUNGE {set}")
+        } else {
+            "EXPUNGE".to_string()
+        };
+        checked::<()>(session, &expunge, |_, _| {}).await?;
+    }
+    Ok(())
+}
+
 /// Every UID from `from_uid` on (from the index; no message is read).
 pub async fn uids_from(session: &mut ImapSession, from_uid: u32) -> Result<Replies<u32>, String> {
     search(session, &format!("UID {from_uid}:*"), from_uid).await
@@ -258,4 +314,17 @@ pub async fn move_message(
         .await
         .map_err(|e| format!("expunging message {uid}: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imap_dates_are_day_month_name_year() {
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        assert_eq!(imap_date(at(1_795_357_331)), "22-Nov-2026");
+        assert_eq!(imap_date(at(0)), "01-Jan-1970");
+        assert_eq!(imap_date(at(951_782_400)), "29-Feb-2000");
+    }
 }

@@ -31,6 +31,8 @@ struct ImapState {
     session: Option<imap::ImapSession>,
     has_idle: bool,
     has_move: bool,
+    has_within: bool,
+    has_uidplus: bool,
     folders_ready: bool,
     /// (UIDVALIDITY, UID) of messages the server failed to read; skipped until the agent restarts.
     unreadable: HashSet<(u32, u32)>,
@@ -110,7 +112,12 @@ impl MailTransport {
             let caps = s.capabilities().await.map_err(err)?;
             st.has_idle = caps.has_str("IDLE");
             st.has_move = caps.has_str("MOVE");
+            st.has_within = caps.has_str("WITHIN");
+            st.has_uidplus = caps.has_str("UIDPLUS");
             st.folders_ready = false;
+            // Mail that came while we were not connected is counted in the SELECT reply below, not
+            // announced: the next wait must look before it idles.
+            st.news = true;
             tracing::info!(host = %self.account.imap.host, idle = st.has_idle, r#move = st.has_move, "IMAP connected");
             st.session = Some(s);
         }
@@ -276,18 +283,13 @@ impl MailTransport {
         self.ready(st).await
     }
 
-    async fn settle_inner(
-        &self,
-        st: &mut ImapState,
-        uid: u32,
-        folder: &str,
-    ) -> Result<(), TransportError> {
+    /// Creates the processed and quarantine folders once per connection.
+    async fn folders(&self, st: &mut ImapState) -> Result<(), TransportError> {
         if st.session.is_none() {
-            self.ready(st).await?;
+            self.ready_inner(st).await?;
         }
-        let has_move = st.has_move;
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
         if !st.folders_ready {
+            let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
             imap::ensure_folder(session, &self.account.imap.processed_folder)
                 .await
                 .map_err(err)?;
@@ -296,9 +298,47 @@ impl MailTransport {
                 .map_err(err)?;
             st.folders_ready = true;
         }
+        Ok(())
+    }
+
+    async fn settle_inner(
+        &self,
+        st: &mut ImapState,
+        uid: u32,
+        folder: &str,
+    ) -> Result<(), TransportError> {
+        self.folders(st).await?;
+        let has_move = st.has_move;
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
         imap::move_message(session, uid, folder, has_move)
             .await
             .map_err(err)
+    }
+
+    /// Deletes processed agent mail older than `keep`, then selects the watched mailbox again.
+    async fn tidy_inner(
+        &self,
+        st: &mut ImapState,
+        keep: Duration,
+    ) -> Result<usize, TransportError> {
+        self.folders(st).await?;
+        let (within, uidplus) = (st.has_within, st.has_uidplus);
+        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        let folder = &self.account.imap.processed_folder;
+        session
+            .select(folder)
+            .await
+            .map_err(|e| err(format!("cannot open {folder}: {e}")))?;
+        let old = imap::older_than(session, envelope::VERSION_HEADER, keep, within)
+            .await
+            .map_err(err)?;
+        if !old.is_empty() {
+            imap::delete(session, &old, uidplus).await.map_err(err)?;
+        }
+        self.ready_inner(st).await?;
+        // Mail that came meanwhile is counted in that SELECT's reply, not announced: look again.
+        st.news = true;
+        Ok(old.len())
     }
 
     /// One IDLE wait of at most `max`: whether it ended because there may be news (or a local
@@ -406,6 +446,18 @@ impl Transport for MailTransport {
         let r = self
             .step("move", self.settle_inner(&mut st, uid, folder))
             .await;
+        if r.is_err() {
+            st.session = None;
+        }
+        r
+    }
+
+    async fn tidy(&self) -> Result<usize, TransportError> {
+        let Some(keep) = self.account.imap.keep_processed else {
+            return Ok(0);
+        };
+        let mut st = self.imap.lock().await;
+        let r = self.step("tidy", self.tidy_inner(&mut st, keep)).await;
         if r.is_err() {
             st.session = None;
         }
