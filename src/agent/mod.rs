@@ -204,6 +204,7 @@ impl Agent {
         let mut routes = Vec::new();
         for slot in self.docs.iter().filter(|s| s.transport == ti) {
             let name = slot.cfg.name.clone();
+            let peers = slot.cfg.peers.clone();
             let route = if self.store.has_doc(&name)? {
                 self.store.read_doc(&name, |d| Route {
                     name: name.clone(),
@@ -214,6 +215,7 @@ impl Agent {
                         .iter()
                         .map(|(c, p)| (*c, p.last_received))
                         .collect::<BTreeMap<ClientId, u64>>(),
+                    peers,
                 })?
             } else {
                 Route {
@@ -221,6 +223,7 @@ impl Agent {
                     doc_id: None,
                     client_id: None,
                     last_received: BTreeMap::new(),
+                    peers,
                 }
             };
             routes.push(route);

@@ -33,6 +33,9 @@ pub struct Route {
     pub client_id: Option<ClientId>,
     /// The version last merged from each client.
     pub last_received: BTreeMap<ClientId, u64>,
+    /// Who may send changes for it (mail addresses; empty for the folder transport). Lets the mail
+    /// transport leave a stranger's attachment unopened.
+    pub peers: Vec<String>,
 }
 
 /// One outgoing changes object.

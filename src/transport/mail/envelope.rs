@@ -27,8 +27,9 @@ pub const DOCUMENT_HEADER: &str = "Minisync-Document";
 pub const KIND_HEADER: &str = "Minisync-Kind";
 /// Changes objects larger than this are gzipped before base64.
 pub const COMPRESS_ABOVE: usize = 16 * 1024;
-/// Largest decompressed changes object accepted (a zip bomb stops here).
-pub const MAX_CHANGES_BYTES: u64 = 512 * 1024 * 1024;
+/// Largest decompressed changes object accepted, 256 MiB: a gzip bomb stops here, with an error
+/// that says so. (A 10 MB document's full sync is a 13 MB changes object.)
+pub const MAX_CHANGES_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Builds the RFC 5322 message for an outgoing changes object.
 pub fn build(
@@ -114,7 +115,11 @@ pub fn is_agent_mail(header: &[u8]) -> bool {
 
 /// Reads a whole agent mail into an [`Arrival`]; anything wrong goes into `payloads` as an error
 /// that names the problem, so that the agent can quarantine it with that reason.
-pub fn parse(key: String, raw: &[u8]) -> Arrival {
+///
+/// `accept(from, document)` says whether the sender may send changes for that document; when it
+/// may not, the attachment is left unopened (a stranger's gzip bomb costs nothing) and the agent
+/// quarantines the mail for its sender.
+pub fn parse(key: String, raw: &[u8], accept: impl Fn(&str, &str) -> bool) -> Arrival {
     let mut arrival = Arrival {
         key,
         message_id: None,
@@ -161,6 +166,12 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
         if arrival.doc.is_empty() {
             return Err(format!("no {DOCUMENT_HEADER} header"));
         }
+        if !accept(&arrival.from, &arrival.doc) {
+            return Err(format!(
+                "{} may not send changes for document {:?}; attachment not opened",
+                arrival.from, arrival.doc
+            ));
+        }
         let part = m
             .attachments()
             .find(|p| {
@@ -172,12 +183,8 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
         let compressed = part.attachment_name() == Some("minisync-changes.json.gz");
         let bytes = part.contents();
         let text = if compressed {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(bytes)
-                .take(MAX_CHANGES_BYTES)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("the gzip attachment is broken: {e}"))?;
-            String::from_utf8(out).map_err(|_| "the attachment is not UTF-8".to_string())?
+            String::from_utf8(inflate(bytes, MAX_CHANGES_BYTES)?)
+                .map_err(|_| "the attachment is not UTF-8".to_string())?
         } else {
             String::from_utf8(bytes.to_vec())
                 .map_err(|_| "the attachment is not UTF-8".to_string())?
@@ -185,6 +192,22 @@ pub fn parse(key: String, raw: &[u8]) -> Arrival {
         Ok(vec![text])
     })();
     arrival
+}
+
+/// Decompresses a gzip attachment, refusing one that would grow beyond `limit` bytes.
+fn inflate(bytes: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("the gzip attachment is broken: {e}"))?;
+    if out.len() as u64 > limit {
+        return Err(format!(
+            "the gzip attachment decompresses to more than {} MiB",
+            limit / (1024 * 1024)
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -228,7 +251,7 @@ mod tests {
             assert!(text.contains("Content-Transfer-Encoding: base64"));
             let header_end = text.find("\r\n\r\n").unwrap();
             assert!(is_agent_mail(&raw[..header_end + 4]));
-            let a = parse("1".into(), &raw);
+            let a = parse("1".into(), &raw, |_, _| true);
             assert_eq!(a.payloads.unwrap(), vec![body.clone()]);
             assert_eq!(a.from, "alice@example.test");
             assert_eq!(a.doc, "todo");
@@ -246,16 +269,48 @@ mod tests {
 
     #[test]
     fn broken_mail_names_the_problem() {
-        let a = parse("1".into(), b"Minisync-Version: 1\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\nMinisync-Document: todo\r\n\r\nno attachment here");
+        let a = parse("1".into(), b"Minisync-Version: 1\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\nMinisync-Document: todo\r\n\r\nno attachment here", |_, _| true);
         assert!(
             a.payloads
                 .unwrap_err()
                 .contains("no minisync-changes.json attachment")
         );
-        let a = parse("1".into(), b"Minisync-Version: 9\r\nFrom: a@b.c\r\n\r\n");
+        let a = parse(
+            "1".into(),
+            b"Minisync-Version: 9\r\nFrom: a@b.c\r\n\r\n",
+            |_, _| true,
+        );
         assert!(a.payloads.unwrap_err().contains("unsupported"));
         assert!(!is_agent_mail(
             b"From: friend@example.test\r\nSubject: lunch?\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn a_strangers_attachment_is_never_opened_and_bombs_are_capped() {
+        use std::io::Write;
+        // 64 MiB of zeros: a 64 KiB attachment.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 64 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1 << 17);
+        let e = inflate(&bomb, 1 << 20).unwrap_err();
+        assert!(e.contains("more than 1 MiB"), "{e}");
+        assert_eq!(inflate(&bomb, 64 << 20).unwrap().len(), 64 << 20);
+        // Built like real agent mail, but from someone who is not a peer of the document.
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(100_000));
+        let (_, raw) = build(&out(&big, None), "mallory@example.test", None).unwrap();
+        let opened = std::cell::Cell::new(false);
+        let a = parse("1".into(), &raw, |from, doc| {
+            opened.set(true);
+            from == "alice@example.test" && doc == "todo"
+        });
+        assert!(opened.get());
+        let e = a.payloads.unwrap_err();
+        assert!(
+            e.contains("mallory@example.test may not send changes"),
+            "{e}"
+        );
+        assert_eq!(a.from, "mallory@example.test");
     }
 }

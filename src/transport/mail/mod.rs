@@ -129,7 +129,11 @@ impl MailTransport {
         Ok((mb.uid_validity.unwrap_or(0), mb.uid_next.unwrap_or(1)))
     }
 
-    async fn receive_inner(&self, st: &mut ImapState) -> Result<Vec<Arrival>, TransportError> {
+    async fn receive_inner(
+        &self,
+        st: &mut ImapState,
+        routes: &[Route],
+    ) -> Result<Vec<Arrival>, TransportError> {
         let (validity, uid_next) = self.ready(st).await?;
         let mailbox = &self.account.imap.mailbox;
         let cursor = self
@@ -165,7 +169,12 @@ impl MailTransport {
                 .fetch_isolating(st, validity, &ours, imap::Part::Whole)
                 .await?
             {
-                arrivals.push(envelope::parse(uid.to_string(), &raw));
+                let accept = |from: &str, doc: &str| {
+                    routes.iter().any(|r| {
+                        r.name == doc && r.peers.iter().any(|p| p.eq_ignore_ascii_case(from))
+                    })
+                };
+                arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
             }
         }
         self.cursors
@@ -423,9 +432,9 @@ impl Transport for MailTransport {
         self.smtp.send(&env, &raw).await
     }
 
-    async fn receive(&self, _routes: &[Route]) -> Result<Vec<Arrival>, TransportError> {
+    async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError> {
         let mut st = self.imap.lock().await;
-        let r = self.receive_inner(&mut st).await;
+        let r = self.receive_inner(&mut st, routes).await;
         if r.is_err() {
             st.session = None;
         }
