@@ -82,6 +82,52 @@ fn run_tells_systemd_when_it_is_ready_and_when_it_stops() {
 }
 
 #[test]
+fn under_the_systemd_watchdog_it_keeps_saying_it_is_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid for the agent.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" --config \"$1\" run")
+        .arg(env!("CARGO_BIN_EXE_agent"))
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard = Vec::new();
+    hear(&socket, "READY=1", &mut heard);
+    let start = Instant::now();
+    let mut pings = 0;
+    while pings < 4 && start.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = socket.recv(&mut buf)
+            && String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // A 1 s watchdog with nothing to do: a ping at least every half second.
+    assert!(pings >= 4, "{pings} pings in {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
 fn a_config_error_exits_78_and_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());

@@ -71,6 +71,8 @@ pub struct Agent {
     docs: Vec<DocSlot>,
     /// When `tidy` last ran (None: not yet, so the first pass does it).
     last_tidy: Option<std::time::Instant>,
+    /// Whether systemd's watchdog is on: long passes then ping it as they go.
+    watchdog: bool,
 }
 
 impl Agent {
@@ -119,6 +121,7 @@ impl Agent {
             transports,
             docs,
             last_tidy: None,
+            watchdog: false,
         })
     }
 
@@ -235,9 +238,16 @@ impl Agent {
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        // Under systemd's watchdog (WatchdogSec=), the loop comes round at least twice per period
+        // and says so; a loop stuck anywhere gets the agent restarted.
+        let mut usec = 0;
+        let watchdog =
+            sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+        self.watchdog = watchdog.is_some();
         let mut backoff = Backoff::default();
         loop {
             let report = self.sync_once().await;
+            self.alive();
             let status = format!(
                 "merged {} sent {} quarantined {} errors {}",
                 report.merged,
@@ -255,6 +265,7 @@ impl Agent {
             } else {
                 backoff.pause()
             };
+            let pause = watchdog.map_or(pause, |w| pause.min(w));
             let transports = self.transports.clone();
             let store = &self.store;
             let interrupt = tokio::sync::Notify::new();
@@ -285,6 +296,13 @@ impl Agent {
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopped");
+    }
+
+    /// Tells systemd's watchdog (when on) that the agent is making progress.
+    fn alive(&self) {
+        if self.watchdog {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
     }
 
     /// How long the loop may wait before something is due.

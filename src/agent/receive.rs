@@ -27,6 +27,7 @@ impl Agent {
         let transport = self.transports[ti].clone();
         let arrivals = transport.receive(&routes).await?;
         for arrival in arrivals {
+            self.alive(); // a long drain is progress, not a hang
             let span = tracing::info_span!(
                 "arrival",
                 transport = transport.name(),
