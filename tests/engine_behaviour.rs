@@ -284,6 +284,37 @@ fn no_ping_pong_after_a_full_exchange() {
     );
 }
 
+/// Mail crossing in flight: a replica merges a peer's edit (its version moves on, but only with
+/// the peer's own changes), then the peer's later message that confirms an older version. The
+/// peer holds everything, so lastAcknowledged must reach the version: otherwise `status` shows
+/// a peer forever "behind" that nothing will ever catch up.
+#[test]
+fn acknowledgement_catches_up_when_mails_cross() {
+    let mut a = doc(json!({"items": []}));
+    let mut b = replica_of(&a);
+    send(&b, &mut a); // b acknowledges the creation
+    b.set("items[0]", json!("milk")).unwrap();
+    let b_edit = b.changes_for(a.client_id()).to_json_string();
+    a.set("title", json!("groceries")).unwrap();
+    a.set("items[0]", json!("bread")).unwrap();
+    send(&a, &mut b); // b merges a's edits before it sees anything else
+    let b_ack = b.changes_for(a.client_id()).to_json_string();
+    // a reads both of b's mails in one go.
+    a.apply(&Changes::parse(&b_edit).unwrap()).unwrap();
+    a.apply(&Changes::parse(&b_ack).unwrap()).unwrap();
+    assert!(!a.changes_for(b.client_id()).has_changes());
+    assert_eq!(
+        a.peer(b.client_id()).unwrap().last_acknowledged,
+        a.version()
+    );
+    send(&a, &mut b); // a's reply is a pure acknowledgement
+    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(
+        b.peer(a.client_id()).unwrap().last_acknowledged,
+        b.version()
+    );
+}
+
 #[test]
 fn keys_that_look_like_metadata_round_trip() {
     let v = json!({"_s": {"id": "x", "u": 1}, "v": [1], "__s": 2, "_": 3, "a": [{"_s": 1, "v": 2, "e": 3}]});

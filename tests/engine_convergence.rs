@@ -189,6 +189,20 @@ fn run_case(seed: u64) -> Result<(), String> {
                     return Err(format!("diverged:\n{first}\n{}", d.to_json()));
                 }
             }
+            // That quiet round was all acknowledgements: each one confirms the other's version.
+            for d in &docs {
+                for e in &docs {
+                    let acked = d.peer(e.client_id()).map(|p| p.last_acknowledged);
+                    if e.client_id() != d.client_id() && acked != Some(d.version()) {
+                        return Err(format!(
+                            "quiet, yet {} has acknowledged {acked:?} of {}'s version {}",
+                            e.client_id(),
+                            d.client_id(),
+                            d.version()
+                        ));
+                    }
+                }
+            }
             return Ok(());
         }
     }

@@ -69,6 +69,28 @@ impl Document {
         }
     }
 
+    /// Moves `peer`'s `lastAcknowledged` past every version whose changes the peer is known to
+    /// hold already (typically its own changes, merged here after it last confirmed a version).
+    /// Without this, mail that crosses in flight leaves a peer that holds everything looking
+    /// behind for ever, as nothing would ever be sent that it could acknowledge. The scan stops
+    /// at the first change the peer lacks, so it costs no more than the next changes object.
+    pub(crate) fn advance_acknowledged(&mut self, peer: crate::engine::ClientId) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let mut attached = HashMap::new();
+        let mut upto = self.version;
+        for &(v, n, s) in self.index.range((p.last_acknowledged + 1, 0, 0)..) {
+            if !self.known_to(&p.knows, n, s) && self.attached(n, &mut attached) {
+                upto = v - 1;
+                break;
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_acknowledged = p.last_acknowledged.max(upto);
+        }
+    }
+
     /// Whether a peer with knowledge `k` holds every stamp of a slot.
     fn known_to(&self, k: &Knowledge, n: Ix, s: u32) -> bool {
         let has = |st: Stamp| k.get(&st.client).is_some_and(|h| *h >= st.hlc);

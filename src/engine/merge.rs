@@ -155,13 +155,18 @@ impl Document {
             sender.last_acknowledged = self.version;
         }
         merge_knows(&mut sender.knows, &changes.knows);
+        let mut learned = vec![changes.sent_by];
         for row in &changes.client_states {
             if row.client_id != self.client && row.client_id != changes.sent_by {
                 merge_knows(
                     &mut self.peers.entry(row.client_id).or_default().knows,
                     &row.knows,
                 );
+                learned.push(row.client_id);
             }
+        }
+        for peer in learned {
+            self.advance_acknowledged(peer);
         }
         Ok(MergeOutcome {
             changed,
