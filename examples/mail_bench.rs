@@ -262,10 +262,15 @@ async fn drain(b: &Bench, mails: usize) -> anyhow::Result<(f64, f64)> {
     wait_for(Duration::from_secs(120), "all mails delivered", || {
         inbox(&dir).len() >= mails
     })?;
+    timed_sync(b, &bob, &dir, mails)
+}
+
+/// One `agent sync` of `node` that must drain all `mails` waiting in `dir`: (mails/s, peak RSS MB).
+fn timed_sync(b: &Bench, node: &Node, dir: &Path, mails: usize) -> anyhow::Result<(f64, f64)> {
     let t = Instant::now();
     let mut child = Command::new(&b.agent)
         .arg("--config")
-        .arg(&bob.config)
+        .arg(&node.config)
         .arg("sync")
         .env("MINISYNC_LOG", "warn")
         .stdout(Stdio::null())
@@ -291,11 +296,51 @@ async fn drain(b: &Bench, mails: usize) -> anyhow::Result<(f64, f64)> {
     if !status.success() {
         bail!("agent sync failed while draining");
     }
-    let left = inbox(&dir).len();
+    let left = inbox(dir).len();
     if left != 0 {
         bail!("{left} mails left in the inbox after the drain");
     }
     Ok((mails as f64 / secs, peak_kb / 1024.0))
+}
+
+/// A ~10 MB document both sides already hold; `mails` one-field deltas waiting at bob, drained by
+/// one `agent sync`: mails per second. Merges of one pass share one save of the replica.
+async fn drain_big(b: &Bench, mails: usize) -> anyhow::Result<f64> {
+    let (a, bb) = (b.address("bigdrain-a"), b.address("bigdrain-b"));
+    let alice = b.node(&a, &bb, "0s")?;
+    let bob = b.node(&bb, &a, "0s")?;
+    b.import(&alice, &big_document())?;
+    let (adir, bdir) = (b.maildir(&a)?, b.maildir(&bb)?);
+    b.cli(&alice, &["send", "--to", &bb])?;
+    wait_for(Duration::from_secs(120), "the full sync", || {
+        inbox(&bdir).len() == 1
+    })?;
+    b.cli(&bob, &["sync"])?;
+    wait_for(Duration::from_secs(120), "bob's acknowledgement", || {
+        inbox(&adir).len() == 1
+    })?;
+    b.cli(&alice, &["sync"])?;
+    let mut agent = Agent::new(Config::load(&alice.config)?)?;
+    for i in 0..mails {
+        edit(agent.store(), &format!("records[{i}].done"), json!(true))?;
+        let r = agent.send_now(&bb, Some("doc")).await?;
+        if r.sent != 1 {
+            bail!("send {i} did not go out: {r:?}");
+        }
+    }
+    drop(agent);
+    wait_for(Duration::from_secs(120), "all deltas delivered", || {
+        inbox(&bdir).len() >= mails
+    })?;
+    Ok(timed_sync(b, &bob, &bdir, mails)?.0)
+}
+
+/// 100,000 records, about 10 MB of JSON.
+fn big_document() -> Value {
+    let records: Vec<Value> = (0..100_000)
+        .map(|i| json!({"title": format!("Task number {i} with a reasonably descriptive title"), "done": i % 3 == 0, "n": i, "owner": format!("owner{}@example.com", i % 97)}))
+        .collect();
+    json!({ "records": records })
 }
 
 /// 1,000 edits within one send delay, with the agent running: mails that went to the peer.
@@ -322,10 +367,7 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
     let (a, bb) = (b.address("size-a"), b.address("size-b"));
     let alice = b.node(&a, &bb, "0s")?;
     let bob = b.node(&bb, &a, "0s")?;
-    let records: Vec<Value> = (0..100_000)
-        .map(|i| json!({"title": format!("Task number {i} with a reasonably descriptive title"), "done": i % 3 == 0, "n": i, "owner": format!("owner{}@example.com", i % 97)}))
-        .collect();
-    b.import(&alice, &json!({ "records": records }))?;
+    b.import(&alice, &big_document())?;
     let bdir = b.maildir(&bb)?;
     let adir = b.maildir(&a)?;
     b.cli(&alice, &["send", "--to", &bb])?;
@@ -353,6 +395,7 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // `--only drain-big`: just that figure (for comparing agent builds).
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -377,6 +420,14 @@ async fn main() -> anyhow::Result<()> {
         agent,
         home: tempfile::tempdir()?,
     };
+    if arg("--only").as_deref() == Some("drain-big") {
+        let rate = drain_big(&b, 100).await?;
+        println!(
+            "{}",
+            json!({ "drain_10mb_doc_mails_per_s": (rate * 10.0).round() / 10.0 })
+        );
+        return Ok(());
+    }
 
     let mut lat = tokio::task::block_in_place(|| latency(&b, edits, "auto"))?;
     lat.sort_by(f64::total_cmp);
@@ -386,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
     fl.sort_by(f64::total_cmp);
     idle_fl.sort_by(f64::total_cmp);
     let (rate, rss) = drain(&b, 1000).await?;
+    let big_rate = drain_big(&b, 100).await?;
     let mails = tokio::task::block_in_place(|| burst(&b, 1000))?;
     let (full, delta) = sizes(&b).await?;
     let out = json!({
@@ -395,6 +447,7 @@ async fn main() -> anyhow::Result<()> {
         "idle_floor_ms": {"p50": percentile(&idle_fl, 0.5), "p99": percentile(&idle_fl, 0.99)},
         "drain_mails_per_s": (rate * 10.0).round() / 10.0,
         "drain_peak_rss_mb": (rss * 10.0).round() / 10.0,
+        "drain_10mb_doc_mails_per_s": (big_rate * 10.0).round() / 10.0,
         "mails_per_peer_for_1000_edits": mails,
         "full_sync_bytes": full,
         "delta_bytes": delta,

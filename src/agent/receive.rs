@@ -3,7 +3,7 @@
 //! acknowledgement it calls for; only then is it moved out of the mailbox. A crash before the
 //! commit leaves the mail to be read again; a crash after it finds the Message-ID already seen.
 
-use tracing::Instrument;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
 use crate::engine::{Changes, ClientId, Document};
@@ -18,27 +18,84 @@ enum Refusal {
     Retry(String),
 }
 
+/// An arrival that passed every check and waits to be merged with the others of its document.
+struct Ready {
+    /// Its place in the pass's arrivals.
+    at: usize,
+    doc: String,
+    peer: String,
+    sent_by: ClientId,
+    changes: Vec<Changes>,
+    message_id: Option<String>,
+    wants_reply: bool,
+}
+
+/// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
+/// duplicate even before the first is committed.
+#[derive(Default)]
+struct PassMemory {
+    message_ids: HashSet<String>,
+}
+
 impl Agent {
+    /// Receives everything waiting on one transport. Each arrival is checked on its own; those
+    /// that pass are merged per document in one transaction (one save of the replica per pass,
+    /// not per mail), and only then moved out of the mailbox.
     pub(super) async fn receive_from(&mut self, ti: usize, report: &mut PassReport) -> Result<()> {
         let routes = self.routes(ti)?;
         if routes.is_empty() {
             return Ok(());
         }
         let transport = self.transports[ti].clone();
+        let started = std::time::Instant::now();
         let arrivals = transport.receive(&routes).await?;
-        for arrival in arrivals {
+        if !arrivals.is_empty() {
+            tracing::debug!(count = arrivals.len(), took = ?started.elapsed(), "fetched");
+        }
+        let spans: Vec<tracing::Span> = arrivals
+            .iter()
+            .map(|a| {
+                tracing::info_span!(
+                    "arrival",
+                    transport = transport.name(),
+                    from = %a.from,
+                    doc = %a.doc,
+                    key = %a.key,
+                )
+            })
+            .collect();
+        let mut outcomes: Vec<Option<std::result::Result<(), Refusal>>> =
+            arrivals.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        let mut memory = PassMemory::default();
+        for (at, a) in arrivals.iter().enumerate() {
             self.alive(); // a long drain is progress, not a hang
-            let span = tracing::info_span!(
-                "arrival",
-                transport = transport.name(),
-                from = %arrival.from,
-                doc = %arrival.doc,
-                key = %arrival.key,
-            );
-            let outcome = self
-                .handle(ti, &arrival, report)
-                .instrument(span.clone())
-                .await;
+            let checked = spans[at].in_scope(|| self.check(ti, at, a, &mut memory, report));
+            match checked {
+                Ok(Some(r)) => ready.push(r),
+                Ok(None) => outcomes[at] = Some(Ok(())),
+                Err(refusal) => outcomes[at] = Some(Err(refusal)),
+            }
+        }
+        tracing::debug!(ready = ready.len(), took = ?started.elapsed(), "checked");
+        let mut docs: Vec<String> = ready.iter().map(|r| r.doc.clone()).collect();
+        docs.dedup();
+        docs.sort();
+        docs.dedup();
+        for doc in docs {
+            let items: Vec<Ready> = ready.extract_if(.., |r| r.doc == doc).collect();
+            for (at, outcome) in self.merge(&doc, items, &spans, report) {
+                outcomes[at] = Some(outcome);
+            }
+        }
+        if !arrivals.is_empty() {
+            tracing::debug!(took = ?started.elapsed(), "merged and committed");
+        }
+        for (at, arrival) in arrivals.iter().enumerate() {
+            let span = &spans[at];
+            let outcome = outcomes[at]
+                .take()
+                .unwrap_or_else(|| Err(Refusal::Retry("internal: never judged".into())));
             let settle = match outcome {
                 Ok(()) => Settle::Processed,
                 Err(Refusal::Quarantine(reason)) => {
@@ -52,7 +109,7 @@ impl Agent {
                     Settle::Retry
                 }
             };
-            if let Err(e) = transport.settle(&arrival, &settle).await {
+            if let Err(e) = transport.settle(arrival, &settle).await {
                 span.in_scope(|| tracing::warn!(error = %e, "could not move the message"));
                 report.errors.push(e.to_string());
             }
@@ -60,12 +117,17 @@ impl Agent {
         Ok(())
     }
 
-    async fn handle(
+    /// Every check that does not need the merge itself: not seen before, a configured document,
+    /// a peer of it, readable changes, the sender's pinned client id, the same document. Creates
+    /// the replica from a peer's first mail. `Ok(None)`: a duplicate, nothing to do.
+    fn check(
         &mut self,
         ti: usize,
+        at: usize,
         a: &Arrival,
+        memory: &mut PassMemory,
         report: &mut PassReport,
-    ) -> std::result::Result<(), Refusal> {
+    ) -> std::result::Result<Option<Ready>, Refusal> {
         let shared = self.transports[ti].delivery() == Delivery::Shared;
         let refuse = |msg: String| {
             if shared {
@@ -76,11 +138,12 @@ impl Agent {
         };
         let internal = |e: AgentError| Refusal::Retry(format!("internal: {e}"));
         if let Some(mid) = &a.message_id
-            && self.store.seen(mid).map_err(|e| internal(e.into()))?
+            && (memory.message_ids.contains(mid)
+                || self.store.seen(mid).map_err(|e| internal(e.into()))?)
         {
             tracing::info!(message_id = %mid, "duplicate: already merged");
             report.duplicates += 1;
-            return Ok(());
+            return Ok(None);
         }
         // Which configured document is it for?
         let candidates: Vec<usize> = (0..self.docs.len())
@@ -136,16 +199,15 @@ impl Agent {
                 a.from
             )));
         }
-        let row = self
+        let pinned = self
             .store
             .peer(&name, &peer_key)
-            .map_err(|e| internal(e.into()))?;
-        if let Some(pinned) = &row.client_id
+            .map_err(|e| internal(e.into()))?
+            .client_id;
+        if let Some(pinned) = &pinned
             && *pinned != sent_by.to_string()
         {
-            return Err(Refusal::Quarantine(format!(
-                "{peer_key} used to be client {pinned}, this message comes from client {sent_by}"
-            )));
+            return Err(pin_refusal(&peer_key, pinned, sent_by));
         }
         let exists = self.store.has_doc(&name).map_err(|e| internal(e.into()))?;
         if exists && !shared {
@@ -169,47 +231,109 @@ impl Agent {
             tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
             changes.remove(0);
         }
+        if let Some(mid) = &a.message_id {
+            memory.message_ids.insert(mid.clone());
+        }
+        Ok(Some(Ready {
+            at,
+            doc: name,
+            peer: peer_key,
+            sent_by,
+            changes,
+            message_id: a.message_id.clone(),
+            wants_reply,
+        }))
+    }
+
+    /// Merges the checked arrivals of one document in one transaction: each one's changes, its
+    /// Message-ID, the sender's pin; then one acknowledgement per sender that asked for one. An
+    /// arrival the engine refuses leaves the document untouched (the engine checks before it
+    /// changes anything) and is quarantined; the others still merge. If the transaction itself
+    /// fails, every arrival is read again next pass.
+    fn merge(
+        &mut self,
+        name: &str,
+        items: Vec<Ready>,
+        spans: &[tracing::Span],
+        report: &mut PassReport,
+    ) -> Vec<(usize, std::result::Result<(), Refusal>)> {
         let address = self
             .cfg
             .account
             .as_ref()
             .map(|a| a.address.clone())
             .unwrap_or_default();
-        let message_id = a.message_id.clone();
-        let merged = self.store.update_doc::<_, AgentError>(&name, |doc, tx| {
-            let before = doc.version();
-            for ch in &changes {
-                doc.apply(ch)?;
+        let merged = self.store.update_doc::<_, AgentError>(name, |doc, tx| {
+            let mut outcomes = Vec::with_capacity(items.len());
+            // The last mail of each sender that asked for a reply: (client, its Message-ID).
+            let mut replies: BTreeMap<String, (ClientId, Option<String>)> = BTreeMap::new();
+            // Client ids pinned by this transaction (the checks saw only committed pins).
+            let mut pins: HashMap<&str, ClientId> = HashMap::new();
+            let mut any = false;
+            for item in &items {
+                let span = &spans[item.at];
+                if let Some(pinned) = pins.get(item.peer.as_str())
+                    && *pinned != item.sent_by
+                {
+                    let refusal = pin_refusal(&item.peer, &pinned.to_string(), item.sent_by);
+                    outcomes.push((item.at, Err(refusal)));
+                    continue;
+                }
+                let before = doc.version();
+                // Each changes object is checked whole before it changes anything. Of a folder's
+                // base + latest, a refused latest leaves the base merged: valid changes from that
+                // client, merged again harmlessly when the folder is read next time.
+                let applied = item
+                    .changes
+                    .iter()
+                    .try_for_each(|ch| doc.apply(ch).map(|_| ()));
+                if let Err(e) = applied {
+                    outcomes.push((
+                        item.at,
+                        Err(Refusal::Quarantine(format!(
+                            "changes refused by the engine: {e}"
+                        ))),
+                    ));
+                    continue;
+                }
+                if let Some(mid) = &item.message_id {
+                    Store::mark_seen(tx, mid)?;
+                }
+                let pin = PeerChange::Pin(item.sent_by.to_string());
+                Store::touch_peer(tx, name, &item.peer, pin)?;
+                Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
+                Store::clear_fork(tx, name, &item.peer)?;
+                pins.insert(&item.peer, item.sent_by);
+                if item.wants_reply {
+                    replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
+                }
+                span.in_scope(|| tracing::info!(changed = doc.version() != before, "merged"));
+                any = true;
+                outcomes.push((item.at, Ok(())));
             }
-            if let Some(mid) = &message_id {
-                Store::mark_seen(tx, mid)?;
-            }
-            Store::touch_peer(tx, &name, &peer_key, PeerChange::Pin(sent_by.to_string()))?;
-            Store::touch_peer(tx, &name, &peer_key, PeerChange::Received)?;
-            Store::clear_fork(tx, &name, &peer_key)?;
-            if wants_reply {
+            for (peer, (client, message_id)) in &replies {
                 queue_ack(
                     tx,
                     doc,
-                    &name,
-                    &peer_key,
-                    sent_by,
+                    name,
+                    peer,
+                    *client,
                     message_id.as_deref(),
                     &address,
                 )?;
             }
-            Ok((doc.version() != before, Save::Merged))
+            let save = if any { Save::Merged } else { Save::No };
+            Ok((outcomes, save))
         });
         match merged {
-            Ok(changed) => {
-                tracing::info!(changed, "merged");
-                report.merged += 1;
-                Ok(())
+            Ok(outcomes) => {
+                report.merged += outcomes.iter().filter(|(_, o)| o.is_ok()).count();
+                outcomes
             }
-            Err(AgentError::Engine(e)) => {
-                Err(refuse(format!("changes refused by the engine: {e}")))
-            }
-            Err(e) => Err(internal(e)),
+            Err(e) => items
+                .iter()
+                .map(|item| (item.at, Err(Refusal::Retry(format!("internal: {e}")))))
+                .collect(),
         }
     }
 }
@@ -249,6 +373,14 @@ impl Agent {
             }
         ))
     }
+}
+
+/// Mail from a peer's address but another client than the one first seen there: someone else, or
+/// the peer's reinstalled agent. Either way a person must look.
+fn pin_refusal(peer: &str, pinned: &str, sent_by: ClientId) -> Refusal {
+    Refusal::Quarantine(format!(
+        "{peer} used to be client {pinned}, this message comes from client {sent_by}"
+    ))
 }
 
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).

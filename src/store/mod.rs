@@ -46,13 +46,15 @@ pub const KEEP_SEEN_MS: i64 = 90 * 24 * 3600 * 1000;
 pub const KEEP_OUTBOX_MS: i64 = 30 * 24 * 3600 * 1000;
 
 const SCHEMA: &str = r#"
+-- `state` (the whole replica, megabytes for a large document) comes last: SQLite reads a row's
+-- columns in order, so a column stored after it would cost a walk through its overflow pages.
 CREATE TABLE IF NOT EXISTS documents (
     name TEXT PRIMARY KEY,
     doc_id TEXT NOT NULL,
-    state TEXT NOT NULL,
     rev INTEGER NOT NULL,
     edited_at INTEGER,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS peers (
     doc TEXT NOT NULL,

@@ -272,6 +272,10 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test shows what each agent it ran was doing.
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.log.display(), self.log_text());
+        }
     }
 }
 
@@ -332,6 +336,11 @@ pub fn pair(
     let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
     let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
     (a, b, alice, bob)
+}
+
+/// `me`, sharing the document "todo" with `peers`: sent at once, resent after ten minutes.
+pub fn sharing_todo(stack: &Stack, me: &str, peers: &[&str], security: Security) -> Node {
+    node(stack, me, peers, &[todo(peers, "0s", "10m")], security)
 }
 
 pub fn todo<'a>(peers: &'a [&'a str], delay: &'a str, resend: &'a str) -> DocSpec<'a> {

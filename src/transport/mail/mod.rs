@@ -122,6 +122,9 @@ impl MailTransport {
             st.session = Some(s);
         }
         let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        // What the server announced before this SELECT, the SELECT and the search after it cover.
+        // Emptying the channel now keeps it from filling up (async-imap drops what does not fit).
+        while session.unsolicited_responses.try_recv().is_ok() {}
         let mb = session
             .select(&self.account.imap.mailbox)
             .await
@@ -362,7 +365,9 @@ impl MailTransport {
         // Mail that arrived since the last fetch may have been announced already, and a server that
         // holds IDLE notifications back reports at once on NOOP: look first.
         self.step("NOOP", session.noop()).await?;
-        let mut news = std::mem::take(&mut st.news);
+        // A full channel may have dropped an announcement (a pass that moved over a hundred
+        // mails fills it with EXPUNGEs): then look rather than trust it.
+        let mut news = std::mem::take(&mut st.news) || session.unsolicited_responses.is_full();
         while let Ok(r) = session.unsolicited_responses.try_recv() {
             news |= matches!(
                 r,
