@@ -267,6 +267,19 @@ pub struct DocumentConfig {
     pub resend_interval: Duration,
 }
 
+impl DocumentConfig {
+    /// The configured spelling of `address` if it is a peer of this document.
+    pub fn peer(&self, address: &str) -> Option<&String> {
+        find_address(&self.peers, address)
+    }
+}
+
+/// `address` in `list`, compared without regard to case: mail systems treat addresses that way in
+/// practice, and a peer's mail must match however its `From` happens to be written.
+pub fn find_address<'a>(list: &'a [String], address: &str) -> Option<&'a String> {
+    list.iter().find(|p| p.eq_ignore_ascii_case(address))
+}
+
 fn default_send_delay() -> Duration {
     Duration::from_secs(2)
 }
@@ -481,6 +494,12 @@ impl Config {
     /// The SQLite database path.
     pub fn database_path(&self) -> PathBuf {
         self.state_dir().join("agent.sqlite")
+    }
+
+    /// The mail account's address, or "" without one (folder transport only; Message-IDs then
+    /// take a placeholder domain).
+    pub fn address(&self) -> &str {
+        self.account.as_ref().map_or("", |a| a.address.as_str())
     }
 
     /// A document's settings by name.

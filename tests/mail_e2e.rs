@@ -519,6 +519,25 @@ fn two_clients_behind_one_address_in_one_pass_only_the_first_is_merged() {
     assert_eq!(bob.doc("todo").unwrap(), json!({"n": 1, "by": "alice"}));
 }
 
+/// `me` shares a new document with `peer` alone, whose server refuses the first mail: returns
+/// `me`, the exit code of `agent status --json` and that peer's entry in it.
+fn first_send_fails(
+    stack: &Stack,
+    me: &str,
+    peer: &str,
+    security: Security,
+) -> (Node, Option<i32>, serde_json::Value) {
+    let node = sharing_todo(stack, me, &[peer], security);
+    node.import("todo", &json!({"n": 1}));
+    let out = node.cmd(&["sync"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("send failures 1"), "{stdout}");
+    let st = node.cmd(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let entry = v["documents"][0]["peers"][0].clone();
+    (node, st.status.code(), entry)
+}
+
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn a_refused_send_is_shown_in_status_and_nothing_is_lost() {
@@ -526,22 +545,12 @@ fn a_refused_send_is_shown_in_status_and_nothing_is_lost() {
     let a = address("alice");
     // The test stack refuses this domain at RCPT time: a permanent 5xx.
     let nowhere = "bob@refused.example.test";
-    let alice = sharing_todo(&stack, &a, &[nowhere], Security::StartTls);
-    alice.import("todo", &json!({"n": 1}));
-    let out = alice.cmd(&["sync"]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("send failures 1"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let st = alice.cmd(&["status", "--json"]);
+    let (alice, code, peer) = first_send_fails(&stack, &a, nowhere, Security::StartTls);
     assert_eq!(
-        st.status.code(),
+        code,
         Some(2),
         "status exits non-zero when a peer is failing"
     );
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let peer = &v["documents"][0]["peers"][0];
     assert_eq!(peer["failing"], json!(true));
     assert!(
         peer["last_error"].as_str().unwrap_or("").contains("554"),
@@ -562,18 +571,8 @@ fn a_temporary_refusal_is_retried_and_not_given_up() {
     let a = address("alice");
     // The test stack defers this domain at RCPT time: a temporary 4xx, as with greylisting.
     let later = "bob@deferred.example.test";
-    let alice = sharing_todo(&stack, &a, &[later], Security::Tls);
-    alice.import("todo", &json!({"n": 1}));
-    let out = alice.cmd(&["sync"]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("send failures 1"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let st = alice.cmd(&["status", "--json"]);
-    assert!(st.status.success(), "one deferral is not a failing peer");
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let peer = &v["documents"][0]["peers"][0];
+    let (alice, code, peer) = first_send_fails(&stack, &a, later, Security::Tls);
+    assert_eq!(code, Some(0), "one deferral is not a failing peer");
     assert_eq!(peer["failing"], json!(false));
     assert_eq!(peer["outbox"], json!(1), "kept for another try");
     assert!(

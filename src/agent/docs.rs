@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::agent::{AgentError, Result};
-use crate::config::Config;
+use crate::config::{Config, DocumentConfig};
 use crate::engine::{Changes, Document};
 use crate::store::{PeerChange, Save, Store};
 
@@ -44,8 +44,8 @@ pub fn parse_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
-fn configured(cfg: &Config, name: &str) -> Result<()> {
-    if cfg.document(name).is_none() {
+fn configured<'a>(cfg: &'a Config, name: &str) -> Result<&'a DocumentConfig> {
+    let Some(doc) = cfg.document(name) else {
         let names: Vec<&str> = cfg.documents.iter().map(|d| d.name.as_str()).collect();
         return Err(AgentError::Other(format!(
             "no document named {name:?} in {} (configured: {})",
@@ -56,8 +56,8 @@ fn configured(cfg: &Config, name: &str) -> Result<()> {
                 names.join(", ")
             }
         )));
-    }
-    Ok(())
+    };
+    Ok(doc)
 }
 
 /// Runs a `doc` subcommand and returns what to print.
@@ -169,14 +169,9 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
 /// acknowledgement that tells the peer we now follow their document. The old content is written
 /// to a file in the state directory first, so nothing is lost.
 fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<String> {
-    configured(cfg, name)?;
-    let doc_cfg = cfg
-        .document(name)
-        .ok_or_else(|| AgentError::Other(name.into()))?;
+    let doc_cfg = configured(cfg, name)?;
     let peer = doc_cfg
-        .peers
-        .iter()
-        .find(|p| p.eq_ignore_ascii_case(from))
+        .peer(from)
         .ok_or_else(|| {
             AgentError::Other(format!(
                 "{from} is not a peer of {name:?} (its peers: {})",
@@ -199,7 +194,8 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
             "{name}.before-adopt-{}.json",
             crate::store::now_ms()
         ));
-        let text = serde_json::to_string_pretty(&old).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&old)
+            .map_err(|e| AgentError::Other(format!("cannot write out {name:?}: {e}")))?;
         std::fs::write(&backup, text + "\n").map_err(|e| {
             AgentError::Other(format!(
                 "cannot keep the old content in {}: {e}",
@@ -211,16 +207,12 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
             backup.display()
         ));
     }
-    let address = cfg
-        .account
-        .as_ref()
-        .map(|a| a.address.clone())
-        .unwrap_or_default();
+    let address = cfg.address();
     let sent_by = changes.sent_by();
     store.replace_doc::<AgentError>(name, &doc, |tx| {
         Store::touch_peer(tx, name, &peer, PeerChange::Pin(sent_by.to_string()))?;
         Store::touch_peer(tx, name, &peer, PeerChange::Received)?;
-        super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, &address)
+        super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, address)
     })?;
     out.push_str(&format!(
         "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"

@@ -181,9 +181,7 @@ impl Agent {
         let mut matched = false;
         for i in 0..self.docs.len() {
             let slot = &self.docs[i];
-            if doc.is_some_and(|d| d != slot.cfg.name)
-                || !slot.cfg.peers.iter().any(|p| p.eq_ignore_ascii_case(peer))
-            {
+            if doc.is_some_and(|d| d != slot.cfg.name) || slot.cfg.peer(peer).is_none() {
                 continue;
             }
             matched = true;

@@ -79,7 +79,6 @@ impl Agent {
         }
         tracing::debug!(ready = ready.len(), took = ?started.elapsed(), "checked");
         let mut docs: Vec<String> = ready.iter().map(|r| r.doc.clone()).collect();
-        docs.dedup();
         docs.sort();
         docs.dedup();
         for doc in docs {
@@ -161,13 +160,7 @@ impl Agent {
         let peer_key = if shared {
             a.from.clone()
         } else {
-            let from = a.from.to_ascii_lowercase();
-            let known = self.docs[slot]
-                .cfg
-                .peers
-                .iter()
-                .find(|p| p.eq_ignore_ascii_case(&from));
-            match known {
+            match self.docs[slot].cfg.peer(&a.from) {
                 Some(p) => p.clone(),
                 None => {
                     return Err(Refusal::Quarantine(format!(
@@ -257,12 +250,7 @@ impl Agent {
         spans: &[tracing::Span],
         report: &mut PassReport,
     ) -> Vec<(usize, std::result::Result<(), Refusal>)> {
-        let address = self
-            .cfg
-            .account
-            .as_ref()
-            .map(|a| a.address.clone())
-            .unwrap_or_default();
+        let address = self.cfg.address();
         let merged = self.store.update_doc::<_, AgentError>(name, |doc, tx| {
             let mut outcomes = Vec::with_capacity(items.len());
             // The last mail of each sender that asked for a reply: (client, its Message-ID).
@@ -312,15 +300,7 @@ impl Agent {
                 outcomes.push((item.at, Ok(())));
             }
             for (peer, (client, message_id)) in &replies {
-                queue_ack(
-                    tx,
-                    doc,
-                    name,
-                    peer,
-                    *client,
-                    message_id.as_deref(),
-                    &address,
-                )?;
+                queue_ack(tx, doc, name, peer, *client, message_id.as_deref(), address)?;
             }
             let save = if any { Save::Merged } else { Save::No };
             Ok((outcomes, save))

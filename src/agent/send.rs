@@ -75,12 +75,7 @@ impl Agent {
             (ch.to_json_string(), ch.has_changes())
         })?;
         if has {
-            let address = self
-                .cfg
-                .account
-                .as_ref()
-                .map(|a| a.address.as_str())
-                .unwrap_or("");
+            let address = self.cfg.address();
             let item = OutItem {
                 id: 0,
                 doc: cfg.name.clone(),

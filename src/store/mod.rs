@@ -192,10 +192,21 @@ impl Store {
 
     /// Stores a new document (refuses to overwrite one).
     pub fn create_doc(&mut self, name: &str, doc: &Document, edited: bool) -> Result<()> {
+        Self::insert_doc(&self.conn, name, doc, 1, edited)
+    }
+
+    /// Writes a document row at revision `rev`.
+    fn insert_doc(
+        conn: &Connection,
+        name: &str,
+        doc: &Document,
+        rev: i64,
+        edited: bool,
+    ) -> Result<()> {
         let now = now_ms();
-        self.conn.execute(
-            "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, 1, ?4, ?5)",
-            params![name, doc.id(), doc.save(), edited.then_some(now), now],
+        conn.execute(
+            "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, doc.id(), doc.save(), rev, edited.then_some(now), now],
         )?;
         Ok(())
     }
@@ -583,7 +594,9 @@ impl Store {
 
     /// Replaces a document by another one (`agent doc adopt`), in one transaction: the old
     /// replica, its peers' delivery state, its unsent mail and its forks go; `then` adds the
-    /// writes that belong with the new replica.
+    /// writes that belong with the new replica. The revision goes on from the old one's, so that
+    /// a running agent, whose cache is keyed by revision, loads the new replica instead of saving
+    /// its cached old one over it.
     pub fn replace_doc<E>(
         &mut self,
         name: &str,
@@ -598,17 +611,20 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
+        let old_rev: i64 = tx
+            .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(StoreError::from)?
+            .unwrap_or(0);
         let clear = |sql: &str| tx.execute(sql, [name]).map_err(StoreError::from);
         clear("DELETE FROM documents WHERE name = ?1")?;
         clear("DELETE FROM peers WHERE doc = ?1")?;
         clear("DELETE FROM outbox WHERE doc = ?1")?;
         clear("DELETE FROM forks WHERE doc = ?1")?;
         clear("DELETE FROM published WHERE doc = ?1")?;
-        tx.execute(
-            "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, 1, NULL, ?4)",
-            params![name, doc.id(), doc.save(), now_ms()],
-        )
-        .map_err(StoreError::from)?;
+        Self::insert_doc(&tx, name, doc, old_rev + 1, false)?;
         then(&tx)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(())
@@ -707,6 +723,29 @@ mod tests {
         assert_eq!(
             s.read_doc("todo", |d| d.to_json()).unwrap(),
             json!({"a": 2})
+        );
+    }
+
+    #[test]
+    fn a_replaced_document_is_not_read_from_another_handles_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        // The running agent's handle has the first replica cached, unedited (revision 1).
+        let mut agent = Store::open(&path).unwrap();
+        let ours = Document::new(&json!({"ours": true})).unwrap();
+        agent.create_doc("todo", &ours, false).unwrap();
+        assert_eq!(
+            agent.read_doc("todo", |d| d.id().to_string()).unwrap(),
+            ours.id()
+        );
+        // `agent doc adopt` replaces it from another process.
+        let theirs = Document::new(&json!({"theirs": true})).unwrap();
+        let mut cli = Store::open(&path).unwrap();
+        cli.replace_doc::<StoreError>("todo", &theirs, |_| Ok(()))
+            .unwrap();
+        assert_eq!(
+            agent.read_doc("todo", |d| d.to_json()).unwrap(),
+            json!({"theirs": true})
         );
     }
 

@@ -164,6 +164,12 @@ impl MailTransport {
         };
         let mut arrivals = Vec::new();
         let mut next = from;
+        // Whether `from` may send changes for `doc`: if not, the attachment stays unopened.
+        let accept = |from: &str, doc: &str| {
+            routes
+                .iter()
+                .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
+        };
         if from < uid_next {
             let (ours, limit) = self.agent_mail(st, validity, from, uid_next).await?;
             // The cursor stays on the first agent mail until it has been moved away.
@@ -172,11 +178,6 @@ impl MailTransport {
                 .fetch_isolating(st, validity, &ours, imap::Part::Whole)
                 .await?
             {
-                let accept = |from: &str, doc: &str| {
-                    routes.iter().any(|r| {
-                        r.name == doc && r.peers.iter().any(|p| p.eq_ignore_ascii_case(from))
-                    })
-                };
                 arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
             }
         }

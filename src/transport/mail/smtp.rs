@@ -11,7 +11,7 @@ use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{Encryption, Server};
 use crate::transport::SendError;
-use crate::transport::mail::net::{MailStream, connect_tcp, tls_wrap};
+use crate::transport::mail::net::{MailStream, connect_tcp, read_pem, tls_wrap};
 
 /// How long one SMTP step (connecting, one message) may take before the connection is dropped.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,13 +32,14 @@ impl Smtp {
         let starttls = match server.encryption {
             Encryption::StartTls => {
                 let mut b = TlsParameters::builder(server.host.clone());
+                // The same reading of the CA file as for IMAP and SMTP over TLS (`net.rs`).
                 if let Some(ca) = &server.ca_file {
-                    let pem = std::fs::read(ca)
-                        .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
-                    b = b.add_root_certificate(
-                        Certificate::from_pem(&pem)
-                            .map_err(|e| format!("CA file {}: {e}", ca.display()))?,
-                    );
+                    for cert in read_pem(ca)? {
+                        b = b.add_root_certificate(
+                            Certificate::from_der(cert.to_vec())
+                                .map_err(|e| format!("CA file {}: {e}", ca.display()))?,
+                        );
+                    }
                 }
                 Some(
                     b.build_rustls()
