@@ -72,8 +72,8 @@ fn wrong_document() {
 fn newer_format_and_missing_fields() {
     let mut p = pair();
     let mut v = delta(&p);
-    v["formatVersion"] = json!(2);
-    refused(&mut p, &v.to_string(), "format version 2");
+    v["formatVersion"] = json!(3);
+    refused(&mut p, &v.to_string(), "format version 3");
     let mut v = delta(&p);
     v.as_object_mut().unwrap().remove("sentBy");
     refused(&mut p, &v.to_string(), "$.sentBy");
@@ -208,7 +208,16 @@ fn duplicate_and_unknown_ids() {
     let h = u64::from_str_radix(h, 16).unwrap();
     e2["o"] = json!(format!("{:x}-{c}", h - 1));
     v["changes"]["list"]["v"] = json!([e2]);
-    refused(&mut p, &v.to_string(), "follows unknown element");
+    // Not refused for ever (an earlier message may have been lost): merged without it, and
+    // reported as incomplete so that the acknowledgement asks for the rest.
+    let before = p.a.to_json();
+    let out = p.a.apply(&Changes::parse(&v.to_string()).unwrap()).unwrap();
+    assert!(
+        out.incomplete,
+        "a merge that left an element out is incomplete"
+    );
+    assert_eq!(p.a.get("list").unwrap(), before["list"].clone().into());
+    let mut p = pair();
     // The same element id twice in one array.
     let mut v = delta(&p);
     v["changes"]["list"]["v"] = json!([e.clone(), e]);
@@ -217,7 +226,14 @@ fn duplicate_and_unknown_ids() {
     let mut v = delta(&p);
     let stamp = p.a.changes().to_value()["changes"]["_s"]["id"].clone();
     v["changes"]["_s"]["k"] = json!({"title": stamp});
-    v["knows"][stamp.as_str().unwrap().split_once('-').unwrap().1] = json!("3fffffffffffffff");
+    let owner = stamp
+        .as_str()
+        .unwrap()
+        .split_once('-')
+        .unwrap()
+        .1
+        .to_string();
+    v["knows"][&owner] = p.a.changes().to_value()["knows"][&owner].clone();
     refused(&mut p, &v.to_string(), "used here for another value");
 }
 
@@ -231,11 +247,32 @@ fn versions_and_stamps_from_the_future() {
             row["lastReceived"] = json!(1_000_000);
         }
     }
-    refused(
-        &mut p,
-        &v.to_string(),
-        "claims to have received version 1000000",
+    // An impossible claim about this replica is ignored (and reported), not obeyed: obeying it
+    // would stop this replica from ever sending its changes; refusing the message would block
+    // every later genuine one.
+    let out = p.a.apply(&Changes::parse(&v.to_string()).unwrap()).unwrap();
+    assert_eq!(out.impossible_claim, Some(1_000_000));
+    assert_eq!(p.a.to_json(), p.b.to_json());
+    p.a.set("after", json!(1)).unwrap();
+    assert!(
+        p.a.changes_for(p.b.client_id()).has_changes(),
+        "the claim must not stop this replica from sending its changes"
     );
+    let mut p = pair();
+    // A clock value far ahead of this replica's wall clock (but inside the format's range).
+    let mut v = delta(&p);
+    let b = p.b.client_id().to_string();
+    v["knows"][&b] = json!("3ff0000000000000");
+    let err = refused(&mut p, &v.to_string(), "ahead of this replica's clock");
+    assert!(matches!(err, Error::ClockAhead { .. }), "{err:?}");
+    // A claim that this replica made changes it never made.
+    let mut v = delta(&p);
+    let a = p.a.client_id().to_string();
+    v["knows"][&a] = json!(format!(
+        "{:x}",
+        (minisync::engine::system_now_ms() + 3_600_000) << 16
+    ));
+    refused(&mut p, &v.to_string(), "beyond this replica's own clock");
     let mut v = delta(&p);
     v["changes"]["_s"]["k"] = json!({"title": "7fffffffffffffff-aaaaaaaaaaaaaaaa"});
     refused(&mut p, &v.to_string(), "far future");

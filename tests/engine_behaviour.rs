@@ -349,18 +349,20 @@ fn concurrent_runs_of_inserts_do_not_interleave() {
 
 #[test]
 fn same_second_conflicts_are_decided_identically_everywhere() {
-    // Frozen wall clocks: both replicas change the same key "at the same time".
+    // Frozen wall clocks: both replicas change the same key "at the same time" (now: a replica
+    // refuses clock values more than a day ahead of its own wall clock).
+    let t = minisync::engine::system_now_ms();
     let mut a = Document::with_ids(
         &json!({"k": 0}),
         "doc".into(),
         ClientId::parse("aaaaaaaaaaaaaaaa").unwrap(),
     )
     .unwrap();
-    a.set_wall_clock(std::sync::Arc::new(|| 1_000));
+    a.set_wall_clock(std::sync::Arc::new(move || t));
     let mut b =
         Document::from_changes_as(&a.changes(), ClientId::parse("bbbbbbbbbbbbbbbb").unwrap())
             .unwrap();
-    b.set_wall_clock(std::sync::Arc::new(|| 1_000));
+    b.set_wall_clock(std::sync::Arc::new(move || t));
     a.set("k", json!("a")).unwrap();
     b.set("k", json!("b")).unwrap();
     let ca = a.changes_for(b.client_id());

@@ -1,5 +1,6 @@
 //! Randomized convergence: replicas make random edits while a lossy, duplicating, reordering network
-//! carries their changes; after a final exchange they must all hold the same JSON and owe each other
+//! carries their changes, in the mail style (what the receiver is not known to hold) and in the
+//! shared-folder style (everything since a base the receiver may never have got: a gap); after a final exchange they must all hold the same JSON and owe each other
 //! nothing. `MINISYNC_FUZZ_CASES=N` runs more cases; `MINISYNC_FUZZ_SEED=S` replays one.
 
 use std::sync::Arc;
@@ -107,7 +108,9 @@ fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
 fn run_case(seed: u64) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = rng.random_range(3..=5);
-    let now = Arc::new(AtomicU64::new(1_700_000_000_000));
+    // The simulated wall clock starts at the real time: the first replica's root is stamped with
+    // the real clock, and a replica refuses clock values more than a day ahead of its own.
+    let now = Arc::new(AtomicU64::new(minisync::engine::system_now_ms()));
     let mut first = Document::with_ids(
         &json!({"a": 1, "list": [1, 2]}),
         "doc".into(),
@@ -144,8 +147,18 @@ fn run_case(seed: u64) -> Result<(), String> {
             5..=7 => {
                 let i = rng.random_range(0..n);
                 let j = (i + rng.random_range(1..n)) % n;
-                let text = docs[i].changes_for(docs[j].client_id()).to_json_string();
-                queue.push((j, text));
+                let changes = match rng.random_range(0..10) {
+                    // Mail style: what j is not known to hold, since what j last confirmed.
+                    0..=6 => docs[i].changes_for(docs[j].client_id()),
+                    // Folder style: everything since a base, which j may never have received.
+                    7 | 8 => {
+                        let base = rng.random_range(0..=docs[i].version());
+                        docs[i].changes_since(base)
+                    }
+                    // A folder's base file: everything.
+                    _ => docs[i].changes(),
+                };
+                queue.push((j, changes.to_json_string()));
             }
             _ if !queue.is_empty() => {
                 let k = rng.random_range(0..queue.len());
@@ -158,7 +171,10 @@ fn run_case(seed: u64) -> Result<(), String> {
                     continue; // lost
                 }
                 let ch = Changes::parse(&text).map_err(|e| format!("parse: {e}"))?;
-                docs[to].apply(&ch).map_err(|e| format!("apply: {e}"))?;
+                let out = docs[to].apply(&ch).map_err(|e| format!("apply: {e}"))?;
+                if let Some(d) = out.diverged {
+                    return Err(format!("false divergence reported: {d:?}"));
+                }
             }
             _ => {}
         }
@@ -177,9 +193,12 @@ fn run_case(seed: u64) -> Result<(), String> {
                 }
                 let parsed =
                     Changes::parse(&ch.to_json_string()).map_err(|e| format!("parse: {e}"))?;
-                docs[j]
+                let out = docs[j]
                     .apply(&parsed)
                     .map_err(|e| format!("final apply: {e}"))?;
+                if let Some(d) = out.diverged {
+                    return Err(format!("false divergence reported: {d:?}"));
+                }
             }
         }
         if !any {
@@ -187,6 +206,17 @@ fn run_case(seed: u64) -> Result<(), String> {
             for d in &docs[1..] {
                 if d.to_json() != first {
                     return Err(format!("diverged:\n{first}\n{}", d.to_json()));
+                }
+                if d.digest() != docs[0].digest() {
+                    return Err(format!("same content, different digests: {}", d.to_json()));
+                }
+            }
+            for d in &docs {
+                let restored = Document::restore(&d.save()).map_err(|e| format!("restore: {e}"))?;
+                if restored.digest() != d.digest() {
+                    return Err(
+                        "the digest kept with each write differs from a recomputed one".into(),
+                    );
                 }
             }
             // That quiet round was all acknowledgements: each one confirms the other's version.
@@ -219,7 +249,7 @@ fn random_edits_over_a_lossy_network_converge() {
     let cases: u64 = std::env::var("MINISYNC_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(3000);
     for seed in 0..cases {
         if let Err(e) = run_case(seed) {
             panic!(

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
-use crate::engine::stamp::{ClientId, Hlc, Stamp, system_now_ms};
+use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::wire::{ClientState, Knowledge, MAX_DEPTH, value_depth};
 
 /// Index of a node in the replica's node table.
@@ -90,8 +90,13 @@ pub(crate) struct Node {
 pub struct PeerState {
     /// That client's version this replica last merged.
     pub last_received: u64,
-    /// This replica's version that client has confirmed holding.
+    /// This replica's version that client is known to hold: what it confirmed, or later where
+    /// every change after that is one it is known to hold (see `advance_acknowledged`).
     pub last_acknowledged: u64,
+    /// This replica's version that client itself last said it holds (its `lastReceived` of us,
+    /// from its newest message). Deltas for it start here, so that a delta never starts past
+    /// what the receiver says it holds (the receiver would take that for a gap).
+    pub last_confirmed: u64,
     /// What that client is known to hold (learned from it or relayed by others).
     pub knows: Knowledge,
 }
@@ -111,7 +116,14 @@ pub struct Document {
     pub(crate) index: BTreeSet<(u64, Ix, u32)>,
     pub(crate) peers: BTreeMap<ClientId, PeerState>,
     pub(crate) knows: Knowledge,
+    /// Knowledge of changes objects merged only in part (a gap, or elements whose origin is
+    /// missing): this replica may hold some changes beyond `knows` until `knows` covers it.
+    pub(crate) partial: Knowledge,
+    /// Sum of the hashes of every live slot (see `digest.rs`), kept up to date with each write.
+    pub(crate) digest: u64,
     pub(crate) wall: WallClock,
+    /// Stamps further ahead of the wall clock than this (ms) are refused.
+    pub(crate) max_skew_ms: u64,
 }
 
 impl std::fmt::Debug for Document {
@@ -175,7 +187,10 @@ impl Document {
             index: BTreeSet::new(),
             peers: BTreeMap::new(),
             knows: Knowledge::new(),
+            partial: Knowledge::new(),
+            digest: 0,
             wall: Arc::new(system_now_ms),
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
         };
         doc.by_id.insert(id, ROOT);
         doc
@@ -184,6 +199,12 @@ impl Document {
     /// Replaces the wall clock (for tests and simulations).
     pub fn set_wall_clock(&mut self, clock: WallClock) {
         self.wall = clock;
+    }
+
+    /// Sets how far ahead of this replica's wall clock a peer's clock values may be (default one
+    /// day); changes stamped further ahead are refused with [`Error::ClockAhead`].
+    pub fn set_max_clock_skew(&mut self, skew: std::time::Duration) {
+        self.max_skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// This replica's client id.
@@ -587,12 +608,17 @@ impl Document {
         let Body::Obj(o) = &mut self.nodes[n as usize].body else {
             unreachable!("node {n} checked to be an object")
         };
+        let old_u = o.slots[slot as usize].u;
+        self.unhash(n, slot);
+        let Body::Obj(o) = &mut self.nodes[n as usize].body else {
+            unreachable!("node {n} checked to be an object")
+        };
         let f = &mut o.slots[slot as usize];
-        let old_u = f.u;
         f.val = val;
         f.stamp = stamp;
         f.u = u;
         self.reindex(n, slot, old_u, u);
+        self.rehash(n, slot);
     }
 
     /// Moves a slot's entry in the change index to version `u`.
@@ -684,6 +710,7 @@ impl Document {
             a.by_id.insert(id, slot);
             a.last_pos = Some(pos);
             self.index.insert((u, n, slot));
+            self.rehash(n, slot);
             let node = &mut self.nodes[n as usize];
             node.u = node.u.max(u);
             origin = Some(id);
@@ -696,6 +723,7 @@ impl Document {
         let a = self.arr(n);
         let Some(pos) = visible_pos(a, i) else { return };
         let slot = a.order[pos];
+        self.unhash(n, slot);
         let val = self.make_val(value, stamp, (n, slot), u);
         let e = &mut self.arr_mut(n).slots[slot as usize];
         let old_u = e.u;
@@ -703,13 +731,17 @@ impl Document {
         e.vstamp = stamp;
         e.u = u;
         self.reindex(n, slot, old_u, u);
+        self.rehash(n, slot);
     }
 
     fn remove_elem(&mut self, n: Ix, i: usize, u: u64) {
         let stamp = self.tick();
+        let Some(pos) = visible_pos(self.arr(n), i) else {
+            return;
+        };
+        let slot = self.arr(n).order[pos];
+        self.unhash(n, slot);
         let a = self.arr_mut(n);
-        let Some(pos) = visible_pos(a, i) else { return };
-        let slot = a.order[pos];
         a.dead += 1;
         let e = &mut a.slots[slot as usize];
         let old_u = e.u;

@@ -16,11 +16,12 @@ impl Document {
         self.make_changes(0, None, true)
     }
 
-    /// What `peer` has not acknowledged and is not known to hold. With no changes to carry it is
-    /// still a valid acknowledgement (client states only).
+    /// What `peer` is not known to hold, starting after the version of ours it last said it holds
+    /// (its `lastReceived` of us, never further: it would take a later start for a gap). With no
+    /// changes to carry it is still a valid acknowledgement (client states only).
     pub fn changes_for(&self, peer: crate::engine::ClientId) -> Changes {
         match self.peers.get(&peer) {
-            Some(p) => self.make_changes(p.last_acknowledged, Some(&p.knows), false),
+            Some(p) => self.make_changes(p.last_confirmed, Some(&p.knows), false),
             None => self.make_changes(0, None, false),
         }
     }
@@ -64,8 +65,11 @@ impl Document {
             from_version: self.version,
             changes_since: since,
             knows: self.knows.clone(),
+            partial: self.partial.clone(),
             client_states: self.client_states(),
             root,
+            digest: self.partial.is_empty().then_some(self.digest),
+            repair: None,
         }
     }
 

@@ -21,6 +21,18 @@ pub enum Error {
     /// The changes object is well formed but contradicts what this replica knows.
     #[error("changes rejected at {at}: {msg}")]
     Conflict { at: String, msg: String },
+    /// The changes carry a clock value further ahead of this replica's clock than the allowed
+    /// skew: the sending client's clock (or one it relays) is wrong, or the sender is hostile.
+    /// Nothing is merged; the same changes are accepted once they are within the skew.
+    #[error(
+        "changes carry a clock value of client {client} {} ahead of this replica's clock (at most {} is accepted): refused; that device's system clock is probably wrong",
+        human_ms(*ahead_ms), human_ms(*limit_ms)
+    )]
+    ClockAhead {
+        client: crate::engine::ClientId,
+        ahead_ms: u64,
+        limit_ms: u64,
+    },
     /// Input nests deeper than the engine accepts.
     #[error("{what} nests deeper than {limit} levels")]
     TooDeep { what: &'static str, limit: usize },
@@ -54,6 +66,25 @@ impl Error {
             msg: msg.into(),
         }
     }
+}
+
+/// A duration in milliseconds as a person reads it ("3 days", "41 years").
+pub(crate) fn human_ms(ms: u64) -> String {
+    const UNITS: [(u64, &str); 6] = [
+        (365 * 86_400_000, "year"),
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1000, "second"),
+        (1, "millisecond"),
+    ];
+    let (unit, name) = UNITS
+        .iter()
+        .copied()
+        .find(|(u, _)| ms >= *u)
+        .unwrap_or((1, "millisecond"));
+    let n = ms / unit;
+    format!("{n} {name}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Result of engine operations.

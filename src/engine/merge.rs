@@ -13,9 +13,10 @@
 
 use std::collections::HashSet;
 
+use crate::engine::digest::wire_value_rank;
 use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
 use crate::engine::error::{Error, Result};
-use crate::engine::stamp::Stamp;
+use crate::engine::stamp::{MAX_WALL_MS, Stamp, physical, wall_ms};
 use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WNode, WVal};
 
 /// What a merge did, for logs and for the agent's decisions.
@@ -25,6 +26,37 @@ pub struct MergeOutcome {
     pub changed: bool,
     /// The replica's version after the merge.
     pub version: u64,
+    /// Only part could be merged: the changes start after a version of the sender this replica
+    /// never received (a gap), assume knowledge this replica lacks, or place elements after ones
+    /// it does not hold. What could be merged was; the sender's `lastReceived` and knowledge did
+    /// not move, so the acknowledgement asks for the rest.
+    pub incomplete: bool,
+    /// The sender said it holds this version of this replica, which is beyond this replica's
+    /// version (a corrupt or hostile record): the claim was ignored.
+    pub impossible_claim: Option<u64>,
+    /// After the merge both replicas hold the same knowledge but their content digests differ.
+    pub diverged: Option<Divergence>,
+}
+
+/// Two replicas that hold the same changes but not the same content (see docs/PROTOCOL.md,
+/// "Digest").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Divergence {
+    /// This replica's digest.
+    pub ours: u64,
+    /// The digest the sender reported.
+    pub theirs: u64,
+}
+
+/// The state of one `integrate` pass.
+struct Merging<'s> {
+    /// The version the merge writes.
+    u: u64,
+    /// Elements `check` left out.
+    skip: &'s HashSet<Stamp>,
+    /// A repair (full exchange after a divergence): same-stamp conflicts are settled by rank.
+    repair: bool,
+    changed: bool,
 }
 
 /// Where a wire node sits, for the location check.
@@ -39,6 +71,8 @@ struct Check<'c> {
     seen: HashSet<Stamp>,
     max_hlc: u64,
     trail: Vec<String>,
+    /// Elements left out because what they follow is not held here (nor merged with them).
+    skip: HashSet<Stamp>,
 }
 
 impl Check<'_> {
@@ -54,7 +88,8 @@ impl Check<'_> {
     }
     /// Every stamp must be covered by what the sender says it holds, and moves our clock.
     fn stamp(&mut self, s: Stamp) -> Result<()> {
-        if self.changes.knows.get(&s.client).is_none_or(|h| *h < s.hlc) {
+        let covered = |k: &crate::engine::Knowledge| k.get(&s.client).is_some_and(|h| *h >= s.hlc);
+        if !covered(&self.changes.knows) && !covered(&self.changes.partial) {
             return self.fail(format!(
                 "stamp {s} is newer than what the sender says it holds of client {}",
                 s.client
@@ -93,6 +128,12 @@ impl Document {
     }
 
     /// Merges a changes object. On error the replica is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongDocument`], [`Error::ClockAhead`] (a clock value further ahead of this
+    /// replica's wall clock than the allowed skew), [`Error::Conflict`] (the changes contradict
+    /// what this replica holds), [`Error::TooDeep`].
     pub fn apply(&mut self, changes: &Changes) -> Result<MergeOutcome> {
         if changes.doc_id != self.doc_id {
             return Err(Error::WrongDocument {
@@ -106,26 +147,13 @@ impl Document {
                 "changes sent by this replica's own client id (two replicas share an id?)",
             ));
         }
-        let about_us = changes
-            .client_states
-            .iter()
-            .find(|c| c.client_id == self.client)
-            .map(|c| c.last_received)
-            .unwrap_or(0);
-        if about_us > self.version {
-            return Err(Error::conflict(
-                "$.clientStates",
-                format!(
-                    "the sender claims to have received version {about_us} of this replica, which is only at version {}",
-                    self.version
-                ),
-            ));
-        }
+        self.check_clocks(changes)?;
         let mut check = Check {
             changes,
             seen: HashSet::new(),
             max_hlc: 0,
             trail: Vec::new(),
+            skip: HashSet::new(),
         };
         if let Some(root) = &changes.root {
             self.check_node(root, Loc::Root, 1, &mut check)?;
@@ -135,42 +163,172 @@ impl Document {
         self.clock.observe(check.max_hlc);
         let before = self.version;
         let u = before + 1;
-        let mut changed = false;
+        let mut merging = Merging {
+            u,
+            skip: &check.skip,
+            repair: changes.repair.is_some(),
+            changed: false,
+        };
         if let Some(root) = &changes.root {
-            self.integrate(root, ROOT, u, &mut changed);
+            self.integrate(root, ROOT, &mut merging);
         }
+        let changed = merging.changed;
         if changed {
             self.version = u;
         }
-        for (c, h) in &changes.knows {
-            let mine = self.knows.entry(*c).or_default();
-            *mine = (*mine).max(*h);
+        let complete = self.is_complete(changes) && check.skip.is_empty();
+        if complete {
+            merge_knows(&mut self.knows, &changes.knows);
+        } else if changed {
+            merge_knows(&mut self.partial, &changes.knows);
         }
-        let sender = self.peers.entry(changes.sent_by).or_default();
-        sender.last_received = sender.last_received.max(changes.from_version);
-        sender.last_acknowledged = sender.last_acknowledged.max(about_us);
-        if about_us == before {
-            // The sender held all of ours, so all we hold now it holds too: without this, merging
-            // its changes would make "new" changes to send back, forever.
-            sender.last_acknowledged = self.version;
+        if changed {
+            merge_knows(&mut self.partial, &changes.partial);
         }
-        merge_knows(&mut sender.knows, &changes.knows);
-        let mut learned = vec![changes.sent_by];
+        self.settle_partial();
+        let impossible_claim = self.record_sender(changes, before, complete);
         for row in &changes.client_states {
             if row.client_id != self.client && row.client_id != changes.sent_by {
                 merge_knows(
                     &mut self.peers.entry(row.client_id).or_default().knows,
                     &row.knows,
                 );
-                learned.push(row.client_id);
+                self.advance_acknowledged(row.client_id);
             }
         }
-        for peer in learned {
-            self.advance_acknowledged(peer);
-        }
+        self.advance_acknowledged(changes.sent_by);
+        let diverged = self.compare_digest(changes, complete);
         Ok(MergeOutcome {
             changed,
             version: self.version,
+            incomplete: !complete,
+            impossible_claim,
+            diverged,
+        })
+    }
+
+    /// Refuses clock values further ahead of the wall clock than the allowed skew, and claims
+    /// that this replica made changes beyond its own clock. Stamps are bounded by the sender's
+    /// `knows` (checked per stamp), so bounding the knowledge bounds every stamp.
+    fn check_clocks(&self, changes: &Changes) -> Result<()> {
+        let now = physical((self.wall)());
+        let limit = physical(self.max_skew_ms.min(MAX_WALL_MS));
+        let own_bound = now.max(self.clock.last());
+        let rows = changes
+            .client_states
+            .iter()
+            .map(|r| (&r.knows, r.client_id));
+        let own = [
+            (&changes.knows, changes.sent_by),
+            (&changes.partial, changes.sent_by),
+        ];
+        for (knows, about) in own.into_iter().chain(rows) {
+            for (c, h) in knows {
+                if *c == self.client && *h > own_bound {
+                    return Err(Error::conflict(
+                        "$.knows",
+                        format!(
+                            "client {about} is said to hold changes of this replica up to clock {h:x}, beyond this replica's own clock {own_bound:x}"
+                        ),
+                    ));
+                }
+                if h.saturating_sub(now) > limit {
+                    return Err(Error::ClockAhead {
+                        client: *c,
+                        ahead_ms: wall_ms(h - now),
+                        limit_ms: self.max_skew_ms,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether merging `changes` leaves this replica holding everything the sender held: no
+    /// version of the sender is missing between what was received and where the changes start,
+    /// and the sender did not leave out changes it believed this replica holds but it lacks.
+    fn is_complete(&self, changes: &Changes) -> bool {
+        let received = self
+            .peers
+            .get(&changes.sent_by)
+            .map_or(0, |p| p.last_received);
+        if changes.changes_since > received {
+            return false;
+        }
+        let assumed = changes
+            .client_states
+            .iter()
+            .find(|c| c.client_id == self.client)
+            .map(|c| &c.knows);
+        assumed.is_none_or(|k| {
+            k.iter()
+                .all(|(c, h)| self.knows.get(c).is_some_and(|mine| mine >= h))
+        })
+    }
+
+    /// Drops the record of partial merges once the knowledge covers them.
+    fn settle_partial(&mut self) {
+        let knows = &self.knows;
+        self.partial
+            .retain(|c, h| knows.get(c).is_none_or(|mine| mine < h));
+    }
+
+    /// Updates what this replica knows of the sender. The sender's newest message (by its own
+    /// clock) is the truth about it, even where it says less than an older one did (a replica
+    /// restored from a backup, a record corrupted by a hostile message): saying less only makes
+    /// the other side send more. Returns a claim about this replica that had to be ignored.
+    fn record_sender(&mut self, changes: &Changes, before: u64, complete: bool) -> Option<u64> {
+        let from = changes.sent_by;
+        let own_clock = |k: &crate::engine::Knowledge| k.get(&from).copied().unwrap_or(0);
+        let about_us = changes
+            .client_states
+            .iter()
+            .find(|c| c.client_id == self.client)
+            .map(|c| c.last_received)
+            .unwrap_or(0);
+        let version = self.version;
+        let sender = self.peers.entry(from).or_default();
+        let newest = own_clock(&changes.knows) >= own_clock(&sender.knows);
+        if complete {
+            sender.last_received = if newest {
+                changes.from_version
+            } else {
+                sender.last_received.max(changes.from_version)
+            };
+        }
+        if newest {
+            sender.knows = changes.knows.clone();
+        } else {
+            merge_knows(&mut sender.knows, &changes.knows);
+        }
+        if about_us > version {
+            return Some(about_us);
+        }
+        sender.last_confirmed = if newest {
+            about_us
+        } else {
+            sender.last_confirmed.max(about_us)
+        };
+        sender.last_acknowledged = sender.last_acknowledged.max(about_us);
+        if about_us == before {
+            // The sender held all of ours, so all we hold now it holds too: without this, merging
+            // its changes would make "new" changes to send back, forever.
+            sender.last_acknowledged = version;
+        }
+        None
+    }
+
+    /// Compares content digests when both replicas hold the same knowledge and neither holds
+    /// changes beyond it (see docs/PROTOCOL.md, "Digest").
+    fn compare_digest(&self, changes: &Changes, complete: bool) -> Option<Divergence> {
+        let theirs = changes.digest?;
+        let comparable = complete
+            && self.partial.is_empty()
+            && changes.partial.is_empty()
+            && self.knows == changes.knows;
+        (comparable && theirs != self.digest).then_some(Divergence {
+            ours: self.digest,
+            theirs,
         })
     }
 
@@ -238,6 +396,7 @@ impl Document {
                     let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
                     if let Some(lf) = lf
                         && lf.stamp == f.stamp
+                        && c.changes.repair.is_none()
                         && !self.same_val(&lf.val, f.val.as_ref())
                     {
                         return c.fail(format!("stamp {} is used here for another value", f.stamp));
@@ -257,10 +416,15 @@ impl Document {
                 if ids.len() != elems.len() {
                     return c.fail("an element id appears twice in one array");
                 }
-                for e in elems {
+                // In id order, so that an element's origin (always older) is decided first.
+                let mut sorted: Vec<&WElem> = elems.iter().collect();
+                sorted.sort_by_key(|e| e.id);
+                for e in sorted {
                     c.trail.push(format!("[{}]", e.id));
                     self.check_elem(e, la, &ids, c)?;
-                    if let Some((WVal::Node(child), _)) = &e.val {
+                    if let Some((WVal::Node(child), _)) = &e.val
+                        && !c.skip.contains(&e.id)
+                    {
                         self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
                     }
                     c.trail.pop();
@@ -282,8 +446,10 @@ impl Document {
             if o >= e.id {
                 return c.fail(format!("element {} is not newer than its origin {o}", e.id));
             }
-            if !ids.contains(&o) && !la.is_some_and(|a| a.by_id.contains_key(&o)) {
-                return c.fail(format!("element {} follows unknown element {o}", e.id));
+            let held = la.is_some_and(|a| a.by_id.contains_key(&o));
+            if !held && (!ids.contains(&o) || c.skip.contains(&o)) {
+                // Its origin came in a message that has not arrived: merged once it has.
+                c.skip.insert(e.id);
             }
         }
         if let Some(r) = e.removed {
@@ -306,6 +472,7 @@ impl Document {
             if let Some((v, vs)) = &e.val
                 && le.removed.is_none()
                 && le.vstamp == *vs
+                && c.changes.repair.is_none()
                 && !self.same_val(&le.val, Some(v))
             {
                 return c.fail(format!("stamp {vs} is used here for another value"));
@@ -324,7 +491,7 @@ impl Document {
     }
 
     /// Writes a checked wire node into local node `ix` (which is reachable).
-    fn integrate(&mut self, w: &WNode, ix: Ix, u: u64, changed: &mut bool) {
+    fn integrate(&mut self, w: &WNode, ix: Ix, m: &mut Merging) {
         match &w.body {
             WBody::Obj(fields) => {
                 for f in fields {
@@ -332,14 +499,19 @@ impl Document {
                     let Body::Obj(o) = &self.nodes[ix as usize].body else {
                         return;
                     };
-                    if f.stamp > o.slots[slot as usize].stamp {
+                    let local = &o.slots[slot as usize];
+                    if f.stamp > local.stamp
+                        || (m.repair
+                            && f.stamp == local.stamp
+                            && self.repair_wins(&local.val, f.val.as_ref()))
+                    {
                         let val = match &f.val {
                             None => Val::Gone,
                             Some(WVal::Prim(p)) => Val::Prim(p.clone()),
-                            Some(WVal::Node(c)) => Val::Node(self.node_for(c, (ix, slot), u)),
+                            Some(WVal::Node(c)) => Val::Node(self.node_for(c, (ix, slot), m.u)),
                         };
-                        self.write_field(ix, slot, val, f.stamp, u);
-                        *changed = true;
+                        self.write_field(ix, slot, val, f.stamp, m.u);
+                        m.changed = true;
                     }
                     if let Some(WVal::Node(c)) = &f.val {
                         let Body::Obj(o) = &self.nodes[ix as usize].body else {
@@ -348,22 +520,23 @@ impl Document {
                         if let Val::Node(cix) = o.slots[slot as usize].val
                             && self.nodes[cix as usize].id == c.id
                         {
-                            self.integrate(c, cix, u, changed);
+                            self.integrate(c, cix, m);
                         }
                     }
                 }
             }
             WBody::Arr(elems) => {
-                let mut sorted: Vec<&WElem> = elems.iter().collect();
+                let mut sorted: Vec<&WElem> =
+                    elems.iter().filter(|e| !m.skip.contains(&e.id)).collect();
                 sorted.sort_by_key(|e| e.id);
                 for e in sorted {
-                    let slot = self.integrate_elem(e, ix, u, changed);
+                    let slot = self.integrate_elem(e, ix, m);
                     if let Some((WVal::Node(c), _)) = &e.val {
                         let el = &self.arr(ix).slots[slot as usize];
                         if let (None, Val::Node(cix)) = (el.removed, &el.val) {
                             let cix = *cix;
                             if self.nodes[cix as usize].id == c.id {
-                                self.integrate(c, cix, u, changed);
+                                self.integrate(c, cix, m);
                             }
                         }
                     }
@@ -372,14 +545,31 @@ impl Document {
         }
     }
 
-    fn integrate_elem(&mut self, e: &WElem, ix: Ix, u: u64, changed: &mut bool) -> u32 {
+    /// In a repair, of two different values under one stamp the one of greater rank is kept.
+    fn repair_wins(&self, local: &Val, wire: Option<&WVal>) -> bool {
+        match wire {
+            None => false,
+            Some(w) => {
+                !self.same_val(local, Some(w))
+                    && (*local == Val::Gone || wire_value_rank(w) > self.local_value_rank(local))
+            }
+        }
+    }
+
+    fn integrate_elem(&mut self, e: &WElem, ix: Ix, m: &mut Merging) -> u32 {
+        let u = m.u;
         if let Some(&slot) = self.arr(ix).by_id.get(&e.id) {
             let el = &self.arr(ix).slots[slot as usize];
             let old_u = el.u;
             if el.removed.is_some() {
                 return slot;
             }
+            let newer_value = |vs: &Stamp, v: &WVal| {
+                *vs > el.vstamp
+                    || (m.repair && *vs == el.vstamp && self.repair_wins(&el.val, Some(v)))
+            };
             if let Some(r) = e.removed {
+                self.unhash(ix, slot);
                 let a = self.arr_mut(ix);
                 a.dead += 1;
                 let el = &mut a.slots[slot as usize];
@@ -387,17 +577,19 @@ impl Document {
                 el.val = Val::Gone;
                 el.u = u;
                 self.reindex(ix, slot, old_u, u);
-                *changed = true;
+                m.changed = true;
             } else if let Some((v, vs)) = &e.val
-                && *vs > el.vstamp
+                && newer_value(vs, v)
             {
+                self.unhash(ix, slot);
                 let val = self.wire_val(v, (ix, slot), u);
                 let el = &mut self.arr_mut(ix).slots[slot as usize];
                 el.val = val;
                 el.vstamp = *vs;
                 el.u = u;
                 self.reindex(ix, slot, old_u, u);
-                *changed = true;
+                self.rehash(ix, slot);
+                m.changed = true;
             }
             return slot;
         }
@@ -430,7 +622,8 @@ impl Document {
             a.dead += 1;
         }
         self.reindex(ix, slot, 0, u);
-        *changed = true;
+        self.rehash(ix, slot);
+        m.changed = true;
         slot
     }
 

@@ -4,6 +4,7 @@
 //! lacks comes out of [`Document::changes_for`] as a [`Changes`] object; [`Document::apply`] merges
 //! one in. The agent and the transports only call into this module; it knows nothing of them.
 
+mod digest;
 mod doc;
 mod emit;
 mod error;
@@ -15,8 +16,9 @@ mod wire;
 
 pub use doc::{Document, PeerState, WallClock, json_order, random_doc_id};
 pub use error::{Error, Result};
-pub use merge::MergeOutcome;
-pub use stamp::{ClientId, Hlc, Stamp, system_now_ms};
+pub use merge::{Divergence, MergeOutcome};
+pub use stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 pub use wire::{
     Changes, ClientState, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
+    RepairKind,
 };

@@ -9,11 +9,13 @@ use serde_json::Value;
 
 use crate::engine::doc::{Arr, Body, Document, Elem, Field, Node, Obj, PeerState, Val};
 use crate::engine::error::{Error, Result};
-use crate::engine::stamp::{ClientId, Hlc, Stamp, system_now_ms};
+use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::wire::Knowledge;
 
 const SNAPSHOT_FORMAT: &str = "minisync-replica";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 added each peer's `last_confirmed` and the record of partial merges; version 1
+/// states are still restored (a peer's `last_confirmed` is then its `last_acknowledged`).
+const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Snap {
@@ -24,6 +26,8 @@ struct Snap {
     doc_version: u64,
     clock: u64,
     knows: Knowledge,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    partial: Knowledge,
     peers: BTreeMap<ClientId, SnapPeer>,
     nodes: Vec<SnapNode>,
 }
@@ -32,6 +36,8 @@ struct Snap {
 struct SnapPeer {
     last_received: u64,
     last_acknowledged: u64,
+    #[serde(default)]
+    last_confirmed: Option<u64>,
     knows: Knowledge,
 }
 
@@ -96,6 +102,7 @@ impl Document {
             doc_version: self.version,
             clock: self.clock.last(),
             knows: self.knows.clone(),
+            partial: self.partial.clone(),
             peers: self
                 .peers
                 .iter()
@@ -105,6 +112,7 @@ impl Document {
                         SnapPeer {
                             last_received: p.last_received,
                             last_acknowledged: p.last_acknowledged,
+                            last_confirmed: Some(p.last_confirmed),
                             knows: p.knows.clone(),
                         },
                     )
@@ -158,7 +166,7 @@ impl Document {
     /// Restores a replica saved by [`Document::save`], checking that it is consistent.
     pub fn restore(text: &str) -> Result<Self> {
         let snap: Snap = serde_json::from_str(text).map_err(|e| Error::Snapshot(e.to_string()))?;
-        if snap.format != SNAPSHOT_FORMAT || snap.version != SNAPSHOT_VERSION {
+        if snap.format != SNAPSHOT_FORMAT || !(1..=SNAPSHOT_VERSION).contains(&snap.version) {
             return Err(Error::Snapshot(format!(
                 "unknown saved format {:?} version {}",
                 snap.format, snap.version
@@ -259,7 +267,7 @@ impl Document {
                 }
             }
         }
-        Ok(Document {
+        let mut doc = Document {
             doc_id: snap.doc_id,
             client: snap.client,
             version: snap.doc_version,
@@ -276,13 +284,19 @@ impl Document {
                         PeerState {
                             last_received: p.last_received,
                             last_acknowledged: p.last_acknowledged,
+                            last_confirmed: p.last_confirmed.unwrap_or(p.last_acknowledged),
                             knows: p.knows,
                         },
                     )
                 })
                 .collect(),
             knows: snap.knows,
+            partial: snap.partial,
+            digest: 0,
             wall: Arc::new(system_now_ms),
-        })
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
+        };
+        doc.recompute_digest();
+        Ok(doc)
     }
 }

@@ -16,7 +16,17 @@ pub const CLIENT_ID_LEN: usize = 16;
 pub const MAX_HLC: u64 = 1 << 62;
 
 /// Bits of the clock value that count events within one millisecond.
-const COUNTER_BITS: u32 = 16;
+pub(crate) const COUNTER_BITS: u32 = 16;
+
+/// The latest wall time (ms since the epoch, about year 3084) a local clock reads from its wall
+/// clock. A wall clock beyond it is broken; capping it here leaves 2^61 clock values of headroom
+/// between the capped wall time and [`MAX_HLC`], so the clock keeps advancing by its counter.
+pub const MAX_WALL_MS: u64 = 1 << 45;
+
+/// How far ahead of this replica's clock a peer's stamps may be, by default: one day. Stamps
+/// further ahead come from a broken or hostile clock and are refused (see docs/PROTOCOL.md,
+/// "Clock skew"); accepting them would drag every replica's clock along.
+pub const DEFAULT_MAX_SKEW_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A replica's identity: 16 ASCII letters or digits, packed into an integer so that stamps are
 /// small, `Copy`, and compare in the same order as the text.
@@ -47,6 +57,13 @@ impl ClientId {
         Ok(ClientId(
             bytes.iter().fold(0u128, |v, b| (v << 8) | u128::from(*b)),
         ))
+    }
+}
+
+impl ClientId {
+    /// The id's 16 ASCII bytes.
+    pub(crate) fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
     }
 }
 
@@ -160,10 +177,11 @@ impl Hlc {
         self.last
     }
 
-    /// The next clock value for a local change at wall time `now_ms`.
+    /// The next clock value for a local change at wall time `now_ms`: strictly greater than every
+    /// value handed out or observed before. A wall clock past [`MAX_WALL_MS`] counts as that time,
+    /// and remote values are bounded by the skew rule, so the counter has 2^61 steps of room.
     pub fn tick(&mut self, now_ms: u64) -> u64 {
-        let physical = now_ms.min(MAX_HLC >> COUNTER_BITS) << COUNTER_BITS;
-        self.last = (self.last + 1).max(physical).min(MAX_HLC - 1);
+        self.last = (self.last + 1).max(physical(now_ms)).min(MAX_HLC - 1);
         self.last
     }
 
@@ -171,6 +189,16 @@ impl Hlc {
     pub fn observe(&mut self, hlc: u64) {
         self.last = self.last.max(hlc.min(MAX_HLC - 1));
     }
+}
+
+/// The clock value of wall time `now_ms` (capped at [`MAX_WALL_MS`]) with a zero counter.
+pub fn physical(now_ms: u64) -> u64 {
+    now_ms.min(MAX_WALL_MS) << COUNTER_BITS
+}
+
+/// The wall time in milliseconds a clock value stands for.
+pub fn wall_ms(hlc: u64) -> u64 {
+    hlc >> COUNTER_BITS
 }
 
 /// The wall clock in milliseconds since the Unix epoch (0 if the system clock is before it).

@@ -13,8 +13,9 @@ use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
 
 /// Value of the `minisync` marker field.
 pub const FORMAT_MARKER: &str = "changes";
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The format version this build writes and the newest it reads. Version 2 added `digest` and
+/// `repair`; version 1 objects are still read.
+pub const FORMAT_VERSION: u64 = 2;
 /// Deepest document nesting (objects and arrays inside each other) the engine stores or accepts.
 pub const MAX_DEPTH: usize = 200;
 /// Deepest JSON nesting of a changes object: each document level costs at most three JSON levels
@@ -49,8 +50,25 @@ pub struct Changes {
     pub(crate) from_version: u64,
     pub(crate) changes_since: u64,
     pub(crate) knows: Knowledge,
+    /// Changes the sender holds beyond `knows`, from merges it could make only in part: the
+    /// stamps it carries may reach this far, but a receiver learns no knowledge from it.
+    pub(crate) partial: Knowledge,
     pub(crate) client_states: Vec<ClientState>,
     pub(crate) root: Option<WNode>,
+    /// The sender's content digest, when it holds no changes beyond its `knows`.
+    pub(crate) digest: Option<u64>,
+    /// Half of a full exchange after a divergence: same-stamp conflicts are settled by rank, and
+    /// a request is answered with the receiver's full changes.
+    pub(crate) repair: Option<RepairKind>,
+}
+
+/// The two halves of a repair's full exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepairKind {
+    /// Sent by the replica that found the divergence: "here is all of mine, send me all of yours".
+    Request,
+    /// The answer: all of the other replica's.
+    Reply,
 }
 
 /// A node (object or array) on the wire.
@@ -118,6 +136,19 @@ impl Changes {
     pub fn client_states(&self) -> &[ClientState] {
         &self.client_states
     }
+    /// The sender's content digest, if it sent one (see docs/PROTOCOL.md, "Digest").
+    pub fn digest(&self) -> Option<u64> {
+        self.digest
+    }
+    /// Whether this is half of a repair's full exchange, and which half.
+    pub fn repair(&self) -> Option<RepairKind> {
+        self.repair
+    }
+    /// Marks a full changes object as half of a repair's full exchange.
+    pub fn into_repair(mut self, kind: RepairKind) -> Self {
+        self.repair = Some(kind);
+        self
+    }
     /// Whether it carries any change at all (an object with none is only an acknowledgement).
     pub fn has_changes(&self) -> bool {
         match &self.root {
@@ -184,6 +215,7 @@ impl Changes {
             ));
         }
         let knows = knowledge_of(top.get("knows"), "$.knows")?;
+        let partial = knowledge_of(top.get("partial"), "$.partial")?;
         let mut client_states = Vec::new();
         match top.get("clientStates") {
             Some(Value::Array(rows)) => {
@@ -228,14 +260,45 @@ impl Changes {
                 Some(node)
             }
         };
+        let digest = match top.get("digest") {
+            None => None,
+            Some(v) => Some(
+                v.as_str()
+                    .filter(|s| !s.is_empty() && s.len() <= 16)
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| {
+                        Error::malformed("$.digest", "must be a hex number of at most 16 digits")
+                    })?,
+            ),
+        };
+        let repair = match top.get("repair") {
+            None => None,
+            Some(Value::String(s)) if s == "request" => Some(RepairKind::Request),
+            Some(Value::String(s)) if s == "reply" => Some(RepairKind::Reply),
+            Some(_) => {
+                return Err(Error::malformed(
+                    "$.repair",
+                    "must be \"request\" or \"reply\"",
+                ));
+            }
+        };
+        if repair.is_some() && (changes_since != 0 || root.is_none()) {
+            return Err(Error::malformed(
+                "$.repair",
+                "a repair carries the full document (changesSince 0)",
+            ));
+        }
         Ok(Changes {
             doc_id,
             sent_by,
             from_version,
             changes_since,
             knows,
+            partial,
             client_states,
             root,
+            digest,
+            repair,
         })
     }
 
@@ -249,6 +312,21 @@ impl Changes {
         top.insert("fromVersion".into(), self.from_version.into());
         top.insert("changesSince".into(), self.changes_since.into());
         top.insert("knows".into(), knowledge_value(&self.knows));
+        if !self.partial.is_empty() {
+            top.insert("partial".into(), knowledge_value(&self.partial));
+        }
+        if let Some(d) = self.digest {
+            top.insert("digest".into(), format!("{d:x}").into());
+        }
+        match self.repair {
+            Some(RepairKind::Request) => {
+                top.insert("repair".into(), "request".into());
+            }
+            Some(RepairKind::Reply) => {
+                top.insert("repair".into(), "reply".into());
+            }
+            None => {}
+        }
         let rows = self
             .client_states
             .iter()

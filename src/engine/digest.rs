@@ -1,0 +1,197 @@
+//! The content digest: a checksum of a replica's live content that two replicas holding the same
+//! changes must agree on, as differential synchronization guards each patch with a checksum of
+//! the text it expects (Fraser, "Differential Synchronization", DocEng 2009).
+//!
+//! The digest is the wrapping sum (mod 2^64) of one hash per live slot of every reachable node: an
+//! object key with a value, or an array element not removed. A slot's hash covers its node's id,
+//! its key (or element id and origin), the stamp of its value and the value (a primitive's JSON
+//! text, or a nested node's id). A sum can be kept up to date with each write: the old slot's hash
+//! is subtracted and the new one added, and a subtree that stops being reachable is subtracted
+//! whole. So keeping it costs one hash per changed slot, never a walk of the document.
+//! docs/PROTOCOL.md ("Digest") gives the exact byte encoding.
+
+use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
+use crate::engine::stamp::Stamp;
+use crate::engine::wire::WVal;
+
+/// 64-bit FNV-1a over a slot's encoding, then the SplitMix64 finalizer so that sums of hashes of
+/// similar slots are spread over the whole range.
+struct SlotHasher(u64);
+
+impl SlotHasher {
+    fn new(tag: u8) -> Self {
+        let mut h = SlotHasher(0xcbf2_9ce4_8422_2325);
+        h.bytes(&[tag]);
+        h
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 ^= u64::from(*x);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// A length-prefixed field, so that no two encodings run together.
+    fn field(&mut self, b: &[u8]) {
+        self.bytes(&(b.len() as u64).to_le_bytes());
+        self.bytes(b);
+    }
+    /// A stamp: its clock value (8 bytes, little-endian) and its client id (16 ASCII bytes).
+    fn stamp(&mut self, s: Stamp) {
+        self.bytes(&s.hlc.to_le_bytes());
+        self.bytes(&s.client.to_bytes());
+    }
+    /// A slot value: `p` and a primitive's JSON text, or `n` and a nested node's id.
+    fn value(&mut self, v: &Val, node_id: impl Fn(Ix) -> Stamp) -> bool {
+        match v {
+            Val::Prim(p) => {
+                self.bytes(b"p");
+                // Writing into the hasher cannot fail.
+                let _ = serde_json::to_writer(&mut *self, p);
+            }
+            Val::Node(n) => {
+                self.bytes(b"n");
+                self.stamp(node_id(*n));
+            }
+            Val::Gone => return false,
+        }
+        true
+    }
+    fn finish(self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl std::io::Write for SlotHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The rank of a value in a repair: the hash of its encoding. Two replicas that hold different
+/// values under one stamp both keep the value of greater rank, so they agree without a winner
+/// chosen by either side.
+pub(crate) fn wire_value_rank(v: &WVal) -> u64 {
+    let mut h = SlotHasher::new(b'v');
+    match v {
+        WVal::Prim(p) => {
+            h.bytes(b"p");
+            let _ = serde_json::to_writer(&mut h, p);
+        }
+        WVal::Node(n) => {
+            h.bytes(b"n");
+            h.stamp(n.id);
+        }
+    }
+    h.finish()
+}
+
+impl Document {
+    /// The content digest (see the module documentation): equal on replicas that hold the same
+    /// changes, whatever order they merged them in.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The rank of a local slot value, as `wire_value_rank` gives it for a wire value.
+    pub(crate) fn local_value_rank(&self, v: &Val) -> u64 {
+        let mut h = SlotHasher::new(b'v');
+        h.value(v, |n| self.nodes[n as usize].id);
+        h.finish()
+    }
+
+    /// The hash of slot `s` of node `n`, `None` when the slot holds nothing.
+    fn slot_hash(&self, n: Ix, s: u32) -> Option<u64> {
+        let node = &self.nodes[n as usize];
+        match &node.body {
+            Body::Obj(o) => {
+                let f = &o.slots[s as usize];
+                let mut h = SlotHasher::new(b'f');
+                h.stamp(node.id);
+                h.field(f.key.as_bytes());
+                h.stamp(f.stamp);
+                h.value(&f.val, |n| self.nodes[n as usize].id)
+                    .then(|| h.finish())
+            }
+            Body::Arr(a) => {
+                let e = &a.slots[s as usize];
+                if e.removed.is_some() {
+                    return None;
+                }
+                let mut h = SlotHasher::new(b'e');
+                h.stamp(node.id);
+                h.stamp(e.id);
+                match e.origin {
+                    Some(o) => h.stamp(o),
+                    None => h.bytes(b"-"),
+                }
+                h.stamp(e.vstamp);
+                h.value(&e.val, |n| self.nodes[n as usize].id)
+                    .then(|| h.finish())
+            }
+        }
+    }
+
+    /// Sum of the hashes of every live slot in node `n` and below.
+    fn subtree_sum(&self, n: Ix) -> u64 {
+        let mut sum = 0u64;
+        let mut stack = vec![n];
+        while let Some(n) = stack.pop() {
+            let count = match &self.nodes[n as usize].body {
+                Body::Obj(o) => o.slots.len(),
+                Body::Arr(a) => a.slots.len(),
+            };
+            for s in 0..count as u32 {
+                if let Some(h) = self.slot_hash(n, s) {
+                    sum = sum.wrapping_add(h);
+                    if let Some(Val::Node(c)) = self.slot_val(n, s) {
+                        stack.push(*c);
+                    }
+                }
+            }
+        }
+        sum
+    }
+
+    fn slot_val(&self, n: Ix, s: u32) -> Option<&Val> {
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => Some(&o.slots[s as usize].val),
+            Body::Arr(a) => {
+                let e = &a.slots[s as usize];
+                e.removed.is_none().then_some(&e.val)
+            }
+        }
+    }
+
+    /// Takes slot `s` of node `n` out of the digest before it is rewritten, with the subtree
+    /// it holds (which the rewrite makes unreachable).
+    pub(crate) fn unhash(&mut self, n: Ix, s: u32) {
+        let Some(h) = self.slot_hash(n, s) else {
+            return;
+        };
+        let below = match self.slot_val(n, s) {
+            Some(Val::Node(c)) => self.subtree_sum(*c),
+            _ => 0,
+        };
+        self.digest = self.digest.wrapping_sub(h).wrapping_sub(below);
+    }
+
+    /// Puts slot `s` of node `n` into the digest after it was written. A new nested node's own
+    /// slots are added as they are written.
+    pub(crate) fn rehash(&mut self, n: Ix, s: u32) {
+        if let Some(h) = self.slot_hash(n, s) {
+            self.digest = self.digest.wrapping_add(h);
+        }
+    }
+
+    /// Computes the digest from scratch (after a restore).
+    pub(crate) fn recompute_digest(&mut self) {
+        self.digest = self.subtree_sum(ROOT);
+    }
+}
