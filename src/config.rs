@@ -296,6 +296,10 @@ pub struct AgentSettings {
     pub poll_interval: Duration,
     /// Where the SQLite state lives; the XDG state directory when absent.
     pub state_dir: Option<PathBuf>,
+    /// How far ahead of this machine's clock a peer's change stamps may be; changes stamped
+    /// further ahead are refused (a peer's broken clock would otherwise drag every clock along).
+    #[serde(default = "default_max_skew", with = "humantime_serde_compat")]
+    pub max_clock_skew: Duration,
 }
 
 impl Default for AgentSettings {
@@ -303,8 +307,13 @@ impl Default for AgentSettings {
         AgentSettings {
             poll_interval: default_poll(),
             state_dir: None,
+            max_clock_skew: default_max_skew(),
         }
     }
+}
+
+fn default_max_skew() -> Duration {
+    Duration::from_millis(crate::engine::DEFAULT_MAX_SKEW_MS)
 }
 
 fn default_poll() -> Duration {
@@ -585,6 +594,7 @@ const KNOWN_KEYS: &[&str] = &[
     "resend-interval",
     "poll-interval",
     "state-dir",
+    "max-clock-skew",
 ];
 
 /// Adds a suggestion to toml's "unknown field" messages.

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use minisync::agent::{Agent, AgentError, DocCommand, doc_command, status};
+use minisync::agent::{Agent, AgentError, DocCommand, doc_command, open_store, status};
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path};
-use minisync::store::Store;
 
 /// Keeps JSON documents in step with your peers over e-mail or a shared folder.
 #[derive(Parser)]
@@ -145,7 +144,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&path, include_str!("../config/agent.toml"))
                 .with_context(|| format!("writing {}", path.display()))?;
             let cfg = load(&path)?;
-            Store::open(&cfg.database_path())?;
+            open_store(&cfg)?;
             println!(
                 "wrote {}\nstate in {}",
                 path.display(),
@@ -208,7 +207,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let cfg = load(&path)?;
-            let mut store = Store::open(&cfg.database_path())?;
+            let mut store = open_store(&cfg)?;
             let s = status(&cfg, &mut store)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -223,7 +222,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Doc { command } => {
             let cfg = load(&path)?;
-            let mut store = Store::open(&cfg.database_path())?;
+            let mut store = open_store(&cfg)?;
             let (cmd, output) = match command {
                 DocCmd::List => (DocCommand::List, None),
                 DocCmd::Get { name, path } => (DocCommand::Get { name, path }, None),

@@ -7,6 +7,7 @@
 //! point loses nothing: see `receive.rs` for the order of commits.
 
 mod docs;
+mod health;
 mod receive;
 mod send;
 mod status;
@@ -75,10 +76,21 @@ pub struct Agent {
     watchdog: bool,
 }
 
+/// Opens the agent's state with the config's settings for loading replicas.
+///
+/// # Errors
+///
+/// The state directory cannot be created or the database cannot be opened.
+pub fn open_store(cfg: &Config) -> crate::store::Result<Store> {
+    let mut store = Store::open(&cfg.database_path())?;
+    store.set_max_clock_skew(cfg.agent.max_clock_skew);
+    Ok(store)
+}
+
 impl Agent {
     /// Opens the state and sets up one transport per kind (mail) or per folder.
     pub fn new(cfg: Config) -> Result<Agent> {
-        let store = Store::open(&cfg.database_path())?;
+        let store = open_store(&cfg)?;
         let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
         let mut mail: Option<usize> = None;
         let mut docs = Vec::new();

@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::agent::health::{Findings, outgoing};
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
-use crate::engine::{Changes, ClientId, Document};
-use crate::store::{OutItem, PeerChange, Save, Store};
+use crate::engine::{Changes, ClientId, Document, RepairKind};
+use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health};
 use crate::transport::{Arrival, Delivery, Settle};
 
 /// Why an arrival was not merged.
@@ -28,6 +29,8 @@ struct Ready {
     changes: Vec<Changes>,
     message_id: Option<String>,
     wants_reply: bool,
+    /// Read from a shared folder (no per-peer messages to answer with).
+    shared: bool,
 }
 
 /// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
@@ -235,6 +238,7 @@ impl Agent {
             changes,
             message_id: a.message_id.clone(),
             wants_reply,
+            shared,
         }))
     }
 
@@ -271,19 +275,18 @@ impl Agent {
                 // Each changes object is checked whole before it changes anything. Of a folder's
                 // base + latest, a refused latest leaves the base merged: valid changes from that
                 // client, merged again harmlessly when the folder is read next time.
+                let mut findings = Findings::default();
                 let applied = item
                     .changes
                     .iter()
-                    .try_for_each(|ch| doc.apply(ch).map(|_| ()));
+                    .try_for_each(|ch| doc.apply(ch).map(|out| findings.add(ch, &out)));
                 if let Err(e) = applied {
-                    outcomes.push((
-                        item.at,
-                        Err(Refusal::Quarantine(format!(
-                            "changes refused by the engine: {e}"
-                        ))),
-                    ));
+                    let reason = format!("changes refused by the engine: {e}");
+                    Store::set_health(tx, name, &item.peer, HealthChange::Notice(&reason))?;
+                    outcomes.push((item.at, Err(Refusal::Quarantine(reason))));
                     continue;
                 }
+                let owed = findings.record(tx, doc, name, &item.peer)?;
                 if let Some(mid) = &item.message_id {
                     Store::mark_seen(tx, mid)?;
                 }
@@ -292,7 +295,7 @@ impl Agent {
                 Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
                 Store::clear_fork(tx, name, &item.peer)?;
                 pins.insert(&item.peer, item.sent_by);
-                if item.wants_reply {
+                if item.wants_reply || (owed && !item.shared) {
                     replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
                 }
                 span.in_scope(|| tracing::info!(changed = doc.version() != before, "merged"));
@@ -373,7 +376,11 @@ pub(super) fn queue_ack(
     in_reply_to: Option<&str>,
     address: &str,
 ) -> Result<()> {
-    let changes = doc.changes_for(client);
+    let repair = health(tx, name, peer)?.repair;
+    let changes = outgoing(doc, Some(client), repair);
+    if repair == Some(RepairKind::Reply) {
+        Store::set_health(tx, name, peer, HealthChange::Repair(None))?;
+    }
     let item = OutItem {
         id: 0,
         doc: name.to_string(),

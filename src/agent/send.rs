@@ -3,6 +3,7 @@
 //! Shared media get a publication instead: a base rewritten when the latest file grows past 30 %
 //! of it, and a latest file rewritten whenever the replica changed.
 
+use crate::agent::health::outgoing;
 use crate::agent::{Agent, PassReport, Result, backoff_delay, new_message_id};
 use crate::engine::ClientId;
 use crate::store::{OutItem, PeerChange, Published, Store, now_ms};
@@ -67,11 +68,9 @@ impl Agent {
             .client_id
             .as_deref()
             .and_then(|c| ClientId::parse(c).ok());
+        let repair = self.store.health(&cfg.name, peer)?.repair;
         let (body, has) = self.store.read_doc(&cfg.name, |d| {
-            let ch = match client {
-                Some(c) => d.changes_for(c),
-                None => d.changes(),
-            };
+            let ch = outgoing(d, client, repair);
             (ch.to_json_string(), ch.has_changes())
         })?;
         if has {

@@ -43,6 +43,14 @@ pub struct PeerStatus {
     /// The id of the peer's own document of this name, when each side created one; `agent doc
     /// adopt` resolves it.
     pub other_document: Option<String>,
+    /// The latest problem with this peer's changes (refused by the engine — with a clock too far
+    /// ahead, the client and how far —, merged only in part, an impossible claim), and since when.
+    pub problem: Option<String>,
+    pub problem_since: Option<String>,
+    /// Both replicas hold the same changes but their content differs: the digests (or, after a
+    /// full exchange that did not reconcile them, the paths that differ), and since when.
+    pub diverged: Option<String>,
+    pub diverged_since: Option<String>,
 }
 
 fn when(ms: Option<i64>) -> Option<String> {
@@ -95,7 +103,11 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 _ => (0, 0, false),
             };
             let other_document = store.fork(&d.name, &key)?.map(|(id, _)| id);
-            failing |= row.failing || other_document.is_some();
+            let health = store.health(&d.name, &key)?;
+            failing |= row.failing
+                || other_document.is_some()
+                || health.notice.is_some()
+                || health.diverged.is_some();
             let last_error = row
                 .last_error
                 .clone()
@@ -112,6 +124,10 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 last_error,
                 failing: row.failing,
                 other_document,
+                problem_since: when(health.notice.as_ref().map(|(_, t)| *t)),
+                problem: health.notice.map(|(n, _)| n),
+                diverged_since: when(health.diverged.as_ref().map(|(_, t)| *t)),
+                diverged: health.diverged.map(|(d, _)| d),
             });
         }
         documents.push(DocStatus {
@@ -150,8 +166,12 @@ impl std::fmt::Display for Status {
                     if p.failing { " [FAILING]" } else { "" },
                     p.last_received,
                     p.last_acknowledged,
-                    if p.pending_changes {
+                    if p.diverged.is_some() {
+                        ", DIVERGED"
+                    } else if p.pending_changes {
                         ", changes pending"
+                    } else if p.problem.is_some() {
+                        ", not in step"
                     } else {
                         ", in step"
                     },
@@ -169,6 +189,20 @@ impl std::fmt::Display for Status {
                 )?;
                 if let Some(e) = &p.last_error {
                     writeln!(f, "    last error: {e}")?;
+                }
+                if let Some(problem) = &p.problem {
+                    writeln!(
+                        f,
+                        "    problem since {}: {problem}",
+                        p.problem_since.as_deref().unwrap_or("?")
+                    )?;
+                }
+                if let Some(d) = &p.diverged {
+                    writeln!(
+                        f,
+                        "    DIVERGED since {}: {d}",
+                        p.diverged_since.as_deref().unwrap_or("?")
+                    )?;
                 }
                 if let Some(id) = &p.other_document {
                     writeln!(

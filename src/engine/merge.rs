@@ -36,6 +36,8 @@ pub struct MergeOutcome {
     pub impossible_claim: Option<u64>,
     /// After the merge both replicas hold the same knowledge but their content digests differ.
     pub diverged: Option<Divergence>,
+    /// After the merge both replicas hold the same knowledge and their digests agree.
+    pub verified: bool,
 }
 
 /// Two replicas that hold the same changes but not the same content (see docs/PROTOCOL.md,
@@ -197,13 +199,14 @@ impl Document {
             }
         }
         self.advance_acknowledged(changes.sent_by);
-        let diverged = self.compare_digest(changes, complete);
+        let compared = self.compare_digest(changes, complete);
         Ok(MergeOutcome {
             changed,
             version: self.version,
             incomplete: !complete,
             impossible_claim,
-            diverged,
+            diverged: compared.and_then(std::result::Result::err),
+            verified: compared.is_some_and(|c| c.is_ok()),
         })
     }
 
@@ -320,16 +323,25 @@ impl Document {
 
     /// Compares content digests when both replicas hold the same knowledge and neither holds
     /// changes beyond it (see docs/PROTOCOL.md, "Digest").
-    fn compare_digest(&self, changes: &Changes, complete: bool) -> Option<Divergence> {
+    fn compare_digest(
+        &self,
+        changes: &Changes,
+        complete: bool,
+    ) -> Option<std::result::Result<(), Divergence>> {
         let theirs = changes.digest?;
         let comparable = complete
             && self.partial.is_empty()
             && changes.partial.is_empty()
             && self.knows == changes.knows;
-        (comparable && theirs != self.digest).then_some(Divergence {
-            ours: self.digest,
-            theirs,
-        })
+        let verdict = if theirs == self.digest {
+            Ok(())
+        } else {
+            Err(Divergence {
+                ours: self.digest,
+                theirs,
+            })
+        };
+        comparable.then_some(verdict)
     }
 
     fn check_node(&self, w: &WNode, loc: Loc, depth: usize, c: &mut Check) -> Result<()> {

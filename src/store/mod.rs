@@ -15,6 +15,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::engine::{self, Document};
 
+mod health;
+pub use health::{Health, HealthChange, health};
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -146,6 +149,8 @@ pub struct Published {
 pub struct Store {
     conn: Connection,
     cache: HashMap<String, (i64, Document)>,
+    /// Applied to every replica loaded (see `Document::set_max_clock_skew`).
+    max_clock_skew: Duration,
 }
 
 impl Store {
@@ -162,10 +167,19 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(health::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),
+            max_clock_skew: Duration::from_millis(engine::DEFAULT_MAX_SKEW_MS),
         })
+    }
+
+    /// How far ahead of this machine's clock a peer's stamps may be, for every replica loaded
+    /// from now on (`[agent] max-clock-skew`).
+    pub fn set_max_clock_skew(&mut self, skew: Duration) {
+        self.max_clock_skew = skew;
+        self.cache.clear();
     }
 
     /// Names of the stored documents.
@@ -225,6 +239,7 @@ impl Store {
         conn: &Connection,
         cache: &mut HashMap<String, (i64, Document)>,
         name: &str,
+        skew: Duration,
     ) -> Result<()> {
         let rev: i64 = conn
             .query_row("SELECT rev FROM documents WHERE name = ?1", [name], |r| {
@@ -239,17 +254,18 @@ impl Store {
             conn.query_row("SELECT state FROM documents WHERE name = ?1", [name], |r| {
                 r.get(0)
             })?;
-        let doc = Document::restore(&state).map_err(|source| StoreError::Document {
+        let mut doc = Document::restore(&state).map_err(|source| StoreError::Document {
             name: name.to_string(),
             source,
         })?;
+        doc.set_max_clock_skew(skew);
         cache.insert(name.to_string(), (rev, doc));
         Ok(())
     }
 
     /// Reads a document (from the cache when it is current).
     pub fn read_doc<R>(&mut self, name: &str, f: impl FnOnce(&Document) -> R) -> Result<R> {
-        Self::load_into_cache(&self.conn, &mut self.cache, name)?;
+        Self::load_into_cache(&self.conn, &mut self.cache, name, self.max_clock_skew)?;
         let (_, doc) = self
             .cache
             .get(name)
@@ -272,7 +288,7 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
-        Self::load_into_cache(&tx, &mut self.cache, name)?;
+        Self::load_into_cache(&tx, &mut self.cache, name, self.max_clock_skew)?;
         let Some((rev, doc)) = self.cache.get_mut(name) else {
             return Err(StoreError::NoDocument(name.to_string()).into());
         };

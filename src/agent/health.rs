@@ -1,0 +1,169 @@
+//! What a merge found beyond the merge itself — a gap, an impossible claim, a divergence, half
+//! of a repair — turned into the peer's health (shown by `agent status`) and into the repair
+//! exchange: the replica that finds a divergence asks for the peer's whole state with its own
+//! (a repair request), the peer merges it and answers with its whole state (a repair reply), and
+//! both settle values that differ under one stamp by the same rule (docs/PROTOCOL.md, "Digest").
+
+use serde_json::Value;
+
+use crate::agent::Result;
+use crate::engine::{Changes, ClientId, Document, MergeOutcome, RepairKind};
+use crate::store::{HealthChange, Store, health};
+
+/// What the merges of one arrival found.
+#[derive(Default)]
+pub(super) struct Findings {
+    incomplete: bool,
+    /// (their claim, our version)
+    impossible_claim: Option<(u64, u64)>,
+    diverged: Option<(u64, u64)>,
+    verified: bool,
+    /// The repair half the arrival carried, with its changes (a reply names what still differs).
+    repair: Option<(RepairKind, Changes)>,
+}
+
+impl Findings {
+    /// Adds what merging one changes object found.
+    pub(super) fn add(&mut self, ch: &Changes, out: &MergeOutcome) {
+        self.incomplete |= out.incomplete;
+        if let Some(claim) = out.impossible_claim {
+            self.impossible_claim = Some((claim, out.version));
+        }
+        if let Some(d) = out.diverged {
+            self.diverged = Some((d.ours, d.theirs));
+            self.verified = false;
+        } else if out.verified {
+            self.verified = true;
+            self.diverged = None;
+        }
+        if let Some(kind) = ch.repair() {
+            self.repair = Some((kind, ch.clone()));
+        }
+    }
+
+    /// Records the findings for `peer` inside the merge's transaction. Returns whether the peer
+    /// must get a message now (a repair request or reply is owed), even if it asked for none.
+    pub(super) fn record(
+        &self,
+        tx: &rusqlite::Connection,
+        doc: &Document,
+        name: &str,
+        peer: &str,
+    ) -> Result<bool> {
+        let set = |change: HealthChange<'_>| Store::set_health(tx, name, peer, change);
+        if self.incomplete {
+            set(HealthChange::Notice(&format!(
+                "changes from {peer} start after a version of theirs not received here, or \
+                 follow elements not held here (a lost message?): merged what could be merged; \
+                 the acknowledgement asks for the rest"
+            )))?;
+        } else if let Some((claim, ours)) = self.impossible_claim {
+            set(HealthChange::Notice(&format!(
+                "{peer} says it holds version {claim} of this replica, which is only at version \
+                 {ours} (a damaged record there, or a forged message): the claim is ignored"
+            )))?;
+        } else {
+            set(HealthChange::ClearNotice)?;
+        }
+        let before = health(tx, name, peer)?;
+        let mut owe = false;
+        match (&self.repair, self.diverged, self.verified) {
+            (Some((RepairKind::Request, _)), _, _) => {
+                // Answer with our whole state, whatever we found ourselves.
+                set(HealthChange::Repair(Some(RepairKind::Reply)))?;
+                owe = true;
+            }
+            (Some((RepairKind::Reply, theirs)), Some((ours, digest)), _) => {
+                let paths = differing_paths(doc, theirs);
+                set(HealthChange::Diverged(&format!(
+                    "NOT RECONCILED by a full exchange: our digest {ours:016x}, theirs \
+                     {digest:016x}; differs at {paths}"
+                )))?;
+                set(HealthChange::Repair(None))?;
+            }
+            (Some((RepairKind::Reply, _)), None, _) => set(HealthChange::Repair(None))?,
+            (None, Some((ours, theirs)), _) => {
+                let settled = before
+                    .diverged
+                    .as_ref()
+                    .is_some_and(|(d, _)| d.starts_with("NOT RECONCILED"));
+                if !settled {
+                    set(HealthChange::Diverged(&format!(
+                        "our digest {ours:016x}, theirs {theirs:016x}: repairing by a full exchange"
+                    )))?;
+                    set(HealthChange::Repair(Some(RepairKind::Request)))?;
+                    owe = before.repair != Some(RepairKind::Request);
+                }
+            }
+            (None, None, _) => {}
+        }
+        if self.verified {
+            set(HealthChange::Verified)?;
+        }
+        Ok(owe)
+    }
+}
+
+/// The changes object for `client`: what it lacks, or the whole document (also when its client
+/// is not known yet), marked as the repair half this replica owes it.
+pub(super) fn outgoing(
+    doc: &Document,
+    client: Option<ClientId>,
+    repair: Option<RepairKind>,
+) -> Changes {
+    match (client, repair) {
+        (_, Some(kind)) => doc.changes().into_repair(kind),
+        (Some(c), None) => doc.changes_for(c),
+        (None, None) => doc.changes(),
+    }
+}
+
+/// Up to five paths where our content and the content of a peer's full changes differ.
+fn differing_paths(doc: &Document, theirs: &Changes) -> String {
+    let Ok(other) = Document::from_changes(theirs) else {
+        return "(their state could not be read as a whole)".into();
+    };
+    let mut out = Vec::new();
+    diff(&doc.to_json(), &other.to_json(), String::new(), &mut out);
+    if out.is_empty() {
+        return "no path (the same content under different stamps or element ids)".into();
+    }
+    out.join(", ")
+}
+
+fn diff(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
+    if out.len() >= 5 || a == b {
+        return;
+    }
+    let segs =
+        |k: &str| crate::engine::path::render(&[crate::engine::path::Segment::Key(k.into())]);
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let p = join(&path, &segs(k));
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => diff(va, vb, p, out),
+                    _ => out.push(p),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                diff(va, vb, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => out.push(if path.is_empty() {
+            "the root".into()
+        } else {
+            path
+        }),
+    }
+}
+
+fn join(path: &str, seg: &str) -> String {
+    if path.is_empty() || seg.starts_with('[') {
+        format!("{path}{seg}")
+    } else {
+        format!("{path}.{seg}")
+    }
+}

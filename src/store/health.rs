@@ -1,0 +1,131 @@
+//! What is wrong between this replica and one peer, beyond delivery: changes the engine refused
+//! or could merge only in part, impossible claims, and a divergence with its repair. Kept apart
+//! from the delivery state (`peers`) because it is set and cleared by merges, not by sending.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::engine::RepairKind;
+use crate::store::{Result, Store, now_ms};
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS peer_health (
+    doc TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    notice TEXT,
+    notice_at INTEGER,
+    diverged TEXT,
+    diverged_at INTEGER,
+    repair TEXT,
+    PRIMARY KEY (doc, peer)
+);
+"#;
+
+/// The health of one peer of one document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The latest problem with this peer's changes (refused, merged in part, an impossible
+    /// claim) and when it was seen; cleared by the next complete merge.
+    pub notice: Option<(String, i64)>,
+    /// Since when the two replicas hold the same changes but different content, and the digests
+    /// or the paths that differ.
+    pub diverged: Option<(String, i64)>,
+    /// The half of a repair exchange this replica owes or awaits.
+    pub repair: Option<RepairKind>,
+}
+
+/// One change to a peer's health.
+pub enum HealthChange<'a> {
+    /// A problem seen now (replaces the previous one).
+    Notice(&'a str),
+    /// A complete merge: no problem any more.
+    ClearNotice,
+    /// A divergence was found (the first time is kept as its start).
+    Diverged(&'a str),
+    /// The digests were compared and agree.
+    Verified,
+    /// The repair half this replica owes (`Request`: it waits for the reply and asks in every
+    /// message; `Reply`: it answers once), or `None` when settled.
+    Repair(Option<RepairKind>),
+}
+
+impl Store {
+    /// Updates a peer's health (inside a merge's transaction or on its own).
+    pub fn set_health(
+        conn: &Connection,
+        doc: &str,
+        peer: &str,
+        change: HealthChange,
+    ) -> Result<()> {
+        conn.execute(
+            "INSERT OR IGNORE INTO peer_health (doc, peer) VALUES (?1, ?2)",
+            params![doc, peer],
+        )?;
+        let now = now_ms();
+        match change {
+            HealthChange::Notice(text) => conn.execute(
+                "UPDATE peer_health SET notice = ?3, notice_at = ?4 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, text, now],
+            )?,
+            HealthChange::ClearNotice => conn.execute(
+                "UPDATE peer_health SET notice = NULL, notice_at = NULL WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer],
+            )?,
+            HealthChange::Diverged(detail) => conn.execute(
+                "UPDATE peer_health SET diverged = ?3, diverged_at = COALESCE(diverged_at, ?4) WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, detail, now],
+            )?,
+            HealthChange::Verified => conn.execute(
+                "UPDATE peer_health SET diverged = NULL, diverged_at = NULL WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer],
+            )?,
+            HealthChange::Repair(kind) => conn.execute(
+                "UPDATE peer_health SET repair = ?3 WHERE doc = ?1 AND peer = ?2",
+                params![doc, peer, kind.map(repair_name)],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// A peer's health (all clear when nothing was ever recorded).
+    pub fn health(&self, doc: &str, peer: &str) -> Result<Health> {
+        health(&self.conn, doc, peer)
+    }
+}
+
+/// A peer's health, read through any connection (a merge's transaction included).
+pub fn health(conn: &Connection, doc: &str, peer: &str) -> Result<Health> {
+    let row = conn
+        .query_row(
+            "SELECT notice, notice_at, diverged, diverged_at, repair FROM peer_health WHERE doc = ?1 AND peer = ?2",
+            params![doc, peer],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((notice, notice_at, diverged, diverged_at, repair)) = row else {
+        return Ok(Health::default());
+    };
+    Ok(Health {
+        notice: notice.zip(notice_at),
+        diverged: diverged.zip(diverged_at),
+        repair: match repair.as_deref() {
+            Some("request") => Some(RepairKind::Request),
+            Some("reply") => Some(RepairKind::Reply),
+            _ => None,
+        },
+    })
+}
+
+fn repair_name(kind: RepairKind) -> &'static str {
+    match kind {
+        RepairKind::Request => "request",
+        RepairKind::Reply => "reply",
+    }
+}
