@@ -111,6 +111,26 @@ fn fc_numbers_round_trip() {
         serde_json::to_string(&a.to_json()).unwrap(),
         serde_json::to_string(&snap.to_json()).unwrap()
     );
+    // Kept exactly, through the wire and a save: never rounded to a float.
+    let out = serde_json::to_string(&snap.to_json()).unwrap();
+    for exact in [
+        "12345678901234567890123",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "9007199254740993",
+    ] {
+        assert!(out.contains(exact), "{exact} not kept exactly in {out}");
+    }
+    let mut c = Document::new(&json!({})).unwrap();
+    c.set(
+        "big",
+        serde_json::from_str("99999999999999999999999").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.get("big").unwrap().unwrap().to_string(),
+        "99999999999999999999999"
+    );
 }
 
 // ---------------------------------------------------------------- keys (actor-ts#767 __proto__ keys)
@@ -171,10 +191,18 @@ fn fc_metadata_like_and_unicode_keys() {
     let restored = Document::restore(&b.save()).unwrap();
     assert_eq!(a.to_json(), b.to_json());
     assert_eq!(a.to_json(), restored.to_json());
-    // A key that contains ']' cannot be named by a path at all.
-    let mut c = Document::new(&json!({"x]y": 1})).unwrap();
-    println!("set [\"x]y\"]: {:?}", c.set("[\"x]y\"]", json!(2)));
-    println!("get [\"x]y\"]: {:?}", c.get("[\"x]y\"]"));
+    // Keys that contain ']', '"', '.' or '\\' are named by quoting (docs/PROTOCOL.md, "Paths").
+    let mut c = Document::new(&json!({"x]y": 1, "a.b": 1, "q\"t": 1, "b\\s": 1})).unwrap();
+    for (path, key) in [
+        ("[\"x]y\"]", "x]y"),
+        ("[\"a.b\"]", "a.b"),
+        ("[\"q\\\"t\"]", "q\"t"),
+        ("[\"b\\\\s\"]", "b\\s"),
+    ] {
+        c.set(path, json!(2)).unwrap();
+        assert_eq!(c.get(path).unwrap(), Some(json!(2)), "{path}");
+        assert_eq!(c.to_json()[key], json!(2), "{key}");
+    }
 }
 
 // ---------------------------------------------------------------- deep nesting (serde_json depth)

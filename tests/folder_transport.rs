@@ -268,3 +268,52 @@ async fn base_is_rewritten_and_a_newcomer_catches_up_from_base_and_latest() {
     assert_eq!(bob.json(), alice.json());
     assert_eq!(carol.json(), alice.json());
 }
+
+/// Copies one client's files from one folder to another, as a sync tool delivers them.
+fn deliver(from: &Path, to: &Path, names: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for n in names {
+        std::fs::copy(from.join(n), to.join(n)).unwrap();
+    }
+}
+
+/// A sync tool (Syncthing pulls files in any order) delivers `version.json` and the latest file
+/// of a write before its rewritten base, and the stale base has the same size: the reader waits
+/// for the base `version.json` names instead of merging the stale one as if it were it.
+#[tokio::test]
+async fn files_of_one_write_delivered_out_of_order_are_waited_for() {
+    let (share_a, share_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = peer(share_a.path());
+    let mut bob = peer(share_b.path());
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: r#"{"x": "aaaa", "y": 1}"#.into(),
+    });
+    alice.set("x", json!("bbbb"));
+    alice.sync().await;
+    let (from, rel) = {
+        let d = client_dir(share_a.path(), &mut alice);
+        let rel = d.strip_prefix(share_a.path()).unwrap().to_path_buf();
+        (d, rel)
+    };
+    let to = share_b.path().join(&rel);
+    deliver(&from, &to, &[BASE_FILE, LATEST_FILE, VERSION_FILE]);
+    bob.sync().await;
+    assert_eq!(bob.json()["x"], json!("bbbb"));
+    // Alice rewrites her base; only version.json and the latest file reach bob at first.
+    alice.set("x", json!("cccc"));
+    alice.sync().await;
+    let base_a = std::fs::read(from.join(BASE_FILE)).unwrap();
+    let base_b = std::fs::read(to.join(BASE_FILE)).unwrap();
+    assert_eq!(base_a.len(), base_b.len(), "same size, another write");
+    assert_ne!(base_a, base_b);
+    deliver(&from, &to, &[VERSION_FILE, LATEST_FILE]);
+    let r = bob.sync().await;
+    assert_eq!(r.deferred, 1, "the stale base is not merged: {r:?}");
+    assert_eq!(bob.json()["x"], json!("bbbb"));
+    // The base arrives: bob ends with the latest value.
+    deliver(&from, &to, &[BASE_FILE]);
+    bob.sync().await;
+    assert_eq!(bob.json()["x"], json!("cccc"));
+    assert_eq!(bob.json(), alice.json());
+}

@@ -1,4 +1,6 @@
-//! Paths into a document: `foo.bar[1].baz`, with `["any key"]` for keys that hold dots or brackets.
+//! Paths into a document: `foo.bar[1].baz`, with `["any key"]` for any key at all: inside the
+//! quotes `\"` stands for a quote and `\\` for a backslash, and everything else (dots, brackets,
+//! spaces) is taken as it is, so `["a]b"]`, `["say \"hi\""]` and `["v1.2"]` each name one key.
 
 use crate::engine::error::{Error, Result};
 
@@ -29,6 +31,18 @@ pub fn parse(path: &str) -> Result<Vec<Segment>> {
                     return Err(Error::path(path, "ends with '.'"));
                 }
             }
+            '[' if chars.get(i + 1) == Some(&'"') => {
+                let (key, next) = quoted_key(path, &chars, i + 2)?;
+                if chars.get(next) != Some(&']') {
+                    return Err(Error::path(
+                        path,
+                        format!("expected ']' after the quoted key at {next}"),
+                    ));
+                }
+                out.push(Segment::Key(key));
+                expect_key = false;
+                i = next + 1;
+            }
             '[' => {
                 let close = chars[i..]
                     .iter()
@@ -36,14 +50,11 @@ pub fn parse(path: &str) -> Result<Vec<Segment>> {
                     .map(|p| p + i)
                     .ok_or_else(|| Error::path(path, format!("'[' at {i} is never closed")))?;
                 let inner: String = chars[i + 1..close].iter().collect();
-                if let Some(quoted) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                    out.push(Segment::Key(quoted.replace("\\\"", "\"")));
-                } else {
-                    let n = inner.trim().parse::<usize>().map_err(|_| {
-                        Error::path(path, format!("{inner:?} is not an array index"))
-                    })?;
-                    out.push(Segment::Index(n));
-                }
+                let n = inner
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| Error::path(path, format!("{inner:?} is not an array index")))?;
+                out.push(Segment::Index(n));
                 expect_key = false;
                 i = close + 1;
             }
@@ -63,18 +74,55 @@ pub fn parse(path: &str) -> Result<Vec<Segment>> {
     Ok(out)
 }
 
+/// Reads a quoted key starting after its opening quote; returns the key and the position after
+/// the closing quote.
+fn quoted_key(path: &str, chars: &[char], start: usize) -> Result<(String, usize)> {
+    let mut key = String::new();
+    let mut i = start;
+    loop {
+        match chars.get(i) {
+            None => {
+                return Err(Error::path(
+                    path,
+                    format!("the quoted key at {} is never closed", start - 1),
+                ));
+            }
+            Some('"') => return Ok((key, i + 1)),
+            Some('\\') => match chars.get(i + 1) {
+                Some(c @ ('"' | '\\')) => {
+                    key.push(*c);
+                    i += 2;
+                }
+                _ => {
+                    return Err(Error::path(
+                        path,
+                        format!("'\\' at {i} must be followed by '\"' or '\\'"),
+                    ));
+                }
+            },
+            Some(c) => {
+                key.push(*c);
+                i += 1;
+            }
+        }
+    }
+}
+
 /// Renders segments back into path text (used in error messages).
 pub fn render(segments: &[Segment]) -> String {
     let mut s = String::new();
     for seg in segments {
         match seg {
-            Segment::Key(k) if !k.is_empty() && !k.contains(['.', '[', ']', '"']) => {
+            Segment::Key(k) if !k.is_empty() && !k.contains(['.', '[', ']', '"', '\\']) => {
                 if !s.is_empty() {
                     s.push('.');
                 }
                 s.push_str(k);
             }
-            Segment::Key(k) => s.push_str(&format!("[\"{}\"]", k.replace('"', "\\\""))),
+            Segment::Key(k) => s.push_str(&format!(
+                "[\"{}\"]",
+                k.replace('\\', "\\\\").replace('"', "\\\"")
+            )),
             Segment::Index(n) => s.push_str(&format!("[{n}]")),
         }
     }
@@ -111,5 +159,14 @@ mod tests {
         }
         let p = parse("foo[\"x.y\"][2].z").unwrap();
         assert_eq!(parse(&render(&p)).unwrap(), p);
+        // Keys holding ']', '"', '.', '[' and '\' are named by quoting.
+        for key in ["x]y", "say \"hi\"", "v1.2", "[0]", "back\\slash", "\"]", ""] {
+            let p = vec![Key("m".into()), Key(key.into())];
+            assert_eq!(parse(&render(&p)).unwrap(), p, "{key:?} via {}", render(&p));
+        }
+        assert_eq!(parse("[\"x]y\"]").unwrap(), vec![Key("x]y".into())]);
+        for bad in ["[\"open", "[\"a\"b]", "[\"a\\x\"]"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

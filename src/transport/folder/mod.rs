@@ -5,8 +5,9 @@
 //! `changes.base.json` (everything up to the base version), `changes.latest.json` (everything after
 //! the base version) and `version.json` (written last: the versions and byte sizes of both). Every
 //! file is written to a temporary name and renamed, so a reader never sees half a file; a file
-//! whose size disagrees with `version.json` has not been fully delivered by the sync tool yet and is
-//! left for the next pass. Files a sync tool leaves beside ours (conflict copies such as
+//! whose size or versions disagree with `version.json` has not been fully delivered by the sync
+//! tool yet (sync tools deliver the files of one write in any order) and is left for the next
+//! pass. Files a sync tool leaves beside ours (conflict copies such as
 //! `changes.latest (1).json`) are never read.
 
 use std::path::{Path, PathBuf};
@@ -105,16 +106,43 @@ impl FolderTransport {
         };
         let mut payloads = Vec::new();
         if last_received < v.base_version {
-            match read(BASE_FILE, v.base_bytes) {
+            let base = read(BASE_FILE, v.base_bytes)
+                .and_then(|b| expect_versions(&dir.join(BASE_FILE), b, 0, v.base_version));
+            match base {
                 Ok(b) => payloads.push(b),
                 Err(e) => return Some(Err(e)),
             }
         }
-        match read(LATEST_FILE, v.latest_bytes) {
+        let latest = read(LATEST_FILE, v.latest_bytes)
+            .and_then(|l| expect_versions(&dir.join(LATEST_FILE), l, v.base_version, v.version));
+        match latest {
             Ok(l) => payloads.push(l),
             Err(e) => return Some(Err(e)),
         }
         Some(Ok(payloads))
+    }
+}
+
+/// The two versions of a changes file that say which write it belongs to.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangesHead {
+    changes_since: u64,
+    from_version: u64,
+}
+
+/// Checks that a changes file is the one `version.json` names: a sync tool delivers the files of
+/// one write in any order, and an older file of the same size must not pass for the new one.
+/// A file that is not readable as changes at all is handed on for the engine to refuse by name.
+fn expect_versions(path: &Path, text: String, since: u64, to: u64) -> Result<String, String> {
+    match serde_json::from_str::<ChangesHead>(&text) {
+        Ok(h) if h.changes_since != since || h.from_version != to => Err(format!(
+            "{} holds changes {}..{} but {VERSION_FILE} names {since}..{to}: the right file is not fully delivered yet",
+            path.display(),
+            h.changes_since,
+            h.from_version
+        )),
+        _ => Ok(text),
     }
 }
 
