@@ -180,6 +180,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.sent,
                 report.send_failures
             );
+            for h in &report.held_back {
+                println!("{h}");
+            }
             for e in &report.errors {
                 eprintln!("error: {e}");
             }

@@ -24,6 +24,7 @@ use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
 pub use docs::{DocCommand, doc_command};
+pub use send::Due;
 pub use status::{DocStatus, PeerStatus, Status, status};
 
 /// Why the agent could not do something.
@@ -59,6 +60,8 @@ pub struct PassReport {
     pub sent: usize,
     pub send_failures: usize,
     pub errors: Vec<String>,
+    /// Mail waiting in the outbox for a retry after a failure: what, for whom, until when.
+    pub held_back: Vec<String>,
 }
 
 /// How often old processed mail and old state rows are cleared away.
@@ -74,6 +77,8 @@ pub struct Agent {
     last_tidy: Option<std::time::Instant>,
     /// Whether systemd's watchdog is on: long passes then ping it as they go.
     watchdog: bool,
+    /// When changes go out: after the send delay in the service, at once in a one-shot pass.
+    due: Due,
 }
 
 /// Opens the agent's state with the config's settings for loading replicas.
@@ -134,6 +139,7 @@ impl Agent {
             docs,
             last_tidy: None,
             watchdog: false,
+            due: Due::Pending,
         })
     }
 
@@ -162,6 +168,10 @@ impl Agent {
         if self.last_tidy.is_none_or(|t| t.elapsed() >= TIDY_EVERY) {
             self.last_tidy = Some(std::time::Instant::now());
             self.tidy().await;
+        }
+        match self.store.held_back(crate::store::now_ms()) {
+            Ok(held) => report.held_back = held.iter().map(describe_held).collect(),
+            Err(e) => report.errors.push(e.to_string()),
         }
         report
     }
@@ -199,7 +209,7 @@ impl Agent {
             matched = true;
             let name = slot.cfg.name.clone();
             if self.store.has_doc(&name)? {
-                self.queue_for_peer(i, peer, true)?;
+                self.queue_for_peer(i, peer, Due::Now)?;
             }
         }
         if !matched {
@@ -247,6 +257,8 @@ impl Agent {
     /// Runs until `shutdown` resolves: passes, separated by waits for news.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // The service batches edits made close together (the document's send delay).
+        self.due = Due::Batched;
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         // Under systemd's watchdog (WatchdogSec=), the loop comes round at least twice per period
         // and says so; a loop stuck anywhere gets the agent restarted.
@@ -404,6 +416,24 @@ pub fn backoff_delay(attempt: u32) -> Duration {
     let base = 1000u64.saturating_mul(1u64 << attempt.min(7)).min(120_000);
     let jitter = rand::rng().random_range(0..=base / 4);
     Duration::from_millis(base + jitter)
+}
+
+/// One line about mail waiting for a retry: "2 mails to bob@… (todo) held back until 20:15:03 UTC
+/// (retrying after: …)".
+fn describe_held(h: &crate::store::HeldBack) -> String {
+    let until = std::time::UNIX_EPOCH + Duration::from_millis(h.until.max(0) as u64);
+    format!(
+        "{} mail{} to {} ({}) held back until {}{}",
+        h.count,
+        if h.count == 1 { "" } else { "s" },
+        h.peer,
+        h.doc,
+        humantime::format_rfc3339_seconds(until),
+        h.error
+            .as_deref()
+            .map(|e| format!(" (retrying after: {e})"))
+            .unwrap_or_default()
+    )
 }
 
 /// A fresh, well-formed Message-ID in the account's domain.

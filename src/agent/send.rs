@@ -12,6 +12,19 @@ use crate::transport::{Delivery, Outgoing, SendError};
 /// The latest file is folded into a new base once it passes this share of the base's size.
 const REBASE_RATIO: f64 = 0.3;
 
+/// When changes are due to go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// After the document's send delay, so that edits made close together travel in one mail
+    /// (`agent run`).
+    Batched,
+    /// Every change not sent yet, at once (`agent sync`: a one-shot command sends what is there).
+    Pending,
+    /// Everything the peer lacks, even if it was sent before and the resend is not due yet
+    /// (`agent send`).
+    Now,
+}
+
 impl Agent {
     /// Queues what is due for every peer of every document, and publishes shared documents.
     pub(super) async fn schedule(&mut self, report: &mut PassReport) -> Result<()> {
@@ -31,7 +44,7 @@ impl Agent {
                     let rev = self.store.doc_rev(&name)?.unwrap_or(0);
                     let mut all_queued = true;
                     for peer in self.docs[i].cfg.peers.clone() {
-                        all_queued &= self.queue_for_peer(i, &peer, false)?;
+                        all_queued &= self.queue_for_peer(i, &peer, self.due)?;
                     }
                     if all_queued && self.store.edited_at(&name)?.is_some() {
                         self.store.clear_edited(&name, rev)?;
@@ -42,16 +55,17 @@ impl Agent {
         Ok(())
     }
 
-    /// Queues a changes mail for one peer if one is due (or `now`); false when the send delay is
-    /// still running.
-    pub(super) fn queue_for_peer(&mut self, i: usize, peer: &str, now: bool) -> Result<bool> {
+    /// Queues a changes mail for one peer if one is due (see [`Due`]); false when the send delay
+    /// is still running.
+    pub(super) fn queue_for_peer(&mut self, i: usize, peer: &str, due: Due) -> Result<bool> {
+        let now = due == Due::Now;
         let cfg = self.docs[i].cfg.clone();
         let row = self.store.peer(&cfg.name, peer)?;
         let version = self.store.read_doc(&cfg.name, |d| d.version())?;
         let t = now_ms();
         let fresh = version > row.sent_version;
         if fresh
-            && !now
+            && due == Due::Batched
             && let Some(edited) = self.store.edited_at(&cfg.name)?
             && t < edited + cfg.send_delay.as_millis() as i64
         {

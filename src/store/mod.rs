@@ -125,6 +125,17 @@ pub struct OutItem {
     pub attempts: u32,
 }
 
+/// Outbox mail for one peer of one document that waits for a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBack {
+    pub doc: String,
+    pub peer: String,
+    pub count: usize,
+    /// When the first of them is tried again (ms since the epoch).
+    pub until: i64,
+    pub error: Option<String>,
+}
+
 /// Delivery state of one peer of one document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerRow {
@@ -435,6 +446,23 @@ impl Store {
             "SELECT id, doc, peer, message_id, in_reply_to, body, ack_only, version, attempts FROM outbox WHERE status = 'pending' AND next_attempt_at <= ?1 ORDER BY id",
         )?;
         let rows = st.query_map([now], out_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Pending outbox items not due yet (waiting for a retry), per document and peer.
+    pub fn held_back(&self, now: i64) -> Result<Vec<HeldBack>> {
+        let mut st = self.conn.prepare(
+            "SELECT doc, peer, COUNT(*), MIN(next_attempt_at), MAX(last_error) FROM outbox WHERE status = 'pending' AND next_attempt_at > ?1 GROUP BY doc, peer ORDER BY doc, peer",
+        )?;
+        let rows = st.query_map([now], |r| {
+            Ok(HeldBack {
+                doc: r.get(0)?,
+                peer: r.get(1)?,
+                count: r.get::<_, i64>(2)? as usize,
+                until: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
