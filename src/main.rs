@@ -54,6 +54,28 @@ enum Command {
     },
     /// Log in to IMAP and SMTP and report what works.
     Check,
+    /// Mail the agent refused to merge: list it, look at it, merge it after all, or let it go.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// Every quarantined message: its number, when, from whom, for which document, and why.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message: why it was refused and the changes it carries (e.g. `agent quarantine show 3`).
+    Show { id: i64 },
+    /// Merge a message after all, e.g. mail from a peer's reinstalled agent (its new client id is
+    /// then pinned) or changes refused for a clock that is now right (`agent quarantine release 3`).
+    Release { id: i64 },
+    /// Forget a message (the mail stays in the quarantine folder): `agent quarantine drop 3`.
+    Drop { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +150,56 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// `agent quarantine ...`.
+fn quarantine_command(cfg: Config, command: QuarantineCmd) -> anyhow::Result<ExitCode> {
+    match command {
+        QuarantineCmd::List { json } => {
+            let list = open_store(&cfg)?.quarantined(false)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("nothing quarantined");
+            }
+            for q in list.iter().filter(|_| !json) {
+                println!("#{} from {} ({}): {}", q.id, q.sender, q.doc, q.reason);
+            }
+        }
+        QuarantineCmd::Show { id } => {
+            let q = open_store(&cfg)?.quarantined_one(id)?.ok_or_else(|| {
+                anyhow::anyhow!("no quarantined message #{id} (see `agent quarantine list`)")
+            })?;
+            println!("message #{id} for document {:?}", q.doc);
+            println!("from:       {}", q.sender);
+            println!(
+                "message-id: {}",
+                q.message_id.as_deref().unwrap_or("(none)")
+            );
+            println!("refused:    {}", q.reason);
+            for p in &q.payloads {
+                let pretty = serde_json::from_str::<serde_json::Value>(p)
+                    .and_then(|v| serde_json::to_string_pretty(&v))
+                    .unwrap_or_else(|_| p.clone());
+                println!("{pretty}");
+            }
+        }
+        QuarantineCmd::Release { id } => {
+            let text = runtime()?.block_on(async {
+                let mut agent = Agent::new(cfg)?;
+                agent.release(id)
+            })?;
+            println!("{text}");
+        }
+        QuarantineCmd::Drop { id } => {
+            let store = open_store(&cfg)?;
+            if !minisync::store::Store::unquarantine(store.conn(), id)? {
+                anyhow::bail!("no quarantined message #{id} (see `agent quarantine list`)");
+            }
+            println!("dropped message #{id} (the mail itself stays in the quarantine folder)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -208,6 +280,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Quarantine { command } => quarantine_command(load(&path)?, command),
         Command::Status { json } => {
             let cfg = load(&path)?;
             let mut store = open_store(&cfg)?;

@@ -1,7 +1,9 @@
-//! Receiving: every arrival is checked (known document, allowed sender, pinned client id, valid
+//! Receiving: every arrival is admitted (known document, allowed sender, pinned client id, valid
 //! changes), merged and committed in one transaction together with its Message-ID and the
 //! acknowledgement it calls for; only then is it moved out of the mailbox. A crash before the
 //! commit leaves the mail to be read again; a crash after it finds the Message-ID already seen.
+//! Refused mail is recorded (reason, sender, its changes) for `agent status` and `agent
+//! quarantine`, where a person can merge it after all.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -41,9 +43,10 @@ struct PassMemory {
 }
 
 impl Agent {
-    /// Receives everything waiting on one transport. Each arrival is checked on its own; those
+    /// Receives everything waiting on one transport. Each arrival is admitted on its own; those
     /// that pass are merged per document in one transaction (one save of the replica per pass,
-    /// not per mail), and only then moved out of the mailbox.
+    /// not per mail), and only then moved out of the mailbox. Refused mail is recorded for
+    /// `agent quarantine` and moved to the quarantine folder.
     pub(super) async fn receive_from(&mut self, ti: usize, report: &mut PassReport) -> Result<()> {
         let routes = self.routes(ti)?;
         if routes.is_empty() {
@@ -55,54 +58,18 @@ impl Agent {
         if !arrivals.is_empty() {
             tracing::debug!(count = arrivals.len(), took = ?started.elapsed(), "fetched");
         }
-        let spans: Vec<tracing::Span> = arrivals
-            .iter()
-            .map(|a| {
-                tracing::info_span!(
-                    "arrival",
-                    transport = transport.name(),
-                    from = %a.from,
-                    doc = %a.doc,
-                    key = %a.key,
-                )
-            })
-            .collect();
-        let mut outcomes: Vec<Option<std::result::Result<(), Refusal>>> =
-            arrivals.iter().map(|_| None).collect();
-        let mut ready = Vec::new();
-        let mut memory = PassMemory::default();
-        for (at, a) in arrivals.iter().enumerate() {
-            self.alive(); // a long drain is progress, not a hang
-            let checked = spans[at].in_scope(|| self.check(ti, at, a, &mut memory, report));
-            match checked {
-                Ok(Some(r)) => ready.push(r),
-                Ok(None) => outcomes[at] = Some(Ok(())),
-                Err(refusal) => outcomes[at] = Some(Err(refusal)),
-            }
-        }
-        tracing::debug!(ready = ready.len(), took = ?started.elapsed(), "checked");
-        let mut docs: Vec<String> = ready.iter().map(|r| r.doc.clone()).collect();
-        docs.sort();
-        docs.dedup();
-        for doc in docs {
-            let items: Vec<Ready> = ready.extract_if(.., |r| r.doc == doc).collect();
-            for (at, outcome) in self.merge(&doc, items, &spans, report) {
-                outcomes[at] = Some(outcome);
-            }
-        }
+        let spans = arrival_spans(transport.name(), &arrivals);
+        let outcomes = self.take_in(ti, &arrivals, &spans, report);
         if !arrivals.is_empty() {
             tracing::debug!(took = ?started.elapsed(), "merged and committed");
         }
-        for (at, arrival) in arrivals.iter().enumerate() {
-            let span = &spans[at];
-            let outcome = outcomes[at]
-                .take()
-                .unwrap_or_else(|| Err(Refusal::Retry("internal: never judged".into())));
+        for ((arrival, span), outcome) in arrivals.iter().zip(&spans).zip(outcomes) {
             let settle = match outcome {
                 Ok(()) => Settle::Processed,
                 Err(Refusal::Quarantine(reason)) => {
                     span.in_scope(|| tracing::warn!(%reason, "quarantined: not merged"));
                     report.quarantined += 1;
+                    self.record_quarantine(arrival, &reason, report);
                     Settle::Quarantined(reason)
                 }
                 Err(Refusal::Retry(reason)) => {
@@ -119,10 +86,141 @@ impl Agent {
         Ok(())
     }
 
-    /// Every check that does not need the merge itself: not seen before, a configured document,
-    /// a peer of it, readable changes, the sender's pinned client id, the same document. Creates
-    /// the replica from a peer's first mail. `Ok(None)`: a duplicate, nothing to do.
-    fn check(
+    /// Admits and merges arrivals of one transport: every check on each one, then the merge of
+    /// those that passed, per document. Returns each arrival's outcome, in order.
+    fn take_in(
+        &mut self,
+        ti: usize,
+        arrivals: &[Arrival],
+        spans: &[tracing::Span],
+        report: &mut PassReport,
+    ) -> Vec<std::result::Result<(), Refusal>> {
+        let mut outcomes: Vec<Option<std::result::Result<(), Refusal>>> =
+            arrivals.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        let mut memory = PassMemory::default();
+        for (at, a) in arrivals.iter().enumerate() {
+            self.alive(); // a long drain is progress, not a hang
+            let admitted = spans[at].in_scope(|| self.admit(ti, at, a, &mut memory, report));
+            match admitted {
+                Ok(Some(r)) => ready.push(r),
+                Ok(None) => outcomes[at] = Some(Ok(())),
+                Err(refusal) => outcomes[at] = Some(Err(refusal)),
+            }
+        }
+        let mut docs: Vec<String> = ready.iter().map(|r| r.doc.clone()).collect();
+        docs.sort();
+        docs.dedup();
+        for doc in docs {
+            let items: Vec<Ready> = ready.extract_if(.., |r| r.doc == doc).collect();
+            for (at, outcome) in self.merge(&doc, items, spans, report) {
+                outcomes[at] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(Refusal::Retry("internal: never judged".into()))))
+            .collect()
+    }
+
+    /// Keeps the agent's record of a quarantined message (for status and `agent quarantine`).
+    fn record_quarantine(&mut self, a: &Arrival, reason: &str, report: &mut PassReport) {
+        let payloads = a.payloads.as_ref().ok().map(Vec::as_slice);
+        let mid = a.message_id.as_deref();
+        if let Err(e) = Store::quarantine(self.store.conn(), &a.doc, &a.from, mid, reason, payloads)
+        {
+            report
+                .errors
+                .push(format!("recording a quarantined message: {e}"));
+        }
+    }
+
+    /// Merges a quarantined message after all (`agent quarantine release`): its sender is pinned
+    /// to the client that sent it, and it goes through every other check and the merge again.
+    ///
+    /// # Errors
+    ///
+    /// No such message, no readable changes in it, its document or sender not configured, or
+    /// refused again (the record then carries the new reason).
+    pub fn release(&mut self, id: i64) -> Result<String> {
+        let q = self.store.quarantined_one(id)?.ok_or_else(|| {
+            AgentError::Other(format!(
+                "no quarantined message #{id} (see `agent quarantine list`)"
+            ))
+        })?;
+        let slot = self
+            .docs
+            .iter()
+            .position(|d| d.cfg.name == q.doc)
+            .ok_or_else(|| {
+                AgentError::Other(format!(
+                    "document {:?} is not in the config: add it first",
+                    q.doc
+                ))
+            })?;
+        let peer = self.docs[slot]
+            .cfg
+            .peer(&q.sender)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::Other(format!(
+                    "{} is not a peer of {:?}: add it to the document's peers in the config first",
+                    q.sender, q.doc
+                ))
+            })?;
+        let first = q.payloads.first().ok_or_else(|| {
+            AgentError::Other(format!(
+                "message #{id} carries no changes to merge ({}). A stranger's attachment is never \
+                 opened: now that {} is a peer, its next resend brings the changes again (or ask \
+                 for one: `agent send --to YOUR-ADDRESS` on its side); then `agent quarantine drop {id}`",
+                q.reason, q.sender
+            ))
+        })?;
+        let sent_by = Changes::parse(first)
+            .map_err(|e| AgentError::Other(format!("message #{id}: {e}")))?
+            .sent_by();
+        Store::touch_peer(
+            self.store.conn(),
+            &q.doc,
+            &peer,
+            PeerChange::Pin(sent_by.to_string()),
+        )?;
+        let arrival = Arrival {
+            key: format!("quarantine #{id}"),
+            message_id: q.message_id.clone(),
+            from: q.sender.clone(),
+            doc: q.doc.clone(),
+            in_reply_to: None,
+            payloads: Ok(q.payloads.clone()),
+        };
+        let ti = self.docs[slot].transport;
+        let spans = arrival_spans("quarantine", std::slice::from_ref(&arrival));
+        let mut report = PassReport::default();
+        match self
+            .take_in(ti, std::slice::from_ref(&arrival), &spans, &mut report)
+            .pop()
+        {
+            Some(Ok(())) => {
+                Store::unquarantine(self.store.conn(), id)?;
+                Ok(format!(
+                    "merged message #{id} from {} into {:?}",
+                    q.sender, q.doc
+                ))
+            }
+            Some(Err(Refusal::Quarantine(reason) | Refusal::Retry(reason))) => {
+                Store::requarantine(self.store.conn(), id, &reason)?;
+                Err(AgentError::Other(format!(
+                    "message #{id} is still refused: {reason}"
+                )))
+            }
+            None => Err(AgentError::Other(format!("message #{id} was not judged"))),
+        }
+    }
+
+    /// Every check that needs no merge: not seen before, a configured document, a peer of it,
+    /// readable changes, the sender's pinned client id, the same document. A peer's first mail
+    /// creates the replica (see `first_replica`). `Ok(None)`: a duplicate, nothing to do.
+    fn admit(
         &mut self,
         ti: usize,
         at: usize,
@@ -138,41 +236,14 @@ impl Agent {
                 Refusal::Quarantine(msg)
             }
         };
-        let internal = |e: AgentError| Refusal::Retry(format!("internal: {e}"));
         if let Some(mid) = &a.message_id
-            && (memory.message_ids.contains(mid)
-                || self.store.seen(mid).map_err(|e| internal(e.into()))?)
+            && (memory.message_ids.contains(mid) || self.store.seen(mid).map_err(internal)?)
         {
             tracing::info!(message_id = %mid, "duplicate: already merged");
             report.duplicates += 1;
             return Ok(None);
         }
-        // Which configured document is it for?
-        let candidates: Vec<usize> = (0..self.docs.len())
-            .filter(|i| self.docs[*i].transport == ti)
-            .collect();
-        let slot = if shared && candidates.len() == 1 {
-            candidates[0]
-        } else {
-            *candidates
-                .iter()
-                .find(|i| self.docs[**i].cfg.name == a.doc)
-                .ok_or_else(|| Refusal::Quarantine(format!("unknown document {:?}", a.doc)))?
-        };
-        let name = self.docs[slot].cfg.name.clone();
-        let peer_key = if shared {
-            a.from.clone()
-        } else {
-            match self.docs[slot].cfg.peer(&a.from) {
-                Some(p) => p.clone(),
-                None => {
-                    return Err(Refusal::Quarantine(format!(
-                        "sender {} is not a peer of document {name:?}",
-                        a.from
-                    )));
-                }
-            }
-        };
+        let (name, peer_key) = self.addressee(ti, a, shared)?;
         let texts = a.payloads.clone().map_err(refuse)?;
         let mut changes = Vec::with_capacity(texts.len());
         for t in &texts {
@@ -198,33 +269,14 @@ impl Agent {
         let pinned = self
             .store
             .peer(&name, &peer_key)
-            .map_err(|e| internal(e.into()))?
+            .map_err(internal)?
             .client_id;
         if let Some(pinned) = &pinned
             && *pinned != sent_by.to_string()
         {
             return Err(pin_refusal(&peer_key, pinned, sent_by));
         }
-        let exists = self.store.has_doc(&name).map_err(|e| internal(e.into()))?;
-        if exists && !shared {
-            let ours = self
-                .store
-                .read_doc(&name, |d| d.id().to_string())
-                .map_err(|e| internal(e.into()))?;
-            if ours != first.doc_id() {
-                return Err(self.forked(&name, &peer_key, &ours, first, &texts[0]));
-            }
-        }
-        if !exists {
-            let doc = Document::from_changes(first).map_err(|e| {
-                refuse(format!(
-                    "cannot create document {name:?} from these changes: {e}"
-                ))
-            })?;
-            self.store
-                .create_doc(&name, &doc, false)
-                .map_err(|e| internal(e.into()))?;
-            tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
+        if self.first_replica(&name, &peer_key, &changes, &texts[0], shared, refuse)? {
             changes.remove(0);
         }
         if let Some(mid) = &a.message_id {
@@ -240,6 +292,74 @@ impl Agent {
             wants_reply,
             shared,
         }))
+    }
+
+    /// The configured document an arrival is for, and its sender's key among that document's
+    /// peers (the address as configured; a client id for a shared folder).
+    fn addressee(
+        &self,
+        ti: usize,
+        a: &Arrival,
+        shared: bool,
+    ) -> std::result::Result<(String, String), Refusal> {
+        let candidates: Vec<usize> = (0..self.docs.len())
+            .filter(|i| self.docs[*i].transport == ti)
+            .collect();
+        let slot = if shared && candidates.len() == 1 {
+            candidates[0]
+        } else {
+            *candidates
+                .iter()
+                .find(|i| self.docs[**i].cfg.name == a.doc)
+                .ok_or_else(|| Refusal::Quarantine(format!("unknown document {:?}", a.doc)))?
+        };
+        let name = self.docs[slot].cfg.name.clone();
+        if shared {
+            return Ok((name, a.from.clone()));
+        }
+        match self.docs[slot].cfg.peer(&a.from) {
+            Some(p) => Ok((name, p.clone())),
+            None => Err(Refusal::Quarantine(format!(
+                "sender {} is not a peer of document {name:?}",
+                a.from
+            ))),
+        }
+    }
+
+    /// Makes sure the arrival is for our replica of the document: refuses a peer's document of
+    /// the same name created apart (see `forked`), and creates our replica from a peer's first
+    /// full changes when we hold none yet. Returns whether the first changes object built it.
+    fn first_replica(
+        &mut self,
+        name: &str,
+        peer: &str,
+        changes: &[Changes],
+        text: &str,
+        shared: bool,
+        refuse: impl Fn(String) -> Refusal,
+    ) -> std::result::Result<bool, Refusal> {
+        let first = &changes[0];
+        let exists = self.store.has_doc(name).map_err(internal)?;
+        if exists && !shared {
+            let ours = self
+                .store
+                .read_doc(name, |d| d.id().to_string())
+                .map_err(internal)?;
+            if ours != first.doc_id() {
+                return Err(self.forked(name, peer, &ours, first, text));
+            }
+        }
+        if exists {
+            return Ok(false);
+        }
+        let doc = Document::from_changes(first).map_err(|e| {
+            refuse(format!(
+                "cannot create document {name:?} from these changes: {e}"
+            ))
+        })?;
+        self.store.create_doc(name, &doc, false).map_err(internal)?;
+        tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
+        Ok(true)
     }
 
     /// Merges the checked arrivals of one document in one transaction: each one's changes, its
@@ -294,6 +414,8 @@ impl Agent {
                 Store::touch_peer(tx, name, &item.peer, pin)?;
                 Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
                 Store::clear_fork(tx, name, &item.peer)?;
+                // Mail refused while the sender was not a peer: its changes came again now.
+                Store::unquarantine_peer(tx, name, &item.peer, "%is not a peer of document%")?;
                 pins.insert(&item.peer, item.sent_by);
                 if item.wants_reply || (owed && !item.shared) {
                     replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
@@ -356,6 +478,27 @@ impl Agent {
             }
         ))
     }
+}
+
+/// A failure of our own state, not of the arrival: it is read again next pass.
+fn internal(e: impl Into<AgentError>) -> Refusal {
+    Refusal::Retry(format!("internal: {}", e.into()))
+}
+
+/// One tracing span per arrival, so that every line logged about it names it.
+fn arrival_spans(transport: &str, arrivals: &[Arrival]) -> Vec<tracing::Span> {
+    arrivals
+        .iter()
+        .map(|a| {
+            tracing::info_span!(
+                "arrival",
+                transport,
+                from = %a.from,
+                doc = %a.doc,
+                key = %a.key,
+            )
+        })
+        .collect()
 }
 
 /// Mail from a peer's address but another client than the one first seen there: someone else, or

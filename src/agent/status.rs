@@ -5,12 +5,15 @@ use serde::Serialize;
 
 use crate::config::{Config, TransportKind};
 use crate::engine::ClientId;
-use crate::store::Store;
+use crate::store::{Quarantined, Store};
 
 /// The whole status report.
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub documents: Vec<DocStatus>,
+    /// Quarantined mail not merged (`agent quarantine` shows, releases or drops it), with the
+    /// reason and the sender; none of it is "in step".
+    pub quarantined: Vec<Quarantined>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
 }
@@ -51,6 +54,8 @@ pub struct PeerStatus {
     /// full exchange that did not reconcile them, the paths that differ), and since when.
     pub diverged: Option<String>,
     pub diverged_since: Option<String>,
+    /// How many of this peer's messages are quarantined.
+    pub quarantined: usize,
 }
 
 fn when(ms: Option<i64>) -> Option<String> {
@@ -63,7 +68,8 @@ fn when(ms: Option<i64>) -> Option<String> {
 /// Builds the status report from the store.
 pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
     let mut documents = Vec::new();
-    let mut failing = false;
+    let quarantined = store.quarantined(false)?;
+    let mut failing = !quarantined.is_empty();
     for d in &cfg.documents {
         let exists = store.has_doc(&d.name)?;
         let mut peers = Vec::new();
@@ -104,6 +110,10 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             };
             let other_document = store.fork(&d.name, &key)?.map(|(id, _)| id);
             let health = store.health(&d.name, &key)?;
+            let held = quarantined
+                .iter()
+                .filter(|q| q.doc == d.name && d.peer(&q.sender) == Some(&key))
+                .count();
             failing |= row.failing
                 || other_document.is_some()
                 || health.notice.is_some()
@@ -128,6 +138,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 problem: health.notice.map(|(n, _)| n),
                 diverged_since: when(health.diverged.as_ref().map(|(_, t)| *t)),
                 diverged: health.diverged.map(|(d, _)| d),
+                quarantined: held,
             });
         }
         documents.push(DocStatus {
@@ -143,7 +154,11 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             peers,
         });
     }
-    Ok(Status { documents, failing })
+    Ok(Status {
+        documents,
+        quarantined,
+        failing,
+    })
 }
 
 impl std::fmt::Display for Status {
@@ -170,13 +185,17 @@ impl std::fmt::Display for Status {
                         ", DIVERGED"
                     } else if p.pending_changes {
                         ", changes pending"
-                    } else if p.problem.is_some() {
+                    } else if p.problem.is_some() || p.quarantined > 0 {
                         ", not in step"
                     } else {
                         ", in step"
                     },
                     if p.outbox > 0 {
                         format!(", {} in outbox", p.outbox)
+                    } else {
+                        String::new()
+                    } + &if p.quarantined > 0 {
+                        format!(", {} quarantined", p.quarantined)
                     } else {
                         String::new()
                     },
@@ -213,6 +232,23 @@ impl std::fmt::Display for Status {
                     )?;
                 }
             }
+        }
+        if !self.quarantined.is_empty() {
+            writeln!(
+                f,
+                "quarantined (not merged; `agent quarantine show ID`, `release ID` or `drop ID`):"
+            )?;
+        }
+        for q in &self.quarantined {
+            writeln!(
+                f,
+                "  #{} {} from {} ({}): {}",
+                q.id,
+                when(Some(q.at)).unwrap_or_default(),
+                q.sender,
+                q.doc,
+                q.reason
+            )?;
         }
         Ok(())
     }

@@ -16,7 +16,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::engine::{self, Document};
 
 mod health;
+mod quarantine;
 pub use health::{Health, HealthChange, health};
+pub use quarantine::Quarantined;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(health::SCHEMA)?;
+        conn.execute_batch(quarantine::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),
