@@ -117,9 +117,6 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn refused_changes_are_shown_and_merged_after_all_when_released() {
-    use minisync::engine::ClientId;
-    use minisync::transport::Outgoing;
-    use minisync::transport::mail::envelope;
     let stack = Stack::get();
     let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     let (a, b) = (alice.address.clone(), bob.address.clone());
@@ -129,61 +126,20 @@ fn refused_changes_are_shown_and_merged_after_all_when_released() {
         bob.cmd(&["sync"]);
         bob.doc("todo").is_some()
     });
-    // A change of alice's client stamped ten years ahead: refused for its clock.
-    let st = alice.status();
-    let doc_id = st["documents"][0]["doc_id"].as_str().unwrap().to_string();
-    let client = st["documents"][0]["client_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // A change of alice's client stamped ten years ahead: refused for its clock. Twice, under
+    // two Message-IDs: one to release, one to drop.
+    let r = replica(&alice, "todo");
+    let client = r.client_id().to_string();
+    let root = r.changes().to_value()["changes"]["_s"]["id"].clone();
     let ahead = minisync::engine::system_now_ms() + 10 * 365 * 86_400_000;
     let hlc = format!("{:x}", ahead << 16);
-    let db = rusqlite::Connection::open(alice.dir.path().join("state/agent.sqlite")).unwrap();
-    let state: String = db
-        .query_row("SELECT state FROM documents WHERE name = 'todo'", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    let root = minisync::engine::Document::restore(&state)
-        .unwrap()
-        .changes()
-        .to_value()["changes"]["_s"]["id"]
-        .clone();
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": doc_id, "sentBy": client,
+        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": client,
         "fromVersion": 50, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 50, "k": {"n": format!("{hlc}-{client}")}}}
-    })
-    .to_string();
-    let mid = format!("<ahead-{}@example.test>", rand::random::<u32>());
-    let out = Outgoing {
-        doc_name: "todo",
-        doc_id: &doc_id,
-        client_id: ClientId::parse(&client).unwrap(),
-        peer: &b,
-        message_id: &mid,
-        in_reply_to: None,
-        body: &body,
-        ack_only: false,
-        version: 50,
-        base: None,
-        base_version: 0,
-        base_len: 0,
-    };
-    let (_, raw) = envelope::build(&out, &a, None).unwrap();
-    send_raw(&stack, &a, &b, &raw);
-    // And a second copy under another Message-ID, to be dropped.
-    let mid2 = format!("<ahead-{}@example.test>", rand::random::<u32>());
-    let (_, raw2) = envelope::build(
-        &Outgoing {
-            message_id: &mid2,
-            ..out
-        },
-        &a,
-        None,
-    )
-    .unwrap();
-    send_raw(&stack, &a, &b, &raw2);
+    });
+    send_changes_as(&stack, &a, &b, "todo", &body);
+    send_changes_as(&stack, &a, &b, "todo", &body);
     wait_until(T, "bob quarantines both", || {
         bob.cmd(&["sync"]);
         bob.status()["quarantined"]

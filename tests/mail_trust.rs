@@ -8,9 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use minisync::engine::ClientId;
-use minisync::transport::Outgoing;
-use minisync::transport::mail::envelope;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -103,36 +100,14 @@ fn a_forged_mail_with_absurd_versions_does_not_block_later_genuine_mail() {
     let (a, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"n": 0}));
     in_step(&alice, &bob, &a, &b);
-    let st = alice.status();
-    let doc_id = st["documents"][0]["doc_id"].as_str().unwrap().to_string();
-    let client = st["documents"][0]["client_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let r = replica(&alice, "todo");
     // A mail in alice's name claiming she is at version 1,000,000 (no changes).
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": doc_id, "sentBy": client,
+        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": r.client_id(),
         "fromVersion": 1_000_000, "changesSince": 0, "knows": {}, "clientStates": [],
         "changes": null
-    })
-    .to_string();
-    let mid = format!("<forged-{}@example.test>", rand::random::<u32>());
-    let out = Outgoing {
-        doc_name: "todo",
-        doc_id: &doc_id,
-        client_id: ClientId::parse(&client).unwrap(),
-        peer: &b,
-        message_id: &mid,
-        in_reply_to: None,
-        body: &body,
-        ack_only: true,
-        version: 1_000_000,
-        base: None,
-        base_version: 0,
-        base_len: 0,
-    };
-    let (_, raw) = envelope::build(&out, &a, None).unwrap();
-    send_raw(&stack, &a, &b, &raw);
+    });
+    send_changes_as(&stack, &a, &b, "todo", &body);
     sync_until(&bob, "bob reads the forged mail", |_| {
         messages(&stack.maildir(&b), "").is_empty()
     });
@@ -160,37 +135,17 @@ fn changes_stamped_centuries_ahead_are_refused_and_status_names_the_peer() {
     let (a, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"n": 0}));
     in_step(&alice, &bob, &a, &b);
-    let st = alice.status();
-    let doc_id = st["documents"][0]["doc_id"].as_str().unwrap().to_string();
-    let client = st["documents"][0]["client_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let r = replica(&alice, "todo");
+    let client = r.client_id().to_string();
+    let root = r.changes().to_value()["changes"]["_s"]["id"].clone();
     // A change of alice's client stamped in the year ~3000 (a dead clock battery).
     let hlc = format!("{:x}", (32_503_680_000_000u64) << 16);
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": doc_id, "sentBy": client,
+        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": client,
         "fromVersion": 100, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
-        "changes": {"n": 7, "_s": {"id": format!("{hlc}-{client}"), "u": 100}}
-    })
-    .to_string();
-    let mid = format!("<skewed-{}@example.test>", rand::random::<u32>());
-    let out = Outgoing {
-        doc_name: "todo",
-        doc_id: &doc_id,
-        client_id: ClientId::parse(&client).unwrap(),
-        peer: &b,
-        message_id: &mid,
-        in_reply_to: None,
-        body: &body,
-        ack_only: false,
-        version: 100,
-        base: None,
-        base_version: 0,
-        base_len: 0,
-    };
-    let (_, raw) = envelope::build(&out, &a, None).unwrap();
-    send_raw(&stack, &a, &b, &raw);
+        "changes": {"n": 7, "_s": {"id": root, "u": 100, "k": {"n": format!("{hlc}-{client}")}}}
+    });
+    send_changes_as(&stack, &a, &b, "todo", &body);
     let seen = sync_until(&bob, "bob refuses the far-future change", |s| {
         peer_status(s, &a)["problem"].is_string()
     });

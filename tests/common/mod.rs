@@ -414,3 +414,39 @@ impl Relay {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Sends `body` (a changes object) as agent mail in `from`'s name to `to`, as anyone who can send
+/// mail could; returns its Message-ID.
+pub fn send_changes_as(stack: &Stack, from: &str, to: &str, doc: &str, body: &Value) -> String {
+    let text = body.to_string();
+    let mid = format!("<forged-{:08x}@example.test>", rand::random::<u32>());
+    let sent_by = body["sentBy"].as_str().unwrap_or("aaaaaaaaaaaaaaaa");
+    let out = minisync::transport::Outgoing {
+        doc_name: doc,
+        doc_id: body["id"].as_str().unwrap_or(""),
+        client_id: minisync::engine::ClientId::parse(sent_by).unwrap(),
+        peer: to,
+        message_id: &mid,
+        in_reply_to: None,
+        body: &text,
+        ack_only: body["changes"].is_null(),
+        version: body["fromVersion"].as_u64().unwrap_or(0),
+        base: None,
+        base_version: 0,
+        base_len: 0,
+    };
+    let (_, raw) = minisync::transport::mail::envelope::build(&out, from, None).unwrap();
+    send_raw(stack, from, to, &raw);
+    mid
+}
+
+/// A node's replica of a document as the engine sees it, read from its saved state.
+pub fn replica(node: &Node, doc: &str) -> minisync::engine::Document {
+    let db = rusqlite::Connection::open(node.dir.path().join("state/agent.sqlite")).unwrap();
+    let state: String = db
+        .query_row("SELECT state FROM documents WHERE name = ?1", [doc], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    minisync::engine::Document::restore(&state).unwrap()
+}
