@@ -216,36 +216,7 @@ impl Changes {
         }
         let knows = knowledge_of(top.get("knows"), "$.knows")?;
         let partial = knowledge_of(top.get("partial"), "$.partial")?;
-        let mut client_states = Vec::new();
-        match top.get("clientStates") {
-            Some(Value::Array(rows)) => {
-                if rows.len() > 100_000 {
-                    return Err(Error::malformed("$.clientStates", "more than 100000 rows"));
-                }
-                let mut seen = std::collections::HashSet::new();
-                for (i, row) in rows.iter().enumerate() {
-                    let at = format!("$.clientStates[{i}]");
-                    let obj = row
-                        .as_object()
-                        .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
-                    let client_id = client_of(obj.get("clientID"), &format!("{at}.clientID"))?;
-                    if !seen.insert(client_id) {
-                        return Err(Error::malformed(
-                            &at,
-                            format!("client {client_id} listed twice"),
-                        ));
-                    }
-                    client_states.push(ClientState {
-                        client_id,
-                        last_received: get_u64(obj, "lastReceived", &at)?,
-                        last_acknowledged: get_u64(obj, "lastAcknowledged", &at)?,
-                        knows: knowledge_of(obj.get("knows"), &format!("{at}.knows"))?,
-                    });
-                }
-            }
-            None => {}
-            Some(_) => return Err(Error::malformed("$.clientStates", "must be an array")),
-        }
+        let client_states = client_states_of(top.get("clientStates"))?;
         let mut budget = MAX_ITEMS;
         let root = match top.get("changes") {
             None | Some(Value::Null) => None,
@@ -260,28 +231,7 @@ impl Changes {
                 Some(node)
             }
         };
-        let digest = match top.get("digest") {
-            None => None,
-            Some(v) => Some(
-                v.as_str()
-                    .filter(|s| !s.is_empty() && s.len() <= 16)
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or_else(|| {
-                        Error::malformed("$.digest", "must be a hex number of at most 16 digits")
-                    })?,
-            ),
-        };
-        let repair = match top.get("repair") {
-            None => None,
-            Some(Value::String(s)) if s == "request" => Some(RepairKind::Request),
-            Some(Value::String(s)) if s == "reply" => Some(RepairKind::Reply),
-            Some(_) => {
-                return Err(Error::malformed(
-                    "$.repair",
-                    "must be \"request\" or \"reply\"",
-                ));
-            }
-        };
+        let (digest, repair) = extras_of(top)?;
         if repair.is_some() && (changes_since != 0 || root.is_none()) {
             return Err(Error::malformed(
                 "$.repair",
@@ -463,6 +413,67 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
     Value::Object(out)
 }
 
+/// The sender's table of other clients.
+fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
+    let rows = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(rows)) => rows,
+        Some(_) => return Err(Error::malformed("$.clientStates", "must be an array")),
+    };
+    if rows.len() > 100_000 {
+        return Err(Error::malformed("$.clientStates", "more than 100000 rows"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let at = format!("$.clientStates[{i}]");
+        let obj = row
+            .as_object()
+            .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
+        let client_id = client_of(obj.get("clientID"), &format!("{at}.clientID"))?;
+        if !seen.insert(client_id) {
+            return Err(Error::malformed(
+                &at,
+                format!("client {client_id} listed twice"),
+            ));
+        }
+        out.push(ClientState {
+            client_id,
+            last_received: get_u64(obj, "lastReceived", &at)?,
+            last_acknowledged: get_u64(obj, "lastAcknowledged", &at)?,
+            knows: knowledge_of(obj.get("knows"), &format!("{at}.knows"))?,
+        });
+    }
+    Ok(out)
+}
+
+/// The optional fields of format 2: `digest` and `repair`.
+fn extras_of(top: &Map<String, Value>) -> Result<(Option<u64>, Option<RepairKind>)> {
+    let digest = match top.get("digest") {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .filter(|s| !s.is_empty() && s.len() <= 16)
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or_else(|| {
+                    Error::malformed("$.digest", "must be a hex number of at most 16 digits")
+                })?,
+        ),
+    };
+    let repair = match top.get("repair") {
+        None => None,
+        Some(Value::String(s)) if s == "request" => Some(RepairKind::Request),
+        Some(Value::String(s)) if s == "reply" => Some(RepairKind::Reply),
+        Some(_) => {
+            return Err(Error::malformed(
+                "$.repair",
+                "must be \"request\" or \"reply\"",
+            ));
+        }
+    };
+    Ok((digest, repair))
+}
+
 fn knowledge_value(k: &Knowledge) -> Value {
     Value::Object(
         k.iter()
@@ -570,9 +581,9 @@ fn parse_node(
         Some(_) => get_u64(s, "u", &s_at)?,
     };
     spend(budget, 1, at)?;
-    let is_array = match s.get("a") {
-        None | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => true,
+    let body = match s.get("a") {
+        None | Some(Value::Bool(false)) => parse_object_body(obj, s, at, budget, id, u)?,
+        Some(Value::Bool(true)) => parse_array_body(obj, s, at, budget, u)?,
         Some(_) => {
             return Err(Error::malformed(
                 format!("{s_at}.a"),
@@ -580,120 +591,137 @@ fn parse_node(
             ));
         }
     };
-    let body = if is_array {
-        if s.contains_key("k") || s.contains_key("d") {
+    Ok(WNode { id, u, body })
+}
+
+/// The elements of an array node: live ones in `v`, removed ones in `_s.ri`.
+fn parse_array_body(
+    obj: &Map<String, Value>,
+    s: &Map<String, Value>,
+    at: &str,
+    budget: &mut usize,
+    u: u64,
+) -> Result<WBody> {
+    let s_at = format!("{at}._s");
+    if s.contains_key("k") || s.contains_key("d") {
+        return Err(Error::malformed(
+            &s_at,
+            "an array node cannot have \"k\" or \"d\"",
+        ));
+    }
+    if let Some(key) = obj.keys().find(|k| *k != "_s" && *k != "v") {
+        return Err(Error::malformed(
+            at,
+            format!("unknown array node field {key:?}"),
+        ));
+    }
+    let live = match obj.get("v") {
+        Some(Value::Array(a)) => a.as_slice(),
+        _ => {
             return Err(Error::malformed(
-                &s_at,
-                "an array node cannot have \"k\" or \"d\"",
+                format!("{at}.v"),
+                "must be an array of elements",
             ));
         }
-        for key in obj.keys() {
-            if key != "_s" && key != "v" {
-                return Err(Error::malformed(
-                    at,
-                    format!("unknown array node field {key:?}"),
-                ));
-            }
-        }
-        let live = match obj.get("v") {
-            Some(Value::Array(a)) => a.as_slice(),
-            _ => {
-                return Err(Error::malformed(
-                    format!("{at}.v"),
-                    "must be an array of elements",
-                ));
-            }
-        };
-        let removed = match s.get("ri") {
-            None => &[][..],
-            Some(Value::Array(a)) => a.as_slice(),
-            Some(_) => return Err(Error::malformed(format!("{s_at}.ri"), "must be an array")),
-        };
-        spend(budget, live.len() + removed.len(), at)?;
-        let mut elems = Vec::with_capacity(live.len() + removed.len());
-        parse_elems(live, false, &format!("{at}.v"), budget, u, &mut elems)?;
-        parse_elems(removed, true, &format!("{s_at}.ri"), budget, u, &mut elems)?;
-        WBody::Arr(elems)
-    } else {
-        if s.contains_key("ri") {
-            return Err(Error::malformed(&s_at, "an object node cannot have \"ri\""));
-        }
-        let stamps = match s.get("k") {
-            None => None,
-            Some(Value::Object(m)) => Some(m),
-            Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
-        };
-        spend(budget, obj.len(), at)?;
-        let mut fields = Vec::with_capacity(obj.len());
-        for (wire_key, val) in obj {
-            if wire_key == "_s" {
-                continue;
-            }
-            let key = match wire_key.strip_prefix('_') {
-                Some(rest) if rest.starts_with('_') => rest.to_string(),
-                Some(_) => {
-                    return Err(Error::malformed(
-                        at,
-                        format!(
-                            "unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"
-                        ),
-                    ));
-                }
-                None => wire_key.clone(),
-            };
-            let f_at = format!("{at}.{wire_key}");
-            let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
-            let explicit = stamps.and_then(|m| m.get(&key));
-            let stamp = match (&val, explicit) {
-                (WVal::Node(n), Some(_)) => {
-                    return Err(Error::malformed(
-                        format!("{s_at}.k"),
-                        format!("key {key:?} holds node {} whose id is its stamp", n.id),
-                    ));
-                }
-                (WVal::Node(_), None) => stamp.unwrap_or(id),
-                (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &format!("{s_at}.k.{key}"))?,
-                (WVal::Prim(_), None) => id,
-            };
-            fields.push(WField {
-                key,
-                val: Some(val),
-                stamp,
-            });
-        }
-        if let Some(m) = stamps {
-            for key in m.keys() {
-                if !fields.iter().any(|f| &f.key == key) {
-                    return Err(Error::malformed(
-                        format!("{s_at}.k"),
-                        format!("stamp for key {key:?}, which is not in the node"),
-                    ));
-                }
-            }
-        }
-        match s.get("d") {
-            None => {}
-            Some(Value::Object(m)) => {
-                spend(budget, m.len(), at)?;
-                for (key, st) in m {
-                    if fields.iter().any(|f| &f.key == key) {
-                        return Err(Error::malformed(
-                            format!("{s_at}.d"),
-                            format!("key {key:?} is both written and removed"),
-                        ));
-                    }
-                    fields.push(WField {
-                        key: key.clone(),
-                        val: None,
-                        stamp: stamp_of(Some(st), &format!("{s_at}.d.{key}"))?,
-                    });
-                }
-            }
-            Some(_) => return Err(Error::malformed(format!("{s_at}.d"), "must be an object")),
-        }
-        WBody::Obj(fields)
     };
-    Ok(WNode { id, u, body })
+    let removed = match s.get("ri") {
+        None => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return Err(Error::malformed(format!("{s_at}.ri"), "must be an array")),
+    };
+    spend(budget, live.len() + removed.len(), at)?;
+    let mut elems = Vec::with_capacity(live.len() + removed.len());
+    parse_elems(live, false, &format!("{at}.v"), budget, u, &mut elems)?;
+    parse_elems(removed, true, &format!("{s_at}.ri"), budget, u, &mut elems)?;
+    Ok(WBody::Arr(elems))
+}
+
+/// The fields of an object node: written keys (with `_s.k` stamps where they differ from the
+/// node's id) and removed ones (`_s.d`).
+fn parse_object_body(
+    obj: &Map<String, Value>,
+    s: &Map<String, Value>,
+    at: &str,
+    budget: &mut usize,
+    id: Stamp,
+    u: u64,
+) -> Result<WBody> {
+    let s_at = format!("{at}._s");
+    if s.contains_key("ri") {
+        return Err(Error::malformed(&s_at, "an object node cannot have \"ri\""));
+    }
+    let stamps = match s.get("k") {
+        None => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
+    };
+    spend(budget, obj.len(), at)?;
+    let mut fields = Vec::with_capacity(obj.len());
+    let mut written = std::collections::HashSet::with_capacity(obj.len());
+    for (wire_key, val) in obj.iter().filter(|(k, _)| *k != "_s") {
+        let key = user_key(wire_key, at)?;
+        let f_at = format!("{at}.{wire_key}");
+        let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
+        let stamp = match (&val, stamps.and_then(|m| m.get(&key))) {
+            (WVal::Node(n), Some(_)) => {
+                return Err(Error::malformed(
+                    format!("{s_at}.k"),
+                    format!("key {key:?} holds node {} whose id is its stamp", n.id),
+                ));
+            }
+            (WVal::Node(_), None) => stamp.unwrap_or(id),
+            (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &format!("{s_at}.k.{key}"))?,
+            (WVal::Prim(_), None) => id,
+        };
+        written.insert(key.clone());
+        fields.push(WField {
+            key,
+            val: Some(val),
+            stamp,
+        });
+    }
+    if let Some(key) = stamps.and_then(|m| m.keys().find(|k| !written.contains(*k))) {
+        return Err(Error::malformed(
+            format!("{s_at}.k"),
+            format!("stamp for key {key:?}, which is not in the node"),
+        ));
+    }
+    match s.get("d") {
+        None => {}
+        Some(Value::Object(m)) => {
+            spend(budget, m.len(), at)?;
+            for (key, st) in m {
+                if written.contains(key) {
+                    return Err(Error::malformed(
+                        format!("{s_at}.d"),
+                        format!("key {key:?} is both written and removed"),
+                    ));
+                }
+                fields.push(WField {
+                    key: key.clone(),
+                    val: None,
+                    stamp: stamp_of(Some(st), &format!("{s_at}.d.{key}"))?,
+                });
+            }
+        }
+        Some(_) => return Err(Error::malformed(format!("{s_at}.d"), "must be an object")),
+    }
+    Ok(WBody::Obj(fields))
+}
+
+/// The user's key for a key on the wire (`__x` → `_x`); any other key starting with `_` is ours
+/// and unknown.
+fn user_key(wire_key: &str, at: &str) -> Result<String> {
+    match wire_key.strip_prefix('_') {
+        Some(rest) if rest.starts_with('_') => Ok(rest.to_string()),
+        Some(_) => Err(Error::malformed(
+            at,
+            format!(
+                "unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"
+            ),
+        )),
+        None => Ok(wire_key.to_string()),
+    }
 }
 
 /// Reads a value: a primitive, or a node (then the returned stamp is the node's id).
