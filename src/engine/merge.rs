@@ -17,7 +17,7 @@ use crate::engine::digest::wire_value_rank;
 use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{MAX_WALL_MS, Stamp, physical, wall_ms};
-use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WNode, WVal};
+use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WField, WNode, WVal};
 
 /// What a merge did, for logs and for the agent's decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,16 +356,43 @@ impl Document {
         }
         c.stamp(w.id)?;
         let local = self.by_id.get(&w.id).copied();
-        match (&loc, local) {
-            (Loc::Root, Some(ROOT)) => {}
-            (Loc::Root, _) => {
-                return c.fail(format!(
-                    "the document root is {} here but {} in the changes",
-                    self.nodes[ROOT as usize].id, w.id
-                ));
+        self.check_place(w, &loc, local, c)?;
+        match (&w.body, local.map(|ix| &self.nodes[ix as usize].body)) {
+            (WBody::Obj(_), Some(Body::Arr(_))) => c.fail(format!(
+                "node {} is an array here, an object in the changes",
+                w.id
+            )),
+            (WBody::Arr(_), Some(Body::Obj(_))) => c.fail(format!(
+                "node {} is an object here, an array in the changes",
+                w.id
+            )),
+            (WBody::Obj(fields), lo) => {
+                let lo = match lo {
+                    Some(Body::Obj(o)) => Some(o),
+                    _ => None,
+                };
+                self.check_fields(fields, lo, local, depth, c)
             }
+            (WBody::Arr(elems), la) => {
+                let la = match la {
+                    Some(Body::Arr(a)) => Some(a),
+                    _ => None,
+                };
+                self.check_elems(elems, la, local, depth, c)
+            }
+        }
+    }
+
+    /// A node known here must be at the same place (the same key or element of the same parent).
+    fn check_place(&self, w: &WNode, loc: &Loc, local: Option<Ix>, c: &Check) -> Result<()> {
+        match (loc, local) {
+            (Loc::Root, Some(ROOT)) | (Loc::Key(..) | Loc::Elem(..), None) => Ok(()),
+            (Loc::Root, _) => c.fail(format!(
+                "the document root is {} here but {} in the changes",
+                self.nodes[ROOT as usize].id, w.id
+            )),
             (_, Some(ix)) => {
-                let at_same_place = match (&loc, self.nodes[ix as usize].parent) {
+                let at_same_place = match (loc, self.nodes[ix as usize].parent) {
                     (Loc::Key(Some(p), k), Some((lp, ls))) if *p == lp => {
                         matches!(&self.nodes[lp as usize].body, Body::Obj(o) if o.slots[ls as usize].key == *k)
                     }
@@ -374,74 +401,66 @@ impl Document {
                     }
                     _ => false,
                 };
-                if !at_same_place {
-                    return c.fail(format!("node {} is known here at another place", w.id));
+                if at_same_place {
+                    Ok(())
+                } else {
+                    c.fail(format!("node {} is known here at another place", w.id))
                 }
             }
-            (_, None) => {}
         }
-        let local_body = local.map(|ix| &self.nodes[ix as usize].body);
-        match (&w.body, local_body) {
-            (WBody::Obj(_), Some(Body::Arr(_))) => {
-                return c.fail(format!(
-                    "node {} is an array here, an object in the changes",
-                    w.id
-                ));
+    }
+
+    fn check_fields(
+        &self,
+        fields: &[WField],
+        lo: Option<&Obj>,
+        local: Option<Ix>,
+        depth: usize,
+        c: &mut Check,
+    ) -> Result<()> {
+        for f in fields {
+            c.trail.push(format!(".{}", f.key));
+            c.stamp(f.stamp)?;
+            let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
+            if let Some(lf) = lf
+                && lf.stamp == f.stamp
+                && c.changes.repair.is_none()
+                && !self.same_val(&lf.val, f.val.as_ref())
+            {
+                return c.fail(format!("stamp {} is used here for another value", f.stamp));
             }
-            (WBody::Arr(_), Some(Body::Obj(_))) => {
-                return c.fail(format!(
-                    "node {} is an object here, an array in the changes",
-                    w.id
-                ));
+            if let Some(WVal::Node(child)) = &f.val {
+                self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
             }
-            _ => {}
+            c.trail.pop();
         }
-        match &w.body {
-            WBody::Obj(fields) => {
-                let lo = match local_body {
-                    Some(Body::Obj(o)) => Some(o),
-                    _ => None,
-                };
-                for f in fields {
-                    c.trail.push(format!(".{}", f.key));
-                    c.stamp(f.stamp)?;
-                    let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
-                    if let Some(lf) = lf
-                        && lf.stamp == f.stamp
-                        && c.changes.repair.is_none()
-                        && !self.same_val(&lf.val, f.val.as_ref())
-                    {
-                        return c.fail(format!("stamp {} is used here for another value", f.stamp));
-                    }
-                    if let Some(WVal::Node(child)) = &f.val {
-                        self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
-                    }
-                    c.trail.pop();
-                }
+        Ok(())
+    }
+
+    fn check_elems(
+        &self,
+        elems: &[WElem],
+        la: Option<&Arr>,
+        local: Option<Ix>,
+        depth: usize,
+        c: &mut Check,
+    ) -> Result<()> {
+        let ids: HashSet<Stamp> = elems.iter().map(|e| e.id).collect();
+        if ids.len() != elems.len() {
+            return c.fail("an element id appears twice in one array");
+        }
+        // In id order, so that an element's origin (always older) is decided first.
+        let mut sorted: Vec<&WElem> = elems.iter().collect();
+        sorted.sort_by_key(|e| e.id);
+        for e in sorted {
+            c.trail.push(format!("[{}]", e.id));
+            self.check_elem(e, la, &ids, c)?;
+            if let Some((WVal::Node(child), _)) = &e.val
+                && !c.skip.contains(&e.id)
+            {
+                self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
             }
-            WBody::Arr(elems) => {
-                let la = match local_body {
-                    Some(Body::Arr(a)) => Some(a),
-                    _ => None,
-                };
-                let ids: HashSet<Stamp> = elems.iter().map(|e| e.id).collect();
-                if ids.len() != elems.len() {
-                    return c.fail("an element id appears twice in one array");
-                }
-                // In id order, so that an element's origin (always older) is decided first.
-                let mut sorted: Vec<&WElem> = elems.iter().collect();
-                sorted.sort_by_key(|e| e.id);
-                for e in sorted {
-                    c.trail.push(format!("[{}]", e.id));
-                    self.check_elem(e, la, &ids, c)?;
-                    if let Some((WVal::Node(child), _)) = &e.val
-                        && !c.skip.contains(&e.id)
-                    {
-                        self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
-                    }
-                    c.trail.pop();
-                }
-            }
+            c.trail.pop();
         }
         Ok(())
     }
