@@ -81,6 +81,27 @@ pub struct Agent {
     due: Due,
 }
 
+/// When the SMTP server refused our login and the config file changed since, the waiting mail is
+/// tried at once instead of after its backoff: the user has probably fixed the password.
+fn retry_after_config_change(cfg: &Config, store: &Store) -> Result<()> {
+    let Some(failed_at) = store.account_failure()? else {
+        return Ok(());
+    };
+    let changed = std::fs::metadata(&cfg.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|t| t.as_millis() as i64 > failed_at);
+    if changed {
+        let n = store.retry_now()?;
+        tracing::info!(
+            waiting = n,
+            "the config changed since the SMTP server refused our login: sending again now"
+        );
+    }
+    Ok(())
+}
+
 /// Opens the agent's state with the config's settings for loading replicas.
 ///
 /// # Errors
@@ -96,6 +117,7 @@ impl Agent {
     /// Opens the state and sets up one transport per kind (mail) or per folder.
     pub fn new(cfg: Config) -> Result<Agent> {
         let store = open_store(&cfg)?;
+        retry_after_config_change(&cfg, &store)?;
         let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
         let mut mail: Option<usize> = None;
         let mut docs = Vec::new();

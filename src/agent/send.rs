@@ -150,6 +150,7 @@ impl Agent {
             match transport.send(&out).await {
                 Ok(()) => {
                     self.store.mark_sent(item.id)?;
+                    self.store.set_account_failure(None)?;
                     Store::touch_peer(self.store.conn(), &item.doc, &item.peer, PeerChange::Sent)?;
                     tracing::info!(bytes = item.body.len(), ack_only = item.ack_only, "sent");
                     report.sent += 1;
@@ -170,6 +171,26 @@ impl Agent {
                             self.store.mark_failed(item.id, e)?;
                             tracing::error!(error = %e, "send refused by the server");
                             (e.clone(), true)
+                        }
+                        SendError::Account(e) => {
+                            // Not this message's fault: it waits (with backoff), as do the others,
+                            // until the account's settings are fixed (see `Agent::new`).
+                            let delay = backoff_delay(item.attempts.saturating_add(2));
+                            self.store.mark_retry(
+                                item.id,
+                                e,
+                                now_ms() + delay.as_millis() as i64,
+                            )?;
+                            self.store.set_account_failure(Some(now_ms()))?;
+                            tracing::error!(error = %e, "the SMTP server refused our login");
+                            let change = PeerChange::Failed {
+                                error: e.clone(),
+                                failing: true,
+                            };
+                            Store::touch_peer(self.store.conn(), &item.doc, &item.peer, change)?;
+                            report.send_failures += 1;
+                            report.errors.push(e.clone());
+                            break;
                         }
                     };
                     let change = PeerChange::Failed { error, failing };

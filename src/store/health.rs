@@ -8,6 +8,11 @@ use crate::engine::RepairKind;
 use crate::store::{Result, Store, now_ms};
 
 pub(super) const SCHEMA: &str = r#"
+-- When the SMTP server last refused the account's login (one row at most).
+CREATE TABLE IF NOT EXISTS account_failure (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS peer_health (
     doc TEXT NOT NULL,
     peer TEXT NOT NULL,
@@ -84,6 +89,34 @@ impl Store {
             )?,
         };
         Ok(())
+    }
+
+    /// Records when the SMTP server refused the account's login, or clears it (a send went out).
+    pub fn set_account_failure(&self, at: Option<i64>) -> Result<()> {
+        match at {
+            Some(t) => self.conn.execute(
+                "INSERT INTO account_failure (one, at) VALUES (1, ?1) ON CONFLICT(one) DO UPDATE SET at = ?1",
+                [t],
+            )?,
+            None => self.conn.execute("DELETE FROM account_failure", [])?,
+        };
+        Ok(())
+    }
+
+    /// When the SMTP server last refused the account's login, if it has not accepted it since.
+    pub fn account_failure(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT at FROM account_failure", [], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Makes every pending outbox item due now (the account's settings were fixed).
+    pub fn retry_now(&self) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE outbox SET next_attempt_at = ?1 WHERE status = 'pending' AND next_attempt_at > ?1",
+            [now_ms()],
+        )?)
     }
 
     /// A peer's health (all clear when nothing was ever recorded).

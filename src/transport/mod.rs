@@ -96,6 +96,11 @@ pub enum SendError {
     /// Will not succeed as it is (SMTP 5xx); the server's reply is kept for `agent status`.
     #[error("refused: {0}")]
     Permanent(String),
+    /// The account, not the message, is the problem (SMTP 535: the login was refused): every
+    /// message would fail the same way until the account's settings are fixed, so none is given
+    /// up; they wait for the next try.
+    #[error("{0}")]
+    Account(String),
 }
 
 /// A receive-side failure (connection lost, login refused, folder unreadable).

@@ -20,6 +20,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Smtp {
     server: Server,
     credentials: Credentials,
+    /// The login name, for messages.
+    login: String,
     hello: ClientId,
     starttls: Option<TlsParameters>,
     idle: tokio::sync::Mutex<Option<AsyncSmtpConnection>>,
@@ -50,6 +52,7 @@ impl Smtp {
         };
         Ok(Smtp {
             credentials: Credentials::new(server.login_or(address).to_string(), password),
+            login: server.login_or(address).to_string(),
             server: server.clone(),
             hello: ClientId::default(),
             starttls,
@@ -89,7 +92,14 @@ impl Smtp {
             .await
         {
             conn.abort().await;
-            return Err(classify(e));
+            return Err(SendError::Account(format!(
+                "SMTP {}:{} refused the login as {:?}: {}. Check login and password in the config \
+                 ([account.smtp]; many providers want an app password)",
+                s.host,
+                s.port,
+                self.login,
+                describe(&e)
+            )));
         }
         Ok(conn)
     }
@@ -144,7 +154,9 @@ impl Smtp {
                 let _ = conn.quit().await;
                 Ok(format!("{}:{} accepts our login", s.host, s.port))
             }
-            Ok(Err(SendError::Temporary(e) | SendError::Permanent(e))) => Err(e),
+            Ok(Err(SendError::Temporary(e) | SendError::Permanent(e) | SendError::Account(e))) => {
+                Err(e)
+            }
             Err(_) => Err(format!(
                 "{}:{} did not answer within {STEP_TIMEOUT:?}",
                 s.host, s.port
