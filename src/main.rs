@@ -31,7 +31,7 @@ enum Command {
     },
     /// Run as a service: receive, merge, acknowledge, send and resend until SIGTERM.
     Run,
-    /// One pass (fetch, merge, acknowledge, send) and exit.
+    /// One pass (fetch, merge, acknowledge, send) and exit; non-zero when anything failed.
     Sync,
     /// Send a peer its pending changes now.
     Send {
@@ -184,7 +184,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             for e in &report.errors {
                 eprintln!("error: {e}");
             }
-            Ok(if report.errors.is_empty() {
+            if report.send_failures > 0 {
+                eprintln!(
+                    "error: {} send(s) failed (`agent status` shows why)",
+                    report.send_failures
+                );
+            }
+            Ok(if report.errors.is_empty() && report.send_failures == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

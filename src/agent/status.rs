@@ -10,9 +10,20 @@ use crate::store::Store;
 /// The whole status report.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Transports whose last pass failed to receive (a refused IMAP command, a lost connection).
+    pub receiving: Vec<ReceiveError>,
     pub documents: Vec<DocStatus>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
+}
+
+/// A transport that could not receive in its last pass.
+#[derive(Debug, Serialize)]
+pub struct ReceiveError {
+    pub transport: String,
+    pub error: String,
+    /// When the failing began.
+    pub since: Option<String>,
 }
 
 /// One document.
@@ -55,7 +66,16 @@ fn when(ms: Option<i64>) -> Option<String> {
 /// Builds the status report from the store.
 pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
     let mut documents = Vec::new();
-    let mut failing = false;
+    let receiving: Vec<ReceiveError> = store
+        .transport_errors()?
+        .into_iter()
+        .map(|(transport, error, since)| ReceiveError {
+            transport,
+            error,
+            since: when(Some(since)),
+        })
+        .collect();
+    let mut failing = !receiving.is_empty();
     for d in &cfg.documents {
         let exists = store.has_doc(&d.name)?;
         let mut peers = Vec::new();
@@ -127,11 +147,24 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             peers,
         });
     }
-    Ok(Status { documents, failing })
+    Ok(Status {
+        receiving,
+        documents,
+        failing,
+    })
 }
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.receiving {
+            writeln!(
+                f,
+                "receiving over {} [FAILING] since {}: {}",
+                r.transport,
+                r.since.as_deref().unwrap_or("?"),
+                r.error
+            )?;
+        }
         for d in &self.documents {
             match (&d.doc_id, d.version) {
                 (Some(id), Some(v)) => {

@@ -100,6 +100,13 @@ CREATE TABLE IF NOT EXISTS forks (
     at INTEGER NOT NULL,
     PRIMARY KEY (doc, peer)
 );
+-- The last pass's receive-side error of each transport ("mail", "folder"); the row goes with the
+-- first pass that receives without one. `since`: when the failing began.
+CREATE TABLE IF NOT EXISTS transport_errors (
+    transport TEXT PRIMARY KEY,
+    error TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS published (
     doc TEXT PRIMARY KEY,
     base_version INTEGER NOT NULL,
@@ -517,6 +524,30 @@ impl Store {
             params![mailbox, uid_validity as i64, next_uid as i64],
         )?;
         Ok(())
+    }
+
+    /// Records how a pass went for a transport: its error, or None when it received without one.
+    pub fn set_transport_error(&self, transport: &str, error: Option<&str>) -> Result<()> {
+        match error {
+            Some(e) => self.conn.execute(
+                "INSERT INTO transport_errors (transport, error, since) VALUES (?1, ?2, ?3) ON CONFLICT(transport) DO UPDATE SET error = ?2",
+                params![transport, e, now_ms()],
+            )?,
+            None => self.conn.execute(
+                "DELETE FROM transport_errors WHERE transport = ?1",
+                [transport],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Transports whose last pass failed: (transport, error, since when).
+    pub fn transport_errors(&self) -> Result<Vec<(String, String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT transport, error, since FROM transport_errors ORDER BY transport")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// What was last published to a shared medium for a document.
