@@ -396,12 +396,13 @@ impl Store {
         &self.conn
     }
 
-    /// Puts a message in the outbox, dropping unsent older ones for the same document and peer:
-    /// every changes object is complete since the peer's last acknowledgement, so the newest
-    /// one carries everything the older ones did.
+    /// Puts a message in the outbox, dropping unsent older ones for the same document and peer,
+    /// those that already failed to go out included (an SMTP outage): every changes object is
+    /// complete since the peer's last acknowledgement, so the newest one carries everything the
+    /// older ones did, and sending them too would only repeat it.
     pub fn enqueue(conn: &Connection, item: &OutItem) -> Result<()> {
         conn.execute(
-            "DELETE FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND attempts = 0 AND (ack_only = 1 OR ?3 = 0)",
+            "DELETE FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND (ack_only = 1 OR ?3 = 0)",
             params![item.doc, item.peer, item.ack_only],
         )?;
         conn.execute(
@@ -661,12 +662,12 @@ impl Store {
         Ok(())
     }
 
-    /// The last error recorded on any outbox item of a document and peer.
+    /// The last error of an outbox item of a document and peer that still waits to go out.
     pub fn last_outbox_error(&self, doc: &str, peer: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT last_error FROM outbox WHERE doc = ?1 AND peer = ?2 AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
+                "SELECT last_error FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
                 params![doc, peer],
                 |r| r.get(0),
             )
@@ -812,5 +813,33 @@ mod tests {
         assert_eq!(s.prune(now_ms()).unwrap(), 0);
         assert_eq!(s.prune(now_ms() + KEEP_OUTBOX_MS + 1000).unwrap(), 1);
         assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 0);
+    }
+
+    #[test]
+    fn newer_changes_drop_older_ones_that_failed_to_go_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let item = |n: u64| OutItem {
+            id: 0,
+            doc: "todo".into(),
+            peer: "bob@example.test".into(),
+            message_id: format!("<m{n}@x>"),
+            in_reply_to: None,
+            body: "{}".into(),
+            ack_only: false,
+            version: n,
+            attempts: 0,
+        };
+        Store::enqueue(s.conn(), &item(1)).unwrap();
+        let first = s.due(now_ms() + 1).unwrap()[0].id;
+        s.mark_retry(first, "Connection refused", now_ms() - 1).unwrap();
+        assert_eq!(
+            s.last_outbox_error("todo", "bob@example.test").unwrap(),
+            Some("Connection refused".into())
+        );
+        Store::enqueue(s.conn(), &item(2)).unwrap();
+        let due = s.due(now_ms() + 1).unwrap();
+        assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(s.last_outbox_error("todo", "bob@example.test").unwrap(), None);
     }
 }
