@@ -128,7 +128,10 @@ fn without_uidnext_in_select_agent_mail_is_still_received() {
     wait_count(&stack, &b, "", 1);
     let (out, _) = sync_expecting(&bob, true);
     assert!(out.contains("merged 1"), "{out}");
-    assert_eq!(bob.doc("todo").unwrap(), json!({"items": ["milk", "bread"]}));
+    assert_eq!(
+        bob.doc("todo").unwrap(),
+        json!({"items": ["milk", "bread"]})
+    );
     assert!(messages(&stack.maildir(&b), "").is_empty());
     assert_eq!(messages(&stack.maildir(&b), "Minisync").len(), 2);
     assert!(
@@ -194,7 +197,10 @@ fn without_move_and_uidplus_processed_mail_is_copied_once_and_leaves_the_inbox()
     let left = inbox();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.iter().any(|p| !is_agent_mail(p) && flags(p) == "T"));
-    assert!(left.iter().any(|p| is_agent_mail(p) && flags(p).contains('T')));
+    assert!(
+        left.iter()
+            .any(|p| is_agent_mail(p) && flags(p).contains('T'))
+    );
 }
 
 #[test]
@@ -223,7 +229,10 @@ fn a_header_search_that_answers_every_message_touches_no_other_mail() {
     let check = bob.ok(&["check"]);
     assert!(check.contains("header search: answers wrongly"), "{check}");
     let (out, _) = sync_expecting(&bob, true);
-    assert!(out.contains("merged 1") && out.contains("quarantined 0"), "{out}");
+    assert!(
+        out.contains("merged 1") && out.contains("quarantined 0"),
+        "{out}"
+    );
     let left = messages(&stack.maildir(&b), "");
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(flags(&left[0]), "", "personal mail not even marked read");
@@ -327,7 +336,11 @@ fn a_refused_command_fails_sync_shows_in_status_and_skips_nothing() {
         "{st}"
     );
     // The real server: the mail (a duplicate now) is moved, and the status is clean again.
-    set_port(&bob, "account.imap", stack.var("IMAP_PORT").parse().unwrap());
+    set_port(
+        &bob,
+        "account.imap",
+        stack.var("IMAP_PORT").parse().unwrap(),
+    );
     let (out, _) = sync_expecting(&bob, true);
     assert!(out.contains("duplicates 1"), "{out}");
     assert!(messages(&stack.maildir(&b), "").is_empty());
@@ -359,7 +372,9 @@ fn a_mail_refused_as_too_large_fails_sync() {
     let peer = &v["documents"][0]["peers"][0];
     assert_eq!(peer["failing"], json!(true), "{peer}");
     assert!(
-        peer["last_error"].as_str().is_some_and(|e| e.contains("552")),
+        peer["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("552")),
         "{peer}"
     );
     assert!(messages(&stack.maildir(&b), "").is_empty());
@@ -386,9 +401,16 @@ fn changes_held_up_by_an_smtp_outage_go_out_once_as_the_newest() {
     assert!(out.contains("send failures 1"), "{out}");
     let p = peer();
     assert_eq!(p["outbox"], json!(1), "the older mail is superseded: {p}");
-    assert!(p["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{p}");
+    assert!(
+        p["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{p}"
+    );
     // Postfix is back.
-    set_port(&alice, "account.smtp", stack.var("SMTP_PORT").parse().unwrap());
+    set_port(
+        &alice,
+        "account.smtp",
+        stack.var("SMTP_PORT").parse().unwrap(),
+    );
     alice.ok(&["doc", "set", "todo", "n", "2"]);
     let (out, _) = sync_expecting(&alice, true);
     assert!(out.contains("sent 1"), "{out}");

@@ -832,7 +832,8 @@ mod tests {
         };
         Store::enqueue(s.conn(), &item(1)).unwrap();
         let first = s.due(now_ms() + 1).unwrap()[0].id;
-        s.mark_retry(first, "Connection refused", now_ms() - 1).unwrap();
+        s.mark_retry(first, "Connection refused", now_ms() - 1)
+            .unwrap();
         assert_eq!(
             s.last_outbox_error("todo", "bob@example.test").unwrap(),
             Some("Connection refused".into())
@@ -840,6 +841,9 @@ mod tests {
         Store::enqueue(s.conn(), &item(2)).unwrap();
         let due = s.due(now_ms() + 1).unwrap();
         assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(s.last_outbox_error("todo", "bob@example.test").unwrap(), None);
+        assert_eq!(
+            s.last_outbox_error("todo", "bob@example.test").unwrap(),
+            None
+        );
     }
 }

@@ -236,7 +236,11 @@ fn rewrite_search(line: &str, how: HeaderSearch, log: &Mutex<Vec<String>>) -> Op
     );
     note(
         log,
-        format!("search rewritten: {} => {}", line.trim_end(), out.trim_end()),
+        format!(
+            "search rewritten: {} => {}",
+            line.trim_end(),
+            out.trim_end()
+        ),
     );
     Some(out)
 }

@@ -180,7 +180,9 @@ pub async fn check_header_search(session: &mut ImapSession) -> Result<String, St
         (0, _) => "nothing to try it on (no agent mail here); not needed: the agent reads every \
                    header itself"
             .to_string(),
-        (n, 0) => format!("yes (right on {n} messages); the agent reads every header itself anyway"),
+        (n, 0) => {
+            format!("yes (right on {n} messages); the agent reads every header itself anyway")
+        }
         (n, wrong) => format!(
             "answers wrongly ({wrong} of {n} messages found lack the header); not needed: the \
              agent reads every header itself and moves or deletes only messages that carry it"
@@ -227,9 +229,15 @@ impl Caps {
     }
 }
 
-/// A mailbox name as an IMAP quoted string.
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+/// A mailbox name as an IMAP quoted string (which cannot hold a line break).
+fn quoted(name: &str) -> Result<String, String> {
+    if name.contains(['\r', '\n']) {
+        return Err(format!("folder name {name:?} contains a line break"));
+    }
+    Ok(format!(
+        "\"{}\"",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
 }
 
 /// A UID set (`1,5,7`).
@@ -266,11 +274,19 @@ pub async fn only_agent_mail(session: &mut ImapSession, uids: &[u32]) -> Result<
 /// without it, plain `EXPUNGE` removes every message flagged `\Deleted` in the folder, so it is
 /// sent only when each of them is agent mail. Otherwise the messages stay flagged (a later pass
 /// expunges them, and a flagged message is never read or copied again); returns false then.
-pub async fn delete(session: &mut ImapSession, uids: &[u32], uidplus: bool) -> Result<bool, String> {
+pub async fn delete(
+    session: &mut ImapSession,
+    uids: &[u32],
+    uidplus: bool,
+) -> Result<bool, String> {
     let mut expunged = true;
     for batch in uids.chunks(500) {
         let set = uid_set(batch);
-        command(session, &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)")).await?;
+        command(
+            session,
+            &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+        )
+        .await?;
         expunged &= expunge(session, &set, uidplus).await?;
     }
     Ok(expunged)
@@ -297,7 +313,10 @@ async fn expunge(session: &mut ImapSession, set: &str, uidplus: bool) -> Result<
 
 /// Every message from `from_uid` on: (UID, whether it is flagged `\Deleted`), from the index
 /// (no message is read). A FETCH, not a SEARCH: the plainest question a server can be asked.
-pub async fn list(session: &mut ImapSession, from_uid: u32) -> Result<Replies<(u32, bool)>, String> {
+pub async fn list(
+    session: &mut ImapSession,
+    from_uid: u32,
+) -> Result<Replies<(u32, bool)>, String> {
     let mut got = checked(
         session,
         &format!("UID FETCH {from_uid}:* (UID FLAGS)"),
@@ -348,8 +367,10 @@ pub enum Part {
     Marker,
     Whole,
 }
-/// The marker header field or the whole of each message in `uids`: (uid, bytes), in UID order. Messages
-/// expunged meanwhile are simply missing; a message the server cannot read fails the command.
+
+/// The marker header field or the whole of each message in `uids`: (uid, bytes), in UID order.
+/// Messages expunged meanwhile are simply missing; a message the server cannot read fails the
+/// command.
 pub async fn fetch(
     session: &mut ImapSession,
     uids: &[u32],
@@ -394,7 +415,7 @@ pub async fn move_message(
     folder: &str,
     caps: Caps,
 ) -> Result<(), String> {
-    let target = quoted(folder);
+    let target = quoted(folder)?;
     if caps.r#move {
         return command(session, &format!("UID MOVE {uid} {target}")).await;
     }
@@ -409,8 +430,9 @@ mod tests {
 
     #[test]
     fn mailbox_names_are_quoted() {
-        assert_eq!(quoted("Minisync"), "\"Minisync\"");
-        assert_eq!(quoted("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+        assert_eq!(quoted("Minisync").unwrap(), "\"Minisync\"");
+        assert_eq!(quoted("a \"b\" \\c").unwrap(), "\"a \\\"b\\\" \\\\c\"");
+        assert!(quoted("a\r\nb").unwrap_err().contains("line break"));
     }
 
     #[test]

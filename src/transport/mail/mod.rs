@@ -224,7 +224,10 @@ impl MailTransport {
                 if envelope::is_agent_mail(&raw) {
                     arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
                 } else {
-                    tracing::warn!(uid, "the server sent another message than it announced; left alone");
+                    tracing::warn!(
+                        uid,
+                        "the server sent another message than it announced; left alone"
+                    );
                 }
             }
         }
@@ -604,7 +607,10 @@ async fn check_imap(account: &Account) -> Result<Vec<(String, Result<String, Str
                 cfg.host, cfg.port, cfg.mailbox, mb.exists
             )),
         ),
-        line("IDLE", has(caps.idle, "the agent polls every poll-interval")),
+        line(
+            "IDLE",
+            has(caps.idle, "the agent polls every poll-interval"),
+        ),
         line(
             "MOVE",
             has(
