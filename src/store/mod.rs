@@ -399,14 +399,21 @@ impl Store {
     /// Puts a message in the outbox, dropping unsent older ones for the same document and peer,
     /// those that already failed to go out included (an SMTP outage): every changes object is
     /// complete since the peer's last acknowledgement, so the newest one carries everything the
-    /// older ones did, and sending them too would only repeat it.
+    /// older ones did, and sending them too would only repeat it. The new item takes over their
+    /// count of failed attempts, so that a long outage still marks the peer failing.
     pub fn enqueue(conn: &Connection, item: &OutItem) -> Result<()> {
+        const SUPERSEDED: &str = "FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND (ack_only = 1 OR ?3 = 0)";
+        let attempts: i64 = conn.query_row(
+            &format!("SELECT COALESCE(MAX(attempts), 0) {SUPERSEDED}"),
+            params![item.doc, item.peer, item.ack_only],
+            |r| r.get(0),
+        )?;
         conn.execute(
-            "DELETE FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND (ack_only = 1 OR ?3 = 0)",
+            &format!("DELETE {SUPERSEDED}"),
             params![item.doc, item.peer, item.ack_only],
         )?;
         conn.execute(
-            "INSERT INTO outbox (doc, peer, message_id, in_reply_to, body, ack_only, version, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            "INSERT INTO outbox (doc, peer, message_id, in_reply_to, body, ack_only, version, next_attempt_at, created_at, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
             params![
                 item.doc,
                 item.peer,
@@ -415,7 +422,8 @@ impl Store {
                 item.body,
                 item.ack_only,
                 item.version as i64,
-                now_ms()
+                now_ms(),
+                attempts
             ],
         )?;
         Ok(())
@@ -841,6 +849,7 @@ mod tests {
         Store::enqueue(s.conn(), &item(2)).unwrap();
         let due = s.due(now_ms() + 1).unwrap();
         assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(due[0].attempts, 1, "the failed attempt is carried over");
         assert_eq!(
             s.last_outbox_error("todo", "bob@example.test").unwrap(),
             None
