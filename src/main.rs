@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use minisync::agent::{Agent, AgentError, DocCommand, doc_command, status};
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path};
 use minisync::store::Store;
+use minisync::transport::mail::Finding;
 
 /// Keeps JSON documents in step with your peers over e-mail or a shared folder.
 #[derive(Parser)]
@@ -263,10 +264,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let results = runtime()?.block_on(minisync::transport::mail::check(&account));
             let mut ok = true;
-            for (what, r) in results {
-                match r {
-                    Ok(detail) => println!("ok    {what}: {detail}"),
-                    Err(e) => {
+            for (what, finding) in results {
+                match finding {
+                    Finding::Ok(detail) => println!("ok    {what}: {detail}"),
+                    Finding::Instead(detail) => println!("note  {what}: {detail}"),
+                    Finding::Fail(e) => {
                         ok = false;
                         println!("FAIL  {what}: {e}");
                     }

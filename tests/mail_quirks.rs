@@ -141,7 +141,10 @@ fn without_uidnext_in_select_agent_mail_is_still_received() {
     );
     assert!(bob.cmd(&["status"]).status.success());
     let check = bob.ok(&["check"]);
-    assert!(check.contains("UIDNEXT in SELECT: no"), "{check}");
+    assert!(
+        check.contains("note  IMAP UIDNEXT in SELECT: no: the agent lists"),
+        "{check}"
+    );
 }
 
 #[test]
@@ -177,6 +180,10 @@ fn without_move_and_uidplus_processed_mail_is_copied_once_and_leaves_the_inbox()
         "the agent used a command the server did not announce: {:?}",
         quirky.log()
     );
+    let check = bob.ok(&["check"]);
+    assert!(check.contains("note  IMAP MOVE: no"), "{check}");
+    assert!(check.contains("note  IMAP UIDPLUS: no"), "{check}");
+    assert!(check.contains("ok    IMAP IDLE: yes"), "{check}");
     // The user's mail client flags the personal mail deleted without expunging it. A plain
     // EXPUNGE would now remove it too: the agent's next mail is copied once and stays flagged.
     let mine = &left[0];
@@ -227,7 +234,10 @@ fn a_header_search_that_answers_every_message_touches_no_other_mail() {
         .map(|p| std::fs::read(p).unwrap())
         .unwrap();
     let check = bob.ok(&["check"]);
-    assert!(check.contains("header search: answers wrongly"), "{check}");
+    assert!(
+        check.contains("note  IMAP header search: answers wrongly"),
+        "{check}"
+    );
     let (out, _) = sync_expecting(&bob, true);
     assert!(
         out.contains("merged 1") && out.contains("quarantined 0"),

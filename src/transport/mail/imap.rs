@@ -163,20 +163,21 @@ pub async fn older_than(
 
 /// `agent check`: whether `UID SEARCH HEADER Minisync-Version ""` answers only messages that
 /// carry the header (some servers ignore the empty value and answer every message). The agent
-/// does not rely on it: it reads the header of every message it may touch itself.
-pub async fn check_header_search(session: &mut ImapSession) -> Result<String, String> {
+/// does not rely on it: it reads the header of every message it may touch itself. Returns whether
+/// the answer was right, and what to say.
+pub async fn check_header_search(session: &mut ImapSession) -> Result<(bool, String), String> {
     let header = envelope::VERSION_HEADER;
     let found = match search(session, &format!("UID 1:* HEADER {header} \"\""), 1).await {
         Ok(found) => found.items,
         Err(e) => {
-            return Ok(format!(
-                "refused ({e}); not needed: the agent reads every header itself"
-            ));
+            let text = format!("refused ({e}); not needed: the agent reads every header itself");
+            return Ok((false, text));
         }
     };
     let sample = &found[..found.len().min(FETCH_CHECK)];
     let ours = only_agent_mail(session, sample).await?;
-    Ok(match (sample.len(), sample.len() - ours.len()) {
+    let wrong = sample.len() - ours.len();
+    let text = match (sample.len(), wrong) {
         (0, _) => "nothing to try it on (no agent mail here); not needed: the agent reads every \
                    header itself"
             .to_string(),
@@ -187,7 +188,8 @@ pub async fn check_header_search(session: &mut ImapSession) -> Result<String, St
             "answers wrongly ({wrong} of {n} messages found lack the header); not needed: the \
              agent reads every header itself and moves or deletes only messages that carry it"
         ),
-    })
+    };
+    Ok((wrong == 0, text))
 }
 
 /// Messages whose header `agent check` reads to try the server's header search.

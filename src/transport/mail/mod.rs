@@ -563,25 +563,37 @@ impl Transport for MailTransport {
     }
 }
 
+/// One finding of `agent check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Works as the agent would have it.
+    Ok(String),
+    /// Missing or wrong on this server; says what the agent does instead.
+    Instead(String),
+    /// Does not work.
+    Fail(String),
+}
+
 /// `agent check`: logs in to IMAP and SMTP and reports what works, and for each capability the
 /// agent relies on, whether the server has it and what the agent does instead. Reads only: the
 /// mailbox is opened with EXAMINE, and nothing is flagged, moved or created.
-pub async fn check(account: &Account) -> Vec<(String, Result<String, String>)> {
+pub async fn check(account: &Account) -> Vec<(String, Finding)> {
     let mut out = match check_imap(account).await {
         Ok(lines) => lines,
-        Err(e) => vec![("IMAP".to_string(), Err(e))],
+        Err(e) => vec![("IMAP".to_string(), Finding::Fail(e))],
+    };
+    let smtp = match smtp::Smtp::new(&account.smtp, &account.address) {
+        Ok(smtp) => smtp.check().await,
+        Err(e) => Err(e),
     };
     out.push((
         "SMTP".to_string(),
-        match smtp::Smtp::new(&account.smtp, &account.address) {
-            Ok(smtp) => smtp.check().await,
-            Err(e) => Err(e),
-        },
+        smtp.map_or_else(Finding::Fail, Finding::Ok),
     ));
     out
 }
 
-async fn check_imap(account: &Account) -> Result<Vec<(String, Result<String, String>)>, String> {
+async fn check_imap(account: &Account) -> Result<Vec<(String, Finding)>, String> {
     let cfg = &account.imap;
     let mut s = imap::connect(cfg, &account.address).await?;
     let caps = Caps::of(&mut s).await?;
@@ -589,49 +601,46 @@ async fn check_imap(account: &Account) -> Result<Vec<(String, Result<String, Str
         .examine(&cfg.mailbox)
         .await
         .map_err(|e| format!("cannot open mailbox {}: {e}", cfg.mailbox))?;
-    let search = imap::check_header_search(&mut s).await;
+    let (search_right, search) = imap::check_header_search(&mut s).await?;
     let _ = s.logout().await;
-    let has = |yes: bool, instead: &str| {
-        Ok(if yes {
+    let line = |what: &str, yes: bool, instead: String| {
+        let finding = if yes {
+            Finding::Ok(instead)
+        } else {
+            Finding::Instead(instead)
+        };
+        (format!("IMAP {what}"), finding)
+    };
+    let has = |what: &str, yes: bool, instead: &str| {
+        let text = if yes {
             "yes".to_string()
         } else {
             format!("no: {instead}")
-        })
+        };
+        line(what, yes, text)
     };
-    let line = |what: &str, r| (format!("IMAP {what}"), r);
+    let opened = format!(
+        "{}:{} logged in; {} has {} messages",
+        cfg.host, cfg.port, cfg.mailbox, mb.exists
+    );
     Ok(vec![
-        (
-            "IMAP".to_string(),
-            Ok(format!(
-                "{}:{} logged in; {} has {} messages",
-                cfg.host, cfg.port, cfg.mailbox, mb.exists
-            )),
-        ),
-        line(
-            "IDLE",
-            has(caps.idle, "the agent polls every poll-interval"),
-        ),
-        line(
+        ("IMAP".to_string(), Finding::Ok(opened)),
+        has("IDLE", caps.idle, "the agent polls every poll-interval"),
+        has(
             "MOVE",
-            has(
-                caps.r#move,
-                "the agent copies, flags \\Deleted and expunges; a flagged message is never copied again",
-            ),
+            caps.r#move,
+            "the agent copies, flags \\Deleted and expunges; a flagged message is never copied again",
         ),
-        line(
+        has(
             "UIDPLUS",
-            has(
-                caps.uidplus,
-                "the agent expunges with plain EXPUNGE, and only while every message flagged \\Deleted in the folder is agent mail",
-            ),
+            caps.uidplus,
+            "the agent expunges with plain EXPUNGE, and only while every message flagged \\Deleted in the folder is agent mail",
         ),
-        line(
+        has(
             "UIDNEXT in SELECT",
-            has(
-                mb.uid_next.is_some(),
-                "the agent lists every message from its cursor on (UID FETCH n:*)",
-            ),
+            mb.uid_next.is_some(),
+            "the agent lists every message from its cursor on (UID FETCH n:*)",
         ),
-        line("header search", search),
+        line("header search", search_right, search),
     ])
 }
