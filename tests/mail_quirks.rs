@@ -47,6 +47,14 @@ fn flags(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Flags a message in `who`'s inbox `\Deleted`, as a mail client does before it expunges.
+fn flag_deleted(stack: &Stack, who: &str, message: &Path) {
+    let name = message.file_name().unwrap().to_string_lossy().into_owned();
+    let base = name.split(":2,").next().unwrap().to_string();
+    let cur = stack.maildir(who).join("cur");
+    std::fs::rename(message, cur.join(format!("{base}:2,T"))).unwrap();
+}
+
 fn wait_count(stack: &Stack, who: &str, folder: &str, n: usize) {
     wait_until(T, &format!("{n} mails in {who}'s {folder:?}"), || {
         messages(&stack.maildir(who), folder).len() == n
@@ -186,11 +194,7 @@ fn without_move_and_uidplus_processed_mail_is_copied_once_and_leaves_the_inbox()
     assert!(check.contains("ok    IMAP IDLE: yes"), "{check}");
     // The user's mail client flags the personal mail deleted without expunging it. A plain
     // EXPUNGE would now remove it too: the agent's next mail is copied once and stays flagged.
-    let mine = &left[0];
-    let cur = stack.maildir(&b).join("cur");
-    let name = mine.file_name().unwrap().to_string_lossy().into_owned();
-    let base = name.split(":2,").next().unwrap().to_string();
-    std::fs::rename(mine, cur.join(format!("{base}:2,T"))).unwrap();
+    flag_deleted(&stack, &b, &left[0]);
     alice.ok(&["doc", "set", "todo", "n", "2"]);
     alice.sync();
     wait_count(&stack, &b, "", 2);
@@ -208,6 +212,45 @@ fn without_move_and_uidplus_processed_mail_is_copied_once_and_leaves_the_inbox()
         left.iter()
             .any(|p| is_agent_mail(p) && flags(p).contains('T'))
     );
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn without_move_but_with_uidplus_only_the_agents_mail_is_expunged() {
+    let stack = Stack::get();
+    let (_, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    let quirky = proxy(
+        &stack,
+        Quirks {
+            hide_caps: list(&["MOVE"]),
+            refuse: list(&["UID MOVE", "MOVE"]),
+            ..Quirks::default()
+        },
+    );
+    set_port(&bob, "account.imap", quirky.port);
+    // A personal message the user's client flagged deleted and has not expunged yet.
+    personal(&stack, &b);
+    wait_count(&stack, &b, "", 1);
+    flag_deleted(&stack, &b, &messages(&stack.maildir(&b), "")[0]);
+    alice.import("todo", &json!({"n": 1}));
+    alice.sync();
+    wait_count(&stack, &b, "", 2);
+    for _ in 0..3 {
+        sync_expecting(&bob, true);
+    }
+    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 1}));
+    assert_eq!(messages(&stack.maildir(&b), "Minisync").len(), 1);
+    let left = messages(&stack.maildir(&b), "");
+    assert_eq!(
+        left.len(),
+        1,
+        "UID EXPUNGE took the agent's mail alone: {left:?}"
+    );
+    assert!(
+        !is_agent_mail(&left[0]) && flags(&left[0]) == "T",
+        "{left:?}"
+    );
+    assert!(quirky.log().iter().all(|l| !l.starts_with("refused:")));
 }
 
 #[test]
