@@ -108,6 +108,26 @@ pub fn literal(line: &[u8]) -> Option<usize> {
     inner[open + 1..].trim_end_matches('+').parse().ok()
 }
 
+/// Reads one line into `line`; false at the end of the stream.
+async fn read_line(from: &mut BufReader<OwnedReadHalf>, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    matches!(from.read_until(b'\n', line).await, Ok(n) if n > 0)
+}
+
+/// Appends to `out` the literal that `line` announces, read whole from `from`; false if the
+/// stream ended first.
+async fn pass_literal(from: &mut BufReader<OwnedReadHalf>, line: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(n) = literal(line) else {
+        return true;
+    };
+    let mut data = vec![0; n];
+    if from.read_exact(&mut data).await.is_err() {
+        return false;
+    }
+    out.extend(data);
+    true
+}
+
 async fn server_to_client(
     from: OwnedReadHalf,
     to: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
@@ -116,19 +136,10 @@ async fn server_to_client(
 ) {
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match from.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    while read_line(&mut from, &mut line).await {
         let mut out = fix_server_line(&line, quirks, log);
-        if let Some(n) = literal(&line) {
-            let mut data = vec![0; n];
-            if from.read_exact(&mut data).await.is_err() {
-                return;
-            }
-            out.extend(data);
+        if !pass_literal(&mut from, &line, &mut out).await {
+            return;
         }
         if to.lock().await.write_all(&out).await.is_err() {
             return;
@@ -177,12 +188,7 @@ async fn client_to_server(
 ) {
     let mut from = BufReader::new(from);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match from.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
+    while read_line(&mut from, &mut line).await {
         let text = String::from_utf8_lossy(&line).into_owned();
         if let Some((tag, rest)) = text.split_once(' ') {
             let upper = rest.to_ascii_uppercase();
@@ -207,12 +213,8 @@ async fn client_to_server(
         }
         let mut out = rewrite_search(&text, quirks.header_search, log)
             .map_or_else(|| line.clone(), String::into_bytes);
-        if let Some(n) = literal(&line) {
-            let mut data = vec![0; n];
-            if from.read_exact(&mut data).await.is_err() {
-                return;
-            }
-            out.extend(data);
+        if !pass_literal(&mut from, &line, &mut out).await {
+            return;
         }
         if to.write_all(&out).await.is_err() {
             return;

@@ -324,10 +324,7 @@ pub async fn list(
         &format!("UID FETCH {from_uid}:* (UID FLAGS)"),
         |r, out| {
             if let Response::Fetch(_, attrs) = r {
-                let uid = attrs.iter().find_map(|a| match a {
-                    AttributeValue::Uid(u) => Some(*u),
-                    _ => None,
-                });
+                let uid = uid_of(attrs);
                 let deleted = attrs.iter().any(|a| {
                     matches!(a, AttributeValue::Flags(f) if f.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
                 });
@@ -362,6 +359,14 @@ async fn search(
     Ok(found)
 }
 
+/// The UID a FETCH reply names.
+fn uid_of(attrs: &[AttributeValue<'_>]) -> Option<u32> {
+    attrs.iter().find_map(|a| match a {
+        AttributeValue::Uid(u) => Some(*u),
+        _ => None,
+    })
+}
+
 /// Which part of a message to fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum Part {
@@ -388,10 +393,7 @@ pub async fn fetch(
         &format!("UID FETCH {set} (UID {query})"),
         |r, out| {
             if let Response::Fetch(_, attrs) = r {
-                let uid = attrs.iter().find_map(|a| match a {
-                    AttributeValue::Uid(u) => Some(*u),
-                    _ => None,
-                });
+                let uid = uid_of(attrs);
                 let data = attrs.iter().find_map(|a| match a {
                     AttributeValue::BodySection { data, .. } => data.as_deref(),
                     _ => None,
