@@ -403,6 +403,39 @@ fn a_refused_command_fails_sync_shows_in_status_and_skips_nothing() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_server_that_announces_idle_but_refuses_it_is_polled() {
+    let stack = Stack::get();
+    let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    let quirky = proxy(
+        &stack,
+        Quirks {
+            refuse: list(&["IDLE"]),
+            ..Quirks::default()
+        },
+    );
+    set_port(&bob, "account.imap", quirky.port);
+    alice.import("todo", &json!({"n": 0}));
+    let _sa = alice.spawn();
+    let sb = bob.spawn();
+    wait_until(T, "bob gives up on IDLE", || {
+        sb.log_text().contains("polling every poll-interval")
+    });
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    alice.ok(&["doc", "set", "todo", "n", "1"]);
+    wait_until(T, "bob polls and merges the change", || {
+        bob.doc("todo").is_some_and(|d| d["n"] == json!(1))
+    });
+    // One connection for the pass after the last refusal, and it is kept while polling.
+    let log = sb.log_text();
+    let after = log
+        .split_once("polling every poll-interval")
+        .map_or("", |(_, after)| after);
+    assert_eq!(after.matches("IMAP connected").count(), 1, "{log}");
+    assert!(quirky.log().iter().any(|l| l.starts_with("refused:")));
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn a_mail_refused_as_too_large_fails_sync() {
     use base64::Engine;
     let stack = Stack::get();

@@ -47,6 +47,10 @@ struct ImapState {
     unreadable: HashSet<(u32, u32)>,
     /// The server announced new mail while we read replies ourselves (see `imap::checked`).
     news: bool,
+    /// IDLE failed to start this many times in a row (reset when it starts).
+    idle_failures: u32,
+    /// IDLE is announced but cannot be started: the agent polls instead until it restarts.
+    idle_off: bool,
 }
 
 impl ImapState {
@@ -65,6 +69,10 @@ struct Selected {
 
 /// Messages fetched per command.
 const FETCH_BATCH: usize = 200;
+
+/// IDLE that fails to start this many times in a row, each time on a fresh connection, is taken
+/// for refused (async-imap cannot tell a `BAD` from a closed connection there): the agent polls.
+const IDLE_TRIES: u32 = 3;
 
 /// Mail over one account.
 pub struct MailTransport {
@@ -436,7 +444,15 @@ impl MailTransport {
             return Ok(true);
         }
         let mut handle = session.idle();
-        self.step("IDLE", handle.init()).await?;
+        if let Err(e) = self.step("IDLE", handle.init()).await {
+            st.idle_failures += 1;
+            if st.idle_failures >= IDLE_TRIES {
+                st.idle_off = true;
+                tracing::warn!(error = %e, tries = st.idle_failures, "the server announces IDLE but does not start it; polling every poll-interval instead");
+            }
+            return Err(e);
+        }
+        st.idle_failures = 0;
         let result = {
             let (wait, stop) = handle.wait_with_timeout(max);
             tokio::pin!(wait);
@@ -547,7 +563,7 @@ impl Transport for MailTransport {
             st.conn = None;
             return Err(e);
         }
-        if !st.conn.as_ref().is_some_and(|c| c.caps.idle) {
+        if st.idle_off || !st.conn.as_ref().is_some_and(|c| c.caps.idle) {
             drop(st);
             tokio::select! {
                 _ = tokio::time::sleep(max.min(self.poll)) => {}
