@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use minisync::agent::{Agent, AgentError, DocCommand, doc_command, open_store, status};
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path};
+use minisync::transport::mail::Finding;
 
 /// Keeps JSON documents in step with your peers over e-mail or a shared folder.
 #[derive(Parser)]
@@ -30,7 +31,7 @@ enum Command {
     },
     /// Run as a service: receive, merge, acknowledge, send and resend until SIGTERM.
     Run,
-    /// One pass (fetch, merge, acknowledge, send) and exit.
+    /// One pass (fetch, merge, acknowledge, send) and exit; non-zero when anything failed.
     Sync,
     /// Send a peer its pending changes now.
     Send {
@@ -258,7 +259,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             for e in &report.errors {
                 eprintln!("error: {e}");
             }
-            Ok(if report.errors.is_empty() {
+            if report.send_failures > 0 {
+                eprintln!(
+                    "error: {} send(s) failed (`agent status` shows why)",
+                    report.send_failures
+                );
+            }
+            Ok(if report.errors.is_empty() && report.send_failures == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -332,10 +339,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let results = runtime()?.block_on(minisync::transport::mail::check(&account));
             let mut ok = true;
-            for (what, r) in results {
-                match r {
-                    Ok(detail) => println!("ok    {what}: {detail}"),
-                    Err(e) => {
+            for (what, finding) in results {
+                match finding {
+                    Finding::Ok(detail) => println!("ok    {what}: {detail}"),
+                    Finding::Instead(detail) => println!("note  {what}: {detail}"),
+                    Finding::Fail(e) => {
                         ok = false;
                         println!("FAIL  {what}: {e}");
                     }
@@ -350,24 +358,24 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed at once, not when the future is
+/// first polled (after the first pass): a SIGTERM that came during that pass would otherwise end
+/// the process by the signal's default action, without a clean stop.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = ctrl_c => {}
+            }
+            tracing::info!("shutting down");
+            return;
         }
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
 }

@@ -25,7 +25,7 @@ use crate::transport::{Route, Transport, TransportError};
 
 pub use docs::{DocCommand, doc_command};
 pub use send::Due;
-pub use status::{DocStatus, PeerStatus, Status, status};
+pub use status::{DocStatus, PeerStatus, ReceiveError, Status, status};
 
 /// Why the agent could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -170,14 +170,23 @@ impl Agent {
         &mut self.store
     }
 
-    /// One pass: receive and merge everything waiting, then send what is due.
+    /// One pass: receive and merge everything waiting, then send what is due. Each transport's
+    /// receive-side errors (a refused command, a lost connection) are recorded for `agent
+    /// status`, and cleared by its next pass without one.
     pub async fn sync_once(&mut self) -> PassReport {
         let mut report = PassReport::default();
+        let mut failures: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
         for ti in 0..self.transports.len() {
+            let before = report.errors.len();
             if let Err(e) = self.receive_from(ti, &mut report).await {
                 tracing::warn!(transport = self.transports[ti].name(), error = %e, "receive failed");
                 report.errors.push(e.to_string());
             }
+            let name = self.transports[ti].name();
+            failures
+                .entry(name)
+                .or_default()
+                .extend(report.errors[before..].iter().cloned());
         }
         if let Err(e) = self.schedule(&mut report).await {
             tracing::warn!(error = %e, "scheduling sends failed");
@@ -189,7 +198,13 @@ impl Agent {
         }
         if self.last_tidy.is_none_or(|t| t.elapsed() >= TIDY_EVERY) {
             self.last_tidy = Some(std::time::Instant::now());
-            self.tidy().await;
+            self.tidy(&mut report, &mut failures).await;
+        }
+        for (name, errors) in failures {
+            let error = errors.last().map(String::as_str);
+            if let Err(e) = self.store.set_transport_error(name, error) {
+                tracing::warn!(error = %e, "recording the transport's state failed");
+            }
         }
         match self.store.held_back(crate::store::now_ms()) {
             Ok(held) => report.held_back = held.iter().map(describe_held).collect(),
@@ -199,8 +214,12 @@ impl Agent {
     }
 
     /// Clears away processed mail past `keep-processed` and state rows no longer needed. A failure
-    /// is only logged: nothing depends on it, and it is tried again an hour later.
-    async fn tidy(&mut self) {
+    /// is logged and counts as the pass's error; it is tried again an hour later.
+    async fn tidy(
+        &mut self,
+        report: &mut PassReport,
+        failures: &mut BTreeMap<&'static str, Vec<String>>,
+    ) {
         for t in &self.transports {
             match t.tidy().await {
                 Ok(0) => {}
@@ -211,7 +230,12 @@ impl Agent {
                         "deleted processed mail past keep-processed"
                     )
                 }
-                Err(e) => tracing::warn!(transport = t.name(), error = %e, "tidying failed"),
+                Err(e) => {
+                    tracing::warn!(transport = t.name(), error = %e, "tidying failed");
+                    let e = format!("tidying: {e}");
+                    failures.entry(t.name()).or_default().push(e.clone());
+                    report.errors.push(e);
+                }
             }
         }
         if let Err(e) = self.store.prune(crate::store::now_ms()) {

@@ -10,12 +10,23 @@ use crate::store::{Quarantined, Store};
 /// The whole status report.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Transports whose last pass failed to receive (a refused IMAP command, a lost connection).
+    pub receiving: Vec<ReceiveError>,
     pub documents: Vec<DocStatus>,
     /// Quarantined mail not merged (`agent quarantine` shows, releases or drops it), with the
     /// reason and the sender; none of it is "in step".
     pub quarantined: Vec<Quarantined>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
+}
+
+/// A transport that could not receive in its last pass.
+#[derive(Debug, Serialize)]
+pub struct ReceiveError {
+    pub transport: String,
+    pub error: String,
+    /// When the failing began.
+    pub since: Option<String>,
 }
 
 /// One document.
@@ -68,8 +79,17 @@ fn when(ms: Option<i64>) -> Option<String> {
 /// Builds the status report from the store.
 pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
     let mut documents = Vec::new();
+    let receiving: Vec<ReceiveError> = store
+        .transport_errors()?
+        .into_iter()
+        .map(|(transport, error, since)| ReceiveError {
+            transport,
+            error,
+            since: when(Some(since)),
+        })
+        .collect();
     let quarantined = store.quarantined(false)?;
-    let mut failing = !quarantined.is_empty();
+    let mut failing = !receiving.is_empty() || !quarantined.is_empty();
     for d in &cfg.documents {
         let exists = store.has_doc(&d.name)?;
         let mut peers = Vec::new();
@@ -155,6 +175,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         });
     }
     Ok(Status {
+        receiving,
         documents,
         quarantined,
         failing,
@@ -163,6 +184,15 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.receiving {
+            writeln!(
+                f,
+                "receiving over {} [FAILING] since {}: {}",
+                r.transport,
+                r.since.as_deref().unwrap_or("?"),
+                r.error
+            )?;
+        }
         for d in &self.documents {
             match (&d.doc_id, d.version) {
                 (Some(id), Some(v)) => {

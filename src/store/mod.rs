@@ -105,6 +105,13 @@ CREATE TABLE IF NOT EXISTS forks (
     at INTEGER NOT NULL,
     PRIMARY KEY (doc, peer)
 );
+-- The last pass's receive-side error of each transport ("mail", "folder"); the row goes with the
+-- first pass that receives without one. `since`: when the failing began.
+CREATE TABLE IF NOT EXISTS transport_errors (
+    transport TEXT PRIMARY KEY,
+    error TEXT NOT NULL,
+    since INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS published (
     doc TEXT PRIMARY KEY,
     base_version INTEGER NOT NULL,
@@ -419,16 +426,24 @@ impl Store {
         &self.conn
     }
 
-    /// Puts a message in the outbox, dropping unsent older ones for the same document and peer:
-    /// every changes object is complete since the peer's last acknowledgement, so the newest
-    /// one carries everything the older ones did.
+    /// Puts a message in the outbox, dropping unsent older ones for the same document and peer,
+    /// those that already failed to go out included (an SMTP outage): every changes object is
+    /// complete since the peer's last acknowledgement, so the newest one carries everything the
+    /// older ones did, and sending them too would only repeat it. The new item takes over their
+    /// count of failed attempts, so that a long outage still marks the peer failing.
     pub fn enqueue(conn: &Connection, item: &OutItem) -> Result<()> {
+        const SUPERSEDED: &str = "FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND (ack_only = 1 OR ?3 = 0)";
+        let attempts: i64 = conn.query_row(
+            &format!("SELECT COALESCE(MAX(attempts), 0) {SUPERSEDED}"),
+            params![item.doc, item.peer, item.ack_only],
+            |r| r.get(0),
+        )?;
         conn.execute(
-            "DELETE FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND attempts = 0 AND (ack_only = 1 OR ?3 = 0)",
+            &format!("DELETE {SUPERSEDED}"),
             params![item.doc, item.peer, item.ack_only],
         )?;
         conn.execute(
-            "INSERT INTO outbox (doc, peer, message_id, in_reply_to, body, ack_only, version, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+            "INSERT INTO outbox (doc, peer, message_id, in_reply_to, body, ack_only, version, next_attempt_at, created_at, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
             params![
                 item.doc,
                 item.peer,
@@ -437,7 +452,8 @@ impl Store {
                 item.body,
                 item.ack_only,
                 item.version as i64,
-                now_ms()
+                now_ms(),
+                attempts
             ],
         )?;
         Ok(())
@@ -566,6 +582,30 @@ impl Store {
         Ok(())
     }
 
+    /// Records how a pass went for a transport: its error, or None when it received without one.
+    pub fn set_transport_error(&self, transport: &str, error: Option<&str>) -> Result<()> {
+        match error {
+            Some(e) => self.conn.execute(
+                "INSERT INTO transport_errors (transport, error, since) VALUES (?1, ?2, ?3) ON CONFLICT(transport) DO UPDATE SET error = ?2",
+                params![transport, e, now_ms()],
+            )?,
+            None => self.conn.execute(
+                "DELETE FROM transport_errors WHERE transport = ?1",
+                [transport],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Transports whose last pass failed: (transport, error, since when).
+    pub fn transport_errors(&self) -> Result<Vec<(String, String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT transport, error, since FROM transport_errors ORDER BY transport")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// What was last published to a shared medium for a document.
     pub fn published(&self, doc: &str) -> Result<Option<Published>> {
         Ok(self
@@ -677,12 +717,12 @@ impl Store {
         Ok(())
     }
 
-    /// The last error recorded on any outbox item of a document and peer.
+    /// The last error of an outbox item of a document and peer that still waits to go out.
     pub fn last_outbox_error(&self, doc: &str, peer: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT last_error FROM outbox WHERE doc = ?1 AND peer = ?2 AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
+                "SELECT last_error FROM outbox WHERE doc = ?1 AND peer = ?2 AND status = 'pending' AND last_error IS NOT NULL ORDER BY id DESC LIMIT 1",
                 params![doc, peer],
                 |r| r.get(0),
             )
@@ -828,5 +868,38 @@ mod tests {
         assert_eq!(s.prune(now_ms()).unwrap(), 0);
         assert_eq!(s.prune(now_ms() + KEEP_OUTBOX_MS + 1000).unwrap(), 1);
         assert_eq!(s.sent_count("todo", "bob@example.test").unwrap(), 0);
+    }
+
+    #[test]
+    fn newer_changes_drop_older_ones_that_failed_to_go_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let item = |n: u64| OutItem {
+            id: 0,
+            doc: "todo".into(),
+            peer: "bob@example.test".into(),
+            message_id: format!("<m{n}@x>"),
+            in_reply_to: None,
+            body: "{}".into(),
+            ack_only: false,
+            version: n,
+            attempts: 0,
+        };
+        Store::enqueue(s.conn(), &item(1)).unwrap();
+        let first = s.due(now_ms() + 1).unwrap()[0].id;
+        s.mark_retry(first, "Connection refused", now_ms() - 1)
+            .unwrap();
+        assert_eq!(
+            s.last_outbox_error("todo", "bob@example.test").unwrap(),
+            Some("Connection refused".into())
+        );
+        Store::enqueue(s.conn(), &item(2)).unwrap();
+        let due = s.due(now_ms() + 1).unwrap();
+        assert_eq!(due.iter().map(|i| i.version).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(due[0].attempts, 1, "the failed attempt is carried over");
+        assert_eq!(
+            s.last_outbox_error("todo", "bob@example.test").unwrap(),
+            None
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers for the tests that run against the real mail stack (`scripts/mail-stack`).
 #![allow(dead_code)]
 
+pub mod imap_proxy;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,6 +6,7 @@ use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, Status};
 use futures::TryStreamExt;
 
 use crate::config::{Encryption, Imap};
+use crate::transport::mail::envelope;
 use crate::transport::mail::net::{MailStream, connect_tcp, tls_wrap};
 
 pub type ImapSession = Session<MailStream>;
@@ -116,13 +117,16 @@ async fn checked<T>(
                 information,
                 ..
             } if *t == tag => {
-                return match status {
-                    Status::Ok => Ok(out),
-                    _ => Err(fail(&format!(
-                        "{status:?} {}",
-                        information.as_deref().unwrap_or("")
-                    ))),
+                let word = match status {
+                    Status::Ok => return Ok(out),
+                    Status::No => "NO",
+                    Status::Bad => "BAD",
+                    _ => "neither OK nor NO",
                 };
+                return Err(fail(&format!(
+                    "refused by the server: {word} {}",
+                    information.as_deref().unwrap_or("")
+                )));
             }
             Response::Data {
                 status: Status::Bye,
@@ -139,27 +143,12 @@ async fn checked<T>(
     }
 }
 
-/// UIDs from `from_uid` on of messages carrying `header`, found by the server (`UID SEARCH
-/// HEADER`), so that no other mail is downloaded. Fails as a whole if the server cannot read one
-/// of the messages.
-pub async fn search_header(
-    session: &mut ImapSession,
-    from_uid: u32,
-    header: &str,
-) -> Result<Replies<u32>, String> {
-    search(
-        session,
-        &format!("UID {from_uid}:* HEADER {header} \"\""),
-        from_uid,
-    )
-    .await
-}
-
-/// Agent mail (carrying `header`) that arrived in the selected folder more than `age` ago. Uses
-/// `OLDER` (RFC 5032 WITHIN) when the server has it, else `BEFORE` a date (whole days).
+/// Agent mail that arrived in the selected folder more than `age` ago. The server finds what is
+/// old (`OLDER`, RFC 5032 WITHIN, when it has it, else `BEFORE` a date: whole days); the agent
+/// reads the header of each itself rather than ask for it in the search, which some servers
+/// answer wrongly (see [`check_header_search`]).
 pub async fn older_than(
     session: &mut ImapSession,
-    header: &str,
     age: std::time::Duration,
     within: bool,
 ) -> Result<Vec<u32>, String> {
@@ -168,12 +157,43 @@ pub async fn older_than(
     } else {
         format!("BEFORE {}", imap_date(std::time::SystemTime::now() - age))
     };
-    Ok(
-        search(session, &format!("UID 1:* {when} HEADER {header} \"\""), 1)
-            .await?
-            .items,
-    )
+    let old = search(session, &format!("UID 1:* {when}"), 1).await?.items;
+    only_agent_mail(session, &old).await
 }
+
+/// `agent check`: whether `UID SEARCH HEADER Minisync-Version ""` answers only messages that
+/// carry the header (some servers ignore the empty value and answer every message). The agent
+/// does not rely on it: it reads the header of every message it may touch itself. Returns whether
+/// the answer was right, and what to say.
+pub async fn check_header_search(session: &mut ImapSession) -> Result<(bool, String), String> {
+    let header = envelope::VERSION_HEADER;
+    let found = match search(session, &format!("UID 1:* HEADER {header} \"\""), 1).await {
+        Ok(found) => found.items,
+        Err(e) => {
+            let text = format!("refused ({e}); not needed: the agent reads every header itself");
+            return Ok((false, text));
+        }
+    };
+    let sample = &found[..found.len().min(FETCH_CHECK)];
+    let ours = only_agent_mail(session, sample).await?;
+    let wrong = sample.len() - ours.len();
+    let text = match (sample.len(), wrong) {
+        (0, _) => "nothing to try it on (no agent mail here); not needed: the agent reads every \
+                   header itself"
+            .to_string(),
+        (n, 0) => {
+            format!("yes (right on {n} messages); the agent reads every header itself anyway")
+        }
+        (n, wrong) => format!(
+            "answers wrongly ({wrong} of {n} messages found lack the header); not needed: the \
+             agent reads every header itself and moves or deletes only messages that carry it"
+        ),
+    };
+    Ok((wrong == 0, text))
+}
+
+/// Messages whose header `agent check` reads to try the server's header search.
+const FETCH_CHECK: usize = 200;
 
 /// An IMAP date (`22-Nov-2026`).
 fn imap_date(t: std::time::SystemTime) -> String {
@@ -186,34 +206,140 @@ fn imap_date(t: std::time::SystemTime) -> String {
     format!("{d}-{month}-{y}")
 }
 
-/// Flags messages deleted and expunges them (only those, with UIDPLUS; the whole folder's
-/// deleted messages otherwise, which in the agent's own folder are only ever its own).
-pub async fn delete(session: &mut ImapSession, uids: &[u32], uidplus: bool) -> Result<(), String> {
-    for batch in uids.chunks(500) {
-        let set = batch
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        checked::<()>(
-            session,
-            &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
-            |_, _| {},
-        )
-        .await?;
-        let expunge = if uidplus {
-            format!("UID EXPUNGE {set}")
-        } else {
-            "EXPUNGE".to_string()
-        };
-        checked::<()>(session, &expunge, |_, _| {}).await?;
-    }
-    Ok(())
+/// What the server announced in CAPABILITY, of what the agent uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub idle: bool,
+    pub r#move: bool,
+    pub uidplus: bool,
+    pub within: bool,
 }
 
-/// Every UID from `from_uid` on (from the index; no message is read).
-pub async fn uids_from(session: &mut ImapSession, from_uid: u32) -> Result<Replies<u32>, String> {
-    search(session, &format!("UID {from_uid}:*"), from_uid).await
+impl Caps {
+    /// Asks the server.
+    pub async fn of(session: &mut ImapSession) -> Result<Caps, String> {
+        let caps = session
+            .capabilities()
+            .await
+            .map_err(|e| format!("CAPABILITY: {e}"))?;
+        Ok(Caps {
+            idle: caps.has_str("IDLE"),
+            r#move: caps.has_str("MOVE"),
+            uidplus: caps.has_str("UIDPLUS"),
+            within: caps.has_str("WITHIN"),
+        })
+    }
+}
+
+/// A mailbox name as an IMAP quoted string (which cannot hold a line break).
+fn quoted(name: &str) -> Result<String, String> {
+    if name.contains(['\r', '\n']) {
+        return Err(format!("folder name {name:?} contains a line break"));
+    }
+    Ok(format!(
+        "\"{}\"",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    ))
+}
+
+/// A UID set (`1,5,7`).
+fn uid_set(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs a command that answers nothing the agent needs; fails unless it ends in OK.
+async fn command(session: &mut ImapSession, command: &str) -> Result<(), String> {
+    checked::<()>(session, command, |_, _| {}).await.map(|_| ())
+}
+
+/// Of `uids`, those whose header the agent read itself (`BODY.PEEK`, nothing is marked read) and
+/// found to carry `Minisync-Version`. Whatever a search answered, nothing else is ever moved,
+/// flagged or deleted.
+pub async fn only_agent_mail(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<u32>, String> {
+    let mut ours = Vec::with_capacity(uids.len());
+    for batch in uids.chunks(500) {
+        let got = fetch(session, batch, Part::Marker).await?;
+        ours.extend(
+            got.items
+                .into_iter()
+                .filter(|(_, h)| envelope::is_agent_mail(h))
+                .map(|(uid, _)| uid),
+        );
+    }
+    Ok(ours)
+}
+
+/// Flags agent mail deleted and expunges it: only those messages with UIDPLUS (`UID EXPUNGE`);
+/// without it, plain `EXPUNGE` removes every message flagged `\Deleted` in the folder, so it is
+/// sent only when each of them is agent mail. Otherwise the messages stay flagged (a later pass
+/// expunges them, and a flagged message is never read or copied again); returns false then.
+pub async fn delete(
+    session: &mut ImapSession,
+    uids: &[u32],
+    uidplus: bool,
+) -> Result<bool, String> {
+    let mut expunged = true;
+    for batch in uids.chunks(500) {
+        let set = uid_set(batch);
+        command(
+            session,
+            &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
+        )
+        .await?;
+        expunged &= expunge(session, &set, uidplus).await?;
+    }
+    Ok(expunged)
+}
+
+async fn expunge(session: &mut ImapSession, set: &str, uidplus: bool) -> Result<bool, String> {
+    if uidplus {
+        command(session, &format!("UID EXPUNGE {set}")).await?;
+        return Ok(true);
+    }
+    let flagged = search(session, "DELETED", 1).await?.items;
+    let ours = only_agent_mail(session, &flagged).await?;
+    if ours.len() < flagged.len() {
+        tracing::warn!(
+            others = flagged.len() - ours.len(),
+            "the server has no UIDPLUS, and messages that are not agent mail are flagged \\Deleted \
+             here: not expunging (EXPUNGE would remove them too); agent mail stays flagged until then"
+        );
+        return Ok(false);
+    }
+    command(session, "EXPUNGE").await?;
+    Ok(true)
+}
+
+/// Every message from `from_uid` on: (UID, whether it is flagged `\Deleted`), from the index
+/// (no message is read). A FETCH, not a SEARCH: the plainest question a server can be asked.
+pub async fn list(
+    session: &mut ImapSession,
+    from_uid: u32,
+) -> Result<Replies<(u32, bool)>, String> {
+    let mut got = checked(
+        session,
+        &format!("UID FETCH {from_uid}:* (UID FLAGS)"),
+        |r, out| {
+            if let Response::Fetch(_, attrs) = r {
+                let uid = uid_of(attrs);
+                let deleted = attrs.iter().any(|a| {
+                    matches!(a, AttributeValue::Flags(f) if f.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
+                });
+                if let Some(uid) = uid {
+                    out.push((uid, deleted));
+                }
+            }
+        },
+    )
+    .await?;
+    // `n:*` also matches the last message when n is past it.
+    got.items.retain(|(u, _)| *u >= from_uid);
+    got.items.sort_unstable();
+    got.items.dedup_by_key(|(u, _)| *u);
+    Ok(got)
 }
 
 async fn search(
@@ -233,38 +359,41 @@ async fn search(
     Ok(found)
 }
 
+/// The UID a FETCH reply names.
+fn uid_of(attrs: &[AttributeValue<'_>]) -> Option<u32> {
+    attrs.iter().find_map(|a| match a {
+        AttributeValue::Uid(u) => Some(*u),
+        _ => None,
+    })
+}
+
 /// Which part of a message to fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum Part {
-    Header,
+    /// Only the `Minisync-Version` header field: enough to tell agent mail.
+    Marker,
     Whole,
 }
 
-/// The header block or the whole of each message in `uids`: (uid, bytes), in UID order. Messages
-/// expunged meanwhile are simply missing; a message the server cannot read fails the command.
+/// The marker header field or the whole of each message in `uids`: (uid, bytes), in UID order.
+/// Messages expunged meanwhile are simply missing; a message the server cannot read fails the
+/// command.
 pub async fn fetch(
     session: &mut ImapSession,
     uids: &[u32],
     part: Part,
 ) -> Result<Replies<(u32, Vec<u8>)>, String> {
-    let set = uids
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let set = uid_set(uids);
     let query = match part {
-        Part::Header => "BODY.PEEK[HEADER]",
-        Part::Whole => "BODY.PEEK[]",
+        Part::Marker => format!("BODY.PEEK[HEADER.FIELDS ({})]", envelope::VERSION_HEADER),
+        Part::Whole => "BODY.PEEK[]".to_string(),
     };
     let mut got = checked(
         session,
         &format!("UID FETCH {set} (UID {query})"),
         |r, out| {
             if let Response::Fetch(_, attrs) = r {
-                let uid = attrs.iter().find_map(|a| match a {
-                    AttributeValue::Uid(u) => Some(*u),
-                    _ => None,
-                });
+                let uid = uid_of(attrs);
                 let data = attrs.iter().find_map(|a| match a {
                     AttributeValue::BodySection { data, .. } => data.as_deref(),
                     _ => None,
@@ -281,44 +410,34 @@ pub async fn fetch(
     Ok(got)
 }
 
-/// Moves one message to a folder (MOVE where offered, else COPY + \Deleted + UID EXPUNGE).
+/// Moves one message to a folder: `UID MOVE` where the server announced MOVE; else `UID COPY`,
+/// then `\Deleted` and an expunge (see [`delete`]). A message flagged `\Deleted` is never listed
+/// for reading again, so a copy is made once even when the expunge cannot be done.
 pub async fn move_message(
     session: &mut ImapSession,
     uid: u32,
     folder: &str,
-    has_move: bool,
+    caps: Caps,
 ) -> Result<(), String> {
-    let set = uid.to_string();
-    if has_move {
-        return session
-            .uid_mv(&set, folder)
-            .await
-            .map_err(|e| format!("moving message {uid} to {folder}: {e}"));
+    let target = quoted(folder)?;
+    if caps.r#move {
+        return command(session, &format!("UID MOVE {uid} {target}")).await;
     }
-    session
-        .uid_copy(&set, folder)
-        .await
-        .map_err(|e| format!("copying message {uid} to {folder}: {e}"))?;
-    session
-        .uid_store(&set, "+FLAGS.SILENT (\\Deleted)")
-        .await
-        .map_err(|e| format!("flagging message {uid}: {e}"))?
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| format!("flagging message {uid}: {e}"))?;
-    session
-        .uid_expunge(&set)
-        .await
-        .map_err(|e| format!("expunging message {uid}: {e}"))?
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| format!("expunging message {uid}: {e}"))?;
+    command(session, &format!("UID COPY {uid} {target}")).await?;
+    delete(session, &[uid], caps.uidplus).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailbox_names_are_quoted() {
+        assert_eq!(quoted("Minisync").unwrap(), "\"Minisync\"");
+        assert_eq!(quoted("a \"b\" \\c").unwrap(), "\"a \\\"b\\\" \\\\c\"");
+        assert!(quoted("a\r\nb").unwrap_err().contains("line break"));
+    }
 
     #[test]
     fn imap_dates_are_day_month_name_year() {

@@ -1,10 +1,13 @@
 //! The mail transport: changes go out over SMTP as attachments and come in over IMAP.
 //!
-//! Receiving never touches mail that is not ours: headers are fetched with `BODY.PEEK` and only
-//! messages carrying the `Minisync-Version` header are downloaded, merged and moved to the processed
-//! (or quarantine) folder. The IMAP cursor (UIDVALIDITY + next UID) is kept in the agent's database;
-//! it never moves past agent mail that has not been moved away yet, so a crash re-reads it (and the
-//! agent's Message-ID table makes the second reading harmless).
+//! Receiving never touches mail that is not ours, and trusts no search answer for that: every
+//! message past the cursor is listed (`UID FETCH n:* (UID FLAGS)`), its `Minisync-Version` header
+//! read with `BODY.PEEK` (nothing is marked read), and only messages carrying it are downloaded,
+//! merged and moved to the processed (or quarantine) folder. The IMAP cursor (UIDVALIDITY + next
+//! UID) is kept in the agent's database; it never moves past agent mail that has not been moved
+//! away yet, nor past a message whose header did not come back, so a crash or a wrong answer
+//! re-reads it (and the agent's Message-ID table makes the second reading harmless). A command the
+//! server refuses (`NO`, `BAD`) is an error, never an empty answer.
 
 pub mod envelope;
 pub mod imap;
@@ -25,23 +28,51 @@ use crate::transport::{
     Arrival, Delivery, Outgoing, Route, SendError, Settle, Transport, TransportError,
 };
 
-/// IMAP connection state, reused between passes.
+use imap::{Caps, ImapSession};
+
+/// One logged-in IMAP connection and what its server announced; dropped whole on any error, and
+/// the next use connects afresh.
+struct Conn {
+    session: ImapSession,
+    caps: Caps,
+    /// The processed and quarantine folders exist (checked once per connection).
+    folders_ready: bool,
+}
+
+/// IMAP state, reused between passes.
 #[derive(Default)]
 struct ImapState {
-    session: Option<imap::ImapSession>,
-    has_idle: bool,
-    has_move: bool,
-    has_within: bool,
-    has_uidplus: bool,
-    folders_ready: bool,
+    conn: Option<Conn>,
     /// (UIDVALIDITY, UID) of messages the server failed to read; skipped until the agent restarts.
     unreadable: HashSet<(u32, u32)>,
-    /// The server announced new mail while we read replies ourselves (see `imap::search`).
+    /// The server announced new mail while we read replies ourselves (see `imap::checked`).
     news: bool,
+    /// IDLE failed to start this many times in a row (reset when it starts).
+    idle_failures: u32,
+    /// IDLE is announced but cannot be started: the agent polls instead until it restarts.
+    idle_off: bool,
+}
+
+impl ImapState {
+    fn conn(&mut self) -> Result<&mut Conn, TransportError> {
+        self.conn.as_mut().ok_or_else(|| err("no IMAP session"))
+    }
+}
+
+/// The watched mailbox as SELECT described it.
+#[derive(Debug, Clone, Copy)]
+struct Selected {
+    validity: u32,
+    /// None when the server did not say (some do not): then every pass lists from the cursor on.
+    uid_next: Option<u32>,
 }
 
 /// Messages fetched per command.
 const FETCH_BATCH: usize = 200;
+
+/// IDLE that fails to start this many times in a row, each time on a fresh connection, is taken
+/// for refused (async-imap cannot tell a `BAD` from a closed connection there): the agent polls.
+const IDLE_TRIES: u32 = 3;
 
 /// Mail over one account.
 pub struct MailTransport {
@@ -60,23 +91,19 @@ fn err(e: impl std::fmt::Display) -> TransportError {
 
 impl MailTransport {
     /// Sets up SMTP (resolving its password now) and the IMAP cursor store; IMAP connects lazily.
-    pub fn new(
-        account: Account,
-        poll: Duration,
-        database: &Path,
-    ) -> Result<Self, crate::agent::AgentError> {
-        let smtp = smtp::Smtp::new(&account.smtp, &account.address)
-            .map_err(crate::agent::AgentError::Other)?;
+    pub fn new(account: Account, poll: Duration, database: &Path) -> Result<Self, TransportError> {
+        let smtp = smtp::Smtp::new(&account.smtp, &account.address).map_err(err)?;
         let idle_check = account.imap.idle_check_interval();
         if let Some(every) = idle_check {
             tracing::info!(host = %account.imap.host, ?every, "checking for news while IDLE waits");
         }
+        let cursors = Store::open(database).map_err(|e| err(format!("IMAP cursors: {e}")))?;
         Ok(MailTransport {
             poll,
             idle_check,
             smtp,
             imap: tokio::sync::Mutex::new(ImapState::default()),
-            cursors: Mutex::new(Store::open(database)?),
+            cursors: Mutex::new(cursors),
             account,
         })
     }
@@ -99,45 +126,59 @@ impl MailTransport {
         }
     }
 
-    /// Connects (if needed) and selects the watched mailbox; returns (UIDVALIDITY, UIDNEXT).
-    async fn ready(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
+    /// Connects (if needed) and selects the watched mailbox.
+    async fn ready(&self, st: &mut ImapState) -> Result<Selected, TransportError> {
         self.step("connect and select", self.ready_inner(st)).await
     }
 
-    async fn ready_inner(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
-        if st.session.is_none() {
-            let mut s = imap::connect(&self.account.imap, &self.account.address)
+    async fn ready_inner(&self, st: &mut ImapState) -> Result<Selected, TransportError> {
+        if st.conn.is_none() {
+            let mut session = imap::connect(&self.account.imap, &self.account.address)
                 .await
                 .map_err(err)?;
-            let caps = s.capabilities().await.map_err(err)?;
-            st.has_idle = caps.has_str("IDLE");
-            st.has_move = caps.has_str("MOVE");
-            st.has_within = caps.has_str("WITHIN");
-            st.has_uidplus = caps.has_str("UIDPLUS");
-            st.folders_ready = false;
+            let caps = Caps::of(&mut session).await.map_err(err)?;
             // Mail that came while we were not connected is counted in the SELECT reply below, not
             // announced: the next wait must look before it idles.
             st.news = true;
-            tracing::info!(host = %self.account.imap.host, idle = st.has_idle, r#move = st.has_move, "IMAP connected");
-            st.session = Some(s);
+            tracing::info!(host = %self.account.imap.host, idle = caps.idle, r#move = caps.r#move, uidplus = caps.uidplus, "IMAP connected");
+            st.conn = Some(Conn {
+                session,
+                caps,
+                folders_ready: false,
+            });
         }
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-        // What the server announced before this SELECT, the SELECT and the search after it cover.
+        let session = &mut st.conn()?.session;
+        // What the server announced before this SELECT, the SELECT and the listing after it cover.
         // Emptying the channel now keeps it from filling up (async-imap drops what does not fit).
         while session.unsolicited_responses.try_recv().is_ok() {}
+        let mailbox = &self.account.imap.mailbox;
         let mb = session
-            .select(&self.account.imap.mailbox)
+            .select(mailbox)
             .await
-            .map_err(err)?;
-        Ok((mb.uid_validity.unwrap_or(0), mb.uid_next.unwrap_or(1)))
+            .map_err(|e| err(format!("SELECT {mailbox}: {e}")))?;
+        let validity = match mb.uid_validity {
+            Some(v) => v,
+            None => session
+                .status(mailbox, "(UIDVALIDITY)")
+                .await
+                .map_err(|e| err(format!("STATUS {mailbox} (UIDVALIDITY): {e}")))?
+                .uid_validity
+                .ok_or_else(|| {
+                    err(format!(
+                        "{mailbox}: the server gives no UIDVALIDITY (neither in SELECT nor in \
+                         STATUS), so the agent cannot tell whether the UIDs it remembers still \
+                         mean the same messages"
+                    ))
+                })?,
+        };
+        Ok(Selected {
+            validity,
+            uid_next: mb.uid_next,
+        })
     }
 
-    async fn receive_inner(
-        &self,
-        st: &mut ImapState,
-        routes: &[Route],
-    ) -> Result<Vec<Arrival>, TransportError> {
-        let (validity, uid_next) = self.ready(st).await?;
+    /// The first UID to look at: the stored cursor, unless the mailbox was rebuilt since.
+    fn start(&self, sel: Selected) -> Result<u32, TransportError> {
         let mailbox = &self.account.imap.mailbox;
         let cursor = self
             .cursors
@@ -145,13 +186,13 @@ impl MailTransport {
             .map_err(|_| err("cursor store poisoned"))?
             .cursor(mailbox)
             .map_err(err)?;
-        let from = match cursor {
-            Some((v, n)) if v == validity && n <= uid_next => n,
-            Some((v, _)) if v != validity => {
+        Ok(match cursor {
+            Some((v, n)) if v == sel.validity && sel.uid_next.is_none_or(|next| n <= next) => n,
+            Some((v, _)) if v != sel.validity => {
                 tracing::info!(
                     mailbox,
                     old = v,
-                    new = validity,
+                    new = sel.validity,
                     "UIDVALIDITY changed: rescanning (processed mail is recognised by Message-ID)"
                 );
                 1
@@ -161,7 +202,16 @@ impl MailTransport {
                 1
             }
             None => 1,
-        };
+        })
+    }
+
+    async fn receive_inner(
+        &self,
+        st: &mut ImapState,
+        routes: &[Route],
+    ) -> Result<Vec<Arrival>, TransportError> {
+        let sel = self.ready(st).await?;
+        let from = self.start(sel)?;
         let mut arrivals = Vec::new();
         let mut next = from;
         // Whether `from` may send changes for `doc`: if not, the attachment stays unopened.
@@ -170,72 +220,74 @@ impl MailTransport {
                 .iter()
                 .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
         };
-        if from < uid_next {
-            let (ours, limit) = self.agent_mail(st, validity, from, uid_next).await?;
+        if sel.uid_next.is_none_or(|n| from < n) {
+            let (ours, limit) = self.agent_mail(st, sel, from).await?;
             // The cursor stays on the first agent mail until it has been moved away.
             next = ours.first().map_or(limit, |first| limit.min(*first));
             for (uid, raw) in self
-                .fetch_isolating(st, validity, &ours, imap::Part::Whole)
+                .fetch_isolating(st, sel.validity, &ours, imap::Part::Whole)
                 .await?
             {
-                arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
+                // Checked again on what was downloaded: only agent mail is ever settled.
+                if envelope::is_agent_mail(&raw) {
+                    arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
+                } else {
+                    tracing::warn!(
+                        uid,
+                        "the server sent another message than it announced; left alone"
+                    );
+                }
             }
         }
         self.cursors
             .lock()
             .map_err(|_| err("cursor store poisoned"))?
-            .set_cursor(mailbox, validity, next)
+            .set_cursor(&self.account.imap.mailbox, sel.validity, next)
             .map_err(err)?;
         Ok(arrivals)
     }
 
-    /// UIDs of agent mail from `from` on, and where the cursor may go at most. The server finds
-    /// agent mail (SEARCH on our header) unless it cannot, which happens when it fails to read one
-    /// message in the range; then headers are fetched and read here, with
-    /// [`Self::fetch_isolating`] setting the unreadable one aside. A header that did not come back
-    /// for another reason holds the cursor before it, so that it is looked at again next pass.
+    /// UIDs of agent mail from `from` on, and where the cursor may go at most. Every message
+    /// listed from `from` on has its `Minisync-Version` header read here; no search answer is
+    /// taken on trust (a server that ignores the empty value of `HEADER Minisync-Version ""`
+    /// answers with every message). Messages flagged `\Deleted` are skipped: the agent's own
+    /// already copied away on a server without MOVE, or the user's on their way out. A header that
+    /// did not come back holds the cursor before it, so that it is looked at again next pass; one
+    /// the server cannot read is set aside by [`Self::fetch_isolating`].
     async fn agent_mail(
         &self,
         st: &mut ImapState,
-        validity: u32,
+        sel: Selected,
         from: u32,
-        uid_next: u32,
     ) -> Result<(Vec<u32>, u32), TransportError> {
-        let mut limit = uid_next;
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-        let search = imap::search_header(session, from, envelope::VERSION_HEADER);
-        let found = match self.step("search", search).await {
-            Ok(found) => {
-                st.news |= found.news;
-                found.items
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the server cannot search the mailbox; reading headers here");
-                self.reopen(st).await?;
-                let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-                let all = self.step("search", imap::uids_from(session, from)).await?;
-                st.news |= all.news;
-                let all = all.items;
-                let headers = self
-                    .fetch_isolating(st, validity, &all, imap::Part::Header)
-                    .await?;
-                let got: HashSet<u32> = headers.iter().map(|(uid, _)| *uid).collect();
-                if let Some(missing) = all
-                    .iter()
-                    .find(|uid| !got.contains(uid) && !st.unreadable.contains(&(validity, **uid)))
-                {
-                    limit = limit.min(*missing);
-                }
-                headers
-                    .into_iter()
-                    .filter(|(_, h)| envelope::is_agent_mail(h))
-                    .map(|(uid, _)| uid)
-                    .collect()
-            }
-        };
-        let ours: Vec<u32> = found
+        let session = &mut st.conn()?.session;
+        let listed = self.step("list", imap::list(session, from)).await?;
+        st.news |= listed.news;
+        let highest = listed
+            .items
+            .last()
+            .map_or(from, |(uid, _)| uid.saturating_add(1));
+        let mut limit = sel.uid_next.map_or(highest, |n| n.max(highest));
+        let candidates: Vec<u32> = listed
+            .items
+            .iter()
+            .filter(|(uid, deleted)| !deleted && !st.unreadable.contains(&(sel.validity, *uid)))
+            .map(|(uid, _)| *uid)
+            .collect();
+        let headers = self
+            .fetch_isolating(st, sel.validity, &candidates, imap::Part::Marker)
+            .await?;
+        let got: HashSet<u32> = headers.iter().map(|(uid, _)| *uid).collect();
+        if let Some(missing) = candidates
+            .iter()
+            .find(|uid| !got.contains(uid) && !st.unreadable.contains(&(sel.validity, **uid)))
+        {
+            limit = limit.min(*missing);
+        }
+        let ours = headers
             .into_iter()
-            .filter(|uid| !st.unreadable.contains(&(validity, *uid)))
+            .filter(|(_, h)| envelope::is_agent_mail(h))
+            .map(|(uid, _)| uid)
             .collect();
         Ok((ours, limit))
     }
@@ -253,7 +305,7 @@ impl MailTransport {
     ) -> Result<Vec<(u32, Vec<u8>)>, TransportError> {
         let mut out = Vec::with_capacity(uids.len());
         for batch in uids.chunks(FETCH_BATCH) {
-            let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+            let session = &mut st.conn()?.session;
             match self.step("fetch", imap::fetch(session, batch, part)).await {
                 Ok(got) => {
                     st.news |= got.news;
@@ -269,7 +321,7 @@ impl MailTransport {
                 if broken {
                     self.reopen(st).await?;
                 }
-                let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+                let session = &mut st.conn()?.session;
                 match self.step("fetch", imap::fetch(session, &[uid], part)).await {
                     Ok(got) => {
                         st.news |= got.news;
@@ -291,25 +343,27 @@ impl MailTransport {
     }
 
     /// Drops the connection and opens a new one on the watched mailbox.
-    async fn reopen(&self, st: &mut ImapState) -> Result<(u32, u32), TransportError> {
-        st.session = None;
+    async fn reopen(&self, st: &mut ImapState) -> Result<Selected, TransportError> {
+        st.conn = None;
         self.ready(st).await
     }
 
     /// Creates the processed and quarantine folders once per connection.
     async fn folders(&self, st: &mut ImapState) -> Result<(), TransportError> {
-        if st.session.is_none() {
+        if st.conn.is_none() {
             self.ready_inner(st).await?;
         }
-        if !st.folders_ready {
-            let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-            imap::ensure_folder(session, &self.account.imap.processed_folder)
-                .await
-                .map_err(err)?;
-            imap::ensure_folder(session, &self.account.imap.quarantine_folder)
-                .await
-                .map_err(err)?;
-            st.folders_ready = true;
+        let conn = st.conn()?;
+        if !conn.folders_ready {
+            for folder in [
+                &self.account.imap.processed_folder,
+                &self.account.imap.quarantine_folder,
+            ] {
+                imap::ensure_folder(&mut conn.session, folder)
+                    .await
+                    .map_err(err)?;
+            }
+            conn.folders_ready = true;
         }
         Ok(())
     }
@@ -321,32 +375,33 @@ impl MailTransport {
         folder: &str,
     ) -> Result<(), TransportError> {
         self.folders(st).await?;
-        let has_move = st.has_move;
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
-        imap::move_message(session, uid, folder, has_move)
+        let conn = st.conn()?;
+        imap::move_message(&mut conn.session, uid, folder, conn.caps)
             .await
             .map_err(err)
     }
 
-    /// Deletes processed agent mail older than `keep`, then selects the watched mailbox again.
+    /// Deletes processed agent mail older than `keep` (only messages whose header the agent read
+    /// itself), then selects the watched mailbox again.
     async fn tidy_inner(
         &self,
         st: &mut ImapState,
         keep: Duration,
     ) -> Result<usize, TransportError> {
         self.folders(st).await?;
-        let (within, uidplus) = (st.has_within, st.has_uidplus);
-        let session = st.session.as_mut().ok_or_else(|| err("no IMAP session"))?;
+        let conn = st.conn()?;
         let folder = &self.account.imap.processed_folder;
-        session
+        conn.session
             .select(folder)
             .await
             .map_err(|e| err(format!("cannot open {folder}: {e}")))?;
-        let old = imap::older_than(session, envelope::VERSION_HEADER, keep, within)
+        let old = imap::older_than(&mut conn.session, keep, conn.caps.within)
             .await
             .map_err(err)?;
         if !old.is_empty() {
-            imap::delete(session, &old, uidplus).await.map_err(err)?;
+            imap::delete(&mut conn.session, &old, conn.caps.uidplus)
+                .await
+                .map_err(err)?;
         }
         self.ready_inner(st).await?;
         // Mail that came meanwhile is counted in that SELECT's reply, not announced: look again.
@@ -362,7 +417,16 @@ impl MailTransport {
         max: Duration,
         interrupt: &tokio::sync::Notify,
     ) -> Result<bool, TransportError> {
-        let mut session = st.session.take().ok_or_else(|| err("no IMAP session"))?;
+        let Conn {
+            mut session,
+            caps,
+            folders_ready,
+        } = st.conn.take().ok_or_else(|| err("no IMAP session"))?;
+        let keep = |session| Conn {
+            session,
+            caps,
+            folders_ready,
+        };
         // Mail that arrived since the last fetch may have been announced already, and a server that
         // holds IDLE notifications back reports at once on NOOP: look first.
         self.step("NOOP", session.noop()).await?;
@@ -376,11 +440,19 @@ impl MailTransport {
             );
         }
         if news {
-            st.session = Some(session);
+            st.conn = Some(keep(session));
             return Ok(true);
         }
         let mut handle = session.idle();
-        self.step("IDLE", handle.init()).await?;
+        if let Err(e) = self.step("IDLE", handle.init()).await {
+            st.idle_failures += 1;
+            if st.idle_failures >= IDLE_TRIES {
+                st.idle_off = true;
+                tracing::warn!(error = %e, tries = st.idle_failures, "the server announces IDLE but does not start it; polling every poll-interval instead");
+            }
+            return Err(e);
+        }
+        st.idle_failures = 0;
         let result = {
             let (wait, stop) = handle.wait_with_timeout(max);
             tokio::pin!(wait);
@@ -394,7 +466,7 @@ impl MailTransport {
             }
         };
         let session = self.step("DONE", handle.done()).await?;
-        st.session = Some(session);
+        st.conn = Some(keep(session));
         result
             .map(|r| !matches!(r, IdleResponse::Timeout))
             .map_err(err)
@@ -442,7 +514,7 @@ impl Transport for MailTransport {
         let mut st = self.imap.lock().await;
         let r = self.receive_inner(&mut st, routes).await;
         if r.is_err() {
-            st.session = None;
+            st.conn = None;
         }
         r
     }
@@ -462,7 +534,7 @@ impl Transport for MailTransport {
             .step("move", self.settle_inner(&mut st, uid, folder))
             .await;
         if r.is_err() {
-            st.session = None;
+            st.conn = None;
         }
         r
     }
@@ -474,7 +546,7 @@ impl Transport for MailTransport {
         let mut st = self.imap.lock().await;
         let r = self.step("tidy", self.tidy_inner(&mut st, keep)).await;
         if r.is_err() {
-            st.session = None;
+            st.conn = None;
         }
         r
     }
@@ -485,13 +557,13 @@ impl Transport for MailTransport {
         interrupt: &tokio::sync::Notify,
     ) -> Result<(), TransportError> {
         let mut st = self.imap.lock().await;
-        if st.session.is_none()
+        if st.conn.is_none()
             && let Err(e) = self.ready(&mut st).await
         {
-            st.session = None;
+            st.conn = None;
             return Err(e);
         }
-        if !st.has_idle {
+        if st.idle_off || !st.conn.as_ref().is_some_and(|c| c.caps.idle) {
             drop(st);
             tokio::select! {
                 _ = tokio::time::sleep(max.min(self.poll)) => {}
@@ -501,49 +573,90 @@ impl Transport for MailTransport {
         }
         let r = self.idle_until(&mut st, max, interrupt).await;
         if r.is_err() {
-            st.session = None;
+            st.conn = None;
         }
         r
     }
 }
 
-/// `agent check`: logs in to IMAP and SMTP and reports what works.
-pub async fn check(account: &Account) -> Vec<(String, Result<String, String>)> {
-    let mut out = Vec::new();
-    let imap_result = async {
-        let mut s = imap::connect(&account.imap, &account.address).await?;
-        let caps = s.capabilities().await.map_err(|e| e.to_string())?;
-        let mb = s
-            .select(&account.imap.mailbox)
-            .await
-            .map_err(|e| format!("cannot open mailbox {}: {e}", account.imap.mailbox))?;
-        let _ = s.logout().await;
-        Ok(format!(
-            "{}:{} logged in; {} has {} messages; IDLE {}, MOVE {}",
-            account.imap.host,
-            account.imap.port,
-            account.imap.mailbox,
-            mb.exists,
-            if caps.has_str("IDLE") {
-                "yes"
-            } else {
-                "no (polling)"
-            },
-            if caps.has_str("MOVE") {
-                "yes"
-            } else {
-                "no (copy + expunge)"
-            },
-        ))
-    }
-    .await;
-    out.push(("IMAP".to_string(), imap_result));
+/// One finding of `agent check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Works as the agent would have it.
+    Ok(String),
+    /// Missing or wrong on this server; says what the agent does instead.
+    Instead(String),
+    /// Does not work.
+    Fail(String),
+}
+
+/// `agent check`: logs in to IMAP and SMTP and reports what works, and for each capability the
+/// agent relies on, whether the server has it and what the agent does instead. Reads only: the
+/// mailbox is opened with EXAMINE, and nothing is flagged, moved or created.
+pub async fn check(account: &Account) -> Vec<(String, Finding)> {
+    let mut out = match check_imap(account).await {
+        Ok(lines) => lines,
+        Err(e) => vec![("IMAP".to_string(), Finding::Fail(e))],
+    };
+    let smtp = match smtp::Smtp::new(&account.smtp, &account.address) {
+        Ok(smtp) => smtp.check().await,
+        Err(e) => Err(e),
+    };
     out.push((
         "SMTP".to_string(),
-        match smtp::Smtp::new(&account.smtp, &account.address) {
-            Ok(smtp) => smtp.check().await,
-            Err(e) => Err(e),
-        },
+        smtp.map_or_else(Finding::Fail, Finding::Ok),
     ));
     out
+}
+
+async fn check_imap(account: &Account) -> Result<Vec<(String, Finding)>, String> {
+    let cfg = &account.imap;
+    let mut s = imap::connect(cfg, &account.address).await?;
+    let caps = Caps::of(&mut s).await?;
+    let mb = s
+        .examine(&cfg.mailbox)
+        .await
+        .map_err(|e| format!("cannot open mailbox {}: {e}", cfg.mailbox))?;
+    let (search_right, search) = imap::check_header_search(&mut s).await?;
+    let _ = s.logout().await;
+    let line = |what: &str, yes: bool, instead: String| {
+        let finding = if yes {
+            Finding::Ok(instead)
+        } else {
+            Finding::Instead(instead)
+        };
+        (format!("IMAP {what}"), finding)
+    };
+    let has = |what: &str, yes: bool, instead: &str| {
+        let text = if yes {
+            "yes".to_string()
+        } else {
+            format!("no: {instead}")
+        };
+        line(what, yes, text)
+    };
+    let opened = format!(
+        "{}:{} logged in; {} has {} messages",
+        cfg.host, cfg.port, cfg.mailbox, mb.exists
+    );
+    Ok(vec![
+        ("IMAP".to_string(), Finding::Ok(opened)),
+        has("IDLE", caps.idle, "the agent polls every poll-interval"),
+        has(
+            "MOVE",
+            caps.r#move,
+            "the agent copies, flags \\Deleted and expunges; a flagged message is never copied again",
+        ),
+        has(
+            "UIDPLUS",
+            caps.uidplus,
+            "the agent expunges with plain EXPUNGE, and only while every message flagged \\Deleted in the folder is agent mail",
+        ),
+        has(
+            "UIDNEXT in SELECT",
+            mb.uid_next.is_some(),
+            "the agent lists every message from its cursor on (UID FETCH n:*)",
+        ),
+        line("header search", search_right, search),
+    ])
 }
