@@ -61,6 +61,9 @@ pub struct Server {
     pub password_cmd: Option<String>,
     /// PEM file of a CA to trust besides the public roots (private or self-signed servers).
     pub ca_file: Option<PathBuf>,
+    /// How long one step (connecting, the greeting, TLS, login, one message) may take.
+    #[serde(default = "default_imap_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
 }
 
 /// The IMAP side: the server plus which folders to use. The server fields repeat [`Server`]'s
@@ -201,6 +204,7 @@ impl Imap {
             password_env: self.password_env.clone(),
             password_cmd: self.password_cmd.clone(),
             ca_file: self.ca_file.clone(),
+            timeout: self.timeout,
         }
     }
 

@@ -337,7 +337,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let account = cfg.account.clone().ok_or_else(|| {
                 anyhow::anyhow!("no [account] in {}: nothing to check", path.display())
             })?;
-            let results = runtime()?.block_on(minisync::transport::mail::check(&account));
+            // Each step is said as it starts, so a server that never answers shows where.
+            let progress = |step: &str| eprintln!("...   {step}");
+            let results =
+                runtime()?.block_on(minisync::transport::mail::check(&account, &progress));
             let mut ok = true;
             for (what, finding) in results {
                 match finding {

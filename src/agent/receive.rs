@@ -415,7 +415,7 @@ impl Agent {
                 Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
                 Store::clear_fork(tx, name, &item.peer)?;
                 // Mail refused while the sender was not a peer: its changes came again now.
-                Store::unquarantine_peer(tx, name, &item.peer, "%is not a peer of document%")?;
+                Store::unquarantine_peer(tx, name, &item.peer, crate::store::NOT_A_PEER)?;
                 pins.insert(&item.peer, item.sent_by);
                 if item.wants_reply || (owed && !item.shared) {
                     replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));

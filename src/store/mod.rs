@@ -18,6 +18,7 @@ use crate::engine::{self, Document};
 mod health;
 mod quarantine;
 pub use health::{Health, HealthChange, health};
+pub(crate) use quarantine::NOT_A_PEER;
 pub use quarantine::Quarantined;
 
 /// Why a store operation failed.
@@ -676,7 +677,8 @@ impl Store {
             "DELETE FROM forks WHERE doc = ?1 AND peer = ?2",
             params![doc, peer],
         )?;
-        Ok(())
+        // The mail quarantined for the fork is settled with it.
+        Self::unquarantine_peer(conn, doc, peer, quarantine::FORKED)
     }
 
     /// Replaces a document by another one (`agent doc adopt`), in one transaction: the old
@@ -710,6 +712,10 @@ impl Store {
         clear("DELETE FROM peers WHERE doc = ?1")?;
         clear("DELETE FROM outbox WHERE doc = ?1")?;
         clear("DELETE FROM forks WHERE doc = ?1")?;
+        clear(&format!(
+            "DELETE FROM quarantine WHERE doc = ?1 AND reason LIKE '{}'",
+            quarantine::FORKED
+        ))?;
         clear("DELETE FROM published WHERE doc = ?1")?;
         Self::insert_doc(&tx, name, doc, old_rev + 1, false)?;
         then(&tx)?;

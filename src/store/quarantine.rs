@@ -7,6 +7,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::{Result, Store, now_ms};
 
+/// The reasons (SQL `LIKE` patterns) of mail quarantined because the sender has its own document
+/// of that name, and because the sender was not a peer: settled when the fork is, and when the
+/// sender's changes come again as a peer.
+pub(crate) const FORKED: &str = "%has another document named%";
+pub(crate) const NOT_A_PEER: &str = "%is not a peer of document%";
+
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,7 +105,7 @@ impl Store {
     /// (its pin, its forked document).
     pub fn unquarantine_peer(conn: &Connection, doc: &str, sender: &str, like: &str) -> Result<()> {
         conn.execute(
-            "DELETE FROM quarantine WHERE doc = ?1 AND sender = ?2 AND reason LIKE ?3",
+            "DELETE FROM quarantine WHERE doc = ?1 AND sender = ?2 COLLATE NOCASE AND reason LIKE ?3",
             params![doc, sender, like],
         )?;
         Ok(())

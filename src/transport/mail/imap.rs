@@ -7,42 +7,89 @@ use futures::TryStreamExt;
 
 use crate::config::{Encryption, Imap};
 use crate::transport::mail::envelope;
-use crate::transport::mail::net::{MailStream, connect_tcp, tls_wrap};
+use crate::transport::mail::net::{MailStream, connect_tcp, port_hint, step, tls_wrap};
 
 pub type ImapSession = Session<MailStream>;
 
 /// Connects and logs in.
 pub async fn connect(cfg: &Imap, address: &str) -> Result<ImapSession, String> {
+    connect_showing(cfg, address, &|step| tracing::debug!(step, "IMAP")).await
+}
+
+/// Connects and logs in, each step (TCP, greeting, TLS, login) bounded by the configured
+/// `timeout` and announced to `progress` (`agent check` prints them).
+pub async fn connect_showing(
+    cfg: &Imap,
+    address: &str,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<ImapSession, String> {
     let password = cfg.server().password("IMAP").map_err(|e| e.to_string())?;
-    let tcp = connect_tcp(&cfg.host, cfg.port, "IMAP").await?;
-    let tls = |tcp| tls_wrap(tcp, &cfg.host, cfg.port, cfg.ca_file.as_deref());
+    let (host, port, limit) = (&cfg.host, cfg.port, cfg.timeout);
+    let hint = port_hint(port, cfg.encryption == Encryption::Tls);
+    let hint = Some(hint.as_str());
+    let tcp = step(
+        &format!("IMAP: connecting to {host}:{port}"),
+        limit,
+        None,
+        progress,
+        connect_tcp(host, port, "IMAP"),
+    )
+    .await?;
+    let tls = |tcp| {
+        step(
+            "IMAP: TLS handshake",
+            limit,
+            hint,
+            progress,
+            tls_wrap(tcp, host, port, cfg.ca_file.as_deref()),
+        )
+    };
     let mut client = match cfg.encryption {
         Encryption::Tls => async_imap::Client::new(tls(tcp).await?),
         Encryption::None => async_imap::Client::new(MailStream::Plain(tcp)),
         Encryption::StartTls => {
             let mut plain = async_imap::Client::new(MailStream::Plain(tcp));
-            plain
-                .read_response()
-                .await
-                .map_err(|e| format!("IMAP greeting: {e}"))?
-                .ok_or("the IMAP server closed the connection")?;
-            plain
-                .run_command_and_check_ok("STARTTLS", None)
-                .await
-                .map_err(|e| format!("IMAP STARTTLS refused: {e}"))?;
+            greeting(&mut plain, limit, hint, progress).await?;
+            step("IMAP: STARTTLS", limit, hint, progress, async {
+                plain
+                    .run_command_and_check_ok("STARTTLS", None)
+                    .await
+                    .map_err(|e| format!("IMAP STARTTLS refused: {e}"))
+            })
+            .await?;
             let MailStream::Plain(tcp) = plain.into_inner() else {
                 return Err("internal: STARTTLS on a TLS stream".into());
             };
             let upgraded = async_imap::Client::new(tls(tcp).await?);
-            return login(upgraded, cfg, address, &password).await;
+            return login(upgraded, cfg, address, &password, progress).await;
         }
     };
-    client
-        .read_response()
-        .await
-        .map_err(|e| format!("IMAP greeting: {e}"))?
-        .ok_or("the IMAP server closed the connection")?;
-    login(client, cfg, address, &password).await
+    greeting(&mut client, limit, hint, progress).await?;
+    login(client, cfg, address, &password, progress).await
+}
+
+/// Waits for the server's first line (`* OK ...`).
+async fn greeting(
+    client: &mut async_imap::Client<MailStream>,
+    limit: std::time::Duration,
+    hint: Option<&str>,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), String> {
+    step(
+        "IMAP: waiting for the greeting",
+        limit,
+        hint,
+        progress,
+        async {
+            client
+                .read_response()
+                .await
+                .map_err(|e| format!("IMAP greeting: {e}"))?
+                .ok_or_else(|| "the IMAP server closed the connection".to_string())
+                .map(|_| ())
+        },
+    )
+    .await
 }
 
 async fn login(
@@ -50,12 +97,22 @@ async fn login(
     cfg: &Imap,
     address: &str,
     password: &str,
+    progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<ImapSession, String> {
     let user = cfg.login.as_deref().unwrap_or(address);
-    client
-        .login(user, password)
-        .await
-        .map_err(|(e, _)| format!("IMAP login as {user} refused: {e}"))
+    step(
+        &format!("IMAP: logging in as {user}"),
+        cfg.timeout,
+        None,
+        progress,
+        async {
+            client
+                .login(user, password)
+                .await
+                .map_err(|(e, _)| format!("IMAP login as {user} refused: {e}"))
+        },
+    )
+    .await
 }
 
 /// Creates a folder unless it exists.

@@ -593,13 +593,16 @@ pub enum Finding {
 /// `agent check`: logs in to IMAP and SMTP and reports what works, and for each capability the
 /// agent relies on, whether the server has it and what the agent does instead. Reads only: the
 /// mailbox is opened with EXAMINE, and nothing is flagged, moved or created.
-pub async fn check(account: &Account) -> Vec<(String, Finding)> {
-    let mut out = match check_imap(account).await {
+pub async fn check(
+    account: &Account,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Vec<(String, Finding)> {
+    let mut out = match check_imap(account, progress).await {
         Ok(lines) => lines,
         Err(e) => vec![("IMAP".to_string(), Finding::Fail(e))],
     };
     let smtp = match smtp::Smtp::new(&account.smtp, &account.address) {
-        Ok(smtp) => smtp.check().await,
+        Ok(smtp) => smtp.check(progress).await,
         Err(e) => Err(e),
     };
     out.push((
@@ -609,9 +612,12 @@ pub async fn check(account: &Account) -> Vec<(String, Finding)> {
     out
 }
 
-async fn check_imap(account: &Account) -> Result<Vec<(String, Finding)>, String> {
+async fn check_imap(
+    account: &Account,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Vec<(String, Finding)>, String> {
     let cfg = &account.imap;
-    let mut s = imap::connect(cfg, &account.address).await?;
+    let mut s = imap::connect_showing(cfg, &account.address, progress).await?;
     let caps = Caps::of(&mut s).await?;
     let mb = s
         .examine(&cfg.mailbox)

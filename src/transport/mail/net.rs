@@ -35,6 +35,50 @@ fn keepalive() -> socket2::TcpKeepalive {
         .with_retries(4)
 }
 
+/// The likely mistake behind a connection that fails or hangs: a port that speaks TLS from the
+/// first byte used without `tls` (such a server waits silently for our TLS hello, so we wait for
+/// a greeting that never comes), or the other way round.
+pub fn port_hint(port: u16, tls: bool) -> String {
+    match (port, tls) {
+        (993 | 465, false) => {
+            format!("port {port} speaks TLS from the first byte: use encryption = \"tls\"")
+        }
+        (143 | 587 | 25, true) => format!(
+            "port {port} starts in plain text and switches with STARTTLS: use encryption = \"start-tls\""
+        ),
+        (_, false) => format!(
+            "a server that speaks TLS from the first byte (IMAP usually on 993, SMTP on 465) waits \
+             silently for ours: if port {port} is one, use encryption = \"tls\""
+        ),
+        (_, true) => format!(
+            "if port {port} starts in plain text (IMAP usually 143, SMTP 587), use encryption = \"start-tls\""
+        ),
+    }
+}
+
+/// Runs one step of opening a connection within `limit`, telling `progress` what it does; a
+/// failure or a silence names the step, how long it waited, and the likely mistake if any.
+pub async fn step<T>(
+    what: &str,
+    limit: Duration,
+    hint: Option<&str>,
+    progress: &(dyn Fn(&str) + Send + Sync),
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    progress(what);
+    let with_hint = |e: String| match hint {
+        Some(h) => format!("{e} (hint: {h})"),
+        None => e,
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r.map_err(with_hint),
+        Err(_) => Err(with_hint(format!(
+            "{what}: no answer within {}",
+            humantime::format_duration(limit)
+        ))),
+    }
+}
+
 /// A connection to a mail server, encrypted or not.
 #[derive(Debug)]
 pub enum MailStream {

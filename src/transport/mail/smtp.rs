@@ -11,7 +11,7 @@ use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{Encryption, Server};
 use crate::transport::SendError;
-use crate::transport::mail::net::{MailStream, connect_tcp, read_pem, tls_wrap};
+use crate::transport::mail::net::{MailStream, connect_tcp, port_hint, read_pem, step, tls_wrap};
 
 /// How long one SMTP step (connecting, one message) may take before the connection is dropped.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,19 +62,55 @@ impl Smtp {
 
     /// Opens, secures and authenticates a new connection.
     async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
-        let s = &self.server;
-        let tcp = connect_tcp(&s.host, s.port, "SMTP")
+        self.connect_showing(&|step| tracing::debug!(step, "SMTP"))
             .await
-            .map_err(SendError::Temporary)?;
+    }
+
+    /// Opens, secures and authenticates a new connection, each step (TCP, TLS, greeting,
+    /// STARTTLS, login) bounded by the server's `timeout` and announced to `progress`.
+    async fn connect_showing(
+        &self,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<AsyncSmtpConnection, SendError> {
+        let s = &self.server;
+        let hint = port_hint(s.port, s.encryption == Encryption::Tls);
+        let hint = Some(hint.as_str());
+        let connecting = format!("SMTP: connecting to {}:{}", s.host, s.port);
+        let tcp = step(
+            &connecting,
+            s.timeout,
+            None,
+            progress,
+            connect_tcp(&s.host, s.port, "SMTP"),
+        )
+        .await
+        .map_err(SendError::Temporary)?;
         let stream = match s.encryption {
-            Encryption::Tls => tls_wrap(tcp, &s.host, s.port, s.ca_file.as_deref())
-                .await
-                .map_err(SendError::Temporary)?,
+            Encryption::Tls => step(
+                "SMTP: TLS handshake",
+                s.timeout,
+                hint,
+                progress,
+                tls_wrap(tcp, &s.host, s.port, s.ca_file.as_deref()),
+            )
+            .await
+            .map_err(SendError::Temporary)?,
             Encryption::StartTls | Encryption::None => MailStream::Plain(tcp),
         };
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
-            .await
-            .map_err(classify)?;
+        let greeting = async {
+            AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                .await
+                .map_err(|e| describe(&e))
+        };
+        let mut conn = step(
+            "SMTP: waiting for the greeting",
+            s.timeout,
+            hint,
+            progress,
+            greeting,
+        )
+        .await
+        .map_err(SendError::Temporary)?;
         if let Some(tls) = &self.starttls {
             if !conn.can_starttls() {
                 conn.abort().await;
@@ -83,23 +119,36 @@ impl Smtp {
                     s.host, s.port
                 )));
             }
-            conn.starttls(tls.clone(), &self.hello)
+            let upgrade = async {
+                conn.starttls(tls.clone(), &self.hello)
+                    .await
+                    .map_err(|e| describe(&e))
+            };
+            step("SMTP: STARTTLS", s.timeout, hint, progress, upgrade)
                 .await
-                .map_err(classify)?;
+                .map_err(SendError::Temporary)?;
         }
-        if let Err(e) = conn
-            .auth(&[Mechanism::Plain, Mechanism::Login], &self.credentials)
-            .await
-        {
-            conn.abort().await;
-            return Err(SendError::Account(format!(
+        progress(&format!("SMTP: logging in as {}", self.login));
+        let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], &self.credentials);
+        let refused = match tokio::time::timeout(s.timeout, auth).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(SendError::Account(format!(
                 "SMTP {}:{} refused the login as {:?}: {}. Check login and password in the config \
                  ([account.smtp]; many providers want an app password)",
                 s.host,
                 s.port,
                 self.login,
                 describe(&e)
-            )));
+            ))),
+            Err(_) => Some(SendError::Temporary(format!(
+                "SMTP: logging in as {}: no answer within {}",
+                self.login,
+                humantime::format_duration(s.timeout)
+            ))),
+        };
+        if let Some(e) = refused {
+            conn.abort().await;
+            return Err(e);
         }
         Ok(conn)
     }
@@ -146,21 +195,17 @@ impl Smtp {
             })
     }
 
-    /// Connects and authenticates (`agent check`).
-    pub async fn check(&self) -> Result<String, String> {
+    /// Connects and authenticates (`agent check`), announcing each step to `progress`.
+    pub async fn check(&self, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<String, String> {
         let s = &self.server;
-        match tokio::time::timeout(STEP_TIMEOUT, self.connect()).await {
-            Ok(Ok(mut conn)) => {
-                let _ = conn.quit().await;
+        match self.connect_showing(progress).await {
+            Ok(mut conn) => {
+                let _ = tokio::time::timeout(s.timeout, conn.quit()).await;
                 Ok(format!("{}:{} accepts our login", s.host, s.port))
             }
-            Ok(Err(SendError::Temporary(e) | SendError::Permanent(e) | SendError::Account(e))) => {
+            Err(SendError::Temporary(e) | SendError::Permanent(e) | SendError::Account(e)) => {
                 Err(e)
             }
-            Err(_) => Err(format!(
-                "{}:{} did not answer within {STEP_TIMEOUT:?}",
-                s.host, s.port
-            )),
         }
     }
 }
