@@ -317,3 +317,42 @@ async fn files_of_one_write_delivered_out_of_order_are_waited_for() {
     assert_eq!(bob.json()["x"], json!("cccc"));
     assert_eq!(bob.json(), alice.json());
 }
+
+/// A replica edited behind the engine's back is found by the digest over a shared folder too, and
+/// repaired: each side merges the other's whole publication (base and latest, read again) by the
+/// repair's rule.
+#[tokio::test]
+async fn a_replica_edited_behind_the_engines_back_is_found_and_repaired_over_a_folder() {
+    let shared = tempfile::tempdir().unwrap();
+    let mut alice = peer(shared.path());
+    let mut bob = peer(shared.path());
+    alice.cmd(DocCommand::Import {
+        name: "todo".into(),
+        json: r#"{"title": "original", "n": 1}"#.into(),
+    });
+    settle(&mut [&mut alice, &mut bob]).await;
+    let db = rusqlite::Connection::open(bob._dir.path().join("state/agent.sqlite")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE documents SET state = replace(state, '\"original\"', '\"tampered\"'), rev = rev + 1",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_eq!(bob.json()["title"], json!("tampered"));
+    alice.set("n", json!(2));
+    let diverged = |p: &mut Peer| {
+        let st = minisync::agent::status(&p.cfg, p.agent.store()).unwrap();
+        st.documents[0].peers.iter().any(|x| x.diverged.is_some())
+    };
+    let mut seen = false;
+    for _ in 0..8 {
+        alice.sync().await;
+        bob.sync().await;
+        seen |= diverged(&mut alice) || diverged(&mut bob);
+    }
+    assert!(seen, "the divergence was reported");
+    assert_eq!(alice.json(), bob.json());
+    assert_eq!(alice.json()["n"], json!(2));
+    assert!(!diverged(&mut alice) && !diverged(&mut bob), "repaired");
+}

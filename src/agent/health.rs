@@ -10,6 +10,10 @@ use crate::agent::Result;
 use crate::engine::{Changes, ClientId, Document, MergeOutcome, RepairKind};
 use crate::store::{HealthChange, Store, health};
 
+/// A divergence this replica repaired from a shared folder peer's whole publication, while the
+/// peer has yet to do the same with ours.
+const WAITING: &str = "repaired here from their whole state; waiting for them to do the same";
+
 /// What the merges of one arrival found.
 #[derive(Default)]
 pub(super) struct Findings {
@@ -36,7 +40,10 @@ impl Findings {
             self.verified = true;
             self.diverged = None;
         }
-        if let Some(kind) = ch.repair() {
+        if let Some(kind) = ch.repair()
+            && self.repair.is_none()
+        {
+            // The first: of a folder's base and latest, the base is the whole state.
             self.repair = Some((kind, ch.clone()));
         }
     }
@@ -49,6 +56,7 @@ impl Findings {
         doc: &Document,
         name: &str,
         peer: &str,
+        shared: bool,
     ) -> Result<bool> {
         let set = |change: HealthChange<'_>| Store::set_health(tx, name, peer, change);
         if self.incomplete {
@@ -73,6 +81,12 @@ impl Findings {
                 set(HealthChange::Repair(Some(RepairKind::Reply)))?;
                 owe = true;
             }
+            (Some((RepairKind::Reply, _)), Some(_), _) if shared => {
+                // Over a folder each side repairs from the other's publication on its own:
+                // until the peer has done so too, its digest is the old one.
+                set(HealthChange::Diverged(WAITING))?;
+                set(HealthChange::Repair(None))?;
+            }
             (Some((RepairKind::Reply, theirs)), Some((ours, digest)), _) => {
                 let paths = differing_paths(doc, theirs);
                 set(HealthChange::Diverged(&format!(
@@ -82,6 +96,14 @@ impl Findings {
                 set(HealthChange::Repair(None))?;
             }
             (Some((RepairKind::Reply, _)), None, _) => set(HealthChange::Repair(None))?,
+            (None, Some((ours, theirs)), _)
+                if before.diverged.as_ref().is_some_and(|(d, _)| d == WAITING) =>
+            {
+                set(HealthChange::Diverged(&format!(
+                    "NOT RECONCILED by a repair on both sides: our digest {ours:016x}, theirs \
+                     {theirs:016x}; compare `agent doc export` on both sides"
+                )))?;
+            }
             (None, Some((ours, theirs)), _) => {
                 let settled = before
                     .diverged
@@ -101,6 +123,39 @@ impl Findings {
             set(HealthChange::Verified)?;
         }
         Ok(owe)
+    }
+}
+
+impl Findings {
+    /// Records a divergence found by a refused merge (another value under one of our stamps) and
+    /// starts the repair. Returns whether the peer must get a message now.
+    pub(super) fn diverged_at(
+        tx: &rusqlite::Connection,
+        name: &str,
+        peer: &str,
+        detail: &str,
+    ) -> Result<bool> {
+        let before = health(tx, name, peer)?;
+        if before
+            .diverged
+            .as_ref()
+            .is_some_and(|(d, _)| d.starts_with("NOT RECONCILED"))
+        {
+            return Ok(false);
+        }
+        Store::set_health(
+            tx,
+            name,
+            peer,
+            HealthChange::Diverged(&format!("{detail}: repairing by a full exchange")),
+        )?;
+        Store::set_health(
+            tx,
+            name,
+            peer,
+            HealthChange::Repair(Some(RepairKind::Request)),
+        )?;
+        Ok(before.repair != Some(RepairKind::Request))
     }
 }
 

@@ -275,7 +275,9 @@ impl Agent {
             let name = slot.cfg.name.clone();
             let peers = slot.cfg.peers.clone();
             let route = if self.store.has_doc(&name)? {
-                self.store.read_doc(&name, |d| Route {
+                // A shared-folder peer owed a repair is read again from its base: its whole state.
+                let repairing = self.store.repairing(&name)?;
+                let mut route = self.store.read_doc(&name, |d| Route {
                     name: name.clone(),
                     doc_id: Some(d.id().to_string()),
                     client_id: Some(d.client_id()),
@@ -285,7 +287,13 @@ impl Agent {
                         .map(|(c, p)| (*c, p.last_received))
                         .collect::<BTreeMap<ClientId, u64>>(),
                     peers,
-                })?
+                })?;
+                for peer in repairing {
+                    if let Ok(c) = ClientId::parse(&peer) {
+                        route.last_received.insert(c, 0);
+                    }
+                }
+                route
             } else {
                 Route {
                     name,

@@ -396,17 +396,39 @@ impl Agent {
                 // base + latest, a refused latest leaves the base merged: valid changes from that
                 // client, merged again harmlessly when the folder is read next time.
                 let mut findings = Findings::default();
-                let applied = item
-                    .changes
-                    .iter()
-                    .try_for_each(|ch| doc.apply(ch).map(|out| findings.add(ch, &out)));
-                if let Err(e) = applied {
-                    let reason = format!("changes refused by the engine: {e}");
-                    Store::set_health(tx, name, &item.peer, HealthChange::Notice(&reason))?;
-                    outcomes.push((item.at, Err(Refusal::Quarantine(reason))));
-                    continue;
-                }
-                let owed = findings.record(tx, doc, name, &item.peer)?;
+                // A shared folder has no messages to exchange: a repair merges the peer's whole
+                // publication (base and latest, read again) by the repair's rule instead.
+                let repairing = item.shared && health(tx, name, &item.peer)?.repair.is_some();
+                let applied = item.changes.iter().try_for_each(|ch| {
+                    let marked;
+                    let ch = if repairing {
+                        marked = ch.clone().into_repair(RepairKind::Reply);
+                        &marked
+                    } else {
+                        ch
+                    };
+                    doc.apply(ch).map(|out| findings.add(ch, &out))
+                });
+                let owed = match applied {
+                    Ok(()) => findings.record(tx, doc, name, &item.peer, item.shared)?,
+                    // Another value under one of our stamps: not this message's fault but a
+                    // divergence, repaired by a full exchange (its changes come again in it).
+                    Err(e @ crate::engine::Error::Diverged { .. }) => {
+                        Findings::diverged_at(tx, name, &item.peer, &e.to_string())?
+                    }
+                    Err(e) => {
+                        let reason = format!("changes refused by the engine: {e}");
+                        Store::set_health(tx, name, &item.peer, HealthChange::Notice(&reason))?;
+                        // A shared folder is read again when its writer publishes anew.
+                        let refusal = if item.shared {
+                            Refusal::Retry(reason)
+                        } else {
+                            Refusal::Quarantine(reason)
+                        };
+                        outcomes.push((item.at, Err(refusal)));
+                        continue;
+                    }
+                };
                 if let Some(mid) = &item.message_id {
                     Store::mark_seen(tx, mid)?;
                 }

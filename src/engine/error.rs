@@ -18,6 +18,13 @@ pub enum Error {
     /// The changes object belongs to another document.
     #[error("changes are for document {found:?} but this replica holds document {expected:?}")]
     WrongDocument { expected: String, found: String },
+    /// The sender holds another value under a stamp this replica holds: the two replicas have
+    /// diverged (one was changed behind the engine's back). Nothing is merged; a repair
+    /// (docs/PROTOCOL.md, "Digest") settles it.
+    #[error(
+        "changes rejected at {at}: stamp {stamp} is used here for another value (the replicas have diverged)"
+    )]
+    Diverged { at: String, stamp: String },
     /// The changes object is well formed but contradicts what this replica knows.
     #[error("changes rejected at {at}: {msg}")]
     Conflict { at: String, msg: String },

@@ -427,7 +427,10 @@ impl Document {
                 && c.changes.repair.is_none()
                 && !self.same_val(&lf.val, f.val.as_ref())
             {
-                return c.fail(format!("stamp {} is used here for another value", f.stamp));
+                return Err(Error::Diverged {
+                    at: c.at(),
+                    stamp: f.stamp.to_string(),
+                });
             }
             if let Some(WVal::Node(child)) = &f.val {
                 self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
@@ -506,7 +509,10 @@ impl Document {
                 && c.changes.repair.is_none()
                 && !self.same_val(&le.val, Some(v))
             {
-                return c.fail(format!("stamp {vs} is used here for another value"));
+                return Err(Error::Diverged {
+                    at: c.at(),
+                    stamp: vs.to_string(),
+                });
             }
         }
         Ok(())

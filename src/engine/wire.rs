@@ -266,7 +266,7 @@ impl Changes {
             top.insert("partial".into(), knowledge_value(&self.partial));
         }
         if let Some(d) = self.digest {
-            top.insert("digest".into(), format!("{d:x}").into());
+            top.insert("digest".into(), format!("{d:016x}").into());
         }
         match self.repair {
             Some(RepairKind::Request) => {

@@ -119,6 +119,15 @@ impl Store {
         )?)
     }
 
+    /// The peers of a document that are owed, or owe, a repair.
+    pub fn repairing(&self, doc: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT peer FROM peer_health WHERE doc = ?1 AND repair IS NOT NULL")?;
+        let rows = st.query_map([doc], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// A peer's health (all clear when nothing was ever recorded).
     pub fn health(&self, doc: &str, peer: &str) -> Result<Health> {
         health(&self.conn, doc, peer)
