@@ -219,12 +219,16 @@ fn classify(e: lettre::transport::smtp::Error) -> SendError {
     }
 }
 
+/// The error and its causes, each said once (lettre's message often repeats its cause's).
 fn describe(e: &lettre::transport::smtp::Error) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = inner.source();
     }
     s
