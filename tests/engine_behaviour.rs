@@ -413,3 +413,19 @@ fn bulk_created_elements_travel_compactly() {
     let b = replica_of(&a);
     assert_eq!(b.to_json(), a.to_json());
 }
+
+#[test]
+fn a_delta_names_the_paths_it_touches() {
+    let mut a = doc(json!({"title": "t", "list": [1], "o": {"x": 1, "y": 2}, "gone": 1, "a.b": 0}));
+    let b = replica_of(&a);
+    send(&b, &mut a);
+    a.set("title", json!("new")).unwrap();
+    a.push("list", json!(2)).unwrap();
+    a.set("o.y", json!(3)).unwrap();
+    a.remove("gone").unwrap();
+    a.set("[\"a.b\"]", json!(1)).unwrap();
+    let mut paths = a.changes_for(b.client_id()).touched_paths(10);
+    paths.sort();
+    assert_eq!(paths, ["[\"a.b\"]", "gone", "list[]", "o.y", "title"]);
+    assert_eq!(a.changes_for(b.client_id()).touched_paths(2).len(), 2);
+}

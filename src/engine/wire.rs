@@ -113,6 +113,12 @@ impl WNode {
     pub fn is_array(&self) -> bool {
         matches!(self.body, WBody::Arr(_))
     }
+    fn body_is_empty(&self) -> bool {
+        match &self.body {
+            WBody::Obj(f) => f.is_empty(),
+            WBody::Arr(e) => e.is_empty(),
+        }
+    }
 }
 
 impl Changes {
@@ -149,6 +155,43 @@ impl Changes {
         self.repair = Some(kind);
         self
     }
+    /// Up to `max` paths (as `agent doc get` takes them) of what this object changes: each
+    /// written or removed key, and each array with changed elements (as `items[]`). Its own size,
+    /// not the document's, bounds the work: for logs ("who changed this?").
+    pub fn touched_paths(&self, max: usize) -> Vec<String> {
+        fn walk(n: &WNode, prefix: &str, out: &mut Vec<String>, max: usize) {
+            match &n.body {
+                WBody::Obj(fields) => {
+                    for f in fields {
+                        if out.len() >= max {
+                            return;
+                        }
+                        let seg = crate::engine::path::Segment::Key(f.key.clone());
+                        let key = crate::engine::path::render(std::slice::from_ref(&seg));
+                        let p = match (prefix.is_empty(), key.starts_with('[')) {
+                            (true, _) | (false, true) => format!("{prefix}{key}"),
+                            (false, false) => format!("{prefix}.{key}"),
+                        };
+                        match &f.val {
+                            Some(WVal::Node(child)) if !child.body_is_empty() => {
+                                walk(child, &p, out, max)
+                            }
+                            _ => out.push(p),
+                        }
+                    }
+                }
+                WBody::Arr(elems) if !elems.is_empty() => out.push(format!("{prefix}[]")),
+                WBody::Arr(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            walk(root, "", &mut out, max);
+        }
+        out.dedup();
+        out
+    }
+
     /// Whether it carries any change at all (an object with none is only an acknowledgement).
     pub fn has_changes(&self) -> bool {
         match &self.root {
