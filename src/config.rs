@@ -600,10 +600,17 @@ impl Server {
                 .output()
                 .map_err(|e| err(format!("cannot run password-cmd: {e}")))?;
             if !out.status.success() {
+                let said = String::from_utf8_lossy(&out.stderr);
+                let said = match said.trim() {
+                    "" => "and printed no message".to_string(),
+                    text => format!("saying {text:?}"),
+                };
+                let code = out.status.code().map_or_else(
+                    || "was stopped by a signal".to_string(),
+                    |c| format!("exited with code {c}"),
+                );
                 return Err(err(format!(
-                    "password-cmd exited with {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    "password-cmd {cmd:?} {code} {said}; run it in a shell to see why"
                 )));
             }
             let text = String::from_utf8_lossy(&out.stdout);
@@ -852,7 +859,7 @@ folder = "shared"
             s.password("imap")
                 .unwrap_err()
                 .to_string()
-                .contains("exited")
+                .contains("exited with code 3 and printed no message")
         );
         s.password_cmd = None;
         s.password_env = Some("MINISYNC_SURELY_UNSET_VAR".into());

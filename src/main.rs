@@ -241,6 +241,18 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
+/// A message with a part repeated right after itself (`network error: X: X`, an error that
+/// shows its source and then the source again) said once.
+fn said_once(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
 /// Logs go to stderr; `-v`/`-q` set the level, else `MINISYNC_LOG` (any `tracing` filter), else
 /// `info`.
 fn init_logging(verbose: u8, quiet: u8) {
@@ -532,7 +544,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(what, r)| match r {
                 Ok(detail) => serde_json::json!({"what": what, "ok": true, "detail": detail}),
-                Err(e) => serde_json::json!({"what": what, "ok": false, "error": e}),
+                Err(e) => serde_json::json!({"what": what, "ok": false, "error": said_once(e)}),
             })
             .collect();
         println!(
@@ -543,7 +555,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         for (what, r) in results {
             match r {
                 Ok(detail) => println!("ok    {what}: {detail}"),
-                Err(e) => println!("FAIL  {what}: {e}"),
+                Err(e) => println!("FAIL  {what}: {}", said_once(&e)),
             }
         }
     }
@@ -570,4 +582,23 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        assert_eq!(
+            said_once("network error: bad UTF-8: bad UTF-8"),
+            "network error: bad UTF-8"
+        );
+        assert_eq!(said_once("a: b: a"), "a: b: a");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("cannot read x.toml: no such file");
+        assert_eq!(error_text(&e), "cannot read x.toml: no such file");
+        let e = anyhow::anyhow!("disk full").context("cannot save");
+        assert_eq!(error_text(&e), "cannot save: disk full");
+    }
 }
