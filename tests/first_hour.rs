@@ -360,6 +360,9 @@ fn doc_log_says_who_changed_what() {
     // A failed edit leaves no row.
     h.fails(&["doc", "set", "todo", "title", "oops"]);
     assert_eq!(h.json(&["doc", "log", "todo", "--json"]), log);
+    h.import(&json!({"items": [], "title": "camping"}));
+    let log = h.json(&["doc", "log", "todo", "-n", "1", "--json"]);
+    assert_eq!(log[0]["paths"], "import: title");
 }
 
 #[test]

@@ -181,6 +181,52 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
     }
 }
 
+/// The paths at which `before` and `after` differ, as a short summary for the change log
+/// (`Store::log_change`): at most `limit` paths, then "and N more". Objects are compared key by
+/// key; arrays of different lengths, and values of different kinds, count as one change at their
+/// own path.
+pub fn changed_paths(before: &Value, after: &Value, limit: usize) -> String {
+    fn walk(a: &Value, b: &Value, at: &mut Vec<path::Segment>, out: &mut Vec<String>) {
+        match (a, b) {
+            _ if a == b => {}
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    at.push(path::Segment::Key(k.clone()));
+                    walk(
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        at,
+                        out,
+                    );
+                    at.pop();
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    at.push(path::Segment::Index(i));
+                    walk(p, q, at, out);
+                    at.pop();
+                }
+            }
+            _ => out.push(if at.is_empty() {
+                "(whole document)".to_string()
+            } else {
+                path::render(at)
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    walk(before, after, &mut Vec::new(), &mut out);
+    let more = out.len().saturating_sub(limit);
+    out.truncate(limit);
+    let mut text = out.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
 /// Who a local edit is by, for the change log.
 fn local_who(cfg: &Config) -> String {
     match cfg.address() {
@@ -289,7 +335,9 @@ fn import(cfg: &Config, store: &mut Store, name: &str, json: &str) -> Result<Str
         Store::log_change(store.conn(), name, &local_who(cfg), "import (created)")?;
         return Ok(format!("{name}: created (id {})\n", doc.id()));
     }
-    edit(cfg, store, name, "import (whole document)", |doc| {
+    let before = store.read_doc(name, |d| d.to_json())?;
+    let what = format!("import: {}", changed_paths(&before, &value, 10));
+    edit(cfg, store, name, &what, |doc| {
         let key = |k: &str| path::render(&[path::Segment::Key(k.to_string())]);
         let old: Vec<String> = doc
             .to_json()
@@ -420,4 +468,23 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
         "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_paths_names_what_differs() {
+        let a = json!({"items": [{"done": false}, 2], "title": "x", "gone": 1});
+        let b = json!({"items": [{"done": true}, 2], "title": "y", "new": [1]});
+        assert_eq!(changed_paths(&a, &b, 10), "gone, items[0].done, new, title");
+        assert_eq!(changed_paths(&a, &b, 2), "gone, items[0].done and 2 more");
+        assert_eq!(changed_paths(&a, &a, 2), "");
+        assert_eq!(
+            changed_paths(&json!([1]), &json!([1, 2]), 2),
+            "(whole document)"
+        );
+    }
 }

@@ -24,7 +24,7 @@ use crate::transport::folder::FolderTransport;
 use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
-pub use docs::{DocCommand, doc_command};
+pub use docs::{DocCommand, changed_paths, doc_command};
 pub use lock::{LOCK_FILE, StateLock, lock_state};
 pub use status::{DocStatus, PeerStatus, Status, status};
 
