@@ -376,13 +376,17 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
     }
 }
 
-/// Creates `dir` (and its parents) and makes it readable by the user only (0700 on Unix): it holds
-/// the database, the lock and backups of documents.
+/// Creates `dir` (and its parents) readable by the user only (0700 on Unix): it holds the
+/// database, the lock and backups of documents. An existing directory is left as it is (it may be
+/// one the user chose and shares on purpose).
 ///
 /// # Errors
 ///
 /// The directory cannot be created or its permissions set.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
