@@ -459,9 +459,16 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
     }
     let address = cfg.address();
     let sent_by = changes.sent_by();
+    let who = local_who(cfg);
     store.replace_doc::<AgentError>(name, &doc, |tx| {
         Store::touch_peer(tx, name, &peer, PeerChange::Pin(sent_by.to_string()))?;
         Store::touch_peer(tx, name, &peer, PeerChange::Received)?;
+        Store::log_change(
+            tx,
+            name,
+            &who,
+            &format!("adopt {peer}'s document (id {theirs})"),
+        )?;
         super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, address)
     })?;
     out.push_str(&format!(
