@@ -380,6 +380,65 @@ fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
     }
 }
 
+/// Creates `dir` (and its parents) readable by the user only (0700 on Unix): it holds the
+/// database, the lock and backups of documents. An existing directory is left as it is (it may be
+/// one the user chose and shares on purpose).
+///
+/// # Errors
+///
+/// The directory cannot be created or its permissions set.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, created readable by the user only (0600 on Unix; an existing file
+/// is narrowed to 0600 too), truncated when `truncate`.
+///
+/// # Errors
+///
+/// The file cannot be opened or its permissions set.
+pub fn open_private_file(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
+/// Writes `contents` to `path`, readable by the user only (see [`open_private_file`]).
+///
+/// # Errors
+///
+/// The file cannot be written.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = open_private_file(path, true)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -549,10 +608,17 @@ impl Server {
                 .output()
                 .map_err(|e| err(format!("cannot run password-cmd: {e}")))?;
             if !out.status.success() {
+                let said = String::from_utf8_lossy(&out.stderr);
+                let said = match said.trim() {
+                    "" => "and printed no message".to_string(),
+                    text => format!("saying {text:?}"),
+                };
+                let code = out.status.code().map_or_else(
+                    || "was stopped by a signal".to_string(),
+                    |c| format!("exited with code {c}"),
+                );
                 return Err(err(format!(
-                    "password-cmd exited with {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    "password-cmd {cmd:?} {code} {said}; run it in a shell to see why"
                 )));
             }
             let text = String::from_utf8_lossy(&out.stdout);
@@ -801,7 +867,7 @@ folder = "shared"
             s.password("imap")
                 .unwrap_err()
                 .to_string()
-                .contains("exited")
+                .contains("exited with code 3 and printed no message")
         );
         s.password_cmd = None;
         s.password_env = Some("MINISYNC_SURELY_UNSET_VAR".into());

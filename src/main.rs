@@ -1,64 +1,208 @@
 //! `agent`: the command line. Parses arguments, calls into the library, prints. Nothing else lives
 //! here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use minisync::agent::{Agent, AgentError, DocCommand, doc_command, open_store, status};
-use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use minisync::agent::{
+    Agent, AgentError, DocCommand, PassReport, doc_command, lock_state, open_store, status,
+};
+use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path, write_private_file};
 use minisync::transport::mail::Finding;
 
 /// Keeps JSON documents in step with your peers over e-mail or a shared folder.
 #[derive(Parser)]
-#[command(name = "agent", version, about)]
+#[command(
+    name = "agent",
+    version,
+    about,
+    after_help = "Examples:\n  agent init\n  agent doc set todo 'items[0]' '{\"what\": \"milk\"}'\n  \
+                  agent sync\n  agent status --json"
+)]
 struct Cli {
-    /// Config file (default: $XDG_CONFIG_HOME/minisync/agent.toml).
-    #[arg(long, global = true, env = "MINISYNC_CONFIG")]
+    /// Config file (default: $XDG_CONFIG_HOME/minisync/agent.toml), e.g. `--config ~/work.toml`.
+    #[arg(long, global = true, env = "MINISYNC_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// More log output: `-v` debug, `-vv` trace (overrides MINISYNC_LOG).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less log output: `-q` warnings and errors only, `-qq` errors only (overrides MINISYNC_LOG).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    quiet: u8,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a commented config and create the state database.
+    /// Write a commented config and create the state database, e.g. `agent init`.
     Init {
-        /// Overwrite an existing config file.
+        /// Replace an existing config file (a backup of it is kept beside it), e.g.
+        /// `agent init --force`.
         #[arg(long)]
         force: bool,
     },
     /// Run as a service: receive, merge, acknowledge, send and resend until SIGTERM.
     Run,
-    /// One pass (fetch, merge, acknowledge, send) and exit; non-zero when anything failed.
-    Sync,
-    /// Send a peer its pending changes now.
+    /// One pass (fetch, merge, acknowledge, send) and exit, e.g. from cron: `agent sync`.
+    Sync {
+        /// Print the pass report as one JSON object, e.g. `agent sync --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a peer its pending changes now, e.g. `agent send --to bob@example.org`.
     Send {
-        /// The peer's e-mail address.
-        #[arg(long)]
+        /// The peer's e-mail address, e.g. `--to bob@example.org`.
+        #[arg(long, value_name = "ADDRESS")]
         to: String,
-        /// Only this document.
-        #[arg(long)]
+        /// Only this document, e.g. `--doc todo`.
+        #[arg(long, value_name = "NAME")]
         doc: Option<String>,
     },
     /// Per document and peer: received, acknowledged, pending, last mail, last error.
     Status {
-        /// Print JSON.
+        /// Print JSON, e.g. `agent status --json`.
         #[arg(long)]
         json: bool,
     },
-    /// Read and edit documents.
+    /// Read and edit documents, e.g. `agent doc get todo items`.
     Doc {
         #[command(subcommand)]
         command: DocCmd,
     },
-    /// Log in to IMAP and SMTP and report what works.
-    Check,
+    /// Log in to IMAP and SMTP and report what works, e.g. `agent check`.
+    Check {
+        /// Print JSON, e.g. `agent check --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script, e.g. `agent completions bash > ~/.local/share/bash-completion/completions/agent`.
+    Completions {
+        /// The shell, e.g. `bash`, `zsh`, `fish`, `elvish` or `powershell`.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `agent man > ~/.local/share/man/man1/agent.1`.
+    Man,
     /// Mail the agent refused to merge: list it, look at it, merge it after all, or let it go.
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DocCmd {
+    /// List the configured documents, e.g. `agent doc list`.
+    List {
+        /// Print JSON, e.g. `agent doc list --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the value at a path, e.g. `agent doc get todo 'items[0].done'`.
+    Get {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The path, e.g. `items[0].done` or `["key.with.dots"]`; empty for the whole document.
+        #[arg(default_value = "")]
+        path: String,
+        /// Print JSON with the name, path and version, e.g. `agent doc get todo items --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the value at a path, e.g. `agent doc set todo 'items[0]' '{"what": "milk"}'`.
+    Set {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The path, e.g. `items[0].done` or `title`.
+        path: String,
+        /// The value as JSON, e.g. `true`, `42`, `'"milk"'`, `'{"what": "milk"}'`; with --string
+        /// any text, e.g. `milk`.
+        value: String,
+        /// Take the value as text, not JSON, e.g. `agent doc set --string todo title 'Groceries'`.
+        #[arg(long)]
+        string: bool,
+    },
+    /// Remove the value at a path, e.g. `agent doc rm todo 'items[2]'`.
+    Rm {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The path, e.g. `items[2]` or `owner`.
+        path: String,
+    },
+    /// Insert a value into an array at an index, e.g. `agent doc insert todo items 0 '{"what": "tea"}'`.
+    Insert {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The array's path, e.g. `items`.
+        path: String,
+        /// Where the value goes (0 is the front; the length appends), e.g. `0`.
+        index: usize,
+        /// The value as JSON, e.g. `'{"what": "tea"}'`; with --string any text.
+        value: String,
+        /// Take the value as text, not JSON, e.g. `agent doc insert --string todo tags 0 urgent`.
+        #[arg(long)]
+        string: bool,
+    },
+    /// Append a value to an array, e.g. `agent doc push todo items '{"what": "bread"}'`.
+    Push {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The array's path, e.g. `items`.
+        path: String,
+        /// The value as JSON, e.g. `'{"what": "bread"}'`; with --string any text.
+        value: String,
+        /// Take the value as text, not JSON, e.g. `agent doc push --string todo tags later`.
+        #[arg(long)]
+        string: bool,
+    },
+    /// Move an array element to another index, e.g. `agent doc move todo items 3 0`.
+    Move {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The array's path, e.g. `items`.
+        path: String,
+        /// The element's index now, e.g. `3`.
+        from: usize,
+        /// Its index afterwards, e.g. `0`.
+        to: usize,
+    },
+    /// Create (or replace the content of) a document from a JSON file, e.g.
+    /// `agent doc import todo todo.json`.
+    Import {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The JSON file, e.g. `todo.json`, or `-` for stdin.
+        file: PathBuf,
+    },
+    /// Print a document as JSON (or write it to a file), e.g. `agent doc export todo`.
+    Export {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// Write it to this file instead, e.g. `--output todo.json`.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Take a peer's document in place of ours when you each created one of the same name (the
+    /// previous content is kept in a file), e.g. `agent doc adopt todo --from bob@example.org`.
+    Adopt {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// The peer whose document to take, e.g. `--from bob@example.org`.
+        #[arg(long, value_name = "ADDRESS")]
+        from: String,
+    },
+    /// Who changed a document, newest first: when, who, which paths, e.g. `agent doc log todo`.
+    Log {
+        /// The document, e.g. `todo`.
+        name: String,
+        /// How many changes to show, e.g. `-n 50`.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON, e.g. `agent doc log todo --json`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -79,52 +223,9 @@ enum QuarantineCmd {
     Drop { id: i64 },
 }
 
-#[derive(Subcommand)]
-enum DocCmd {
-    /// List the configured documents.
-    List,
-    /// Print the value at a path (e.g. `items[0].done`; empty for the whole document).
-    Get {
-        name: String,
-        #[arg(default_value = "")]
-        path: String,
-    },
-    /// Set the value at a path (JSON, or else taken as a string).
-    Set {
-        name: String,
-        path: String,
-        value: String,
-    },
-    /// Remove the value at a path.
-    Rm { name: String, path: String },
-    /// Create (or replace the content of) a document from a JSON file (`-` for stdin).
-    Import { name: String, file: PathBuf },
-    /// Print a document as JSON (or write it to a file).
-    Export {
-        name: String,
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
-    /// Take a peer's document in place of ours when you each created one of the same name (the
-    /// previous content is kept in a file).
-    Adopt {
-        name: String,
-        /// The peer whose document to take.
-        #[arg(long)]
-        from: String,
-    },
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MINISYNC_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -132,8 +233,12 @@ fn main() -> ExitCode {
                 c.downcast_ref::<ConfigError>().is_some()
                     || matches!(c.downcast_ref::<AgentError>(), Some(AgentError::Config(_)))
             });
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             if config_error {
+                eprintln!(
+                    "hint: fix the config file named above; `agent init` writes a commented \
+                     example, and the README's \"Configuration\" lists every key"
+                );
                 ExitCode::from(EX_CONFIG as u8)
             } else {
                 ExitCode::FAILURE
@@ -142,7 +247,58 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+/// The error and its causes as one line, each said once: a cause whose words are already in what
+/// was printed (an error that shows its source in its own message) is left out.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if part.is_empty() || text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+/// A message with a part repeated right after itself (`network error: X: X`, an error that
+/// shows its source and then the source again) said once.
+fn said_once(text: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Logs go to stderr; `-v`/`-q` set the level, else `MINISYNC_LOG` (any `tracing` filter), else
+/// `info`.
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => None,
+        (1, _) => Some("debug"),
+        (v, _) if v >= 2 => Some("trace"),
+        (_, 1) => Some("warn"),
+        _ => Some("error"),
+    };
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_env("MINISYNC_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
@@ -150,7 +306,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("cannot start the async runtime")
 }
 
 /// `agent quarantine ...`.
@@ -206,88 +362,10 @@ fn quarantine_command(cfg: Config, command: QuarantineCmd) -> anyhow::Result<Exi
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone().unwrap_or_else(default_config_path);
     match cli.command {
-        Command::Init { force } => {
-            if path.exists() && !force {
-                anyhow::bail!("{} exists; use --force to overwrite it", path.display());
-            }
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            std::fs::write(&path, include_str!("../config/agent.toml"))
-                .with_context(|| format!("writing {}", path.display()))?;
-            let cfg = load(&path)?;
-            open_store(&cfg)?;
-            println!(
-                "wrote {}\nstate in {}",
-                path.display(),
-                cfg.database_path().display()
-            );
-            println!(
-                "edit the [account], [[peers]] and [[documents]] tables, then run `agent check`"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run => {
-            let cfg = load(&path)?;
-            runtime()?.block_on(async {
-                let mut agent = Agent::new(cfg)?;
-                tracing::info!("agent running");
-                agent.run(shutdown_signal()).await;
-                Ok::<_, AgentError>(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sync => {
-            let cfg = load(&path)?;
-            let report = runtime()?.block_on(async {
-                let mut agent = Agent::new(cfg)?;
-                Ok::<_, AgentError>(agent.sync_once().await)
-            })?;
-            println!(
-                "merged {}, duplicates {}, quarantined {}, not yet readable {}, sent {}, send failures {}",
-                report.merged,
-                report.duplicates,
-                report.quarantined,
-                report.deferred,
-                report.sent,
-                report.send_failures
-            );
-            for h in &report.held_back {
-                println!("{h}");
-            }
-            for e in &report.errors {
-                eprintln!("error: {e}");
-            }
-            if report.send_failures > 0 {
-                eprintln!(
-                    "error: {} send(s) failed (`agent status` shows why)",
-                    report.send_failures
-                );
-            }
-            Ok(if report.errors.is_empty() && report.send_failures == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Send { to, doc } => {
-            let cfg = load(&path)?;
-            let report = runtime()?.block_on(async {
-                let mut agent = Agent::new(cfg)?;
-                agent.send_now(&to, doc.as_deref()).await
-            })?;
-            println!(
-                "sent {} message(s) to {to}, {} failed",
-                report.sent, report.send_failures
-            );
-            Ok(if report.send_failures == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        Command::Quarantine { command } => quarantine_command(load(&path)?, command),
+        Command::Init { force } => init(&path, force),
+        Command::Run => run(&path),
+        Command::Sync { json } => sync(&path, json),
+        Command::Send { to, doc } => send(&path, &to, doc.as_deref()),
         Command::Status { json } => {
             let cfg = load(&path)?;
             let mut store = open_store(&cfg)?;
@@ -297,68 +375,287 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{s}");
             }
-            Ok(if s.failing {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit(!s.failing, 2))
         }
-        Command::Doc { command } => {
-            let cfg = load(&path)?;
-            let mut store = open_store(&cfg)?;
-            let (cmd, output) = match command {
-                DocCmd::List => (DocCommand::List, None),
-                DocCmd::Get { name, path } => (DocCommand::Get { name, path }, None),
-                DocCmd::Set { name, path, value } => (DocCommand::Set { name, path, value }, None),
-                DocCmd::Rm { name, path } => (DocCommand::Rm { name, path }, None),
-                DocCmd::Import { name, file } => {
-                    let json = if file.as_os_str() == "-" {
-                        std::io::read_to_string(std::io::stdin())?
-                    } else {
-                        std::fs::read_to_string(&file)
-                            .with_context(|| format!("reading {}", file.display()))?
-                    };
-                    (DocCommand::Import { name, json }, None)
-                }
-                DocCmd::Export { name, output } => (DocCommand::Export { name }, output),
-                DocCmd::Adopt { name, from } => (DocCommand::Adopt { name, from }, None),
-            };
-            let text = doc_command(&cfg, &mut store, cmd)?;
-            match output {
-                Some(p) => {
-                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?
-                }
-                None => print!("{text}"),
-            }
+        Command::Doc { command } => doc(&path, command),
+        Command::Check { json } => check(&path, json),
+        Command::Quarantine { command } => quarantine_command(load(&path)?, command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => {
-            let cfg = load(&path)?;
-            let account = cfg.account.clone().ok_or_else(|| {
-                anyhow::anyhow!("no [account] in {}: nothing to check", path.display())
-            })?;
-            // Each step is said as it starts, so a server that never answers shows where.
-            let progress = |step: &str| eprintln!("...   {step}");
-            let results =
-                runtime()?.block_on(minisync::transport::mail::check(&account, &progress));
-            let mut ok = true;
-            for (what, finding) in results {
-                match finding {
-                    Finding::Ok(detail) => println!("ok    {what}: {detail}"),
-                    Finding::Instead(detail) => println!("note  {what}: {detail}"),
-                    Finding::Fail(e) => {
-                        ok = false;
-                        println!("FAIL  {what}: {e}");
-                    }
-                }
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Success, or the given failure code.
+fn exit(ok: bool, code: u8) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(code)
+    }
+}
+
+/// `agent init [--force]`: the config (0600; a replaced one is kept as a backup) and the state.
+fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} exists; edit it, or replace it with `agent init --force` (which keeps a backup)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    }
+    if path.exists() {
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(':', "");
+        let mut backup = path.as_os_str().to_owned();
+        backup.push(format!(".bak-{stamp}"));
+        let backup = PathBuf::from(backup);
+        std::fs::copy(path, &backup).with_context(|| {
+            format!(
+                "cannot keep a backup of {} in {}",
+                path.display(),
+                backup.display()
+            )
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", backup.display()))?;
+        }
+        println!("kept the previous config as {}", backup.display());
+    }
+    write_private_file(path, include_str!("../config/agent.toml").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let cfg = load(path)?;
+    open_store(&cfg)?;
+    println!(
+        "wrote {}\nstate in {}",
+        path.display(),
+        cfg.database_path().display()
+    );
+    println!("edit the [account], [[peers]] and [[documents]] tables, then run `agent check`");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent run`: the service, holding the state directory's lock.
+fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let _lock = lock_state(&cfg)?;
+    runtime()?.block_on(async {
+        let mut agent = Agent::new(cfg)?;
+        tracing::info!("agent running");
+        agent.run(shutdown_signal()).await;
+        Ok::<_, AgentError>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `agent sync [--json]`: one pass, holding the state directory's lock.
+fn sync(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let _lock = lock_state(&cfg)?;
+    let report: PassReport = runtime()?.block_on(async {
+        let mut agent = Agent::new(cfg)?;
+        Ok::<_, AgentError>(agent.sync_once().await)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "merged {}, duplicates {}, quarantined {}, not yet readable {}, sent {}, send failures {}",
+            report.merged,
+            report.duplicates,
+            report.quarantined,
+            report.deferred,
+            report.sent,
+            report.send_failures
+        );
+        for h in &report.held_back {
+            println!("{h}");
+        }
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        if report.send_failures > 0 {
+            eprintln!(
+                "error: {} send(s) failed (`agent status` shows why)",
+                report.send_failures
+            );
+        }
+    }
+    Ok(exit(
+        report.errors.is_empty() && report.send_failures == 0,
+        1,
+    ))
+}
+
+/// `agent send --to PEER [--doc NAME]`, holding the state directory's lock.
+fn send(path: &Path, to: &str, doc: Option<&str>) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let _lock = lock_state(&cfg)?;
+    let report = runtime()?.block_on(async {
+        let mut agent = Agent::new(cfg)?;
+        agent.send_now(to, doc).await
+    })?;
+    println!(
+        "sent {} message(s) to {to}, {} failed",
+        report.sent, report.send_failures
+    );
+    Ok(exit(report.send_failures == 0, 1))
+}
+
+/// A value argument as JSON text: as given, or with `--string` the text made a JSON string.
+fn json_arg(value: String, string: bool) -> String {
+    if string {
+        serde_json::Value::String(value).to_string()
+    } else {
+        value
+    }
+}
+
+/// `agent doc …`: no lock (SQLite keeps these consistent beside a running agent).
+fn doc(path: &Path, command: DocCmd) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let mut store = open_store(&cfg)?;
+    let (cmd, output) = doc_command_of(command)?;
+    let text = doc_command(&cfg, &mut store, cmd)?;
+    match output {
+        Some(p) => {
+            std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The library's command for a `doc` subcommand, and the file to write its output to.
+fn doc_command_of(command: DocCmd) -> anyhow::Result<(DocCommand, Option<PathBuf>)> {
+    let mut output = None;
+    let cmd = match command {
+        DocCmd::List { json } => DocCommand::List { json },
+        DocCmd::Get { name, path, json } => DocCommand::Get { name, path, json },
+        DocCmd::Set {
+            name,
+            path,
+            value,
+            string,
+        } => DocCommand::Set {
+            name,
+            path,
+            value: json_arg(value, string),
+        },
+        DocCmd::Rm { name, path } => DocCommand::Rm { name, path },
+        DocCmd::Insert {
+            name,
+            path,
+            index,
+            value,
+            string,
+        } => DocCommand::Insert {
+            name,
+            path,
+            index,
+            value: json_arg(value, string),
+        },
+        DocCmd::Push {
+            name,
+            path,
+            value,
+            string,
+        } => DocCommand::Push {
+            name,
+            path,
+            value: json_arg(value, string),
+        },
+        DocCmd::Move {
+            name,
+            path,
+            from,
+            to,
+        } => DocCommand::Move {
+            name,
+            path,
+            from,
+            to,
+        },
+        DocCmd::Import { name, file } => DocCommand::Import {
+            name,
+            json: read_input(&file)?,
+        },
+        DocCmd::Export { name, output: o } => {
+            output = o;
+            DocCommand::Export { name }
+        }
+        DocCmd::Adopt { name, from } => DocCommand::Adopt { name, from },
+        DocCmd::Log { name, limit, json } => DocCommand::Log { name, limit, json },
+    };
+    Ok((cmd, output))
+}
+
+/// A file's text, or stdin's for `-`.
+fn read_input(file: &Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read stdin")
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+/// `agent check [--json]`: log in to IMAP and SMTP and say what works.
+fn check(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let cfg = load(path)?;
+    let account = cfg.account.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "no [account] in {}: nothing to check (folder documents need none; mail documents \
+             need an [account] table, see `config/agent.toml`)",
+            path.display()
+        )
+    })?;
+    // Each step is said as it starts (on stderr), so a server that never answers shows where.
+    let progress = |step: &str| eprintln!("...   {step}");
+    let results = runtime()?.block_on(minisync::transport::mail::check(&account, &progress));
+    let ok = results.iter().all(|(_, f)| !matches!(f, Finding::Fail(_)));
+    if json {
+        let checks: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(what, f)| match f {
+                Finding::Ok(detail) => {
+                    serde_json::json!({"what": what, "ok": true, "detail": detail})
+                }
+                Finding::Instead(detail) => {
+                    serde_json::json!({"what": what, "ok": true, "instead": detail})
+                }
+                Finding::Fail(e) => {
+                    serde_json::json!({"what": what, "ok": false, "error": said_once(e)})
+                }
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "checks": checks}))?
+        );
+    } else {
+        for (what, f) in results {
+            match f {
+                Finding::Ok(detail) => println!("ok    {what}: {detail}"),
+                Finding::Instead(detail) => println!("note  {what}: {detail}"),
+                Finding::Fail(e) => println!("FAIL  {what}: {}", said_once(&e)),
+            }
+        }
+    }
+    Ok(exit(ok, 1))
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed at once, not when the future is
@@ -380,5 +677,24 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         let _ = ctrl_c.await;
         tracing::info!("shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        assert_eq!(
+            said_once("network error: bad UTF-8: bad UTF-8"),
+            "network error: bad UTF-8"
+        );
+        assert_eq!(said_once("a: b: a"), "a: b: a");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("cannot read x.toml: no such file");
+        assert_eq!(error_text(&e), "cannot read x.toml: no such file");
+        let e = anyhow::anyhow!("disk full").context("cannot save");
+        assert_eq!(error_text(&e), "cannot save: disk full");
     }
 }

@@ -26,7 +26,7 @@ fn two_agents_edit_concurrently_converge_and_acknowledge() {
     let _s2 = bob.spawn();
     wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
     // Concurrent edits on both sides while both services run.
-    alice.ok(&["doc", "set", "todo", "title", "groceries"]);
+    alice.ok(&["doc", "set", "--string", "todo", "title", "groceries"]);
     bob.ok(&["doc", "set", "todo", "items[0]", "{\"what\": \"milk\"}"]);
     alice.ok(&["doc", "set", "todo", "items[0]", "{\"what\": \"bread\"}"]);
     wait_until(T, "both hold the same document with both edits", || {
@@ -241,7 +241,7 @@ fn a_document_created_on_both_sides_is_resolved_by_adopting_one() {
         String::from_utf8_lossy(&st.stdout)
     );
     // From now on they edit one document.
-    bob.ok(&["doc", "set", "todo", "by", "bob"]);
+    bob.ok(&["doc", "set", "--string", "todo", "by", "bob"]);
     bob.ok(&["send", "--to", &a]);
     wait_until(T, "bob's edit reaches alice", || {
         messages(&stack.maildir(&a), "").len() == 1
@@ -499,9 +499,9 @@ fn two_clients_behind_one_address_in_one_pass_only_the_first_is_merged() {
         alice.status()["documents"][0]["client_id"],
         other.status()["documents"][0]["client_id"]
     );
-    alice.ok(&["doc", "set", "todo", "by", "alice"]);
+    alice.ok(&["doc", "set", "--string", "todo", "by", "alice"]);
     alice.ok(&["send", "--to", &b]);
-    other.ok(&["doc", "set", "todo", "by", "someone else"]);
+    other.ok(&["doc", "set", "--string", "todo", "by", "someone else"]);
     other.ok(&["send", "--to", &b]);
     // Two acknowledgements and two edits from one address, two client ids, all in one pass: the
     // first client merges and is pinned; the other is refused even before that pin is committed.

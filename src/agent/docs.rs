@@ -5,16 +5,20 @@ use serde_json::Value;
 
 use crate::agent::{AgentError, Result};
 use crate::config::{Config, DocumentConfig};
-use crate::engine::{Changes, Document};
+use crate::engine::{Changes, Document, path};
 use crate::store::{PeerChange, Save, Store};
 
-/// One `agent doc` subcommand.
+/// One `agent doc` subcommand. Values (`Set`, `Insert`, `Push`) are JSON text: text that is not
+/// JSON is refused (the CLI's `--string` turns plain text into a JSON string first).
 #[derive(Debug, Clone)]
 pub enum DocCommand {
-    List,
+    List {
+        json: bool,
+    },
     Get {
         name: String,
         path: String,
+        json: bool,
     },
     Set {
         name: String,
@@ -24,6 +28,26 @@ pub enum DocCommand {
     Rm {
         name: String,
         path: String,
+    },
+    /// Insert a value at an index of an array (the elements from there on move up one).
+    Insert {
+        name: String,
+        path: String,
+        index: usize,
+        value: String,
+    },
+    /// Append a value to an array.
+    Push {
+        name: String,
+        path: String,
+        value: String,
+    },
+    /// Move an array element from one index to another, in one local edit.
+    Move {
+        name: String,
+        path: String,
+        from: usize,
+        to: usize,
     },
     Import {
         name: String,
@@ -37,18 +61,36 @@ pub enum DocCommand {
         name: String,
         from: String,
     },
+    /// The document's recent changes, newest first: when, who, which paths.
+    Log {
+        name: String,
+        limit: usize,
+        json: bool,
+    },
 }
 
-/// Parses a command-line value: JSON when it is JSON, otherwise the text as a string.
-pub fn parse_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+/// Parses a value given on the command line as JSON. Malformed JSON is an error naming the line
+/// and column, never silently a string: `{"what": milk}` or `007` would otherwise reach every
+/// peer as text.
+///
+/// # Errors
+///
+/// `text` is not JSON.
+pub fn parse_value(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| {
+        AgentError::Other(format!(
+            "the value {text:?} is not JSON ({e}); values are JSON (numbers, true, \"quoted text\", \
+             {{\"key\": \"value\"}}, [1, 2]); to give plain text, add --string, e.g. \
+             `agent doc set --string NAME PATH 'some text'`"
+        ))
+    })
 }
 
 fn configured<'a>(cfg: &'a Config, name: &str) -> Result<&'a DocumentConfig> {
     let Some(doc) = cfg.document(name) else {
         let names: Vec<&str> = cfg.documents.iter().map(|d| d.name.as_str()).collect();
         return Err(AgentError::Other(format!(
-            "no document named {name:?} in {} (configured: {})",
+            "no document named {name:?} in {} (configured: {}); add it as a [[documents]] table",
             cfg.path.display(),
             if names.is_empty() {
                 "none".to_string()
@@ -60,107 +102,315 @@ fn configured<'a>(cfg: &'a Config, name: &str) -> Result<&'a DocumentConfig> {
     Ok(doc)
 }
 
+/// Pretty JSON and a newline.
+fn pretty(v: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string_pretty(v)
+        .map(|t| t + "\n")
+        .map_err(|e| AgentError::Other(format!("cannot write JSON: {e}")))
+}
+
 /// Runs a `doc` subcommand and returns what to print.
 pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<String> {
     match cmd {
-        DocCommand::List => {
-            let mut out = String::new();
-            for d in &cfg.documents {
-                if store.has_doc(&d.name)? {
-                    let (id, v) =
-                        store.read_doc(&d.name, |doc| (doc.id().to_string(), doc.version()))?;
-                    out.push_str(&format!("{}\t{id}\tversion {v}\n", d.name));
-                } else {
-                    out.push_str(&format!("{}\t-\tno replica here yet\n", d.name));
-                }
-            }
-            Ok(out)
-        }
-        DocCommand::Get { name, path } => {
-            configured(cfg, &name)?;
-            let v = store.read_doc(&name, |d| d.get(&path))??;
-            match v {
-                Some(v) => Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"),
-                None => Err(AgentError::Other(format!(
-                    "{name}: nothing at path {path:?}"
-                ))),
-            }
-        }
+        DocCommand::List { json } => list(cfg, store, json),
+        DocCommand::Get { name, path, json } => get(cfg, store, &name, &path, json),
         DocCommand::Export { name } => {
             configured(cfg, &name)?;
             let v = store.read_doc(&name, |d| d.to_json())?;
-            Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            pretty(&v)
         }
-        DocCommand::Import { name, json } => {
-            configured(cfg, &name)?;
-            let value: Value = serde_json::from_str(&json)
-                .map_err(|e| AgentError::Other(format!("the file to import is not JSON: {e}")))?;
-            if store.has_doc(&name)? {
-                store.update_doc::<_, AgentError>(&name, |doc, _| {
-                    let Value::Object(m) = &value else {
-                        return Err(AgentError::Other("a document must be a JSON object".into()));
-                    };
-                    for key in doc
-                        .to_json()
-                        .as_object()
-                        .map(|o| o.keys().cloned().collect::<Vec<_>>())
-                        .unwrap_or_default()
-                    {
-                        if !m.contains_key(&key) {
-                            doc.remove(&crate::engine::path::render(&[
-                                crate::engine::path::Segment::Key(key),
-                            ]))?;
-                        }
-                    }
-                    for (k, v) in m {
-                        let p = crate::engine::path::render(&[crate::engine::path::Segment::Key(
-                            k.clone(),
-                        )]);
-                        if doc.get(&p)?.as_ref() != Some(v) {
-                            doc.set(&p, v.clone())?;
-                        }
-                    }
-                    Ok(((), Save::Edited))
-                })?;
-                Ok(format!("{name}: replaced the content\n"))
-            } else {
-                let doc = Document::new(&value)?;
-                store.create_doc(&name, &doc, true)?;
-                Ok(format!("{name}: created (id {})\n", doc.id()))
-            }
-        }
+        DocCommand::Import { name, json } => import(cfg, store, &name, &json),
         DocCommand::Set { name, path, value } => {
-            configured(cfg, &name)?;
-            if !store.has_doc(&name)? {
-                // Creating it here would fork the document: a peer's copy would be another document.
-                return Err(AgentError::Other(format!(
-                    "no replica of {name:?} here yet: start it with `agent doc import {name} FILE`, \
-                     or receive it from a peer with `agent sync`"
-                )));
-            }
-            let value = parse_value(&value);
-            store.update_doc::<_, AgentError>(&name, |doc, _| {
+            let value = parse_value(&value)?;
+            edit(cfg, store, &name, &format!("set {path}"), |doc| {
                 doc.set(&path, value)?;
-                Ok(((), Save::Edited))
+                Ok(true)
             })?;
             Ok(String::new())
         }
+        DocCommand::Insert {
+            name,
+            path,
+            index,
+            value,
+        } => {
+            let value = parse_value(&value)?;
+            edit(
+                cfg,
+                store,
+                &name,
+                &format!("insert {path}[{index}]"),
+                |doc| {
+                    doc.insert(&path, index, value)?;
+                    Ok(true)
+                },
+            )?;
+            Ok(String::new())
+        }
+        DocCommand::Push { name, path, value } => {
+            let value = parse_value(&value)?;
+            let mut len = 0;
+            edit(cfg, store, &name, &format!("push {path}"), |doc| {
+                len = doc.push(&path, value)?;
+                Ok(true)
+            })?;
+            Ok(format!("{name}: {path} now has {len} elements\n"))
+        }
+        DocCommand::Move {
+            name,
+            path,
+            from,
+            to,
+        } => move_element(cfg, store, &name, &path, from, to),
         DocCommand::Adopt { name, from } => adopt(cfg, store, &name, &from),
         DocCommand::Rm { name, path } => {
-            configured(cfg, &name)?;
-            let removed = store.update_doc::<_, AgentError>(&name, |doc, _| {
-                let r = doc.remove(&path)?;
-                let save = if r.is_some() { Save::Edited } else { Save::No };
-                Ok((r, save))
+            let mut found = false;
+            edit(cfg, store, &name, &format!("rm {path}"), |doc| {
+                found = doc.remove(&path)?.is_some();
+                Ok(found)
             })?;
-            match removed {
-                Some(_) => Ok(String::new()),
-                None => Err(AgentError::Other(format!(
-                    "{name}: nothing at path {path:?}"
-                ))),
+            if found {
+                Ok(String::new())
+            } else {
+                Err(AgentError::Other(format!(
+                    "{name}: nothing at path {path:?} (see `agent doc get {name}`)"
+                )))
             }
         }
+        DocCommand::Log { name, limit, json } => log(cfg, store, &name, limit, json),
     }
+}
+
+/// The paths at which `before` and `after` differ, as a short summary for the change log
+/// (`Store::log_change`): at most `limit` paths, then "and N more". Objects are compared key by
+/// key; arrays of different lengths, and values of different kinds, count as one change at their
+/// own path.
+pub fn changed_paths(before: &Value, after: &Value, limit: usize) -> String {
+    fn walk(a: &Value, b: &Value, at: &mut Vec<path::Segment>, out: &mut Vec<String>) {
+        match (a, b) {
+            _ if a == b => {}
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    at.push(path::Segment::Key(k.clone()));
+                    walk(
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        at,
+                        out,
+                    );
+                    at.pop();
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                    at.push(path::Segment::Index(i));
+                    walk(p, q, at, out);
+                    at.pop();
+                }
+            }
+            _ => out.push(if at.is_empty() {
+                "(whole document)".to_string()
+            } else {
+                path::render(at)
+            }),
+        }
+    }
+    let mut out = Vec::new();
+    walk(before, after, &mut Vec::new(), &mut out);
+    let more = out.len().saturating_sub(limit);
+    out.truncate(limit);
+    let mut text = out.join(", ");
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
+
+/// Who a local edit is by, for the change log.
+fn local_who(cfg: &Config) -> String {
+    match cfg.address() {
+        "" => "this device".to_string(),
+        address => format!("{address} (this device)"),
+    }
+}
+
+/// A local edit of an existing replica: `f` changes the document and says whether it changed
+/// anything; the edit, its save and its change-log row commit together.
+fn edit(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    what: &str,
+    f: impl FnOnce(&mut Document) -> Result<bool>,
+) -> Result<()> {
+    configured(cfg, name)?;
+    if !store.has_doc(name)? {
+        // Creating it here would fork the document: a peer's copy would be another document.
+        return Err(AgentError::Other(format!(
+            "no replica of {name:?} here yet: start it with `agent doc import {name} FILE`, \
+             or receive it from a peer with `agent sync`"
+        )));
+    }
+    let who = local_who(cfg);
+    store.update_doc::<_, AgentError>(name, |doc, tx| {
+        if !f(doc)? {
+            return Ok(((), Save::No));
+        }
+        Store::log_change(tx, name, &who, what)?;
+        Ok(((), Save::Edited))
+    })
+}
+
+fn list(cfg: &Config, store: &mut Store, json: bool) -> Result<String> {
+    let mut rows = Vec::new();
+    for d in &cfg.documents {
+        let replica = if store.has_doc(&d.name)? {
+            Some(store.read_doc(&d.name, |doc| (doc.id().to_string(), doc.version()))?)
+        } else {
+            None
+        };
+        rows.push((d, replica));
+    }
+    if json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(d, r)| {
+                serde_json::json!({
+                    "name": d.name,
+                    "transport": match d.transport {
+                        crate::config::TransportKind::Mail => "mail",
+                        crate::config::TransportKind::Folder => "folder",
+                    },
+                    "peers": d.peers,
+                    "replica": r.is_some(),
+                    "id": r.as_ref().map(|(id, _)| id),
+                    "version": r.as_ref().map(|(_, v)| v),
+                })
+            })
+            .collect();
+        return pretty(&list);
+    }
+    let mut out = String::new();
+    for (d, r) in rows {
+        match r {
+            Some((id, v)) => out.push_str(&format!("{}\t{id}\tversion {v}\n", d.name)),
+            None => out.push_str(&format!("{}\t-\tno replica here yet\n", d.name)),
+        }
+    }
+    Ok(out)
+}
+
+fn get(cfg: &Config, store: &mut Store, name: &str, path: &str, json: bool) -> Result<String> {
+    configured(cfg, name)?;
+    let (value, version) = store.read_doc(name, |d| (d.get(path), d.version()))?;
+    let Some(value) = value? else {
+        return Err(AgentError::Other(format!(
+            "{name}: nothing at path {path:?} (see `agent doc get {name}` for the whole document)"
+        )));
+    };
+    if json {
+        return pretty(&serde_json::json!({
+            "name": name, "path": path, "version": version, "value": value,
+        }));
+    }
+    pretty(&value)
+}
+
+fn import(cfg: &Config, store: &mut Store, name: &str, json: &str) -> Result<String> {
+    configured(cfg, name)?;
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        AgentError::Other(format!(
+            "the file to import is not JSON ({e}); fix it there and import again"
+        ))
+    })?;
+    let Value::Object(m) = &value else {
+        return Err(AgentError::Other(
+            "a document must be a JSON object ({...}) at its top".into(),
+        ));
+    };
+    if !store.has_doc(name)? {
+        let doc = Document::new(&value)?;
+        store.create_doc(name, &doc, true)?;
+        Store::log_change(store.conn(), name, &local_who(cfg), "import (created)")?;
+        return Ok(format!("{name}: created (id {})\n", doc.id()));
+    }
+    let before = store.read_doc(name, |d| d.to_json())?;
+    let what = format!("import: {}", changed_paths(&before, &value, 10));
+    edit(cfg, store, name, &what, |doc| {
+        let key = |k: &str| path::render(&[path::Segment::Key(k.to_string())]);
+        let old: Vec<String> = doc
+            .to_json()
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        for k in old.iter().filter(|k| !m.contains_key(*k)) {
+            doc.remove(&key(k))?;
+        }
+        for (k, v) in m {
+            if doc.get(&key(k))?.as_ref() != Some(v) {
+                doc.set(&key(k), v.clone())?;
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(format!("{name}: replaced the content\n"))
+}
+
+fn move_element(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    path: &str,
+    from: usize,
+    to: usize,
+) -> Result<String> {
+    edit(
+        cfg,
+        store,
+        name,
+        &format!("move {path}[{from}] to [{to}]"),
+        |doc| {
+            let len = doc.len(path)?;
+            if from >= len || to >= len {
+                return Err(AgentError::Other(format!(
+                    "{name}: {path} has {len} elements (indexes 0 to {}); cannot move [{from}] to [{to}]",
+                    len.saturating_sub(1)
+                )));
+            }
+            if from == to {
+                return Ok(false);
+            }
+            let value = doc.remove_at(path, from)?;
+            doc.insert(path, to, value)?;
+            Ok(true)
+        },
+    )?;
+    Ok(String::new())
+}
+
+fn log(cfg: &Config, store: &mut Store, name: &str, limit: usize, json: bool) -> Result<String> {
+    configured(cfg, name)?;
+    let entries = store.change_log(name, limit)?;
+    if json {
+        return pretty(&entries);
+    }
+    if entries.is_empty() {
+        return Ok(format!("{name}: no changes recorded here yet\n"));
+    }
+    let mut out = String::new();
+    for e in entries {
+        let when = u64::try_from(e.at)
+            .map(|ms| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+                )
+                .to_string()
+            })
+            .unwrap_or_else(|_| e.at.to_string());
+        out.push_str(&format!("{when}  {}  {}\n", e.who, e.paths));
+    }
+    Ok(out)
 }
 
 /// `agent doc adopt NAME --from PEER`: when two people each created a document of the same name,
@@ -196,7 +446,7 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
         ));
         let text = serde_json::to_string_pretty(&old)
             .map_err(|e| AgentError::Other(format!("cannot write out {name:?}: {e}")))?;
-        std::fs::write(&backup, text + "\n").map_err(|e| {
+        crate::config::write_private_file(&backup, (text + "\n").as_bytes()).map_err(|e| {
             AgentError::Other(format!(
                 "cannot keep the old content in {}: {e}",
                 backup.display()
@@ -209,13 +459,39 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
     }
     let address = cfg.address();
     let sent_by = changes.sent_by();
+    let who = local_who(cfg);
     store.replace_doc::<AgentError>(name, &doc, |tx| {
         Store::touch_peer(tx, name, &peer, PeerChange::Pin(sent_by.to_string()))?;
         Store::touch_peer(tx, name, &peer, PeerChange::Received)?;
+        Store::log_change(
+            tx,
+            name,
+            &who,
+            &format!("adopt {peer}'s document (id {theirs})"),
+        )?;
         super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, address)
     })?;
     out.push_str(&format!(
         "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changed_paths_names_what_differs() {
+        let a = json!({"items": [{"done": false}, 2], "title": "x", "gone": 1});
+        let b = json!({"items": [{"done": true}, 2], "title": "y", "new": [1]});
+        assert_eq!(changed_paths(&a, &b, 10), "gone, items[0].done, new, title");
+        assert_eq!(changed_paths(&a, &b, 2), "gone, items[0].done and 2 more");
+        assert_eq!(changed_paths(&a, &a, 2), "");
+        assert_eq!(
+            changed_paths(&json!([1]), &json!([1, 2]), 2),
+            "(whole document)"
+        );
+    }
 }

@@ -4,8 +4,6 @@
 //! (a repair request), the peer merges it and answers with its whole state (a repair reply), and
 //! both settle values that differ under one stamp by the same rule (docs/PROTOCOL.md, "Digest").
 
-use serde_json::Value;
-
 use crate::agent::Result;
 use crate::engine::{Changes, ClientId, Document, MergeOutcome, RepairKind};
 use crate::store::{HealthChange, Store, health};
@@ -178,47 +176,10 @@ fn differing_paths(doc: &Document, theirs: &Changes) -> String {
     let Ok(other) = Document::from_changes(theirs) else {
         return "(their state could not be read as a whole)".into();
     };
-    let mut out = Vec::new();
-    diff(&doc.to_json(), &other.to_json(), String::new(), &mut out);
-    if out.is_empty() {
-        return "no path (the same content under different stamps or element ids)".into();
-    }
-    out.join(", ")
-}
-
-fn diff(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
-    if out.len() >= 5 || a == b {
-        return;
-    }
-    let segs =
-        |k: &str| crate::engine::path::render(&[crate::engine::path::Segment::Key(k.into())]);
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
-                let p = join(&path, &segs(k));
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => diff(va, vb, p, out),
-                    _ => out.push(p),
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
-                diff(va, vb, format!("{path}[{i}]"), out);
-            }
-        }
-        _ => out.push(if path.is_empty() {
-            "the root".into()
-        } else {
-            path
-        }),
-    }
-}
-
-fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() || seg.starts_with('[') {
-        format!("{path}{seg}")
+    let paths = crate::agent::changed_paths(&doc.to_json(), &other.to_json(), 5);
+    if paths.is_empty() {
+        "no path (the same content under different stamps or element ids)".into()
     } else {
-        format!("{path}.{seg}")
+        paths
     }
 }

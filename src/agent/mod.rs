@@ -8,6 +8,7 @@
 
 mod docs;
 mod health;
+mod lock;
 mod receive;
 mod send;
 mod status;
@@ -23,7 +24,8 @@ use crate::transport::folder::FolderTransport;
 use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
-pub use docs::{DocCommand, doc_command};
+pub use docs::{DocCommand, changed_paths, doc_command};
+pub use lock::{LOCK_FILE, StateLock, lock_state};
 pub use send::Due;
 pub use status::{DocStatus, PeerStatus, ReceiveError, Status, status};
 
@@ -51,7 +53,7 @@ struct DocSlot {
 }
 
 /// What one pass did, for `agent sync` and the service status line.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PassReport {
     pub merged: usize,
     pub duplicates: usize,
@@ -108,9 +110,23 @@ fn retry_after_config_change(cfg: &Config, store: &Store) -> Result<()> {
 ///
 /// The state directory cannot be created or the database cannot be opened.
 pub fn open_store(cfg: &Config) -> crate::store::Result<Store> {
+    private_state(cfg)?;
     let mut store = Store::open(&cfg.database_path())?;
     store.set_max_clock_skew(cfg.agent.max_clock_skew);
     Ok(store)
+}
+
+/// Creates the state directory readable by the user only (0700) and the database file as 0600
+/// before SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's permissions).
+fn private_state(cfg: &Config) -> crate::store::Result<()> {
+    let dir = cfg.state_dir();
+    let db = cfg.database_path();
+    crate::config::create_private_dir(&dir)
+        .and_then(|()| crate::config::open_private_file(&db, false).map(drop))
+        .map_err(|source| crate::store::StoreError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })
 }
 
 impl Agent {

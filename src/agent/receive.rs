@@ -442,6 +442,10 @@ impl Agent {
                 if item.wants_reply || (owed && !item.shared) {
                     replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
                 }
+                if doc.version() != before {
+                    let who = format!("{} (client {})", item.peer, item.sent_by);
+                    Store::log_change(tx, name, &who, &touched(&item.changes))?;
+                }
                 span.in_scope(|| tracing::info!(changed = doc.version() != before, "merged"));
                 any = true;
                 outcomes.push((item.at, Ok(())));
@@ -500,6 +504,23 @@ impl Agent {
             }
         ))
     }
+}
+
+/// The paths an arrival's changes touch, for the document log: at most ten, then "and more".
+fn touched(changes: &[Changes]) -> String {
+    const SHOWN: usize = 10;
+    let mut paths: Vec<String> = changes
+        .iter()
+        .flat_map(|c| c.touched_paths(SHOWN + 1))
+        .collect();
+    paths.dedup();
+    let more = paths.len() > SHOWN;
+    paths.truncate(SHOWN);
+    let mut text = paths.join(", ");
+    if more {
+        text.push_str(" and more");
+    }
+    text
 }
 
 /// A failure of our own state, not of the arrival: it is read again next pass.

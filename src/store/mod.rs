@@ -119,6 +119,15 @@ CREATE TABLE IF NOT EXISTS published (
     base_len INTEGER NOT NULL,
     fingerprint TEXT NOT NULL
 );
+-- `agent doc log`: one row per local edit and per merged arrival, the last KEEP_CHANGES per document.
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    paths TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_doc ON changes (doc, id);
 "#;
 
 /// A message waiting to go out (or sent, or failed).
@@ -734,6 +743,65 @@ impl Store {
             )
             .optional()?
             .flatten())
+    }
+}
+
+/// How many `changes` rows (`agent doc log`) are kept per document.
+pub const KEEP_CHANGES: i64 = 1000;
+
+/// One row of a document's change log (`agent doc log`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChangeEntry {
+    /// Milliseconds since the Unix epoch.
+    pub at: i64,
+    /// Who made it: this device (and how) for a local edit, the peer (and its client) for an
+    /// arrival.
+    pub who: String,
+    /// What it touched, e.g. `set items[0].done` or `items[2], title`.
+    pub paths: String,
+}
+
+impl Store {
+    /// Records one change of `doc` in its log (`agent doc log`), keeping the last
+    /// [`KEEP_CHANGES`]. Call it with the transaction that commits the change, so the log never
+    /// names a change that was rolled back: `who` is who made it (a peer's address and client id
+    /// for a merge), `paths` a short summary of the paths it touched.
+    ///
+    /// # Errors
+    ///
+    /// The database refuses the write.
+    pub fn log_change(conn: &Connection, doc: &str, who: &str, paths: &str) -> Result<()> {
+        conn.execute(
+            "INSERT INTO changes (doc, at, who, paths) VALUES (?1, ?2, ?3, ?4)",
+            params![doc, now_ms(), who, paths],
+        )?;
+        conn.execute(
+            "DELETE FROM changes WHERE doc = ?1 AND id <= (SELECT id FROM changes WHERE doc = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![doc, KEEP_CHANGES],
+        )?;
+        Ok(())
+    }
+
+    /// The last `limit` changes of `doc`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// The database cannot be read.
+    pub fn change_log(&self, doc: &str, limit: usize) -> Result<Vec<ChangeEntry>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at, who, paths FROM changes WHERE doc = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![doc, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(ChangeEntry {
+                    at: r.get(0)?,
+                    who: r.get(1)?,
+                    paths: r.get(2)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 }
 

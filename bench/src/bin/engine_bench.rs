@@ -1,6 +1,6 @@
 //! Engine benchmark: minisync against automerge and yrs on the same workloads, in one run.
 //!
-//! `cargo run --release --example engine_bench -- --records N [--json]`
+//! `cargo run --release -p minisync-bench --bin engine_bench -- --records N [--json]`
 //!
 //! Workloads on a document of N records (`title`, `done`, `n`, `owner`): build it; W1 full changes
 //! for a new peer and a replica made from them; W2 one field changed, delta made and applied;
