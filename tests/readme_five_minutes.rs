@@ -89,4 +89,7 @@ fn the_readme_five_minutes_work_typed_back_to_back() {
     let items = you.doc("todo").unwrap()["items"].clone();
     assert_eq!(items, json!([{"what": "milk", "done": false}]));
     assert_eq!(friend.doc("todo").unwrap()["items"], items);
+    // "Who changed this?": the merge of the friend's item is in your document's log.
+    let log = you.ok(&["doc", "log", "todo"]);
+    assert!(log.contains(&b) && log.contains("items[]"), "{log}");
 }
