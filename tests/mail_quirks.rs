@@ -131,7 +131,7 @@ fn without_uidnext_in_select_agent_mail_is_still_received() {
     assert!(out.contains("merged 1"), "{out}");
     assert_eq!(bob.doc("todo").unwrap(), json!({"items": ["milk"]}));
     // A second change, found from the cursor the first pass left.
-    alice.ok(&["doc", "set", "todo", "items[1]", "bread"]);
+    alice.ok(&["doc", "set", "todo", "items[1]", "\"bread\""]);
     alice.sync();
     wait_count(&stack, &b, "", 1);
     let (out, _) = sync_expecting(&bob, true);

@@ -190,6 +190,7 @@ impl Agent {
     /// receive-side errors (a refused command, a lost connection) are recorded for `agent
     /// status`, and cleared by its next pass without one.
     pub async fn sync_once(&mut self) -> PassReport {
+        tracing::debug!(transports = self.transports.len(), due = ?self.due, "pass starts");
         let mut report = PassReport::default();
         let mut failures: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
         for ti in 0..self.transports.len() {
