@@ -392,59 +392,17 @@ impl Agent {
                     continue;
                 }
                 let before = doc.version();
-                // Each changes object is checked whole before it changes anything. Of a folder's
-                // base + latest, a refused latest leaves the base merged: valid changes from that
-                // client, merged again harmlessly when the folder is read next time.
-                let mut findings = Findings::default();
-                // A shared folder has no messages to exchange: a repair merges the peer's whole
-                // publication (base and latest, read again) by the repair's rule instead.
-                let repairing = item.shared && health(tx, name, &item.peer)?.repair.is_some();
-                let applied = item.changes.iter().try_for_each(|ch| {
-                    let marked;
-                    let ch = if repairing {
-                        marked = ch.clone().into_repair(RepairKind::Reply);
-                        &marked
-                    } else {
-                        ch
-                    };
-                    doc.apply(ch).map(|out| findings.add(ch, &out))
-                });
-                let owed = match applied {
-                    Ok(()) => findings.record(tx, doc, name, &item.peer, item.shared)?,
-                    // Another value under one of our stamps: not this message's fault but a
-                    // divergence, repaired by a full exchange (its changes come again in it).
-                    Err(e @ crate::engine::Error::Diverged { .. }) => {
-                        Findings::diverged_at(tx, name, &item.peer, &e.to_string())?
-                    }
-                    Err(e) => {
-                        let reason = format!("changes refused by the engine: {e}");
-                        Store::set_health(tx, name, &item.peer, HealthChange::Notice(&reason))?;
-                        // A shared folder is read again when its writer publishes anew.
-                        let refusal = if item.shared {
-                            Refusal::Retry(reason)
-                        } else {
-                            Refusal::Quarantine(reason)
-                        };
+                let owed = match apply_item(doc, tx, name, item)? {
+                    Ok(owed) => owed,
+                    Err(refusal) => {
                         outcomes.push((item.at, Err(refusal)));
                         continue;
                     }
                 };
-                if let Some(mid) = &item.message_id {
-                    Store::mark_seen(tx, mid)?;
-                }
-                let pin = PeerChange::Pin(item.sent_by.to_string());
-                Store::touch_peer(tx, name, &item.peer, pin)?;
-                Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
-                Store::clear_fork(tx, name, &item.peer)?;
-                // Mail refused while the sender was not a peer: its changes came again now.
-                Store::unquarantine_peer(tx, name, &item.peer, crate::store::NOT_A_PEER)?;
+                record_merged(tx, name, item, doc.version() != before)?;
                 pins.insert(&item.peer, item.sent_by);
                 if item.wants_reply || (owed && !item.shared) {
                     replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
-                }
-                if doc.version() != before {
-                    let who = format!("{} (client {})", item.peer, item.sent_by);
-                    Store::log_change(tx, name, &who, &touched(&item.changes))?;
                 }
                 span.in_scope(|| tracing::info!(changed = doc.version() != before, "merged"));
                 any = true;
@@ -504,6 +462,69 @@ impl Agent {
             }
         ))
     }
+}
+
+/// Merges one admitted arrival's changes into `doc` (each changes object is checked whole before
+/// it changes anything; of a folder's base + latest, a refused latest leaves the base merged:
+/// valid changes, merged again harmlessly next time) and records what the merge found. Returns
+/// whether the peer is owed a message now, or why the arrival is refused.
+fn apply_item(
+    doc: &mut Document,
+    tx: &rusqlite::Connection,
+    name: &str,
+    item: &Ready,
+) -> Result<std::result::Result<bool, Refusal>> {
+    let mut findings = Findings::default();
+    // A shared folder has no messages to exchange: a repair merges the peer's whole publication
+    // (base and latest, read again) by the repair's rule instead.
+    let repairing = item.shared && health(tx, name, &item.peer)?.repair.is_some();
+    let applied = item.changes.iter().try_for_each(|ch| {
+        let marked;
+        let ch = if repairing {
+            marked = ch.clone().into_repair(RepairKind::Reply);
+            &marked
+        } else {
+            ch
+        };
+        doc.apply(ch).map(|out| findings.add(ch, &out))
+    });
+    Ok(match applied {
+        Ok(()) => Ok(findings.record(tx, doc, name, &item.peer, item.shared)?),
+        // Another value under one of our stamps: not this message's fault but a divergence,
+        // repaired by a full exchange (its changes come again in it).
+        Err(e @ crate::engine::Error::Diverged { .. }) => {
+            Ok(Findings::diverged_at(tx, name, &item.peer, &e.to_string())?)
+        }
+        Err(e) => {
+            let reason = format!("changes refused by the engine: {e}");
+            Store::set_health(tx, name, &item.peer, HealthChange::Notice(&reason))?;
+            // A shared folder is read again when its writer publishes anew.
+            Err(if item.shared {
+                Refusal::Retry(reason)
+            } else {
+                Refusal::Quarantine(reason)
+            })
+        }
+    })
+}
+
+/// What a merged arrival leaves in the store, in the merge's transaction: its Message-ID, the
+/// sender's pin and time, forks and quarantined mail it settles, and the document log.
+fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: bool) -> Result<()> {
+    if let Some(mid) = &item.message_id {
+        Store::mark_seen(tx, mid)?;
+    }
+    let pin = PeerChange::Pin(item.sent_by.to_string());
+    Store::touch_peer(tx, name, &item.peer, pin)?;
+    Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
+    Store::clear_fork(tx, name, &item.peer)?;
+    // Mail refused while the sender was not a peer: its changes came again now.
+    Store::unquarantine_peer(tx, name, &item.peer, crate::store::NOT_A_PEER)?;
+    if changed {
+        let who = format!("{} (client {})", item.peer, item.sent_by);
+        Store::log_change(tx, name, &who, &touched(&item.changes))?;
+    }
+    Ok(())
 }
 
 /// The paths an arrival's changes touch, for the document log: at most ten, then "and more".

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, TransportKind};
+use crate::config::{Config, DocumentConfig, TransportKind};
 use crate::engine::ClientId;
 use crate::store::{Quarantined, Store};
 
@@ -111,55 +111,12 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         keys.sort();
         keys.dedup();
         for key in keys {
-            let row = store.peer(&d.name, &key)?;
-            let client = row
-                .client_id
-                .as_deref()
-                .and_then(|c| ClientId::parse(c).ok());
-            let (last_received, last_acknowledged, pending_changes) = match (exists, client) {
-                (true, Some(c)) => store.read_doc(&d.name, |doc| {
-                    let p = doc.peer(c).cloned().unwrap_or_default();
-                    (
-                        p.last_received,
-                        p.last_acknowledged,
-                        doc.changes_for(c).has_changes(),
-                    )
-                })?,
-                (true, None) => (0, 0, true),
-                _ => (0, 0, false),
-            };
-            let other_document = store.fork(&d.name, &key)?.map(|(id, _)| id);
-            let health = store.health(&d.name, &key)?;
-            let held = quarantined
-                .iter()
-                .filter(|q| q.doc == d.name && d.peer(&q.sender) == Some(&key))
-                .count();
-            failing |= row.failing
-                || other_document.is_some()
-                || health.notice.is_some()
-                || health.diverged.is_some();
-            let last_error = row
-                .last_error
-                .clone()
-                .or(store.last_outbox_error(&d.name, &key)?);
-            peers.push(PeerStatus {
-                outbox: store.pending_for(&d.name, &key)?,
-                peer: key,
-                client_id: row.client_id,
-                last_received,
-                last_acknowledged,
-                pending_changes,
-                last_sent: when(row.last_sent_at),
-                last_received_at: when(row.last_received_at),
-                last_error,
-                failing: row.failing,
-                other_document,
-                problem_since: when(health.notice.as_ref().map(|(_, t)| *t)),
-                problem: health.notice.map(|(n, _)| n),
-                diverged_since: when(health.diverged.as_ref().map(|(_, t)| *t)),
-                diverged: health.diverged.map(|(d, _)| d),
-                quarantined: held,
-            });
+            let p = peer_status(store, d, key, exists, &quarantined)?;
+            failing |= p.failing
+                || p.other_document.is_some()
+                || p.problem.is_some()
+                || p.diverged.is_some();
+            peers.push(p);
         }
         documents.push(DocStatus {
             name: d.name.clone(),
@@ -180,6 +137,124 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         quarantined,
         failing,
     })
+}
+
+/// One peer of one document, from the store (`exists`: whether we hold a replica).
+fn peer_status(
+    store: &mut Store,
+    d: &DocumentConfig,
+    key: String,
+    exists: bool,
+    quarantined: &[Quarantined],
+) -> crate::store::Result<PeerStatus> {
+    let row = store.peer(&d.name, &key)?;
+    let client = row
+        .client_id
+        .as_deref()
+        .and_then(|c| ClientId::parse(c).ok());
+    let (last_received, last_acknowledged, pending_changes) = match (exists, client) {
+        (true, Some(c)) => store.read_doc(&d.name, |doc| {
+            let p = doc.peer(c).cloned().unwrap_or_default();
+            (
+                p.last_received,
+                p.last_acknowledged,
+                doc.changes_for(c).has_changes(),
+            )
+        })?,
+        (true, None) => (0, 0, true),
+        _ => (0, 0, false),
+    };
+    let health = store.health(&d.name, &key)?;
+    let held = quarantined
+        .iter()
+        .filter(|q| q.doc == d.name && d.peer(&q.sender) == Some(&key))
+        .count();
+    let last_error = row
+        .last_error
+        .clone()
+        .or(store.last_outbox_error(&d.name, &key)?);
+    Ok(PeerStatus {
+        outbox: store.pending_for(&d.name, &key)?,
+        other_document: store.fork(&d.name, &key)?.map(|(id, _)| id),
+        peer: key,
+        client_id: row.client_id,
+        last_received,
+        last_acknowledged,
+        pending_changes,
+        last_sent: when(row.last_sent_at),
+        last_received_at: when(row.last_received_at),
+        last_error,
+        failing: row.failing,
+        problem_since: when(health.notice.as_ref().map(|(_, t)| *t)),
+        problem: health.notice.map(|(n, _)| n),
+        diverged_since: when(health.diverged.as_ref().map(|(_, t)| *t)),
+        diverged: health.diverged.map(|(d, _)| d),
+        quarantined: held,
+    })
+}
+
+impl PeerStatus {
+    /// This peer's lines of `agent status` for document `doc`.
+    fn fmt_lines(&self, f: &mut std::fmt::Formatter<'_>, doc: &str) -> std::fmt::Result {
+        writeln!(
+            f,
+            "  {}{}: received {} acknowledged {}{}{}",
+            self.peer,
+            if self.failing { " [FAILING]" } else { "" },
+            self.last_received,
+            self.last_acknowledged,
+            if self.diverged.is_some() {
+                ", DIVERGED"
+            } else if self.pending_changes {
+                ", changes pending"
+            } else if self.problem.is_some() || self.quarantined > 0 {
+                ", not in step"
+            } else {
+                ", in step"
+            },
+            if self.outbox > 0 {
+                format!(", {} in outbox", self.outbox)
+            } else {
+                String::new()
+            } + &if self.quarantined > 0 {
+                format!(", {} quarantined", self.quarantined)
+            } else {
+                String::new()
+            },
+        )?;
+        writeln!(
+            f,
+            "    last sent {}, last received {}",
+            self.last_sent.as_deref().unwrap_or("never"),
+            self.last_received_at.as_deref().unwrap_or("never")
+        )?;
+        if let Some(e) = &self.last_error {
+            writeln!(f, "    last error: {e}")?;
+        }
+        if let Some(problem) = &self.problem {
+            writeln!(
+                f,
+                "    problem since {}: {problem}",
+                self.problem_since.as_deref().unwrap_or("?")
+            )?;
+        }
+        if let Some(d) = &self.diverged {
+            writeln!(
+                f,
+                "    DIVERGED since {}: {d}",
+                self.diverged_since.as_deref().unwrap_or("?")
+            )?;
+        }
+        if let Some(id) = &self.other_document {
+            writeln!(
+                f,
+                "    CREATED TWICE: {} has its own document {:?} (id {id}); their mail is quarantined. \
+                 Take theirs with `agent doc adopt {} --from {}`, or have them adopt yours",
+                self.peer, doc, doc, self.peer
+            )?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for Status {
@@ -204,63 +279,7 @@ impl std::fmt::Display for Status {
                 writeln!(f, "  no peers seen yet")?;
             }
             for p in &d.peers {
-                writeln!(
-                    f,
-                    "  {}{}: received {} acknowledged {}{}{}",
-                    p.peer,
-                    if p.failing { " [FAILING]" } else { "" },
-                    p.last_received,
-                    p.last_acknowledged,
-                    if p.diverged.is_some() {
-                        ", DIVERGED"
-                    } else if p.pending_changes {
-                        ", changes pending"
-                    } else if p.problem.is_some() || p.quarantined > 0 {
-                        ", not in step"
-                    } else {
-                        ", in step"
-                    },
-                    if p.outbox > 0 {
-                        format!(", {} in outbox", p.outbox)
-                    } else {
-                        String::new()
-                    } + &if p.quarantined > 0 {
-                        format!(", {} quarantined", p.quarantined)
-                    } else {
-                        String::new()
-                    },
-                )?;
-                writeln!(
-                    f,
-                    "    last sent {}, last received {}",
-                    p.last_sent.as_deref().unwrap_or("never"),
-                    p.last_received_at.as_deref().unwrap_or("never")
-                )?;
-                if let Some(e) = &p.last_error {
-                    writeln!(f, "    last error: {e}")?;
-                }
-                if let Some(problem) = &p.problem {
-                    writeln!(
-                        f,
-                        "    problem since {}: {problem}",
-                        p.problem_since.as_deref().unwrap_or("?")
-                    )?;
-                }
-                if let Some(d) = &p.diverged {
-                    writeln!(
-                        f,
-                        "    DIVERGED since {}: {d}",
-                        p.diverged_since.as_deref().unwrap_or("?")
-                    )?;
-                }
-                if let Some(id) = &p.other_document {
-                    writeln!(
-                        f,
-                        "    CREATED TWICE: {} has its own document {:?} (id {id}); their mail is quarantined. \
-                         Take theirs with `agent doc adopt {} --from {}`, or have them adopt yours",
-                        p.peer, d.name, d.name, p.peer
-                    )?;
-                }
+                p.fmt_lines(f, &d.name)?;
             }
         }
         if !self.quarantined.is_empty() {
