@@ -14,20 +14,56 @@ use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
 use crate::engine::stamp::Stamp;
 use crate::engine::wire::WVal;
 
-/// 64-bit FNV-1a over a slot's encoding, then the SplitMix64 finalizer so that sums of hashes of
-/// similar slots are spread over the whole range.
-struct SlotHasher(u64);
+/// A 64-bit hash of a slot's encoding, read as little-endian 64-bit words (the last one padded
+/// with zeros): each word is mixed in by `h = rotl((h ^ w) * K, 29)`, then the byte count, then the
+/// SplitMix64 finalizer spreads the result, so that sums of hashes of similar slots cover the whole
+/// range. A word at a time, not a byte, as it runs for every slot written.
+struct SlotHasher {
+    h: u64,
+    /// Bytes not yet mixed (fewer than 8), little-endian in `pending`.
+    pending: u64,
+    filled: u32,
+    len: u64,
+}
+
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl SlotHasher {
     fn new(tag: u8) -> Self {
-        let mut h = SlotHasher(0xcbf2_9ce4_8422_2325);
-        h.bytes(&[tag]);
-        h
+        SlotHasher {
+            h: 0x243f_6a88_85a3_08d3 ^ u64::from(tag),
+            pending: 0,
+            filled: 0,
+            len: 0,
+        }
     }
-    fn bytes(&mut self, b: &[u8]) {
-        for x in b {
-            self.0 ^= u64::from(*x);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+    fn word(&mut self, w: u64) {
+        self.h = (self.h ^ w).wrapping_mul(MIX).rotate_left(29);
+    }
+    fn bytes(&mut self, mut b: &[u8]) {
+        self.len += b.len() as u64;
+        while self.filled != 0 && !b.is_empty() {
+            self.push(b[0]);
+            b = &b[1..];
+        }
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            self.word(u64::from_le_bytes(a));
+        }
+        for x in words.remainder() {
+            self.push(*x);
+        }
+    }
+    fn push(&mut self, x: u8) {
+        self.pending |= u64::from(x) << (8 * self.filled);
+        self.filled += 1;
+        if self.filled == 8 {
+            let w = self.pending;
+            self.pending = 0;
+            self.filled = 0;
+            self.word(w);
         }
     }
     /// A length-prefixed field, so that no two encodings run together.
@@ -56,8 +92,14 @@ impl SlotHasher {
         }
         true
     }
-    fn finish(self) -> u64 {
-        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    fn finish(mut self) -> u64 {
+        if self.filled != 0 {
+            let w = self.pending;
+            self.word(w);
+        }
+        let len = self.len;
+        self.word(len);
+        let mut z = self.h.wrapping_add(MIX);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
