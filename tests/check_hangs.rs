@@ -112,3 +112,28 @@ fn start_tls_against_an_implicit_tls_port_ends_within_the_timeout_with_a_hint() 
         "{stdout}"
     );
 }
+
+#[test]
+fn a_server_that_answers_junk_gets_a_sentence_not_parser_debug_text() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _server = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut conn in listener.incoming().take(4).flatten() {
+            use std::io::Write;
+            let _ = conn.write_all(b"\xff\xfe\x00garbage\r\n");
+            held.push(conn);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), (port, "none"), (port, "none"), None);
+    let (out, took) = check(&cfg);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(took < Duration::from_secs(10), "check took {took:?}");
+    assert!(stdout.contains("is not IMAP"), "{stdout}");
+    for debug in ["Error {", "input: [", "code:"] {
+        assert!(!stdout.contains(debug), "debug text {debug:?} in {stdout}");
+    }
+}

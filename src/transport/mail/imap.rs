@@ -54,7 +54,7 @@ pub async fn connect_showing(
                 plain
                     .run_command_and_check_ok("STARTTLS", None)
                     .await
-                    .map_err(|e| format!("IMAP STARTTLS refused: {e}"))
+                    .map_err(|e| format!("IMAP STARTTLS refused: {}", said(&e)))
             })
             .await?;
             let MailStream::Plain(tcp) = plain.into_inner() else {
@@ -84,7 +84,7 @@ async fn greeting(
             client
                 .read_response()
                 .await
-                .map_err(|e| format!("IMAP greeting: {e}"))?
+                .map_err(|e| format!("IMAP greeting: {}", said_io(&e)))?
                 .ok_or_else(|| "the IMAP server closed the connection".to_string())
                 .map(|_| ())
         },
@@ -109,10 +109,32 @@ async fn login(
             client
                 .login(user, password)
                 .await
-                .map_err(|(e, _)| format!("IMAP login as {user} refused: {e}"))
+                .map_err(|(e, _)| format!("IMAP login as {user} refused: {}", said(&e)))
         },
     )
     .await
+}
+
+/// An async-imap error as a sentence: a reply that is not IMAP at all is said so (its parse error
+/// would show raw bytes and parser codes), the rest as async-imap words it.
+pub fn said(e: &async_imap::error::Error) -> String {
+    match e {
+        async_imap::error::Error::Parse(_) => {
+            "the server's answer is not IMAP (is this the IMAP port, with the right encryption?)"
+                .to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// An I/O error while reading a reply, as a sentence: async-imap reports a reply it cannot parse as
+/// an I/O error carrying its parser's debug text ("Error(Error { input: [...] }) during parsing").
+fn said_io(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::InvalidData || e.to_string().contains("during parsing") {
+        "the server's answer is not IMAP (is this the IMAP port, with the right encryption?)".into()
+    } else {
+        e.to_string()
+    }
 }
 
 /// Creates a folder unless it exists.
