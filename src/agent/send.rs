@@ -156,50 +156,55 @@ impl Agent {
                     report.sent += 1;
                 }
                 Err(failure) => {
-                    let (error, failing) = match &failure {
-                        SendError::Temporary(e) => {
-                            let delay = backoff_delay(item.attempts.saturating_add(2));
-                            self.store.mark_retry(
-                                item.id,
-                                e,
-                                now_ms() + delay.as_millis() as i64,
-                            )?;
-                            tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
-                            (e.clone(), item.attempts >= 3)
-                        }
-                        SendError::Permanent(e) => {
-                            self.store.mark_failed(item.id, e)?;
-                            tracing::error!(error = %e, "send refused by the server");
-                            (e.clone(), true)
-                        }
-                        SendError::Account(e) => {
-                            // Not this message's fault: it waits (with backoff), as do the others,
-                            // until the account's settings are fixed (see `Agent::new`).
-                            let delay = backoff_delay(item.attempts.saturating_add(2));
-                            self.store.mark_retry(
-                                item.id,
-                                e,
-                                now_ms() + delay.as_millis() as i64,
-                            )?;
-                            self.store.set_account_failure(Some(now_ms()))?;
-                            tracing::error!(error = %e, "the SMTP server refused our login");
-                            let change = PeerChange::Failed {
-                                error: e.clone(),
-                                failing: true,
-                            };
-                            Store::touch_peer(self.store.conn(), &item.doc, &item.peer, change)?;
-                            report.send_failures += 1;
-                            report.errors.push(e.clone());
-                            break;
-                        }
-                    };
-                    let change = PeerChange::Failed { error, failing };
-                    Store::touch_peer(self.store.conn(), &item.doc, &item.peer, change)?;
-                    report.send_failures += 1;
+                    if self.record_failure(&item, &failure, report)? {
+                        break;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Records a send that did not go through: retried with backoff (a temporary failure, or a
+    /// refused login — the account's problem, not the message's, so it is never given up), or
+    /// given up (a permanent refusal). Returns whether to stop sending in this pass: after a
+    /// refused login every other message would fail the same way.
+    fn record_failure(
+        &mut self,
+        item: &OutItem,
+        failure: &SendError,
+        report: &mut PassReport,
+    ) -> Result<bool> {
+        let retry_at =
+            || now_ms() + backoff_delay(item.attempts.saturating_add(2)).as_millis() as i64;
+        let (error, failing, stop) = match failure {
+            SendError::Temporary(e) => {
+                self.store.mark_retry(item.id, e, retry_at())?;
+                tracing::warn!(error = %e, attempt = item.attempts + 1, "send failed; will retry");
+                (e, item.attempts >= 3, false)
+            }
+            SendError::Permanent(e) => {
+                self.store.mark_failed(item.id, e)?;
+                tracing::error!(error = %e, "send refused by the server");
+                (e, true, false)
+            }
+            SendError::Account(e) => {
+                // It waits, as do the others, until the account's settings are fixed (a changed
+                // config makes the next start send at once: see `Agent::new`).
+                self.store.mark_retry(item.id, e, retry_at())?;
+                self.store.set_account_failure(Some(now_ms()))?;
+                tracing::error!(error = %e, "the SMTP server refused our login");
+                report.errors.push(e.clone());
+                (e, true, true)
+            }
+        };
+        let change = PeerChange::Failed {
+            error: error.clone(),
+            failing,
+        };
+        Store::touch_peer(self.store.conn(), &item.doc, &item.peer, change)?;
+        report.send_failures += 1;
+        Ok(stop)
     }
 
     /// Writes this replica's publication to a shared medium when it changed.
