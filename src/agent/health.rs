@@ -57,6 +57,8 @@ impl Findings {
         shared: bool,
     ) -> Result<bool> {
         let set = |change: HealthChange<'_>| Store::set_health(tx, name, peer, change);
+        // Read once; a healthy peer's merge (the common case) then writes nothing here.
+        let before = health(tx, name, peer)?;
         if self.incomplete {
             set(HealthChange::Notice(&format!(
                 "changes from {peer} start after a version of theirs not received here, or \
@@ -68,10 +70,9 @@ impl Findings {
                 "{peer} says it holds version {claim} of this replica, which is only at version \
                  {ours} (a damaged record there, or a forged message): the claim is ignored"
             )))?;
-        } else {
+        } else if before.notice.is_some() {
             set(HealthChange::ClearNotice)?;
         }
-        let before = health(tx, name, peer)?;
         let mut owe = false;
         match (&self.repair, self.diverged, self.verified) {
             (Some((RepairKind::Request, _)), _, _) => {
@@ -117,7 +118,7 @@ impl Findings {
             }
             (None, None, _) => {}
         }
-        if self.verified {
+        if self.verified && before.diverged.is_some() {
             set(HealthChange::Verified)?;
         }
         Ok(owe)
