@@ -14,7 +14,8 @@ fn pair() -> Pair {
         Document::new(&json!({"title": "t", "list": [1, {"x": 1}], "o": {"k": 1}})).unwrap();
     let mut b = Document::from_changes(&a.changes()).unwrap();
     a.apply(&b.changes_for(a.client_id())).unwrap();
-    b.set("title", json!("from b")).unwrap();
+    // A number over the string: a write of the key (a string over a string is a text edit).
+    b.set("title", json!(42)).unwrap();
     b.push("list", json!("new")).unwrap();
     Pair { a, b }
 }
@@ -72,8 +73,11 @@ fn wrong_document() {
 fn newer_format_and_missing_fields() {
     let mut p = pair();
     let mut v = delta(&p);
-    v["formatVersion"] = json!(3);
-    refused(&mut p, &v.to_string(), "format version 3");
+    v["formatVersion"] = json!(4);
+    refused(&mut p, &v.to_string(), "upgrade minisync");
+    let mut v = delta(&p);
+    v["formatVersion"] = json!(2);
+    refused(&mut p, &v.to_string(), "older minisync");
     let mut v = delta(&p);
     v.as_object_mut().unwrap().remove("sentBy");
     refused(&mut p, &v.to_string(), "$.sentBy");

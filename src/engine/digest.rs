@@ -84,6 +84,11 @@ impl SlotHasher {
                 // Writing into the hasher cannot fail.
                 let _ = serde_json::to_writer(&mut *self, p);
             }
+            Val::Text(t) => {
+                // An edited string: the sum of its characters' hashes (see `text.rs`).
+                self.bytes(b"t");
+                self.bytes(&t.sum().to_le_bytes());
+            }
             Val::Node(n) => {
                 self.bytes(b"n");
                 self.stamp(node_id(*n));
@@ -129,6 +134,10 @@ pub(crate) fn wire_value_rank(v: &WVal) -> u64 {
         WVal::Node(n) => {
             h.bytes(b"n");
             h.stamp(n.id);
+        }
+        WVal::Text(t) => {
+            h.bytes(b"t");
+            h.stamp(t.id);
         }
     }
     h.finish()
@@ -192,7 +201,7 @@ impl Document {
             for s in 0..count as u32 {
                 if let Some(h) = self.slot_hash(n, s) {
                     sum = sum.wrapping_add(h);
-                    if let Some(Val::Node(c)) = self.slot_val(n, s) {
+                    if let Some(Val::Node(c)) = self.slot_val_ref(n, s) {
                         stack.push(*c);
                     }
                 }
@@ -201,23 +210,13 @@ impl Document {
         sum
     }
 
-    fn slot_val(&self, n: Ix, s: u32) -> Option<&Val> {
-        match &self.nodes[n as usize].body {
-            Body::Obj(o) => Some(&o.slots[s as usize].val),
-            Body::Arr(a) => {
-                let e = &a.slots[s as usize];
-                e.removed.is_none().then_some(&e.val)
-            }
-        }
-    }
-
     /// Takes slot `s` of node `n` out of the digest before it is rewritten, with the subtree
     /// it holds (which the rewrite makes unreachable).
     pub(crate) fn unhash(&mut self, n: Ix, s: u32) {
         let Some(h) = self.slot_hash(n, s) else {
             return;
         };
-        let below = match self.slot_val(n, s) {
+        let below = match self.slot_val_ref(n, s) {
             Some(Val::Node(c)) => self.subtree_sum(*c),
             _ => 0,
         };

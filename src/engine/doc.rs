@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
+use crate::engine::text::Text;
 use crate::engine::wire::{ClientState, Knowledge, MAX_DEPTH, value_depth};
 
 /// Index of a node in the replica's node table.
@@ -21,8 +22,11 @@ pub(crate) type Ix = u32;
 /// What a slot holds.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Val {
-    /// A string, number, boolean or null.
+    /// A number, boolean or null, or a string as it was written whole (a text never edited since:
+    /// its characters' ids follow from the slot's stamp, see `text.rs`).
     Prim(Value),
+    /// A string edited since it was written: characters with ids (see `text.rs`).
+    Text(Box<Text>),
     /// A nested object or array.
     Node(Ix),
     /// A removed object key (tombstone) or the value of a removed array element.
@@ -42,7 +46,10 @@ pub(crate) struct Field {
 #[derive(Debug, Clone)]
 pub(crate) struct Elem {
     pub id: Stamp,
+    /// Left origin: the element it was inserted after (`None`: the array start).
     pub origin: Option<Stamp>,
+    /// Right origin: the element that followed at that moment (`None`: the array end).
+    pub right: Option<Stamp>,
     pub val: Val,
     pub vstamp: Stamp,
     pub removed: Option<Stamp>,
@@ -303,13 +310,14 @@ impl Document {
     pub(crate) fn val_json(&self, v: &Val) -> Value {
         match v {
             Val::Prim(p) => p.clone(),
+            Val::Text(t) => Value::String(t.to_string()),
             Val::Node(n) => self.node_json(*n),
             Val::Gone => Value::Null,
         }
     }
 
     /// The node a path leads to, following only live links.
-    fn walk(&self, segs: &[Segment]) -> Option<Ix> {
+    pub(crate) fn walk(&self, segs: &[Segment]) -> Option<Ix> {
         let mut n = ROOT;
         for seg in segs {
             match self.child_val(n, seg)? {
@@ -384,7 +392,12 @@ impl Document {
         self.check_depth(path_text, segs.len(), &value)?;
         let n = self.container(path_text, prefix)?;
         match (&self.nodes[n as usize].body, last) {
-            (Body::Obj(_), Segment::Key(k)) => {
+            (Body::Obj(o), Segment::Key(k)) => {
+                if let (Value::String(new), Some(&slot)) = (&value, o.keys.get(k))
+                    && self.set_text(n, slot, new)
+                {
+                    return Ok(());
+                }
                 let u = self.begin();
                 let stamp = self.tick();
                 let slot = self.field_slot(n, k);
@@ -398,6 +411,11 @@ impl Document {
                     self.insert_values(n, len, std::slice::from_ref(&value));
                     Ok(())
                 } else if *i < len {
+                    if let (Value::String(new), Some(pos)) = (&value, visible_pos(a, *i))
+                        && self.set_text(n, a.order[pos], new)
+                    {
+                        return Ok(());
+                    }
                     let u = self.begin();
                     self.replace_elem(n, *i, &value, u);
                     Ok(())
@@ -621,6 +639,48 @@ impl Document {
         self.rehash(n, slot);
     }
 
+    /// The value of slot `s` of node `n` (`None` for a removed element).
+    pub(crate) fn slot_val_ref(&self, n: Ix, s: u32) -> Option<&Val> {
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => Some(&o.slots[s as usize].val),
+            Body::Arr(a) => {
+                let e = &a.slots[s as usize];
+                e.removed.is_none().then_some(&e.val)
+            }
+        }
+    }
+
+    pub(crate) fn slot_val_mut(&mut self, n: Ix, s: u32) -> &mut Val {
+        match &mut self.nodes[n as usize].body {
+            Body::Obj(o) => &mut o.slots[s as usize].val,
+            Body::Arr(a) => &mut a.slots[s as usize].val,
+        }
+    }
+
+    /// The stamp of the write that put the slot's value there.
+    pub(crate) fn slot_stamp(&self, n: Ix, s: u32) -> Stamp {
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => o.slots[s as usize].stamp,
+            Body::Arr(a) => a.slots[s as usize].vstamp,
+        }
+    }
+
+    pub(crate) fn slot_u(&self, n: Ix, s: u32) -> u64 {
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => o.slots[s as usize].u,
+            Body::Arr(a) => a.slots[s as usize].u,
+        }
+    }
+
+    /// Records that slot `s` of node `n` changed at version `u`.
+    pub(crate) fn set_slot_u(&mut self, n: Ix, s: u32, u: u64) {
+        let old_u = match &mut self.nodes[n as usize].body {
+            Body::Obj(o) => std::mem::replace(&mut o.slots[s as usize].u, u),
+            Body::Arr(a) => std::mem::replace(&mut a.slots[s as usize].u, u),
+        };
+        self.reindex(n, s, old_u, u);
+    }
+
     /// Moves a slot's entry in the change index to version `u`.
     pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
         self.index.remove(&(old_u, n, slot));
@@ -693,6 +753,8 @@ impl Document {
             let p = visible_pos(a, at - 1).unwrap_or(a.order.len().saturating_sub(1));
             (Some(a.slots[a.order[p] as usize].id), p + 1)
         };
+        // The element that follows now (live or removed): every item of this run names it.
+        let right = a.order.get(pos).map(|s| a.slots[*s as usize].id);
         for item in items {
             let id = self.tick();
             let slot = self.arr(n).slots.len() as u32;
@@ -701,6 +763,7 @@ impl Document {
             a.slots.push(Elem {
                 id,
                 origin,
+                right,
                 val,
                 vstamp: id,
                 removed: None,

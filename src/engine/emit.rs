@@ -8,7 +8,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
 use crate::engine::stamp::Stamp;
-use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WVal};
+use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WText, WVal};
+
+/// What a changes object carries: the slots chosen per node, and for texts what the receiver is
+/// known to hold (`knows`) or the version after which changes are wanted (`since`).
+struct Pick<'a> {
+    include: &'a HashMap<Ix, BTreeSet<u32>>,
+    knows: Option<&'a Knowledge>,
+    since: u64,
+}
 
 impl Document {
     /// Everything: a changes object from which any new replica can be created.
@@ -57,7 +65,12 @@ impl Document {
         let root = if include.is_empty() && !full {
             None
         } else {
-            Some(self.wire_node(ROOT, &include))
+            let pick = Pick {
+                include: &include,
+                knows,
+                since,
+            };
+            Some(self.wire_node(ROOT, &pick))
         };
         Changes {
             doc_id: self.doc_id.clone(),
@@ -95,29 +108,52 @@ impl Document {
         }
     }
 
-    /// Whether a peer with knowledge `k` holds every stamp of a slot.
+    /// Whether a peer with knowledge `k` holds every stamp of a slot (for a text, also every
+    /// edit of it).
     fn known_to(&self, k: &Knowledge, n: Ix, s: u32) -> bool {
         let has = |st: Stamp| k.get(&st.client).is_some_and(|h| *h >= st.hlc);
+        let edits_known = |v: &Val| match v {
+            Val::Text(t) => t
+                .ops
+                .iter()
+                .all(|(c, h)| k.get(c).is_some_and(|mine| mine >= h)),
+            _ => true,
+        };
         match &self.nodes[n as usize].body {
-            Body::Obj(o) => has(o.slots[s as usize].stamp),
+            Body::Obj(o) => {
+                let f = &o.slots[s as usize];
+                has(f.stamp) && edits_known(&f.val)
+            }
             Body::Arr(a) => {
                 let e = &a.slots[s as usize];
-                has(e.id) && has(e.vstamp) && e.removed.is_none_or(has)
+                has(e.id) && has(e.vstamp) && e.removed.is_none_or(has) && edits_known(&e.val)
             }
+        }
+    }
+
+    /// The wire form of a slot value.
+    fn emit_val(&self, v: &Val, pick: &Pick) -> WVal {
+        match v {
+            Val::Prim(p) => WVal::Prim(p.clone()),
+            Val::Text(t) if t.is_whole() => WVal::Prim(serde_json::Value::String(t.to_string())),
+            Val::Text(t) => WVal::Text(Box::new(WText {
+                id: t.id,
+                init: t.init,
+                ops: t.ops.clone(),
+                pieces: t.pieces_for(pick.knows, pick.since),
+            })),
+            Val::Node(c) => WVal::Node(Box::new(self.wire_node(*c, pick))),
+            Val::Gone => WVal::Prim(serde_json::Value::Null),
         }
     }
 
     /// The wire form of node `n` with the slots chosen for it (recursion depth is bounded by the
     /// document depth limit).
-    fn wire_node(&self, n: Ix, include: &HashMap<Ix, BTreeSet<u32>>) -> WNode {
+    fn wire_node(&self, n: Ix, pick: &Pick) -> WNode {
         let node = &self.nodes[n as usize];
         let empty = BTreeSet::new();
-        let slots = include.get(&n).unwrap_or(&empty);
-        let wval = |v: &Val| match v {
-            Val::Prim(p) => WVal::Prim(p.clone()),
-            Val::Node(c) => WVal::Node(Box::new(self.wire_node(*c, include))),
-            Val::Gone => WVal::Prim(serde_json::Value::Null),
-        };
+        let slots = pick.include.get(&n).unwrap_or(&empty);
+        let wval = |v: &Val| self.emit_val(v, pick);
         let body = match &node.body {
             Body::Obj(o) => WBody::Obj(
                 slots
@@ -140,6 +176,7 @@ impl Document {
                         WElem {
                             id: e.id,
                             origin: e.origin,
+                            right: e.right,
                             val: e.removed.is_none().then(|| (wval(&e.val), e.vstamp)),
                             removed: e.removed,
                         }

@@ -13,8 +13,15 @@ pub enum Error {
     #[error("malformed changes at {at}: {msg}")]
     Malformed { at: String, msg: String },
     /// The changes object was written by a newer minisync.
-    #[error("changes use format version {found}; this build reads versions up to {supported}")]
+    #[error(
+        "changes use format version {found}, newer than this minisync reads ({supported}): upgrade minisync"
+    )]
     UnsupportedVersion { found: u64, supported: u64 },
+    /// The changes object was made by an older minisync whose format this build no longer reads.
+    #[error(
+        "changes in format version {found} come from an older minisync; this one reads version {supported}: upgrade minisync on the replica that sent them"
+    )]
+    OlderVersion { found: u64, supported: u64 },
     /// The changes object belongs to another document.
     #[error("changes are for document {found:?} but this replica holds document {expected:?}")]
     WrongDocument { expected: String, found: String },

@@ -11,13 +11,17 @@
 //! no longer reachable (its key was overwritten or removed, its element removed) are dropped:
 //! removal wins over concurrent edits inside the removed object.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
 
 use crate::engine::digest::wire_value_rank;
 use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
 use crate::engine::error::{Error, Result};
-use crate::engine::stamp::{MAX_WALL_MS, Stamp, physical, wall_ms};
-use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WField, WNode, WVal};
+use crate::engine::fugue::{self, Item};
+use crate::engine::stamp::{ClientId, MAX_WALL_MS, Stamp, physical, wall_ms};
+use crate::engine::text::{Piece, Text};
+use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WField, WNode, WText, WVal};
 
 /// What a merge did, for logs and for the agent's decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,8 @@ struct Merging<'s> {
     u: u64,
     /// Elements `check` left out.
     skip: &'s HashSet<Stamp>,
+    /// Texts `check` left out (by address: one id may name texts in several slots).
+    skip_text: &'s HashSet<usize>,
     /// A repair (full exchange after a divergence): same-stamp conflicts are settled by rank.
     repair: bool,
     changed: bool,
@@ -75,6 +81,8 @@ struct Check<'c> {
     trail: Vec<String>,
     /// Elements left out because what they follow is not held here (nor merged with them).
     skip: HashSet<Stamp>,
+    /// Texts left out because a piece's origin is neither held here nor in the changes.
+    skip_text: HashSet<usize>,
 }
 
 impl Check<'_> {
@@ -156,6 +164,7 @@ impl Document {
             max_hlc: 0,
             trail: Vec::new(),
             skip: HashSet::new(),
+            skip_text: HashSet::new(),
         };
         if let Some(root) = &changes.root {
             self.check_node(root, Loc::Root, 1, &mut check)?;
@@ -168,6 +177,7 @@ impl Document {
         let mut merging = Merging {
             u,
             skip: &check.skip,
+            skip_text: &check.skip_text,
             repair: changes.repair.is_some(),
             changed: false,
         };
@@ -178,7 +188,8 @@ impl Document {
         if changed {
             self.version = u;
         }
-        let complete = self.is_complete(changes) && check.skip.is_empty();
+        let complete =
+            self.is_complete(changes) && check.skip.is_empty() && check.skip_text.is_empty();
         if complete {
             merge_knows(&mut self.knows, &changes.knows);
         } else if changed {
@@ -432,8 +443,14 @@ impl Document {
                     stamp: f.stamp.to_string(),
                 });
             }
-            if let Some(WVal::Node(child)) = &f.val {
-                self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
+            match &f.val {
+                Some(WVal::Node(child)) => {
+                    self.check_node(child, Loc::Key(local, &f.key), depth + 1, c)?;
+                }
+                Some(WVal::Text(t)) => {
+                    self.check_text(t, lf.map(|lf| (&lf.val, lf.stamp)), c)?;
+                }
+                _ => {}
             }
             c.trail.pop();
         }
@@ -458,10 +475,19 @@ impl Document {
         for e in sorted {
             c.trail.push(format!("[{}]", e.id));
             self.check_elem(e, la, &ids, c)?;
-            if let Some((WVal::Node(child), _)) = &e.val
-                && !c.skip.contains(&e.id)
-            {
-                self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
+            match &e.val {
+                Some((WVal::Node(child), _)) if !c.skip.contains(&e.id) => {
+                    self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
+                }
+                Some((WVal::Text(t), _)) => {
+                    let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| &a.slots[*s as usize]));
+                    self.check_text(t, le.map(|le| (&le.val, le.vstamp)), c)?;
+                    if le.is_none() && c.skip_text.contains(&text_key(t)) {
+                        // A new element whose text cannot be placed waits with it.
+                        c.skip.insert(e.id);
+                    }
+                }
+                _ => {}
             }
             c.trail.pop();
         }
@@ -486,6 +512,15 @@ impl Document {
                 c.skip.insert(e.id);
             }
         }
+        if let Some(r) = e.right {
+            if r >= e.id {
+                return c.fail(format!("element {} is not newer than its right origin {r}", e.id));
+            }
+            let held = la.is_some_and(|a| a.by_id.contains_key(&r));
+            if !held && (!ids.contains(&r) || c.skip.contains(&r)) {
+                c.skip.insert(e.id);
+            }
+        }
         if let Some(r) = e.removed {
             c.stamp(r)?;
             if r <= e.id {
@@ -500,8 +535,8 @@ impl Document {
         }
         let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| &a.slots[*s as usize]));
         if let Some(le) = le {
-            if le.origin != e.origin {
-                return c.fail(format!("element {} has another origin here", e.id));
+            if le.origin != e.origin || le.right != e.right {
+                return c.fail(format!("element {} has other origins here", e.id));
             }
             if let Some((v, vs)) = &e.val
                 && le.removed.is_none()
@@ -521,6 +556,9 @@ impl Document {
     fn same_val(&self, local: &Val, wire: Option<&WVal>) -> bool {
         match (local, wire) {
             (Val::Gone, None) => true,
+            // One write of a string: the same text, whatever edits each side has merged since.
+            (Val::Text(_), Some(WVal::Prim(Value::String(_)) | WVal::Text(_)))
+            | (Val::Prim(Value::String(_)), Some(WVal::Text(_))) => true,
             (Val::Prim(a), Some(WVal::Prim(b))) => a == b,
             (Val::Node(n), Some(WVal::Node(w))) => self.nodes[*n as usize].id == w.id,
             _ => false,
@@ -532,6 +570,11 @@ impl Document {
         match &w.body {
             WBody::Obj(fields) => {
                 for f in fields {
+                    if let Some(WVal::Text(t)) = &f.val
+                        && m.skip_text.contains(&text_key(t))
+                    {
+                        continue;
+                    }
                     let slot = self.field_slot(ix, &f.key);
                     let Body::Obj(o) = &self.nodes[ix as usize].body else {
                         return;
@@ -544,11 +587,14 @@ impl Document {
                     {
                         let val = match &f.val {
                             None => Val::Gone,
-                            Some(WVal::Prim(p)) => Val::Prim(p.clone()),
-                            Some(WVal::Node(c)) => Val::Node(self.node_for(c, (ix, slot), m.u)),
+                            Some(v) => self.wire_val(v, (ix, slot), m.u),
                         };
                         self.write_field(ix, slot, val, f.stamp, m.u);
                         m.changed = true;
+                    } else if f.stamp == local.stamp
+                        && let Some(WVal::Text(t)) = &f.val
+                    {
+                        self.merge_text(ix, slot, t, m);
                     }
                     if let Some(WVal::Node(c)) = &f.val {
                         let Body::Obj(o) = &self.nodes[ix as usize].body else {
@@ -586,6 +632,8 @@ impl Document {
     fn repair_wins(&self, local: &Val, wire: Option<&WVal>) -> bool {
         match wire {
             None => false,
+            // Two states of one text are merged, not ranked.
+            Some(w) if self.same_val(local, Some(w)) => false,
             Some(w) => {
                 !self.same_val(local, Some(w))
                     && (*local == Val::Gone || wire_value_rank(w) > self.local_value_rank(local))
@@ -595,6 +643,7 @@ impl Document {
 
     fn integrate_elem(&mut self, e: &WElem, ix: Ix, m: &mut Merging) -> u32 {
         let u = m.u;
+        let text_skipped = matches!(&e.val, Some((WVal::Text(t), _)) if m.skip_text.contains(&text_key(t)));
         if let Some(&slot) = self.arr(ix).by_id.get(&e.id) {
             let el = &self.arr(ix).slots[slot as usize];
             let old_u = el.u;
@@ -615,8 +664,15 @@ impl Document {
                 el.u = u;
                 self.reindex(ix, slot, old_u, u);
                 m.changed = true;
+            } else if let Some((WVal::Text(t), vs)) = &e.val
+                && *vs == el.vstamp
+            {
+                if !text_skipped {
+                    self.merge_text(ix, slot, t, m);
+                }
             } else if let Some((v, vs)) = &e.val
                 && newer_value(vs, v)
+                && !text_skipped
             {
                 self.unhash(ix, slot);
                 let val = self.wire_val(v, (ix, slot), u);
@@ -630,15 +686,8 @@ impl Document {
             }
             return slot;
         }
-        let a = self.arr(ix);
-        let mut pos = match e.origin {
-            None => 0,
-            Some(o) => position_of(a, o) + 1,
-        };
-        while pos < a.order.len() && a.slots[a.order[pos] as usize].id > e.id {
-            pos += 1;
-        }
-        let slot = a.slots.len() as u32;
+        let pos = place_elem(self.arr(ix), e);
+        let slot = self.arr(ix).slots.len() as u32;
         let (val, vstamp) = match (&e.val, e.removed) {
             (Some((v, vs)), None) => (self.wire_val(v, (ix, slot), u), *vs),
             _ => (Val::Gone, e.id),
@@ -647,6 +696,7 @@ impl Document {
         a.slots.push(Elem {
             id: e.id,
             origin: e.origin,
+            right: e.right,
             val,
             vstamp,
             removed: e.removed,
@@ -668,7 +718,104 @@ impl Document {
         match v {
             WVal::Prim(p) => Val::Prim(p.clone()),
             WVal::Node(c) => Val::Node(self.node_for(c, parent, u)),
+            WVal::Text(t) => {
+                // New here: the sender's pieces, in its order, are the whole text.
+                let pieces = t.pieces.iter().map(|p| Piece { u, ..p.clone() }).collect();
+                let text = Text::from_pieces(t.id, t.init, t.ops.clone(), pieces);
+                if text.is_whole() {
+                    Val::Prim(Value::String(text.to_string()))
+                } else {
+                    Val::Text(Box::new(text))
+                }
+            }
         }
+    }
+
+    /// Merges a text's pieces into the text held in slot `s` of node `n` (the same write).
+    fn merge_text(&mut self, n: Ix, s: u32, w: &WText, m: &mut Merging) {
+        let stamp = self.slot_stamp(n, s);
+        let slot_u = self.slot_u(n, s);
+        self.unhash(n, s);
+        let mut t = match std::mem::replace(self.slot_val_mut(n, s), Val::Gone) {
+            Val::Text(t) => t,
+            Val::Prim(Value::String(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
+            other => {
+                *self.slot_val_mut(n, s) = other;
+                self.rehash(n, s);
+                return;
+            }
+        };
+        let mut sorted: Vec<&Piece> = w.pieces.iter().collect();
+        sorted.sort_by_key(|p| (p.id.hlc, p.id.client));
+        let mut changed = false;
+        for p in sorted {
+            changed |= t.integrate(p, m.u);
+        }
+        for (c, h) in &w.ops {
+            if t.ops.get(c).is_none_or(|mine| mine < h) {
+                t.note_op(Stamp { hlc: *h, client: *c });
+                changed = true;
+            }
+        }
+        *self.slot_val_mut(n, s) = if t.is_whole() {
+            Val::Prim(Value::String(t.to_string()))
+        } else {
+            Val::Text(t)
+        };
+        if changed {
+            self.set_slot_u(n, s, m.u);
+            m.changed = true;
+        }
+        self.rehash(n, s);
+    }
+
+    /// Checks a text's stamps, and leaves it out when a piece's origin is neither held here
+    /// (`local`: the value and stamp of the slot it goes to) nor among its pieces.
+    fn check_text(&self, w: &WText, local: Option<(&Val, Stamp)>, c: &mut Check) -> Result<()> {
+        for (client, h) in &w.ops {
+            c.stamp(Stamp { hlc: *h, client: *client })?;
+        }
+        let init_end = w.id.hlc + u64::from(w.init);
+        let mut ranges: HashMap<ClientId, Vec<(u64, u64)>> = HashMap::new();
+        for p in &w.pieces {
+            let end = p.id.hlc + u64::from(p.len);
+            let initial = p.id.client == w.id.client && p.id.hlc >= w.id.hlc && end <= init_end;
+            if !initial {
+                c.stamp(p.last())?;
+            }
+            ranges.entry(p.id.client).or_default().push((p.id.hlc, end));
+        }
+        for r in ranges.values_mut() {
+            r.sort_unstable();
+        }
+        let in_wire = |x: Stamp| {
+            ranges.get(&x.client).is_some_and(|r| {
+                let i = r.partition_point(|(s, _)| *s <= x.hlc);
+                i > 0 && r[i - 1].1 > x.hlc
+            })
+        };
+        let held = |x: Stamp| match local {
+            Some((Val::Text(t), st)) if st == w.id => t.holds(x),
+            Some((Val::Prim(Value::String(s)), st)) if st == w.id => {
+                x.client == w.id.client
+                    && x.hlc >= w.id.hlc
+                    && x.hlc < w.id.hlc + s.chars().count() as u64
+            }
+            _ => false,
+        };
+        for p in &w.pieces {
+            let own = |x: Stamp| x.client == p.id.client && x.hlc >= p.id.hlc && x.hlc < p.id.hlc + u64::from(p.len);
+            for o in [p.left, p.right].into_iter().flatten() {
+                if own(o) {
+                    return c.fail(format!("piece {} names one of its own characters as an origin", p.id));
+                }
+                if !held(o) && !in_wire(o) {
+                    c.skip_text.insert(text_key(w));
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The local node for a wire node, created empty (to be filled by `integrate`) if new.
@@ -712,4 +859,36 @@ fn merge_knows(into: &mut crate::engine::wire::Knowledge, from: &crate::engine::
         let e = into.entry(*c).or_default();
         *e = (*e).max(*h);
     }
+}
+
+/// Identifies a wire text within one merge.
+fn text_key(t: &WText) -> usize {
+    std::ptr::from_ref(t) as usize
+}
+
+/// Where a new element goes in document order: after its left origin, among the elements up to
+/// its right origin, by the FugueMax rule (see `fugue.rs`).
+fn place_elem(a: &Arr, e: &WElem) -> usize {
+    let start = match e.origin {
+        None => 0,
+        Some(o) => position_of(a, o) + 1,
+    };
+    let mut region = Vec::new();
+    for s in &a.order[start..] {
+        let el = &a.slots[*s as usize];
+        if Some(el.id) == e.right {
+            break;
+        }
+        region.push(Item {
+            id: el.id,
+            left: el.origin,
+            right: el.right,
+        });
+    }
+    let new = Item {
+        id: e.id,
+        left: e.origin,
+        right: e.right,
+    };
+    start + fugue::place(&new, &region)
 }

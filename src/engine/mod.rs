@@ -8,10 +8,13 @@ mod digest;
 mod doc;
 mod emit;
 mod error;
+mod fugue;
+mod local_text;
 mod merge;
 pub mod path;
 mod snapshot;
 mod stamp;
+mod text;
 mod wire;
 
 pub use doc::{Document, PeerState, WallClock, json_order, random_doc_id};

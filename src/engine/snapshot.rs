@@ -10,12 +10,15 @@ use serde_json::Value;
 use crate::engine::doc::{Arr, Body, Document, Elem, Field, Node, Obj, PeerState, Val};
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
+use crate::engine::text::{Piece, Text};
 use crate::engine::wire::Knowledge;
 
 const SNAPSHOT_FORMAT: &str = "minisync-replica";
-/// Version 2 added each peer's `last_confirmed` and the record of partial merges; version 1
-/// states are still restored (a peer's `last_confirmed` is then its `last_acknowledged`).
-const SNAPSHOT_VERSION: u32 = 2;
+/// Version 3 added texts and elements' right origins; version 2 each peer's `last_confirmed`
+/// and the record of partial merges. Older states are still restored: a peer's
+/// `last_confirmed` is then its `last_acknowledged`, and an element's right origin the array
+/// end (its place is kept; concurrent inserts next to it are ordered as if it had been appended).
+const SNAPSHOT_VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Snap {
@@ -70,6 +73,8 @@ struct SnapArr {
 struct SnapElem {
     e: Stamp,
     o: Option<Stamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ro: Option<Stamp>,
     v: SnapVal,
     t: Stamp,
     r: Option<Stamp>,
@@ -81,11 +86,61 @@ enum SnapVal {
     P(Value),
     N(u32),
     G,
+    T(SnapText),
+}
+
+/// A text: its id, initial run length, edits per client, and its pieces in document order.
+#[derive(Serialize, Deserialize)]
+struct SnapText {
+    id: Stamp,
+    i: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    c: Knowledge,
+    p: Vec<SnapPiece>,
+}
+
+/// A piece: first id, length, left and right origins, version, characters (`None`: removed).
+#[derive(Serialize, Deserialize)]
+struct SnapPiece(Stamp, u32, Option<Stamp>, Option<Stamp>, u64, Option<String>);
+
+fn snap_text(t: &Text) -> SnapText {
+    SnapText {
+        id: t.id,
+        i: t.init,
+        c: t.ops.clone(),
+        p: t
+            .pieces()
+            .map(|p| SnapPiece(p.id, p.len, p.left, p.right, p.u, p.s.clone()))
+            .collect(),
+    }
+}
+
+fn restore_text(t: SnapText) -> Result<Text> {
+    let mut pieces = Vec::with_capacity(t.p.len());
+    for SnapPiece(id, len, left, right, u, s) in t.p {
+        let ok = len >= 1 && s.as_ref().is_none_or(|s| s.chars().count() == len as usize);
+        if !ok {
+            return Err(Error::Snapshot(format!(
+                "text {} has a piece {id} whose length is wrong",
+                t.id
+            )));
+        }
+        pieces.push(Piece {
+            id,
+            len,
+            left,
+            right,
+            u,
+            s,
+        });
+    }
+    Ok(Text::from_pieces(t.id, t.i, t.c, pieces))
 }
 
 fn snap_val(v: &Val) -> SnapVal {
     match v {
         Val::Prim(p) => SnapVal::P(p.clone()),
+        Val::Text(t) => SnapVal::T(snap_text(t)),
         Val::Node(n) => SnapVal::N(*n),
         Val::Gone => SnapVal::G,
     }
@@ -147,6 +202,7 @@ impl Document {
                                 .map(|e| SnapElem {
                                     e: e.id,
                                     o: e.origin,
+                                    ro: e.right,
                                     v: snap_val(&e.val),
                                     t: e.vstamp,
                                     r: e.removed,
@@ -184,6 +240,7 @@ impl Document {
                 SnapVal::N(n) if n > 0 && n < count => Val::Node(n),
                 SnapVal::N(n) => return Err(bad(format!("slot refers to node {n} of {count}"))),
                 SnapVal::G => Val::Gone,
+                SnapVal::T(t) => Val::Text(Box::new(restore_text(t)?)),
             })
         };
         let mut nodes = Vec::with_capacity(snap.nodes.len());
@@ -225,6 +282,7 @@ impl Document {
                         a.slots.push(Elem {
                             id: e.e,
                             origin: e.o,
+                            right: e.ro,
                             val: val(e.v)?,
                             vstamp: e.t,
                             removed: e.r,

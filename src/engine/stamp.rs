@@ -185,6 +185,15 @@ impl Hlc {
         self.last
     }
 
+    /// Hands out `n` consecutive clock values, the first at least `floor`, without reading the
+    /// wall clock: the ids of characters typed into a text (see `text.rs`). Consecutive local
+    /// inserts so get consecutive ids and stay one run.
+    pub fn reserve(&mut self, floor: u64, n: u64) -> u64 {
+        let base = (self.last + 1).max(floor).min(MAX_HLC - 1);
+        self.last = base.saturating_add(n.saturating_sub(1)).min(MAX_HLC - 1);
+        base
+    }
+
     /// Moves the clock past a value seen in a remote change.
     pub fn observe(&mut self, hlc: u64) {
         self.last = self.last.max(hlc.min(MAX_HLC - 1));

@@ -10,12 +10,15 @@ use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
+use crate::engine::text::Piece;
 
 /// Value of the `minisync` marker field.
 pub const FORMAT_MARKER: &str = "changes";
-/// The format version this build writes and the newest it reads. Version 2 added `digest` and
-/// `repair`; version 1 objects are still read.
-pub const FORMAT_VERSION: u64 = 2;
+/// The format version this build writes and the only one it reads. Version 3 added texts
+/// (strings merged by character) and right origins of array elements (the FugueMax order);
+/// version 2 added `digest` and `repair`. A replica of version 2 orders array elements by
+/// another rule, so its changes are refused with the advice to upgrade it.
+pub const FORMAT_VERSION: u64 = 3;
 /// Deepest document nesting (objects and arrays inside each other) the engine stores or accepts.
 pub const MAX_DEPTH: usize = 200;
 /// Deepest JSON nesting of a changes object: each document level costs at most three JSON levels
@@ -99,14 +102,28 @@ pub(crate) struct WField {
 pub(crate) struct WElem {
     pub id: Stamp,
     pub origin: Option<Stamp>,
+    pub right: Option<Stamp>,
     pub val: Option<(WVal, Stamp)>,
     pub removed: Option<Stamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WVal {
+    /// A number, boolean, null, or a string written whole.
     Prim(Value),
     Node(Box<WNode>),
+    /// An edited string: its id (the write that created it), and the pieces the receiver lacks.
+    Text(Box<WText>),
+}
+
+/// A text on the wire (see `text.rs` and docs/PROTOCOL.md, "Text").
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WText {
+    pub id: Stamp,
+    pub init: u32,
+    pub ops: Knowledge,
+    /// In the sender's document order; `u` is not carried (0).
+    pub pieces: Vec<Piece>,
 }
 
 impl WNode {
@@ -236,8 +253,11 @@ impl Changes {
                 supported: FORMAT_VERSION,
             });
         }
-        if version == 0 {
-            return Err(Error::malformed("$.formatVersion", "must be at least 1"));
+        if version < FORMAT_VERSION {
+            return Err(Error::OlderVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let doc_id = match top.get("id") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
@@ -392,6 +412,9 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
                         }
                         out.insert(escape_key(&f.key), v.clone());
                     }
+                    Some(WVal::Text(t)) => {
+                        out.insert(escape_key(&f.key), text_value(t, None));
+                    }
                     Some(WVal::Node(child)) => {
                         out.insert(escape_key(&f.key), node_value(child, None, node.u));
                     }
@@ -409,6 +432,7 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
             let mut live = Vec::new();
             let mut removed = Vec::new();
             let (mut prev_live, mut prev_removed) = (None, None);
+            let (mut prev_live_right, mut prev_removed_right) = (None, None);
             for e in elems {
                 let mut m = Map::new();
                 let prev = if e.removed.is_some() {
@@ -420,13 +444,17 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
                     m.insert("e".into(), e.id.to_string().into());
                 }
                 if e.origin != *prev {
-                    m.insert(
-                        "o".into(),
-                        e.origin
-                            .map(|o| o.to_string().into())
-                            .unwrap_or(Value::Null),
-                    );
+                    m.insert("o".into(), stamp_or_null(e.origin));
                 }
+                let prev_right = if e.removed.is_some() {
+                    &mut prev_removed_right
+                } else {
+                    &mut prev_live_right
+                };
+                if e.right != *prev_right {
+                    m.insert("ro".into(), stamp_or_null(e.right));
+                }
+                *prev_right = e.right;
                 *prev = Some(e.id);
                 if let Some(r) = e.removed {
                     m.insert("r".into(), r.to_string().into());
@@ -441,6 +469,9 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
                         }
                         WVal::Node(n) => {
                             m.insert("v".into(), node_value(n, Some(e.id), node.u));
+                        }
+                        WVal::Text(t) => {
+                            m.insert("v".into(), text_value(t, Some(e.id)));
                         }
                     }
                     live.push(Value::Object(m));
@@ -706,13 +737,13 @@ fn parse_object_body(
         let f_at = format!("{at}.{wire_key}");
         let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
         let stamp = match (&val, stamps.and_then(|m| m.get(&key))) {
-            (WVal::Node(n), Some(_)) => {
+            (WVal::Node(_) | WVal::Text(_), Some(_)) => {
                 return Err(Error::malformed(
                     format!("{s_at}.k"),
-                    format!("key {key:?} holds node {} whose id is its stamp", n.id),
+                    format!("key {key:?} holds a node or text whose id is its stamp"),
                 ));
             }
-            (WVal::Node(_), None) => stamp.unwrap_or(id),
+            (WVal::Node(_) | WVal::Text(_), None) => stamp.unwrap_or(id),
             (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &format!("{s_at}.k.{key}"))?,
             (WVal::Prim(_), None) => id,
         };
@@ -776,6 +807,11 @@ fn parse_value(
     parent_u: u64,
 ) -> Result<(WVal, Option<Stamp>)> {
     match v {
+        Value::Object(m) if m.contains_key("_t") => {
+            let t = parse_text(m, at, budget, implied_id)?;
+            let id = t.id;
+            Ok((WVal::Text(Box::new(t)), Some(id)))
+        }
         Value::Object(_) => {
             let n = parse_node(v, at, budget, implied_id, parent_u)?;
             let id = n.id;
@@ -798,6 +834,7 @@ fn parse_elems(
     out: &mut Vec<WElem>,
 ) -> Result<()> {
     let mut prev: Option<Stamp> = None;
+    let mut prev_right: Option<Stamp> = None;
     for (i, item) in list.iter().enumerate() {
         let e_at = format!("{at}[{i}]");
         let m = item
@@ -805,9 +842,9 @@ fn parse_elems(
             .ok_or_else(|| Error::malformed(&e_at, "an element must be an object"))?;
         for key in m.keys() {
             let ok = if removed {
-                matches!(key.as_str(), "e" | "o" | "r")
+                matches!(key.as_str(), "e" | "o" | "ro" | "r")
             } else {
-                matches!(key.as_str(), "e" | "o" | "t" | "v")
+                matches!(key.as_str(), "e" | "o" | "ro" | "t" | "v")
             };
             if !ok {
                 return Err(Error::malformed(
@@ -833,11 +870,18 @@ fn parse_elems(
             Some(Value::Null) => None,
             Some(o) => Some(stamp_of(Some(o), &format!("{e_at}.o"))?),
         };
+        let right = match m.get("ro") {
+            None => prev_right,
+            Some(Value::Null) => None,
+            Some(r) => Some(stamp_of(Some(r), &format!("{e_at}.ro"))?),
+        };
         prev = Some(id);
+        prev_right = right;
         if removed {
             out.push(WElem {
                 id,
                 origin,
+                right,
                 val: None,
                 removed: Some(stamp_of(m.get("r"), &format!("{e_at}.r"))?),
             });
@@ -861,6 +905,7 @@ fn parse_elems(
             out.push(WElem {
                 id,
                 origin,
+                right,
                 val: Some((val, vstamp)),
                 removed: None,
             });
@@ -941,4 +986,135 @@ pub(crate) fn value_depth(v: &Value) -> usize {
         }
     }
     max
+}
+
+fn stamp_or_null(s: Option<Stamp>) -> Value {
+    s.map(|s| s.to_string().into()).unwrap_or(Value::Null)
+}
+
+/// Writes a text: `{"_t": {"id", "i", "c", "p"}}` (see docs/PROTOCOL.md, "Text"). Each piece
+/// leaves out what follows from the piece before it: `e` when it starts where that one ended,
+/// `o` when its left origin is the character before its own id, `ro` when its right origin is
+/// that piece's.
+fn text_value(t: &WText, implied_id: Option<Stamp>) -> Value {
+    let mut m = Map::new();
+    if implied_id != Some(t.id) {
+        m.insert("id".into(), t.id.to_string().into());
+    }
+    if t.init != 0 {
+        m.insert("i".into(), t.init.into());
+    }
+    if !t.ops.is_empty() {
+        m.insert("c".into(), knowledge_value(&t.ops));
+    }
+    let mut prev: Option<&Piece> = None;
+    let mut list = Vec::with_capacity(t.pieces.len());
+    for p in &t.pieces {
+        let mut pm = Map::new();
+        let follows = prev.is_some_and(|q| q.id.client == p.id.client && q.id.hlc + u64::from(q.len) == p.id.hlc);
+        if !follows {
+            pm.insert("e".into(), p.id.to_string().into());
+        }
+        let implied_left = p.id.hlc.checked_sub(1).map(|h| Stamp { hlc: h, client: p.id.client });
+        if p.left != implied_left {
+            pm.insert("o".into(), stamp_or_null(p.left));
+        }
+        if p.right != prev.and_then(|q| q.right) {
+            pm.insert("ro".into(), stamp_or_null(p.right));
+        }
+        match &p.s {
+            Some(s) => pm.insert("s".into(), s.clone().into()),
+            None => pm.insert("n".into(), p.len.into()),
+        };
+        list.push(Value::Object(pm));
+        prev = Some(p);
+    }
+    m.insert("p".into(), Value::Array(list));
+    let mut out = Map::new();
+    out.insert("_t".into(), Value::Object(m));
+    Value::Object(out)
+}
+
+/// Reads a text written by `text_value`.
+fn parse_text(
+    obj: &Map<String, Value>,
+    at: &str,
+    budget: &mut usize,
+    implied_id: Option<Stamp>,
+) -> Result<WText> {
+    let t_at = format!("{at}._t");
+    if obj.len() != 1 {
+        return Err(Error::malformed(at, "a text object holds only \"_t\""));
+    }
+    let t = obj
+        .get("_t")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::malformed(&t_at, "must be an object"))?;
+    if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "id" | "i" | "c" | "p")) {
+        return Err(Error::malformed(&t_at, format!("unknown text field {key:?}")));
+    }
+    let id = match (t.get("id"), implied_id) {
+        (None, Some(id)) => id,
+        (v, _) => stamp_of(v, &format!("{t_at}.id"))?,
+    };
+    let init = match t.get("i") {
+        None => 0,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n <= u64::from(u32::MAX))
+            .ok_or_else(|| Error::malformed(format!("{t_at}.i"), "must be a character count"))?
+            as u32,
+    };
+    let ops = knowledge_of(t.get("c"), &format!("{t_at}.c"))?;
+    let list = match t.get("p") {
+        Some(Value::Array(a)) => a.as_slice(),
+        _ => return Err(Error::malformed(format!("{t_at}.p"), "must be an array of pieces")),
+    };
+    spend(budget, list.len(), at)?;
+    let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let p = parse_piece(item, &format!("{t_at}.p[{i}]"), pieces.last())?;
+        pieces.push(p);
+    }
+    Ok(WText { id, init, ops, pieces })
+}
+
+fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>) -> Result<Piece> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| Error::malformed(at, "a piece must be an object"))?;
+    if let Some(key) = m.keys().find(|k| !matches!(k.as_str(), "e" | "o" | "ro" | "s" | "n")) {
+        return Err(Error::malformed(at, format!("unknown piece field {key:?}")));
+    }
+    let id = match (m.get("e"), prev) {
+        (Some(e), _) => stamp_of(Some(e), &format!("{at}.e"))?,
+        (None, Some(q)) => Stamp {
+            hlc: q.id.hlc + u64::from(q.len),
+            client: q.id.client,
+        },
+        (None, None) => {
+            return Err(Error::malformed(format!("{at}.e"), "the first piece needs its id \"e\""));
+        }
+    };
+    let (s, len) = match (m.get("s"), m.get("n")) {
+        (Some(Value::String(s)), None) if !s.is_empty() => (Some(s.clone()), s.chars().count() as u64),
+        (None, Some(n)) => (None, n.as_u64().filter(|n| *n >= 1).ok_or_else(|| Error::malformed(format!("{at}.n"), "must be a count of at least 1"))?),
+        _ => {
+            return Err(Error::malformed(at, "a piece has either characters \"s\" (not empty) or a removed count \"n\""));
+        }
+    };
+    if len > u64::from(u32::MAX) || id.hlc.saturating_add(len) >= MAX_HLC {
+        return Err(Error::malformed(at, "a piece too long for its ids"));
+    }
+    let left = match m.get("o") {
+        None => id.hlc.checked_sub(1).map(|h| Stamp { hlc: h, client: id.client }),
+        Some(Value::Null) => None,
+        Some(o) => Some(stamp_of(Some(o), &format!("{at}.o"))?),
+    };
+    let right = match m.get("ro") {
+        None => prev.and_then(|q| q.right),
+        Some(Value::Null) => None,
+        Some(r) => Some(stamp_of(Some(r), &format!("{at}.ro"))?),
+    };
+    Ok(Piece { id, len: len as u32, left, right, u: 0, s })
 }

@@ -1,0 +1,164 @@
+//! Local edits of strings: splices at character indexes, and replacing a string by another as
+//! the difference between the two (differential synchronization: Fraser, "Differential
+//! Synchronization", DocEng 2009 — the old string is the shadow, the diff the edit).
+//!
+//! The difference is computed by `dissimilar` (Google's diff-match-patch algorithm with its
+//! semantic cleanup, so a changed word becomes one removal and one insertion). It works on
+//! Unicode scalar values, so no edit ever splits a character; it does not know grapheme
+//! clusters, so an edit inside an emoji sequence or after a combining mark may touch part of one.
+
+use crate::engine::doc::{Body, Document, Ix, Val, visible_pos};
+use crate::engine::error::{Error, Result};
+use crate::engine::path::{self, Segment};
+use crate::engine::stamp::Stamp;
+use crate::engine::text::Text;
+
+impl Document {
+    /// Removes `delete` characters at character index `index` of the string at `path` and
+    /// inserts `insert` there; returns what was removed. Indexes count Unicode scalar values
+    /// (Rust `char`s), not bytes or UTF-16 units.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Path`] when `path` does not lead to a string or `index` is past its end.
+    pub fn splice_text(
+        &mut self,
+        path_text: &str,
+        index: usize,
+        delete: usize,
+        insert: &str,
+    ) -> Result<String> {
+        let (n, s) = self.text_slot(path_text)?;
+        let len = self.text_at(n, s).map_or(0, |(_, len)| len);
+        if index > len {
+            return Err(Error::path(
+                path_text,
+                format!("character index {index} is past the end (length {len})"),
+            ));
+        }
+        if delete == 0 && insert.is_empty() {
+            return Ok(String::new());
+        }
+        let u = self.begin();
+        let mut removed = String::new();
+        self.edit_text(n, s, u, |doc, t| {
+            removed = doc.text_delete(t, index, delete, u);
+            doc.text_insert(t, index, insert, u);
+        });
+        Ok(removed)
+    }
+
+    /// The length in characters of the string at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Path`] when `path` does not lead to a string.
+    pub fn text_len(&self, path_text: &str) -> Result<usize> {
+        let (n, s) = self.text_slot(path_text)?;
+        Ok(self.text_at(n, s).map_or(0, |(_, len)| len))
+    }
+
+    /// Turns the string in slot `s` of node `n` into `new` by the difference from what it holds.
+    /// Returns false (nothing done) when the slot holds no string.
+    pub(crate) fn set_text(&mut self, n: Ix, s: u32, new: &str) -> bool {
+        let Some((old, _)) = self.text_at(n, s) else {
+            return false;
+        };
+        if old == new {
+            return true;
+        }
+        let u = self.begin();
+        self.edit_text(n, s, u, |doc, t| {
+            let mut at = 0usize;
+            for chunk in dissimilar::diff(&old, new) {
+                match chunk {
+                    dissimilar::Chunk::Equal(x) => at += x.chars().count(),
+                    dissimilar::Chunk::Delete(x) => {
+                        doc.text_delete(t, at, x.chars().count(), u);
+                    }
+                    dissimilar::Chunk::Insert(x) => {
+                        doc.text_insert(t, at, x, u);
+                        at += x.chars().count();
+                    }
+                }
+            }
+        });
+        true
+    }
+
+    /// The slot of the string at `path`.
+    fn text_slot(&self, path_text: &str) -> Result<(Ix, u32)> {
+        let segs = path::parse(path_text)?;
+        let not_text = || Error::path(path_text, "is not a string");
+        let (last, prefix) = segs.split_last().ok_or_else(not_text)?;
+        let n = self.walk(prefix).ok_or_else(not_text)?;
+        let s = match (&self.nodes[n as usize].body, last) {
+            (Body::Obj(o), Segment::Key(k)) => *o.keys.get(k).ok_or_else(not_text)?,
+            (Body::Arr(a), Segment::Index(i)) => a.order[visible_pos(a, *i).ok_or_else(not_text)?],
+            _ => return Err(not_text()),
+        };
+        if self.text_at(n, s).is_none() {
+            return Err(not_text());
+        }
+        Ok((n, s))
+    }
+
+    /// The string slot `s` of node `n` holds and its length in characters (`None` for any
+    /// other value).
+    fn text_at(&self, n: Ix, s: u32) -> Option<(String, usize)> {
+        match self.slot_val_ref(n, s)? {
+            Val::Text(t) => Some((t.to_string(), t.len())),
+            Val::Prim(serde_json::Value::String(x)) => Some((x.clone(), x.chars().count())),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` on the text in slot `s` of node `n` (a string written whole becomes a text of
+    /// one run first) and records the change at version `u`.
+    fn edit_text(&mut self, n: Ix, s: u32, u: u64, f: impl FnOnce(&mut Self, &mut Text)) {
+        self.unhash(n, s);
+        let stamp = self.slot_stamp(n, s);
+        let slot_u = self.slot_u(n, s);
+        let taken = std::mem::replace(self.slot_val_mut(n, s), Val::Gone);
+        let mut t = match taken {
+            Val::Text(t) => t,
+            Val::Prim(serde_json::Value::String(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
+            other => {
+                *self.slot_val_mut(n, s) = other;
+                self.rehash(n, s);
+                return;
+            }
+        };
+        f(self, &mut t);
+        *self.slot_val_mut(n, s) = Val::Text(t);
+        self.set_slot_u(n, s, u);
+        self.rehash(n, s);
+    }
+
+    fn text_insert(&mut self, t: &mut Text, at: usize, s: &str, u: u64) {
+        let n = s.chars().count() as u64;
+        if n == 0 {
+            return;
+        }
+        let hlc = self.clock.reserve(t.next_id_floor(), n);
+        self.knows.insert(self.client, self.clock.last());
+        let id = Stamp {
+            hlc,
+            client: self.client,
+        };
+        t.insert(at.min(t.len()), s, id, u);
+    }
+
+    fn text_delete(&mut self, t: &mut Text, at: usize, count: usize, u: u64) -> String {
+        if count == 0 || at >= t.len() {
+            return String::new();
+        }
+        let hlc = self.clock.reserve(0, 1);
+        self.knows.insert(self.client, hlc);
+        let stamp = Stamp {
+            hlc,
+            client: self.client,
+        };
+        t.delete(at, count, stamp, u)
+    }
+}
