@@ -56,7 +56,67 @@ fn containers(v: &Value, path: String, out: &mut Vec<(String, bool)>) {
     }
 }
 
+/// Paths of every string in a JSON value.
+fn strings(v: &Value, path: String, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(path),
+        Value::Object(m) => {
+            for (k, c) in m {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                strings(c, p, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                strings(c, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A text edit: a splice of a few characters (typed forward or backward), or the whole string
+/// replaced by another that shares some of it (applied as the difference).
+fn random_text_edit(d: &mut Document, path: &str, rng: &mut ChaCha8Rng) {
+    const BITS: [&str; 6] = ["a", "bc", "déf", "🙂", " word ", "xyz"];
+    let len = d.text_len(path).unwrap();
+    match rng.random_range(0..4) {
+        0 => {
+            let old = d.get(path).unwrap().unwrap();
+            let old = old.as_str().unwrap();
+            let cut = rng.random_range(0..=old.chars().count());
+            let kept: String = old.chars().take(cut).collect();
+            let new = format!("{kept}{}", BITS[rng.random_range(0..BITS.len())]);
+            d.set(path, json!(new)).unwrap();
+        }
+        1 => {
+            // Backward typing: each character at the same index.
+            let at = rng.random_range(0..=len);
+            for c in ["p", "q", "r"] {
+                d.splice_text(path, at, 0, c).unwrap();
+            }
+        }
+        _ => {
+            let at = rng.random_range(0..=len);
+            let del = rng.random_range(0..3).min(len - at);
+            d.splice_text(path, at, del, BITS[rng.random_range(0..BITS.len())])
+                .unwrap();
+        }
+    }
+}
+
 fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
+    let mut texts = Vec::new();
+    strings(&d.to_json(), String::new(), &mut texts);
+    if !texts.is_empty() && rng.random_bool(0.35) {
+        let path = texts[rng.random_range(0..texts.len())].clone();
+        random_text_edit(d, &path, rng);
+        return;
+    }
     let mut cs = Vec::new();
     containers(&d.to_json(), String::new(), &mut cs);
     let (path, is_array) = cs[rng.random_range(0..cs.len())].clone();
@@ -112,7 +172,7 @@ fn run_case(seed: u64) -> Result<(), String> {
     // the real clock, and a replica refuses clock values more than a day ahead of its own.
     let now = Arc::new(AtomicU64::new(minisync::engine::system_now_ms()));
     let mut first = Document::with_ids(
-        &json!({"a": 1, "list": [1, 2]}),
+        &json!({"a": 1, "list": [1, 2], "t": "hello world"}),
         "doc".into(),
         client(seed, 0),
     )

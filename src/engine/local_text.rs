@@ -29,7 +29,7 @@ impl Document {
         insert: &str,
     ) -> Result<String> {
         let (n, s) = self.text_slot(path_text)?;
-        let len = self.text_at(n, s).map_or(0, |(_, len)| len);
+        let len = self.text_len_at(n, s).unwrap_or(0);
         if index > len {
             return Err(Error::path(
                 path_text,
@@ -55,13 +55,13 @@ impl Document {
     /// [`Error::Path`] when `path` does not lead to a string.
     pub fn text_len(&self, path_text: &str) -> Result<usize> {
         let (n, s) = self.text_slot(path_text)?;
-        Ok(self.text_at(n, s).map_or(0, |(_, len)| len))
+        Ok(self.text_len_at(n, s).unwrap_or(0))
     }
 
     /// Turns the string in slot `s` of node `n` into `new` by the difference from what it holds.
     /// Returns false (nothing done) when the slot holds no string.
     pub(crate) fn set_text(&mut self, n: Ix, s: u32, new: &str) -> bool {
-        let Some((old, _)) = self.text_at(n, s) else {
+        let Some(old) = self.text_string_at(n, s) else {
             return false;
         };
         if old == new {
@@ -97,18 +97,27 @@ impl Document {
             (Body::Arr(a), Segment::Index(i)) => a.order[visible_pos(a, *i).ok_or_else(not_text)?],
             _ => return Err(not_text()),
         };
-        if self.text_at(n, s).is_none() {
+        if self.text_len_at(n, s).is_none() {
             return Err(not_text());
         }
         Ok((n, s))
     }
 
-    /// The string slot `s` of node `n` holds and its length in characters (`None` for any
-    /// other value).
-    fn text_at(&self, n: Ix, s: u32) -> Option<(String, usize)> {
+    /// The length in characters of the string slot `s` of node `n` holds (`None` for any other
+    /// value).
+    fn text_len_at(&self, n: Ix, s: u32) -> Option<usize> {
         match self.slot_val_ref(n, s)? {
-            Val::Text(t) => Some((t.to_string(), t.len())),
-            Val::Prim(serde_json::Value::String(x)) => Some((x.clone(), x.chars().count())),
+            Val::Text(t) => Some(t.len()),
+            Val::Prim(serde_json::Value::String(x)) => Some(x.chars().count()),
+            _ => None,
+        }
+    }
+
+    /// The string slot `s` of node `n` holds (`None` for any other value).
+    fn text_string_at(&self, n: Ix, s: u32) -> Option<String> {
+        match self.slot_val_ref(n, s)? {
+            Val::Text(t) => Some(t.to_string()),
+            Val::Prim(serde_json::Value::String(x)) => Some(x.clone()),
             _ => None,
         }
     }

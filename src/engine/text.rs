@@ -251,17 +251,18 @@ impl Text {
 
     /// Whether the text is exactly as written whole (it then travels as a plain string).
     pub fn is_whole(&self) -> bool {
+        let mut first_two = self.pieces().take(2);
         self.ops.is_empty()
-            && match self.pieces().collect::<Vec<_>>().as_slice() {
-                [] => self.init == 0,
-                [p] => {
+            && match (first_two.next(), first_two.next()) {
+                (None, _) => self.init == 0,
+                (Some(p), None) => {
                     p.id == self.id
                         && p.len == self.init
                         && p.left.is_none()
                         && p.right.is_none()
                         && p.live()
                 }
-                _ => false,
+                (Some(_), Some(_)) => false,
             }
     }
 
@@ -558,9 +559,6 @@ impl Text {
                 (last, self.chunks[last].pieces.len())
             }
         };
-        if let Some(s) = &p.s {
-            let _ = s;
-        }
         self.put(ci, pi, p);
     }
 
