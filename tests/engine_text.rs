@@ -160,7 +160,10 @@ fn flat(d: &Document, arr: bool) -> String {
         let Value::Array(items) = d.get("n").unwrap().unwrap() else {
             panic!("not an array")
         };
-        items.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        items
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
     } else {
         d.get("t").unwrap().unwrap().as_str().unwrap().to_string()
     }
@@ -222,7 +225,10 @@ fn concurrent_runs_never_interleave_in_text_or_arrays() {
 
 /// A trace from `tests/data/traces`.
 fn trace(name: &str) -> Value {
-    let path = format!("{}/tests/data/traces/{name}.json.gz", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/data/traces/{name}.json.gz",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
         .read_to_string(&mut text)

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use minisync::agent::{Agent, DocCommand, PassReport, doc_command};
-use minisync::engine::{Changes, Document};
 use minisync::config::Config;
+use minisync::engine::{Changes, Document};
 use minisync::transport::folder::{BASE_FILE, LATEST_FILE, VERSION_FILE, VersionFile};
 use serde_json::{Value, json};
 
@@ -259,7 +259,10 @@ async fn base_is_rewritten_and_a_newcomer_catches_up_from_base_and_latest() {
     assert_eq!(v2.base_version, v2.version, "base rewritten");
     let base_text = std::fs::read_to_string(dir.join(BASE_FILE)).unwrap();
     let base = Document::from_changes(&Changes::parse(&base_text).unwrap()).unwrap();
-    assert_eq!(base.get("items[39].title").unwrap(), Some(json!("renamed 39")));
+    assert_eq!(
+        base.get("items[39].title").unwrap(),
+        Some(json!("renamed 39"))
+    );
     let mut carol = peer(shared.path());
     carol.sync().await;
     assert_eq!(carol.json(), alice.json());

@@ -122,7 +122,13 @@ mod tests {
         (0..n)
             .map(|k| {
                 let i = if forward { at + k as usize } else { at };
-                l.local(i, Stamp { hlc: hlc0 + k, client: c })
+                l.local(
+                    i,
+                    Stamp {
+                        hlc: hlc0 + k,
+                        client: c,
+                    },
+                )
             })
             .collect()
     }

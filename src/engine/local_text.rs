@@ -48,6 +48,16 @@ impl Document {
         Ok(removed)
     }
 
+    /// How many pieces (runs and removed runs) the string at `path` is stored as (0 for a string
+    /// written whole and never edited): for benchmarks and tests.
+    pub fn text_pieces(&self, path_text: &str) -> Result<usize> {
+        let (n, s) = self.text_slot(path_text)?;
+        Ok(match self.slot_val_ref(n, s) {
+            Some(Val::Text(t)) => t.pieces().count(),
+            _ => 0,
+        })
+    }
+
     /// The length in characters of the string at `path`.
     ///
     /// # Errors
@@ -94,7 +104,9 @@ impl Document {
         let n = self.walk(prefix).ok_or_else(not_text)?;
         let s = match (&self.nodes[n as usize].body, last) {
             (Body::Obj(o), Segment::Key(k)) => *o.keys.get(k).ok_or_else(not_text)?,
-            (Body::Arr(a), Segment::Index(i)) => a.order[visible_pos(a, *i).ok_or_else(not_text)?],
+            (Body::Arr(a), Segment::Index(i)) => {
+                a.order[visible_pos(a, *i).ok_or_else(not_text)?]
+            }
             _ => return Err(not_text()),
         };
         if self.text_len_at(n, s).is_none() {

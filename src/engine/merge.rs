@@ -514,7 +514,10 @@ impl Document {
         }
         if let Some(r) = e.right {
             if r >= e.id {
-                return c.fail(format!("element {} is not newer than its right origin {r}", e.id));
+                return c.fail(format!(
+                    "element {} is not newer than its right origin {r}",
+                    e.id
+                ));
             }
             let held = la.is_some_and(|a| a.by_id.contains_key(&r));
             if !held && (!ids.contains(&r) || c.skip.contains(&r)) {
@@ -643,7 +646,8 @@ impl Document {
 
     fn integrate_elem(&mut self, e: &WElem, ix: Ix, m: &mut Merging) -> u32 {
         let u = m.u;
-        let text_skipped = matches!(&e.val, Some((WVal::Text(t), _)) if m.skip_text.contains(&text_key(t)));
+        let text_skipped =
+            matches!(&e.val, Some((WVal::Text(t), _)) if m.skip_text.contains(&text_key(t)));
         if let Some(&slot) = self.arr(ix).by_id.get(&e.id) {
             let el = &self.arr(ix).slots[slot as usize];
             let old_u = el.u;
@@ -753,7 +757,10 @@ impl Document {
         }
         for (c, h) in &w.ops {
             if t.ops.get(c).is_none_or(|mine| mine < h) {
-                t.note_op(Stamp { hlc: *h, client: *c });
+                t.note_op(Stamp {
+                    hlc: *h,
+                    client: *c,
+                });
                 changed = true;
             }
         }
@@ -773,7 +780,10 @@ impl Document {
     /// (`local`: the value and stamp of the slot it goes to) nor among its pieces.
     fn check_text(&self, w: &WText, local: Option<(&Val, Stamp)>, c: &mut Check) -> Result<()> {
         for (client, h) in &w.ops {
-            c.stamp(Stamp { hlc: *h, client: *client })?;
+            c.stamp(Stamp {
+                hlc: *h,
+                client: *client,
+            })?;
         }
         let init_end = w.id.hlc + u64::from(w.init);
         let mut ranges: HashMap<ClientId, Vec<(u64, u64)>> = HashMap::new();
@@ -804,10 +814,15 @@ impl Document {
             _ => false,
         };
         for p in &w.pieces {
-            let own = |x: Stamp| x.client == p.id.client && x.hlc >= p.id.hlc && x.hlc < p.id.hlc + u64::from(p.len);
+            let own = |x: Stamp| {
+                x.client == p.id.client && x.hlc >= p.id.hlc && x.hlc < p.id.hlc + u64::from(p.len)
+            };
             for o in [p.left, p.right].into_iter().flatten() {
                 if own(o) {
-                    return c.fail(format!("piece {} names one of its own characters as an origin", p.id));
+                    return c.fail(format!(
+                        "piece {} names one of its own characters as an origin",
+                        p.id
+                    ));
                 }
                 if !held(o) && !in_wire(o) {
                     c.skip_text.insert(text_key(w));

@@ -100,17 +100,64 @@ struct SnapText {
 }
 
 /// A piece: first id, length, left and right origins, version, characters (`None`: removed).
+/// Stamps of the text's own client are written as their clock's offset from the text's id.
 #[derive(Serialize, Deserialize)]
-struct SnapPiece(Stamp, u32, Option<Stamp>, Option<Stamp>, u64, Option<String>);
+struct SnapPiece(
+    SnapStamp,
+    u32,
+    Option<SnapStamp>,
+    Option<SnapStamp>,
+    u64,
+    Option<String>,
+);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum SnapStamp {
+    Offset(u64),
+    Full(Stamp),
+}
+
+fn snap_stamp(base: Stamp, s: Stamp) -> SnapStamp {
+    if s.client == base.client && s.hlc >= base.hlc {
+        SnapStamp::Offset(s.hlc - base.hlc)
+    } else {
+        SnapStamp::Full(s)
+    }
+}
+
+fn stamp_of(base: Stamp, s: SnapStamp) -> Result<Stamp> {
+    match s {
+        SnapStamp::Full(s) => Ok(s),
+        SnapStamp::Offset(o) => base
+            .hlc
+            .checked_add(o)
+            .filter(|h| *h < crate::engine::stamp::MAX_HLC)
+            .map(|hlc| Stamp {
+                hlc,
+                client: base.client,
+            })
+            .ok_or_else(|| Error::Snapshot(format!("text {base} has a stamp offset out of range"))),
+    }
+}
 
 fn snap_text(t: &Text) -> SnapText {
+    let st = |s: Stamp| snap_stamp(t.id, s);
     SnapText {
         id: t.id,
         i: t.init,
         c: t.ops.clone(),
-        p: t
-            .pieces()
-            .map(|p| SnapPiece(p.id, p.len, p.left, p.right, p.u, p.s.clone()))
+        p: t.pieces()
+            .map(|p| {
+                SnapPiece(
+                    st(p.id),
+                    p.len,
+                    p.left.map(st),
+                    p.right.map(st),
+                    p.u,
+                    p.s.clone(),
+                )
+            })
             .collect(),
     }
 }
@@ -118,6 +165,7 @@ fn snap_text(t: &Text) -> SnapText {
 fn restore_text(t: SnapText) -> Result<Text> {
     let mut pieces = Vec::with_capacity(t.p.len());
     for SnapPiece(id, len, left, right, u, s) in t.p {
+        let id = stamp_of(t.id, id)?;
         let ok = len >= 1 && s.as_ref().is_none_or(|s| s.chars().count() == len as usize);
         if !ok {
             return Err(Error::Snapshot(format!(
@@ -128,8 +176,8 @@ fn restore_text(t: SnapText) -> Result<Text> {
         pieces.push(Piece {
             id,
             len,
-            left,
-            right,
+            left: left.map(|s| stamp_of(t.id, s)).transpose()?,
+            right: right.map(|s| stamp_of(t.id, s)).transpose()?,
             u,
             s,
         });

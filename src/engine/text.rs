@@ -96,6 +96,8 @@ struct Chunk {
     pieces: Vec<Piece>,
     /// Live characters in the chunk.
     live: usize,
+    /// The highest `u` of its pieces: a delta after a version skips every chunk at or below it.
+    max_u: u64,
 }
 
 /// A mergeable string (see the module documentation).
@@ -111,7 +113,7 @@ pub(crate) struct Text {
     len: usize,
     /// Sum of the hashes of the live characters (see `char_hash`).
     sum: u64,
-    /// Highest clock value of any character id: local inserts take ids above it.
+    /// Highest clock value of any character id (at least `id`): local inserts take ids above it.
     top: u64,
     /// Ids held, per client: start → end (exclusive) of each range.
     held: HashMap<ClientId, BTreeMap<u64, u64>>,
@@ -145,9 +147,9 @@ pub(crate) fn char_hash(id: Stamp, c: char) -> u64 {
 
 fn piece_sum(p: &Piece) -> u64 {
     p.s.as_deref().map_or(0, |s| {
-        s.chars()
-            .enumerate()
-            .fold(0u64, |acc, (k, c)| acc.wrapping_add(char_hash(p.char_id(k as u32), c)))
+        s.chars().enumerate().fold(0u64, |acc, (k, c)| {
+            acc.wrapping_add(char_hash(p.char_id(k as u32), c))
+        })
     })
 }
 
@@ -180,13 +182,14 @@ impl Text {
             chunks: Vec::new(),
             len: 0,
             sum: 0,
-            top: id.hlc + u64::from(init),
+            top: id.hlc + u64::from(init.saturating_sub(1)),
             held: HashMap::new(),
             hint: Cell::new((0, 0)),
         };
         for group in pieces.chunks(CHUNK) {
             let mut c = Chunk::default();
             for p in group {
+                c.max_u = c.max_u.max(p.u);
                 t.note_held(p);
                 t.sum = t.sum.wrapping_add(piece_sum(p));
                 if p.live() {
@@ -204,9 +207,14 @@ impl Text {
     }
 
     fn note_held(&mut self, p: &Piece) {
-        self.top = self.top.max(p.end());
-        let ranges = self.held.entry(p.id.client).or_default();
-        let (mut start, mut end) = (p.id.hlc, p.end());
+        self.note_range(p.id.client, p.id.hlc, p.end());
+    }
+
+    /// Records that ids `start .. end` of `client` are held.
+    fn note_range(&mut self, client: ClientId, start: u64, end: u64) {
+        self.top = self.top.max(end - 1);
+        let ranges = self.held.entry(client).or_default();
+        let (mut start, mut end) = (start, end);
         if let Some((&s, &e)) = ranges.range(..=start).next_back()
             && e >= start
         {
@@ -354,6 +362,7 @@ impl Text {
         self.note_held(&p);
         self.sum = self.sum.wrapping_add(piece_sum(&p));
         let live = if p.live() { p.len as isize } else { 0 };
+        self.chunks[ci].max_u = self.chunks[ci].max_u.max(p.u);
         self.chunks[ci].pieces.insert(pi, p);
         self.adjust(ci, live);
         if self.chunks[ci].pieces.len() > 2 * CHUNK {
@@ -363,8 +372,16 @@ impl Text {
                 .filter(|p| p.live())
                 .map(|p| p.len as usize)
                 .sum();
+            let max_u = rest.iter().map(|p| p.u).max().unwrap_or(0);
             self.chunks[ci].live -= live;
-            self.chunks.insert(ci + 1, Chunk { pieces: rest, live });
+            self.chunks.insert(
+                ci + 1,
+                Chunk {
+                    pieces: rest,
+                    live,
+                    max_u,
+                },
+            );
             let (hc, hs) = self.hint.get();
             if hc > ci {
                 self.hint.set((hc + 1, hs));
@@ -401,18 +418,19 @@ impl Text {
                 && prev.end() == id.hlc
                 && prev.right == right
             {
-                let add: u64 = s
-                    .chars()
-                    .enumerate()
-                    .fold(0u64, |a, (k, c)| a.wrapping_add(char_hash(prev.char_id(prev.len + k as u32), c)));
+                let add: u64 = s.chars().enumerate().fold(0u64, |a, (k, c)| {
+                    a.wrapping_add(char_hash(prev.char_id(prev.len + k as u32), c))
+                });
                 prev.len += n;
                 prev.u = u;
+                self.chunks[ci].max_u = self.chunks[ci].max_u.max(u);
+                let prev = &mut self.chunks[ci].pieces[pi - 1];
                 if let Some(t) = prev.s.as_mut() {
                     t.push_str(s);
                 }
-                let grown = prev.clone();
+                let (client, start, end) = (prev.id.client, prev.id.hlc, prev.end());
                 self.sum = self.sum.wrapping_add(add);
-                self.note_held(&grown);
+                self.note_range(client, start, end);
                 self.adjust(ci, n as isize);
                 return;
             }
@@ -456,6 +474,7 @@ impl Text {
         let s = p.s.take()?;
         p.u = u;
         let n = p.len as isize;
+        self.chunks[ci].max_u = self.chunks[ci].max_u.max(u);
         self.sum = self.sum.wrapping_sub(sum);
         self.adjust(ci, -n);
         Some(s)
@@ -591,16 +610,22 @@ impl Text {
 
     /// The pieces a peer lacks: with its knowledge `knows`, characters it does not hold and
     /// removals made after version `since`; without, every piece changed after `since`.
+    /// A replica that confirmed version `since` holds every piece of version `since` or before,
+    /// so only pieces changed after it are candidates, found chunk by chunk.
     pub fn pieces_for(&self, knows: Option<&Knowledge>, since: u64) -> Vec<Piece> {
         let mut out = Vec::new();
-        for p in self.pieces() {
+        let changed = self
+            .chunks
+            .iter()
+            .filter(|c| c.max_u > since)
+            .flat_map(|c| c.pieces.iter())
+            .filter(|p| p.u > since);
+        for p in changed {
             let Some(k) = knows else {
-                if p.u > since {
-                    out.push(p.clone());
-                }
+                out.push(p.clone());
                 continue;
             };
-            if !p.live() && p.u > since {
+            if !p.live() {
                 out.push(p.clone());
                 continue;
             }

@@ -1007,20 +1007,29 @@ fn text_value(t: &WText, implied_id: Option<Stamp>) -> Value {
     if !t.ops.is_empty() {
         m.insert("c".into(), knowledge_value(&t.ops));
     }
+    // Stamps of the text's own client are written as their clock's offset from its id.
+    let st = |s: Option<Stamp>| match s {
+        Some(s) if s.client == t.id.client && s.hlc >= t.id.hlc => Value::from(s.hlc - t.id.hlc),
+        other => stamp_or_null(other),
+    };
     let mut prev: Option<&Piece> = None;
     let mut list = Vec::with_capacity(t.pieces.len());
     for p in &t.pieces {
         let mut pm = Map::new();
-        let follows = prev.is_some_and(|q| q.id.client == p.id.client && q.id.hlc + u64::from(q.len) == p.id.hlc);
+        let follows = prev
+            .is_some_and(|q| q.id.client == p.id.client && q.id.hlc + u64::from(q.len) == p.id.hlc);
         if !follows {
-            pm.insert("e".into(), p.id.to_string().into());
+            pm.insert("e".into(), st(Some(p.id)));
         }
-        let implied_left = p.id.hlc.checked_sub(1).map(|h| Stamp { hlc: h, client: p.id.client });
+        let implied_left = p.id.hlc.checked_sub(1).map(|h| Stamp {
+            hlc: h,
+            client: p.id.client,
+        });
         if p.left != implied_left {
-            pm.insert("o".into(), stamp_or_null(p.left));
+            pm.insert("o".into(), st(p.left));
         }
         if p.right != prev.and_then(|q| q.right) {
-            pm.insert("ro".into(), stamp_or_null(p.right));
+            pm.insert("ro".into(), st(p.right));
         }
         match &p.s {
             Some(s) => pm.insert("s".into(), s.clone().into()),
@@ -1050,8 +1059,14 @@ fn parse_text(
         .get("_t")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::malformed(&t_at, "must be an object"))?;
-    if let Some(key) = t.keys().find(|k| !matches!(k.as_str(), "id" | "i" | "c" | "p")) {
-        return Err(Error::malformed(&t_at, format!("unknown text field {key:?}")));
+    if let Some(key) = t
+        .keys()
+        .find(|k| !matches!(k.as_str(), "id" | "i" | "c" | "p"))
+    {
+        return Err(Error::malformed(
+            &t_at,
+            format!("unknown text field {key:?}"),
+        ));
     }
     let id = match (t.get("id"), implied_id) {
         (None, Some(id)) => id,
@@ -1068,53 +1083,106 @@ fn parse_text(
     let ops = knowledge_of(t.get("c"), &format!("{t_at}.c"))?;
     let list = match t.get("p") {
         Some(Value::Array(a)) => a.as_slice(),
-        _ => return Err(Error::malformed(format!("{t_at}.p"), "must be an array of pieces")),
+        _ => {
+            return Err(Error::malformed(
+                format!("{t_at}.p"),
+                "must be an array of pieces",
+            ));
+        }
     };
     spend(budget, list.len(), at)?;
     let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let p = parse_piece(item, &format!("{t_at}.p[{i}]"), pieces.last())?;
+        let p = parse_piece(item, &format!("{t_at}.p[{i}]"), pieces.last(), id)?;
         pieces.push(p);
     }
-    Ok(WText { id, init, ops, pieces })
+    Ok(WText {
+        id,
+        init,
+        ops,
+        pieces,
+    })
 }
 
-fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>) -> Result<Piece> {
+/// A stamp in a text: a string, or a number (the clock's offset from the text's id `base`,
+/// with its client).
+fn text_stamp(v: &Value, at: &str, base: Stamp) -> Result<Stamp> {
+    match v.as_u64() {
+        Some(o) => base
+            .hlc
+            .checked_add(o)
+            .filter(|h| *h < MAX_HLC)
+            .map(|hlc| Stamp {
+                hlc,
+                client: base.client,
+            })
+            .ok_or_else(|| Error::malformed(at, "a clock offset beyond 2^62")),
+        None => stamp_of(Some(v), at),
+    }
+}
+
+fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result<Piece> {
     let m = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a piece must be an object"))?;
-    if let Some(key) = m.keys().find(|k| !matches!(k.as_str(), "e" | "o" | "ro" | "s" | "n")) {
+    if let Some(key) = m
+        .keys()
+        .find(|k| !matches!(k.as_str(), "e" | "o" | "ro" | "s" | "n"))
+    {
         return Err(Error::malformed(at, format!("unknown piece field {key:?}")));
     }
     let id = match (m.get("e"), prev) {
-        (Some(e), _) => stamp_of(Some(e), &format!("{at}.e"))?,
+        (Some(e), _) => text_stamp(e, &format!("{at}.e"), base)?,
         (None, Some(q)) => Stamp {
             hlc: q.id.hlc + u64::from(q.len),
             client: q.id.client,
         },
         (None, None) => {
-            return Err(Error::malformed(format!("{at}.e"), "the first piece needs its id \"e\""));
+            return Err(Error::malformed(
+                format!("{at}.e"),
+                "the first piece needs its id \"e\"",
+            ));
         }
     };
     let (s, len) = match (m.get("s"), m.get("n")) {
-        (Some(Value::String(s)), None) if !s.is_empty() => (Some(s.clone()), s.chars().count() as u64),
-        (None, Some(n)) => (None, n.as_u64().filter(|n| *n >= 1).ok_or_else(|| Error::malformed(format!("{at}.n"), "must be a count of at least 1"))?),
+        (Some(Value::String(s)), None) if !s.is_empty() => {
+            (Some(s.clone()), s.chars().count() as u64)
+        }
+        (None, Some(n)) => (
+            None,
+            n.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+                Error::malformed(format!("{at}.n"), "must be a count of at least 1")
+            })?,
+        ),
         _ => {
-            return Err(Error::malformed(at, "a piece has either characters \"s\" (not empty) or a removed count \"n\""));
+            return Err(Error::malformed(
+                at,
+                "a piece has either characters \"s\" (not empty) or a removed count \"n\"",
+            ));
         }
     };
     if len > u64::from(u32::MAX) || id.hlc.saturating_add(len) >= MAX_HLC {
         return Err(Error::malformed(at, "a piece too long for its ids"));
     }
     let left = match m.get("o") {
-        None => id.hlc.checked_sub(1).map(|h| Stamp { hlc: h, client: id.client }),
+        None => id.hlc.checked_sub(1).map(|h| Stamp {
+            hlc: h,
+            client: id.client,
+        }),
         Some(Value::Null) => None,
-        Some(o) => Some(stamp_of(Some(o), &format!("{at}.o"))?),
+        Some(o) => Some(text_stamp(o, &format!("{at}.o"), base)?),
     };
     let right = match m.get("ro") {
         None => prev.and_then(|q| q.right),
         Some(Value::Null) => None,
-        Some(r) => Some(stamp_of(Some(r), &format!("{at}.ro"))?),
+        Some(r) => Some(text_stamp(r, &format!("{at}.ro"), base)?),
     };
-    Ok(Piece { id, len: len as u32, left, right, u: 0, s })
+    Ok(Piece {
+        id,
+        len: len as u32,
+        left,
+        right,
+        u: 0,
+        s,
+    })
 }

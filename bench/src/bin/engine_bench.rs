@@ -5,7 +5,11 @@
 //! Workloads on a document of N records (`title`, `done`, `n`, `owner`): build it; W1 full changes
 //! for a new peer and a replica made from them; W2 one field changed, delta made and applied;
 //! W3 1,000 fields changed, delta made and applied. Peak memory is the process's resident high-water
-//! mark, reset before each library runs.
+//! mark, reset before each library runs. W4 (`w4.rs`): a real editing trace replayed into one
+//! string, also against Loro and diamond-types.
+
+#[path = "../w4.rs"]
+mod w4;
 
 use std::time::Instant;
 
@@ -272,6 +276,11 @@ fn main() {
                 i += 1;
             }
             "--json" => as_json = true,
+            "--w4-one" => {
+                let name = args.get(i + 1).cloned().unwrap_or_default();
+                println!("{}", w4::one(&name));
+                return;
+            }
             other => {
                 eprintln!("unknown argument {other:?}; usage: engine_bench [--records N] [--json]");
                 std::process::exit(2);
@@ -285,10 +294,19 @@ fn main() {
     drop(value);
     let am = automerge(n);
     let y = yrs(n);
-    let out = json!({
+    let names = ["minisync", "automerge", "yrs", "loro", "diamond_types"];
+    let w4s: Vec<(&str, w4::W4)> = names
+        .iter()
+        .map(|n| (*n, w4::W4::from_json(&w4::in_child(n))))
+        .collect();
+    let mut out = json!({
         "records": n, "floor_ms": round(floor_ms),
         "minisync": m.json(), "automerge": am.json(), "yrs": y.json(),
+        "loro": {}, "diamond_types": {},
     });
+    for (name, f) in &w4s {
+        f.add_to(&mut out[name]);
+    }
     if as_json {
         println!("{out}");
         return;
@@ -302,6 +320,20 @@ fn main() {
         println!(
             "| {name} | {:.1} | {:.1} | {} | {:.3} | {} | {:.1} | {} | {:.0} |",
             f.build_ms, f.w1_ms, f.w1_bytes, f.w2_ms, f.w2_bytes, f.w3_ms, f.w3_bytes, f.peak_mb
+        );
+    }
+    println!("\nW4, automerge-paper trace (259,778 edits):\n");
+    println!(
+        "| library | replay ms | peak MB | saved bytes | load ms | sync bytes | sync gz bytes |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, f) in &w4s {
+        println!("{}", f.row(name));
+    }
+    if let Some(v) = out["minisync"].get("w4_type_ms") {
+        println!(
+            "\nminisync, one character typed into the finished text: {v} ms, {} bytes",
+            out["minisync"]["w4_type_bytes"]
         );
     }
 }
