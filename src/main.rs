@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod editor;
+
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use minisync::agent::{
@@ -99,6 +101,15 @@ enum DocCmd {
         /// Print JSON, e.g. `agent doc list --json`.
         #[arg(long)]
         json: bool,
+    },
+    /// Edit a string (as text) or a subtree (as JSON) in $VISUAL or $EDITOR; what changed is
+    /// applied as edits that merge, e.g. `agent doc edit notes body`.
+    Edit {
+        /// The document, e.g. `notes`.
+        name: String,
+        /// The path, e.g. `body`; empty for the whole document.
+        #[arg(default_value = "")]
+        path: String,
     },
     /// Print the value at a path, e.g. `agent doc get todo 'items[0].done'`.
     Get {
@@ -529,6 +540,10 @@ fn json_arg(value: String, string: bool) -> String {
 fn doc(path: &Path, command: DocCmd) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     let mut store = open_store(&cfg)?;
+    if let DocCmd::Edit { name, path } = &command {
+        print!("{}", editor::edit(&cfg, &mut store, name, path)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (cmd, output) = doc_command_of(command)?;
     let text = doc_command(&cfg, &mut store, cmd)?;
     match output {
@@ -546,6 +561,11 @@ fn doc_command_of(command: DocCmd) -> anyhow::Result<(DocCommand, Option<PathBuf
     let cmd = match command {
         DocCmd::List { json } => DocCommand::List { json },
         DocCmd::Get { name, path, json } => DocCommand::Get { name, path, json },
+        DocCmd::Edit { name, path } => DocCommand::Get {
+            name,
+            path,
+            json: false,
+        },
         DocCmd::Set {
             name,
             path,

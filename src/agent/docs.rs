@@ -53,6 +53,15 @@ pub enum DocCommand {
         name: String,
         json: String,
     },
+    /// Make the value at a path equal to `value` by difference (see `Document::update`),
+    /// provided it still is `expected` (what an editor session started from): a merge that
+    /// arrived meanwhile is never overwritten.
+    Update {
+        name: String,
+        path: String,
+        value: Value,
+        expected: Option<Value>,
+    },
     Export {
         name: String,
     },
@@ -120,6 +129,26 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             pretty(&v)
         }
         DocCommand::Import { name, json } => import(cfg, store, &name, &json),
+        DocCommand::Update {
+            name,
+            path,
+            value,
+            expected,
+        } => {
+            edit(cfg, store, &name, &format!("edit {path}"), |doc| {
+                let now = doc.get(&path)?;
+                if let Some(expected) = &expected
+                    && now.as_ref() != Some(expected)
+                {
+                    return Err(AgentError::Other(format!(
+                        "{name}: {path:?} changed while it was being edited (a merge arrived); nothing was applied"
+                    )));
+                }
+                doc.update(&path, value)?;
+                Ok(true)
+            })?;
+            Ok(String::new())
+        }
         DocCommand::Set { name, path, value } => {
             let value = parse_value(&value)?;
             edit(cfg, store, &name, &format!("set {path}"), |doc| {
@@ -349,7 +378,7 @@ fn import(cfg: &Config, store: &mut Store, name: &str, json: &str) -> Result<Str
         }
         for (k, v) in m {
             if doc.get(&key(k))?.as_ref() != Some(v) {
-                doc.set(&key(k), v.clone())?;
+                doc.update(&key(k), v.clone())?;
             }
         }
         Ok(true)

@@ -1,4 +1,4 @@
-//! Local edits of strings: splices at character indexes, and replacing a string by another as
+//! Local edits of strings, and updates by difference: splices at character indexes, and replacing a string by another as
 //! the difference between the two (differential synchronization: Fraser, "Differential
 //! Synchronization", DocEng 2009 — the old string is the shadow, the diff the edit).
 //!
@@ -12,6 +12,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::Stamp;
 use crate::engine::text::Text;
+use serde_json::Value;
 
 impl Document {
     /// Removes `delete` characters at character index `index` of the string at `path` and
@@ -181,5 +182,70 @@ impl Document {
             client: self.client,
         };
         t.delete(at, count, stamp, u)
+    }
+}
+
+impl Document {
+    /// Makes the value at `path` equal to `new` by the smallest edits this module knows:
+    /// objects key by key (only changed keys are written), strings by their difference, arrays
+    /// by keeping their common start and end and updating the elements in between pairwise
+    /// (the rest inserted or removed); anything else is set. What a person changed in an
+    /// editor so becomes edits that merge with everyone else's, instead of one overwrite.
+    ///
+    /// # Errors
+    ///
+    /// As [`Document::set`]: [`Error::Path`] for a path that leads nowhere, and for the root
+    /// given anything but an object.
+    pub fn update(&mut self, path_text: &str, new: Value) -> Result<()> {
+        let segs = path::parse(path_text)?;
+        let old = self.get(path_text)?;
+        let child = |s: Segment| {
+            let mut c = segs.clone();
+            c.push(s);
+            path::render(&c)
+        };
+        match (old, new) {
+            (Some(old), new) if old == new => Ok(()),
+            (Some(Value::Object(o)), Value::Object(n)) => {
+                for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                    self.remove(&child(Segment::Key(k.clone())))?;
+                }
+                for (k, v) in n {
+                    if o.get(&k) != Some(&v) {
+                        self.update(&child(Segment::Key(k)), v)?;
+                    }
+                }
+                Ok(())
+            }
+            (Some(Value::Array(o)), Value::Array(n)) => self.update_array(path_text, &o, n),
+            (_, new) if segs.is_empty() => Err(Error::path(
+                path_text,
+                format!("the document root must stay an object, not {new}"),
+            )),
+            (_, new) => self.set(path_text, new),
+        }
+    }
+
+    fn update_array(&mut self, path_text: &str, old: &[Value], new: Vec<Value>) -> Result<()> {
+        let pre = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+        let suf = old[pre..]
+            .iter()
+            .rev()
+            .zip(new[pre..].iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let old_mid = old.len() - pre - suf;
+        let new_mid: Vec<Value> = new[pre..new.len() - suf].to_vec();
+        let paired = old_mid.min(new_mid.len());
+        let mut rest = new_mid.into_iter();
+        for i in 0..paired {
+            let v = rest.next().unwrap_or(Value::Null);
+            self.update(&format!("{path_text}[{}]", pre + i), v)?;
+        }
+        let extra: Vec<Value> = rest.collect();
+        if old_mid > paired || !extra.is_empty() {
+            self.splice(path_text, pre + paired, old_mid - paired, extra)?;
+        }
+        Ok(())
     }
 }
