@@ -66,7 +66,11 @@ pub fn edit(cfg: &Config, store: &mut Store, name: &str, path: &str) -> anyhow::
     match doc_command(cfg, store, update) {
         Ok(_) => {
             let _ = std::fs::remove_file(&file);
-            let what = if path.is_empty() { "the document" } else { path };
+            let what = if path.is_empty() {
+                "the document"
+            } else {
+                path
+            };
             Ok(format!("{name}: {what} updated\n"))
         }
         Err(e) => Err(anyhow::anyhow!(
@@ -93,7 +97,13 @@ fn edit_file(cfg: &Config, name: &str, is_string: bool) -> anyhow::Result<PathBu
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let safe: String = name
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,7 +125,11 @@ fn run_editor(file: &Path) -> anyhow::Result<()> {
     let editor = std::env::var("VISUAL")
         .ok()
         .filter(|e| !e.trim().is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|e| !e.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("EDITOR")
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+        })
         .unwrap_or_else(|| "vi".into());
     let status = std::process::Command::new("sh")
         .arg("-c")

@@ -89,7 +89,10 @@ fn a_string_is_edited_as_text_and_applied_as_character_edits() {
     assert!(out.contains("body updated"), "{out}");
     assert_eq!(h.get("body"), json!("the slow brown fox"));
     // sed ends the file with a newline; the string had none and gets none.
-    assert!(h.kept_files().is_empty(), "the edit file is removed once applied");
+    assert!(
+        h.kept_files().is_empty(),
+        "the edit file is removed once applied"
+    );
     let log = h.ok(&["doc", "log", "notes"], None);
     assert!(log.contains("edit body"), "{log}");
 }
@@ -121,7 +124,11 @@ fn invalid_json_or_a_failing_editor_keep_the_text_and_change_nothing() {
     assert!(err.contains("exited"), "{err}");
     assert_eq!(h.get("body"), json!("the quick brown fox"));
     let kept = h.kept_files();
-    assert_eq!(kept.len(), 2, "both texts kept, neither overwritten: {kept:?}");
+    assert_eq!(
+        kept.len(),
+        2,
+        "both texts kept, neither overwritten: {kept:?}"
+    );
     assert!(kept.iter().all(|k| private(k)));
 }
 

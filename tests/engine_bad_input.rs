@@ -321,3 +321,68 @@ fn user_keys_named_like_metadata_survive_a_delta() {
         Some(json!({"k": 1, "_s": {"v": [1, {"_s": "x"}]}, "v": "vee", "__s": 2}))
     );
 }
+
+fn piece(v: &mut Value) -> &mut Value {
+    &mut v["changes"]["t"]["_t"]["p"][0]
+}
+
+/// a and b share a text; b typed into it. The delta's text object, broken in each way.
+fn text_pair() -> Pair {
+    let mut a = Document::new(&json!({"t": "hello world"})).unwrap();
+    let mut b = Document::from_changes(&a.changes()).unwrap();
+    a.apply(&b.changes_for(a.client_id())).unwrap();
+    b.splice_text("t", 5, 0, " big").unwrap();
+    Pair { a, b }
+}
+
+#[test]
+fn hostile_text_pieces_are_refused_whole() {
+    let mut p = text_pair();
+    let good = delta(&p);
+    assert!(good["changes"]["t"]["_t"].is_object(), "{good}");
+    let mut v = good.clone();
+    piece(&mut v)["s"] = json!("");
+    refused(&mut p, &v.to_string(), "not empty");
+    let mut v = good.clone();
+    piece(&mut v)["n"] = json!(2);
+    refused(&mut p, &v.to_string(), "either characters");
+    let mut v = good.clone();
+    piece(&mut v)["zz"] = json!(1);
+    refused(&mut p, &v.to_string(), "unknown piece field");
+    let mut v = good.clone();
+    let own = piece(&mut v)["e"].clone();
+    piece(&mut v)["o"] = own;
+    refused(&mut p, &v.to_string(), "its own characters");
+    // A run far beyond what the sender says it holds (its clock would drag ours along).
+    let mut v = good.clone();
+    let e = piece(&mut v)["e"].as_str().unwrap().to_string();
+    let (_, client) = e.split_once('-').unwrap();
+    piece(&mut v)["e"] = json!(format!("3fffffffffff0000-{client}"));
+    refused(&mut p, &v.to_string(), "newer than what the sender says");
+    let mut v = good.clone();
+    v["changes"]["t"]["_t"]["p"] = json!("not a list");
+    refused(&mut p, &v.to_string(), "array of pieces");
+    let mut v = good;
+    v["changes"]["t"]["_t"]["extra"] = json!(1);
+    refused(&mut p, &v.to_string(), "unknown text field");
+}
+
+#[test]
+fn a_text_piece_whose_origin_is_missing_waits() {
+    let mut p = text_pair();
+    let mut v = delta(&p);
+    let e = v["changes"]["t"]["_t"]["p"][0]["e"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (h, client) = e.split_once('-').unwrap();
+    let h = u64::from_str_radix(h, 16).unwrap();
+    v["changes"]["t"]["_t"]["p"][0]["o"] = json!(format!("{:x}-{client}", h - 1));
+    let before = p.a.to_json();
+    let out = p.a.apply(&Changes::parse(&v.to_string()).unwrap()).unwrap();
+    assert!(out.incomplete, "a text left out makes the merge incomplete");
+    assert_eq!(p.a.to_json(), before);
+    // The genuine delta then merges.
+    p.a.apply(&p.b.changes_for(p.a.client_id())).unwrap();
+    assert_eq!(p.a.get("t").unwrap(), Some(json!("hello big world")));
+}

@@ -78,20 +78,13 @@ impl Document {
         if old == new {
             return true;
         }
+        let edits = word_edits(&old, new);
         let u = self.begin();
         self.edit_text(n, s, u, |doc, t| {
-            let mut at = 0usize;
-            for chunk in dissimilar::diff(&old, new) {
-                match chunk {
-                    dissimilar::Chunk::Equal(x) => at += x.chars().count(),
-                    dissimilar::Chunk::Delete(x) => {
-                        doc.text_delete(t, at, x.chars().count(), u);
-                    }
-                    dissimilar::Chunk::Insert(x) => {
-                        doc.text_insert(t, at, x, u);
-                        at += x.chars().count();
-                    }
-                }
+            // From the end, so that earlier positions stay valid.
+            for (start, end, insert) in edits.into_iter().rev() {
+                doc.text_delete(t, start, end - start, u);
+                doc.text_insert(t, start, &insert, u);
             }
         });
         true
@@ -247,5 +240,98 @@ impl Document {
             self.splice(path_text, pre + paired, old_mid - paired, extra)?;
         }
         Ok(())
+    }
+}
+
+/// The edits turning `old` into `new`, as (start, end, replacement) in characters of `old`, in
+/// order: the diff of `dissimilar`, then widened to whole words, so that a changed word is one
+/// removal and one insertion (two people fixing the same word then keep both fixes side by side
+/// rather than a mix of their letters).
+fn word_edits(old: &str, new: &str) -> Vec<(usize, usize, String)> {
+    let oc: Vec<char> = old.chars().collect();
+    let nc: Vec<char> = new.chars().collect();
+    // (old start, old end, new start, new end) of each change, in order.
+    let mut raw: Vec<(usize, usize, usize, usize)> = Vec::new();
+    let (mut o, mut n) = (0usize, 0usize);
+    for chunk in dissimilar::diff(old, new) {
+        let (del, ins) = match chunk {
+            dissimilar::Chunk::Equal(x) => {
+                let k = x.chars().count();
+                o += k;
+                n += k;
+                continue;
+            }
+            dissimilar::Chunk::Delete(x) => (x.chars().count(), 0),
+            dissimilar::Chunk::Insert(x) => (0, x.chars().count()),
+        };
+        match raw.last_mut() {
+            Some(last) if last.1 == o && last.3 == n => {
+                last.1 += del;
+                last.3 += ins;
+            }
+            _ => raw.push((o, o + del, n, n + ins)),
+        }
+        o += del;
+        n += ins;
+    }
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out: Vec<(usize, usize, usize, usize)> = Vec::new();
+    for i in 0..raw.len() {
+        let (mut os, mut oe, mut ns, mut ne) = raw[i];
+        // Widen over the unchanged characters of the word it touches, never into another change.
+        let floor = out.last().map_or(0, |l| l.1);
+        let ceiling = raw.get(i + 1).map_or(oc.len(), |r| r.0);
+        let left = (ne > ns && word(nc[ns])) || (oe > os && word(oc[os]));
+        while left && os > floor && word(oc[os - 1]) {
+            os -= 1;
+            ns -= 1;
+        }
+        let right = (ne > ns && word(nc[ne - 1])) || (oe > os && word(oc[oe - 1]));
+        while right && oe < ceiling && word(oc[oe]) {
+            oe += 1;
+            ne += 1;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 >= os => {
+                last.1 = oe;
+                last.3 = ne;
+            }
+            _ => out.push((os, oe, ns, ne)),
+        }
+    }
+    out.into_iter()
+        .map(|(os, oe, ns, ne)| (os, oe, nc[ns..ne].iter().collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::word_edits;
+
+    fn apply(old: &str, edits: &[(usize, usize, String)]) -> String {
+        let mut c: Vec<char> = old.chars().collect();
+        for (s, e, ins) in edits.iter().rev() {
+            c.splice(*s..*e, ins.chars());
+        }
+        c.into_iter().collect()
+    }
+
+    #[test]
+    fn a_changed_word_is_one_removal_and_one_insertion() {
+        let e = word_edits("the quick brown fox", "the quack brown fox");
+        assert_eq!(e, vec![(4, 9, "quack".to_string())]);
+        for (old, new) in [
+            ("the quick brown fox", "a slow brown cat!"),
+            ("naïve café", "naive cafe 🙂"),
+            ("", "new"),
+            ("gone", ""),
+            ("ab cd ef", "ab xx ef yy"),
+            ("foo.bar", "foo.baz"),
+            ("one two three", "one twenty three"),
+            ("abc", "xbz"),
+            ("the cat sat", "the cot sit"),
+        ] {
+            assert_eq!(apply(old, &word_edits(old, new)), new, "{old:?} -> {new:?}");
+        }
     }
 }

@@ -6,10 +6,11 @@
 //! only then `integrate` writes, and it cannot fail. So a refused changes object leaves the replica
 //! exactly as it was, and an accepted one is applied whole.
 //!
-//! Conflict rule: every slot keeps the write with the greatest stamp. Array rule: RGA — an element
-//! goes right after its origin, after any siblings with greater stamps. Writes inside a node that is
-//! no longer reachable (its key was overwritten or removed, its element removed) are dropped:
-//! removal wins over concurrent edits inside the removed object.
+//! Conflict rule: every slot keeps the write with the greatest stamp. Order of array elements and
+//! text characters: FugueMax (see `fugue.rs`) — an item goes after its left origin, among the
+//! items up to its right origin by that rule. Edits of one text merge (see `text.rs`). Writes
+//! inside a node that is no longer reachable (its key was overwritten or removed, its element
+//! removed) are dropped: removal wins over concurrent edits inside the removed object.
 
 use std::collections::{HashMap, HashSet};
 

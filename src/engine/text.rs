@@ -127,6 +127,18 @@ impl PartialEq for Text {
     }
 }
 
+/// The live characters: the string's value.
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in self.pieces() {
+            if let Some(s) = &p.s {
+                f.write_str(s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A character's contribution to the digest: its id and the character, mixed (SplitMix64).
 pub(crate) fn char_hash(id: Stamp, c: char) -> u64 {
     let b = id.client.to_bytes();
@@ -278,15 +290,6 @@ impl Text {
         self.chunks.iter().flat_map(|c| c.pieces.iter())
     }
 
-    pub fn to_string(&self) -> String {
-        let mut out = String::new();
-        for p in self.pieces() {
-            if let Some(s) = &p.s {
-                out.push_str(s);
-            }
-        }
-        out
-    }
 
     /// Records an edit by `stamp` (an insert's first id or a removal's stamp).
     pub fn note_op(&mut self, stamp: Stamp) {
