@@ -1,0 +1,191 @@
+//! Whose key signed a mail, and whether that is the key we trust for its sender: the account's
+//! own key (created on first use), trust on first use or an invitation's fingerprint, a key that
+//! changed (refused until the user accepts it), and the hellos that carry our key to a peer whose
+//! key we do not know yet.
+
+use std::time::Duration;
+
+use crate::agent::receive::Refusal;
+use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
+use crate::config::Config;
+use crate::store::{PeerKey, Store, now_ms};
+use crate::transport::mail::openpgp::{self, SecretKey};
+use crate::transport::{Arrival, Delivery, Sealed};
+
+/// A hello not answered is sent again after this long.
+pub const HELLO_EVERY: Duration = Duration::from_secs(10 * 60);
+
+/// How a pinned key came to be trusted (stored with it).
+pub const FIRST_USE: &str = "first-use";
+pub const INVITATION: &str = "invitation";
+pub const ACCEPTED: &str = "accepted";
+pub const VERIFIED: &str = "verified";
+
+/// The account's secret key, created and stored the first time (at `agent init`, or at the first
+/// start of an installation made before OpenPGP).
+///
+/// # Errors
+///
+/// No `[account]`, the stored key is unreadable, or the store fails.
+pub fn account_key(cfg: &Config, store: &Store) -> Result<SecretKey> {
+    let address = cfg
+        .account
+        .as_ref()
+        .map(|a| a.address.as_str())
+        .ok_or_else(|| {
+            AgentError::Other("no [account] in the config: keys belong to a mail account".into())
+        })?;
+    if let Some(text) = store.account_key(address)? {
+        return SecretKey::from_armored(&text).map_err(|e| {
+            AgentError::Other(format!("the stored key of {address} cannot be used: {e}"))
+        });
+    }
+    let key = openpgp::generate(address).map_err(|e| AgentError::Other(e.to_string()))?;
+    let text = key
+        .to_armored()
+        .map_err(|e| AgentError::Other(e.to_string()))?;
+    store.set_account_key(address, &text)?;
+    tracing::info!(fingerprint = %key.fingerprint(), "created this account's OpenPGP key");
+    // Another process may have created one at the same moment: the stored one wins.
+    let stored = store.account_key(address)?.unwrap_or(text);
+    SecretKey::from_armored(&stored).map_err(|e| AgentError::Other(e.to_string()))
+}
+
+/// The fingerprint we expect for `address`: the configured one (an invitation) over the pinned
+/// one. None: no key known, the next signed mail's key is pinned (trust on first use).
+pub fn expected_fingerprint(cfg: &Config, known: &PeerKey) -> Option<String> {
+    cfg.peers
+        .iter()
+        .find(|p| p.address.eq_ignore_ascii_case(&known.address))
+        .and_then(|p| p.pinned_fingerprint())
+        .or_else(|| known.fingerprint.clone())
+}
+
+/// The key to encrypt to for `address`, when it is the expected one.
+pub fn usable_key(cfg: &Config, known: &PeerKey) -> Option<Vec<u8>> {
+    let expected = expected_fingerprint(cfg, known)?;
+    (known.fingerprint.as_deref() == Some(expected.as_str()))
+        .then(|| known.key.clone())
+        .flatten()
+}
+
+/// The reason a mail signed by a key other than the pinned one is refused.
+pub fn key_changed_reason(peer: &str, pinned: &str, new: &str) -> String {
+    format!(
+        "KEY CHANGED: mail in the name of {peer} is signed by key {new}, but {pinned} is pinned. \
+         Ask {peer} (not by mail) whether they have a new key and compare `agent peer show {peer}`; \
+         if it is theirs: `agent peer accept-key {peer}`, then `agent quarantine release ID`"
+    )
+}
+
+impl Agent {
+    /// Checks the key that signed a mail arrival against the one trusted for its sender, pinning
+    /// it on first use (or when it matches the invitation's fingerprint). Mail that is not
+    /// signed and encrypted is refused with the reason the transport gave.
+    pub(super) fn check_signer(&mut self, a: &Arrival) -> std::result::Result<(), Refusal> {
+        let Some(sealed) = &a.sealed else {
+            let why = a.payloads.as_ref().err().cloned().unwrap_or_else(|| {
+                "agent mail that is not signed and encrypted with OpenPGP".to_string()
+            });
+            return Err(Refusal::Quarantine(why));
+        };
+        let Some(peer) = self
+            .cfg
+            .peers
+            .iter()
+            .find(|p| p.address.eq_ignore_ascii_case(&a.from))
+        else {
+            return Err(Refusal::Quarantine(format!(
+                "{} is not a peer of any document: its key ({}) was not taken",
+                a.from, sealed.fingerprint
+            )));
+        };
+        let address = peer.address.clone();
+        let known = self.store.peer_key(&address).map_err(internal)?;
+        match expected_fingerprint(&self.cfg, &known) {
+            Some(e) if e == sealed.fingerprint => {
+                if known.fingerprint.as_deref() != Some(e.as_str()) || known.key.is_none() {
+                    self.pin(&address, sealed, INVITATION)?;
+                }
+                Ok(())
+            }
+            Some(pinned) => {
+                if !sealed.key.is_empty() {
+                    self.store
+                        .key_changed(&address, &sealed.fingerprint, &sealed.key)
+                        .map_err(internal)?;
+                }
+                Err(Refusal::Quarantine(key_changed_reason(
+                    &address,
+                    &pinned,
+                    &sealed.fingerprint,
+                )))
+            }
+            None => self.pin(&address, sealed, FIRST_USE),
+        }
+    }
+
+    /// Pins a verified key and sends what waited for it.
+    fn pin(
+        &mut self,
+        address: &str,
+        sealed: &Sealed,
+        trust: &str,
+    ) -> std::result::Result<(), Refusal> {
+        if sealed.key.is_empty() {
+            return Err(Refusal::Quarantine(format!(
+                "no key of {address} is pinned to check this message's signature against"
+            )));
+        }
+        self.store
+            .pin_peer_key(address, &sealed.fingerprint, &sealed.key, trust)
+            .map_err(internal)?;
+        let waiting = self.store.retry_now_for(address).map_err(internal)?;
+        tracing::info!(peer = %address, fingerprint = %sealed.fingerprint, trust, waiting, "pinned the peer's key");
+        Ok(())
+    }
+
+    /// Sends hellos: to every mail peer whose key we lack (again after [`HELLO_EVERY`]), and in
+    /// answer to a hello whose sender lacks ours.
+    pub(super) async fn send_hellos(&mut self, report: &mut PassReport) -> Result<()> {
+        let mut peers: Vec<(usize, String)> = Vec::new();
+        for slot in &self.docs {
+            if self.transports[slot.transport].delivery() != Delivery::PerPeer {
+                continue;
+            }
+            for p in &slot.cfg.peers {
+                if !peers.iter().any(|(_, q)| q.eq_ignore_ascii_case(p)) {
+                    peers.push((slot.transport, p.clone()));
+                }
+            }
+        }
+        let owed = std::mem::take(&mut self.hello_owed);
+        for (ti, peer) in peers {
+            let known = self.store.peer_key(&peer)?;
+            let lacking = usable_key(&self.cfg, &known).is_none();
+            let stale = known
+                .hello_at
+                .is_none_or(|t| now_ms() >= t + HELLO_EVERY.as_millis() as i64);
+            let answer = owed.iter().any(|o| o.eq_ignore_ascii_case(&peer));
+            if !(answer || (lacking && stale)) {
+                continue;
+            }
+            let mid = new_message_id(self.cfg.address());
+            match self.transports[ti].hello(&peer, &mid, lacking).await {
+                Ok(()) => {
+                    self.store.hello_sent(&peer)?;
+                    tracing::info!(%peer, wants_key = lacking, "sent a hello with our key");
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "the hello did not go out");
+                    report.errors.push(format!("hello to {peer}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn internal(e: impl Into<AgentError>) -> Refusal {
+    Refusal::Retry(format!("internal: {}", e.into()))
+}
