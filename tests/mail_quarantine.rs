@@ -119,7 +119,7 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
 fn refused_changes_are_shown_and_merged_after_all_when_released() {
     let stack = Stack::get();
     let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
-    let (a, b) = (alice.address.clone(), bob.address.clone());
+    let b = bob.address.clone();
     alice.import("todo", &json!({"n": 0}));
     alice.sync();
     wait_until(T, "bob receives the document", || {
@@ -138,8 +138,8 @@ fn refused_changes_are_shown_and_merged_after_all_when_released() {
         "fromVersion": 50, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 50, "k": {"n": format!("{hlc}-{client}")}}}
     });
-    send_changes_as(&stack, &a, &b, "todo", &body);
-    send_changes_as(&stack, &a, &b, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
     wait_until(T, "bob quarantines both", || {
         bob.cmd(&["sync"]);
         bob.status()["quarantined"]

@@ -337,6 +337,7 @@ pub fn pair(
     let (a, b) = (address("alice"), address("bob"));
     let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
     let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
+    introduce(&[&alice, &bob]);
     (a, b, alice, bob)
 }
 
@@ -417,12 +418,31 @@ impl Relay {
     }
 }
 
-/// Sends `body` (a changes object) as agent mail in `from`'s name to `to`, as anyone who can send
-/// mail could; returns its Message-ID.
-pub fn send_changes_as(stack: &Stack, from: &str, to: &str, doc: &str, body: &Value) -> String {
+/// A node's OpenPGP key (created now if the node has none yet).
+pub fn node_key(node: &Node) -> minisync::transport::mail::openpgp::SecretKey {
+    node.ok(&["peer", "invite"]);
+    let store = minisync::store::Store::open(&node.dir.path().join("state/agent.sqlite")).unwrap();
+    let text = store.account_key(&node.address).unwrap().unwrap();
+    minisync::transport::mail::openpgp::SecretKey::from_armored(&text).unwrap()
+}
+
+/// Sends `body` (a changes object) as agent mail from `from` to `to`, signed with `signer` and
+/// encrypted to `recipient` (a genuine peer's mail when they are the real keys); returns its
+/// Message-ID.
+#[allow(clippy::too_many_arguments)]
+pub fn send_sealed(
+    stack: &Stack,
+    from: &str,
+    to: &str,
+    signer: &minisync::transport::mail::openpgp::SecretKey,
+    recipient: &minisync::transport::mail::openpgp::PublicKey,
+    doc: &str,
+    body: &Value,
+) -> String {
     let text = body.to_string();
     let mid = format!("<forged-{:08x}@example.test>", rand::random::<u32>());
     let sent_by = body["sentBy"].as_str().unwrap_or("aaaaaaaaaaaaaaaa");
+    let key = recipient.to_bytes().unwrap();
     let out = minisync::transport::Outgoing {
         doc_name: doc,
         doc_id: body["id"].as_str().unwrap_or(""),
@@ -436,10 +456,41 @@ pub fn send_changes_as(stack: &Stack, from: &str, to: &str, doc: &str, body: &Va
         base: None,
         base_version: 0,
         base_len: 0,
+        peer_key: Some(&key),
     };
-    let (_, raw) = minisync::transport::mail::envelope::build(&out, from, None).unwrap();
+    let me = minisync::transport::mail::envelope::Sender {
+        address: from,
+        name: None,
+        key: signer,
+    };
+    let (_, raw) = minisync::transport::mail::envelope::build(&out, &me).unwrap();
     send_raw(stack, from, to, &raw);
     mid
+}
+
+/// Sends `body` as agent mail from the node `from` to the node `to`, signed and encrypted with
+/// their real keys, as `from`'s agent would (a peer whose content is wrong, not a forger).
+pub fn send_changes_as(stack: &Stack, from: &Node, to: &Node, doc: &str, body: &Value) -> String {
+    let recipient = node_key(to).public();
+    send_sealed(stack, &from.address, &to.address, &node_key(from), &recipient, doc, body)
+}
+
+/// Syncs the nodes until each has pinned the key of every other node it lists in [[peers]] (the
+/// hello exchange of a first contact), so that the test starts with content flowing at once.
+pub fn introduce(nodes: &[&Node]) {
+    wait_until(Duration::from_secs(60), "the nodes know each other's keys", || {
+        for n in nodes {
+            n.cmd(&["sync"]);
+        }
+        nodes.iter().all(|n| {
+            let keys = n.status()["keys"].as_array().cloned().unwrap_or_default();
+            nodes.iter().filter(|o| o.address != n.address).all(|o| {
+                keys.iter().all(|k| {
+                    k["peer"] != serde_json::json!(o.address) || k["fingerprint"].is_string()
+                })
+            })
+        })
+    });
 }
 
 /// A node's replica of a document as the engine sees it, read from its saved state.

@@ -68,7 +68,8 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         assert!(text.contains("Minisync-Version: 2"), "{text}");
         assert!(text.contains("multipart/encrypted"), "{text}");
         assert!(
-            text.contains("Autocrypt: addr=alice@example.test; prefer-encrypt=mutual; keydata=")
+            text.contains("Autocrypt: addr=alice@example.test; prefer-encrypt=mutual;"),
+            "{text}"
         );
         for hidden in [
             "swordfish",
