@@ -180,7 +180,9 @@ fn forged_unsigned_tampered_and_misaddressed_mail_is_quarantined_with_the_reason
     // 3. Genuine, but its ciphertext changed on the way.
     let raw = sealed_raw(&a, &b, &alice_key, &bob_pub, &change_n(&alice, 3));
     let mut text = String::from_utf8(raw).unwrap();
-    let at = text.find("-----BEGIN PGP MESSAGE-----").unwrap() + 200;
+    // In the encrypted data (its end), not in one of the session key packets at its start.
+    let end = text.find("-----END PGP MESSAGE-----").unwrap();
+    let at = text[..end].rfind("\n=").unwrap() - 10;
     let c = if &text[at..at + 1] == "A" { "B" } else { "A" };
     text.replace_range(at..at + 1, c);
     send_raw(&stack, &a, &b, text.as_bytes());
