@@ -75,7 +75,10 @@ fn quarantined(node: &Node, count: usize) -> String {
         node.cmd(&["sync"]);
         let s = node.status();
         let q = s["quarantined"].as_array().cloned().unwrap_or_default();
-        reason = q.last().map(|m| m["reason"].to_string()).unwrap_or_default();
+        reason = q
+            .last()
+            .map(|m| m["reason"].to_string())
+            .unwrap_or_default();
         q.len() == count
     });
     reason
@@ -96,7 +99,10 @@ fn agents_knowing_only_addresses_exchange_keys_converge_and_store_no_value_in_cl
     in_step(&alice, &bob);
     bob.ok(&["doc", "set", "todo", "other", &format!("\"{s2}\"")]);
     in_step(&alice, &bob);
-    assert_eq!(alice.doc("todo").unwrap(), json!({"secret": s1, "other": s2}));
+    assert_eq!(
+        alice.doc("todo").unwrap(),
+        json!({"secret": s1, "other": s2})
+    );
     for (node, peer) in [(&alice, &b), (&bob, &a)] {
         let k = key_of(&node.status(), peer).clone();
         assert_eq!(k["trust"], json!("first-use"), "{k}");
@@ -110,7 +116,11 @@ fn agents_knowing_only_addresses_exchange_keys_converge_and_store_no_value_in_cl
     for f in files {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
         for value in [&s1, &s2, &"Minisync-Document".to_string()] {
-            assert!(!text.contains(value.as_str()), "{value} in clear in {}", f.display());
+            assert!(
+                !text.contains(value.as_str()),
+                "{value} in clear in {}",
+                f.display()
+            );
         }
     }
 }
@@ -126,25 +136,41 @@ fn with_invitation_lines_no_document_mail_goes_unencrypted() {
     assert!(ia.starts_with(&format!("minisync-peer {a} ")), "{ia}");
     bob.ok(&["peer", "add", ia.trim()]);
     alice.ok(&["peer", "add", ib.trim()]);
-    assert!(std::fs::read_to_string(&bob.config).unwrap().contains("fingerprint = \""));
+    assert!(
+        std::fs::read_to_string(&bob.config)
+            .unwrap()
+            .contains("fingerprint = \"")
+    );
     let value = format!("tuna{:08x}", rand::random::<u32>());
     alice.import("todo", &json!({"v": value}));
     in_step(&alice, &bob);
     assert_eq!(key_of(&bob.status(), &a)["trust"], json!("invitation"));
     let shown = bob.ok(&["peer", "show", &a]);
     let fpr = ia.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
-    assert!(shown.contains(&fpr.replace(' ', "")[..4]) && shown.contains("invitation"), "{shown}");
+    assert!(
+        shown.contains(&fpr.replace(' ', "")[..4]) && shown.contains("invitation"),
+        "{shown}"
+    );
     bob.ok(&["peer", "verify", &a]);
     assert_eq!(key_of(&bob.status(), &a)["trust"], json!("verified"));
-    for f in [&a, &b].iter().flat_map(|who| all_mail(&stack.maildir(who))) {
+    for f in [&a, &b]
+        .iter()
+        .flat_map(|who| all_mail(&stack.maildir(who)))
+    {
         let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
-        let head = &text[..text.find("\r\n\r\n").or(text.find("\n\n")).unwrap_or(text.len())];
+        let head = &text[..text
+            .find("\r\n\r\n")
+            .or(text.find("\n\n"))
+            .unwrap_or(text.len())];
         assert!(head.contains("Minisync-Version: 2"), "{head}");
         assert!(
             head.contains("multipart/encrypted") || head.contains("Minisync-Kind: hello"),
             "agent mail neither encrypted nor a hello: {head}"
         );
-        assert!(!text.contains(&value) && !text.contains("minisync-changes.json"), "{text}");
+        assert!(
+            !text.contains(&value) && !text.contains("minisync-changes.json"),
+            "{text}"
+        );
     }
 }
 
@@ -158,15 +184,27 @@ fn forged_unsigned_tampered_and_misaddressed_mail_is_quarantined_with_the_reason
     let (alice_key, bob_pub) = (node_key(&alice), node_key(&bob).public());
     let other = openpgp::generate(&a).unwrap();
     // 1. Signed by another key than alice's (carried in its Autocrypt header).
-    send_sealed(&stack, &a, &b, &other, &bob_pub, "todo", &change_n(&alice, 1));
+    send_sealed(
+        &stack,
+        &a,
+        &b,
+        &other,
+        &bob_pub,
+        "todo",
+        &change_n(&alice, 1),
+    );
     let reason = quarantined(&bob, 1);
     assert!(reason.contains("KEY CHANGED"), "{reason}");
     let out = bob.cmd(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains(&format!("agent peer accept-key {a}")), "{text}");
+    assert!(
+        text.contains(&format!("agent peer accept-key {a}")),
+        "{text}"
+    );
     // 2. Not encrypted (a plain changes mail, as format 1 was, but claiming format 2).
-    let ac = minisync::transport::mail::autocrypt::build(&a, &alice_key.public().to_bytes().unwrap());
+    let ac =
+        minisync::transport::mail::autocrypt::build(&a, &alice_key.public().to_bytes().unwrap());
     let body = change_n(&alice, 2).to_string();
     let plain = format!(
         "From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <plain{:x}@example.test>\r\nMinisync-Version: 2\r\n\
@@ -190,10 +228,22 @@ fn forged_unsigned_tampered_and_misaddressed_mail_is_quarantined_with_the_reason
     assert!(reason.contains("does not decrypt"), "{reason}");
     // 4. Signed by alice, but encrypted to another key than bob's.
     let carol = openpgp::generate("carol@example.test").unwrap().public();
-    send_sealed(&stack, &a, &b, &alice_key, &carol, "todo", &change_n(&alice, 4));
+    send_sealed(
+        &stack,
+        &a,
+        &b,
+        &alice_key,
+        &carol,
+        "todo",
+        &change_n(&alice, 4),
+    );
     let reason = quarantined(&bob, 4);
     assert!(reason.contains("does not decrypt"), "{reason}");
-    assert_eq!(bob.doc("todo").unwrap(), json!({"n": 0}), "nothing of it merged");
+    assert_eq!(
+        bob.doc("todo").unwrap(),
+        json!({"n": 0}),
+        "nothing of it merged"
+    );
     // The same changes, genuinely signed and encrypted, merge: the refusals were for the mail.
     send_changes_as(&stack, &alice, &bob, "todo", &change_n(&alice, 5));
     wait_until(T, "the genuine mail merges", || {
@@ -233,7 +283,9 @@ fn sealed_raw(
         name: None,
         key,
     };
-    minisync::transport::mail::envelope::build(&out, &me).unwrap().1
+    minisync::transport::mail::envelope::build(&out, &me)
+        .unwrap()
+        .1
 }
 
 #[test]
@@ -253,7 +305,11 @@ fn a_changed_key_is_refused_until_accepted_then_nothing_is_lost() {
     assert!(reason.contains("KEY CHANGED"), "{reason}");
     assert_eq!(bob.doc("todo").unwrap()["n"], json!(0));
     let k = key_of(&bob.status(), &a).clone();
-    assert_eq!(k["accept_with"], json!(format!("agent peer accept-key {a}")), "{k}");
+    assert_eq!(
+        k["accept_with"],
+        json!(format!("agent peer accept-key {a}")),
+        "{k}"
+    );
     // Meanwhile bob edits: his mail goes to alice's old key, which she no longer has.
     bob.ok(&["doc", "set", "todo", "m", "1"]);
     bob.sync();
@@ -274,7 +330,13 @@ fn a_changed_key_is_refused_until_accepted_then_nothing_is_lost() {
     for node in [&alice, &bob] {
         let s = node.status();
         assert_eq!(s["quarantined"], json!([]), "{s}");
-        assert!(s["keys"].as_array().unwrap().iter().all(|k| k["key_changed"].is_null()));
+        assert!(
+            s["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["key_changed"].is_null())
+        );
     }
     // Edits flow both ways again.
     alice.ok(&["doc", "set", "todo", "n", "2"]);

@@ -149,6 +149,15 @@ impl Agent {
                 "no quarantined message #{id} (see `agent quarantine list`)"
             ))
         })?;
+        if q.doc.is_empty() {
+            return Err(AgentError::Other(format!(
+                "message #{id} carries no changes to merge (a hello, or mail never opened or \
+                 not readable: {}). Once {} is a peer with a trusted key, its next mail brings its \
+                 changes (or ask for one: `agent send --to YOUR-ADDRESS` on its side); then \
+                 `agent quarantine drop {id}`",
+                q.reason, q.sender
+            )));
+        }
         let slot = self
             .docs
             .iter()

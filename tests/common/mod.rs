@@ -472,25 +472,37 @@ pub fn send_sealed(
 /// their real keys, as `from`'s agent would (a peer whose content is wrong, not a forger).
 pub fn send_changes_as(stack: &Stack, from: &Node, to: &Node, doc: &str, body: &Value) -> String {
     let recipient = node_key(to).public();
-    send_sealed(stack, &from.address, &to.address, &node_key(from), &recipient, doc, body)
+    send_sealed(
+        stack,
+        &from.address,
+        &to.address,
+        &node_key(from),
+        &recipient,
+        doc,
+        body,
+    )
 }
 
 /// Syncs the nodes until each has pinned the key of every other node it lists in [[peers]] (the
 /// hello exchange of a first contact), so that the test starts with content flowing at once.
 pub fn introduce(nodes: &[&Node]) {
-    wait_until(Duration::from_secs(60), "the nodes know each other's keys", || {
-        for n in nodes {
-            n.cmd(&["sync"]);
-        }
-        nodes.iter().all(|n| {
-            let keys = n.status()["keys"].as_array().cloned().unwrap_or_default();
-            nodes.iter().filter(|o| o.address != n.address).all(|o| {
-                keys.iter().all(|k| {
-                    k["peer"] != serde_json::json!(o.address) || k["fingerprint"].is_string()
+    wait_until(
+        Duration::from_secs(60),
+        "the nodes know each other's keys",
+        || {
+            for n in nodes {
+                n.cmd(&["sync"]);
+            }
+            nodes.iter().all(|n| {
+                let keys = n.status()["keys"].as_array().cloned().unwrap_or_default();
+                nodes.iter().filter(|o| o.address != n.address).all(|o| {
+                    keys.iter().all(|k| {
+                        k["peer"] != serde_json::json!(o.address) || k["fingerprint"].is_string()
+                    })
                 })
             })
-        })
-    });
+        },
+    );
 }
 
 /// A node's replica of a document as the engine sees it, read from its saved state.
