@@ -130,7 +130,7 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
 fn refused_changes_are_shown_and_merged_after_all_when_released() {
     let stack = Stack::get();
     let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
-    let b = bob.address.clone();
+    let _b = bob.address.clone();
     alice.import("todo", &json!({"n": 0}));
     alice.sync();
     wait_until(T, "bob receives the document", || {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use crate::agent::receive::Refusal;
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
 use crate::config::Config;
-use crate::store::{PeerKey, Store, now_ms};
+use crate::store::{PeerChange, PeerKey, Store, now_ms};
 use crate::transport::mail::openpgp::{self, SecretKey};
-use crate::transport::{Arrival, Delivery, Sealed};
+use crate::transport::{Arrival, Delivery, Sealed, SendError};
 
 /// A hello not answered is sent again after this long.
 pub const HELLO_EVERY: Duration = Duration::from_secs(10 * 60);
@@ -171,16 +171,38 @@ impl Agent {
                 continue;
             }
             let mid = new_message_id(self.cfg.address());
-            match self.transports[ti].hello(&peer, &mid, lacking).await {
-                Ok(()) => {
-                    self.store.hello_sent(&peer)?;
-                    tracing::info!(%peer, wants_key = lacking, "sent a hello with our key");
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "the hello did not go out");
-                    report.errors.push(format!("hello to {peer}: {e}"));
-                }
+            let sent = self.transports[ti].hello(&peer, &mid, lacking).await;
+            // Tried again after HELLO_EVERY either way: a refused hello is not hammered.
+            self.store.hello_sent(&peer)?;
+            match sent {
+                Ok(()) => tracing::info!(%peer, wants_key = lacking, "sent a hello with our key"),
+                Err(e) => self.hello_failed(&peer, &e, report)?,
             }
+        }
+        Ok(())
+    }
+
+    /// A hello that did not go out is a send failure to that peer, shown for each of its
+    /// documents like any other (`agent status`).
+    fn hello_failed(&mut self, peer: &str, e: &SendError, report: &mut PassReport) -> Result<()> {
+        tracing::warn!(%peer, error = %e, "the hello did not go out");
+        report.send_failures += 1;
+        let (error, failing) = match e {
+            SendError::Temporary(t) => (t.clone(), false),
+            SendError::Permanent(p) | SendError::Account(p) => (p.clone(), true),
+        };
+        let docs: Vec<String> = self
+            .docs
+            .iter()
+            .filter(|d| d.cfg.peer(peer).is_some())
+            .map(|d| d.cfg.name.clone())
+            .collect();
+        for doc in docs {
+            let change = PeerChange::Failed {
+                error: format!("hello (our key) not sent: {error}"),
+                failing,
+            };
+            Store::touch_peer(self.store.conn(), &doc, peer, change)?;
         }
         Ok(())
     }

@@ -503,6 +503,13 @@ pub fn introduce(nodes: &[&Node]) {
             })
         },
     );
+    // The hellos are done with: the test counts only the mail it causes itself.
+    let stack = Stack::get();
+    for n in nodes {
+        for f in messages(&stack.maildir(&n.address), "Minisync") {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 }
 
 /// A node's replica of a document as the engine sees it, read from its saved state.
@@ -514,4 +521,34 @@ pub fn replica(node: &Node, doc: &str) -> minisync::engine::Document {
         })
         .unwrap();
     minisync::engine::Document::restore(&state).unwrap()
+}
+
+/// A node's state database.
+pub fn store_of(node: &Node) -> minisync::store::Store {
+    minisync::store::Store::open(&node.dir.path().join("state/agent.sqlite")).unwrap()
+}
+
+/// Pins `key` for `peer` in `node`'s state, as if it had come by mail: for peers that never
+/// answer (a refusing server), so that content goes out at once.
+pub fn pin_key(node: &Node, peer: &str, key: &minisync::transport::mail::openpgp::PublicKey) {
+    node.ok(&["peer", "invite"]);
+    let bytes = key.to_bytes().unwrap();
+    store_of(node)
+        .pin_peer_key(peer, &key.fingerprint(), &bytes, "invitation")
+        .unwrap();
+}
+
+/// Gives `to` (another agent on `from`'s account, with its own state) `from`'s account key and
+/// the peer keys `from` has pinned: a second device of the same person.
+pub fn share_account(from: &Node, to: &Node) {
+    let key = node_key(from).to_armored().unwrap();
+    let (src, dst) = (store_of(from), store_of(to));
+    dst.set_account_key(&from.address, &key).unwrap();
+    for k in src.peer_keys().unwrap() {
+        let full = src.peer_key(&k.address).unwrap();
+        if let (Some(f), Some(bytes)) = (full.fingerprint, full.key) {
+            dst.pin_peer_key(&k.address, &f, &bytes, "invitation")
+                .unwrap();
+        }
+    }
 }
