@@ -78,11 +78,36 @@ pub fn key_changed_reason(peer: &str, pinned: &str, new: &str) -> String {
     )
 }
 
+/// Why a quarantined message without a document (a hello, mail never opened) cannot be
+/// released.
+pub fn nothing_to_release(id: i64, reason: &str, sender: &str) -> AgentError {
+    AgentError::Other(format!(
+        "message #{id} carries no changes to merge (a hello, or mail never opened or not \
+         readable: {reason}). Once {sender} is a peer with a trusted key, its next mail brings \
+         its changes (or ask for one: `agent send --to YOUR-ADDRESS` on its side); then `agent \
+         quarantine drop {id}`"
+    ))
+}
+
 impl Agent {
+    /// The key checks of a mail arrival ([`Self::check_signer`]); true when it is a hello, which
+    /// is then done with (answered in this pass when its sender lacks our key).
+    pub(super) fn signed_hello(&mut self, a: &Arrival) -> std::result::Result<bool, Refusal> {
+        self.check_signer(a)?;
+        let Some(wants_key) = a.sealed.as_ref().and_then(|s| s.hello) else {
+            return Ok(false);
+        };
+        tracing::info!(wants_key, "hello: the peer's key is known");
+        if wants_key && !self.hello_owed.contains(&a.from) {
+            self.hello_owed.push(a.from.clone());
+        }
+        Ok(true)
+    }
+
     /// Checks the key that signed a mail arrival against the one trusted for its sender, pinning
     /// it on first use (or when it matches the invitation's fingerprint). Mail that is not
     /// signed and encrypted is refused with the reason the transport gave.
-    pub(super) fn check_signer(&mut self, a: &Arrival) -> std::result::Result<(), Refusal> {
+    fn check_signer(&mut self, a: &Arrival) -> std::result::Result<(), Refusal> {
         let Some(sealed) = &a.sealed else {
             let why = a.payloads.as_ref().err().cloned().unwrap_or_else(|| {
                 "agent mail that is not signed and encrypted with OpenPGP".to_string()

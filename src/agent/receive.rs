@@ -150,13 +150,9 @@ impl Agent {
             ))
         })?;
         if q.doc.is_empty() {
-            return Err(AgentError::Other(format!(
-                "message #{id} carries no changes to merge (a hello, or mail never opened or \
-                 not readable: {}). Once {} is a peer with a trusted key, its next mail brings its \
-                 changes (or ask for one: `agent send --to YOUR-ADDRESS` on its side); then \
-                 `agent quarantine drop {id}`",
-                q.reason, q.sender
-            )));
+            return Err(crate::agent::keys::nothing_to_release(
+                id, &q.reason, &q.sender,
+            ));
         }
         let slot = self
             .docs
@@ -259,15 +255,8 @@ impl Agent {
             report.duplicates += 1;
             return Ok(None);
         }
-        if !shared {
-            self.check_signer(a)?;
-            if let Some(wants_key) = a.sealed.as_ref().and_then(|s| s.hello) {
-                tracing::info!(wants_key, "hello: the peer's key is known");
-                if wants_key && !self.hello_owed.contains(&a.from) {
-                    self.hello_owed.push(a.from.clone());
-                }
-                return Ok(None);
-            }
+        if !shared && self.signed_hello(a)? {
+            return Ok(None);
         }
         let (name, peer_key) = self.addressee(ti, a, shared)?;
         let texts = a.payloads.clone().map_err(refuse)?;
