@@ -236,3 +236,71 @@ impl Agent {
 fn internal(e: impl Into<AgentError>) -> Refusal {
     Refusal::Retry(format!("internal: {}", e.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(fingerprint: Option<&str>) -> Config {
+        let line = fingerprint
+            .map(|f| format!("fingerprint = \"{f}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            "[[peers]]\naddress = \"bob@example.test\"\n{line}\n[[peers]]\naddress = \"carol@example.test\"\n"
+        );
+        Config::parse(&text, std::path::Path::new("agent.toml")).unwrap()
+    }
+
+    fn known(fingerprint: Option<&str>) -> PeerKey {
+        PeerKey {
+            address: "Bob@example.test".into(),
+            fingerprint: fingerprint.map(str::to_string),
+            key: fingerprint.map(|_| b"key".to_vec()),
+            ..PeerKey::default()
+        }
+    }
+
+    const F1: &str = "0123456789ABCDEF0123456789ABCDEF01234567";
+    const F2: &str = "89ABCDEF0123456789ABCDEF0123456789ABCDEF";
+
+    #[test]
+    fn the_invitation_fingerprint_wins_over_the_pinned_key() {
+        assert_eq!(expected_fingerprint(&config(None), &known(None)), None);
+        assert_eq!(
+            expected_fingerprint(&config(None), &known(Some(F1))).as_deref(),
+            Some(F1)
+        );
+        let grouped = "0123 4567 89ab cdef 0123  4567 89AB CDEF 0123 4567";
+        assert_eq!(
+            expected_fingerprint(&config(Some(grouped)), &known(None)).as_deref(),
+            Some(F1)
+        );
+        assert_eq!(
+            expected_fingerprint(&config(Some(F2)), &known(Some(F1))).as_deref(),
+            Some(F2)
+        );
+        // A key is used only when it is the expected one.
+        assert_eq!(
+            usable_key(&config(None), &known(Some(F1))),
+            Some(b"key".to_vec())
+        );
+        assert_eq!(
+            usable_key(&config(Some(F1)), &known(Some(F1))),
+            Some(b"key".to_vec())
+        );
+        assert_eq!(usable_key(&config(Some(F2)), &known(Some(F1))), None);
+        assert_eq!(usable_key(&config(Some(F1)), &known(None)), None);
+        let why = key_changed_reason("bob@example.test", F1, F2);
+        assert!(
+            why.starts_with("KEY CHANGED")
+                && why.contains("agent peer accept-key bob@example.test")
+        );
+    }
+
+    #[test]
+    fn a_bad_configured_fingerprint_is_a_config_error() {
+        let text = "[[peers]]\naddress = \"bob@example.test\"\nfingerprint = \"0123\"\n";
+        let e = Config::parse(text, std::path::Path::new("agent.toml")).unwrap_err();
+        assert!(e.to_string().contains("not 40 hex digits"), "{e}");
+    }
+}
