@@ -55,6 +55,10 @@ pub struct PeerKey {
 
 impl Store {
     /// The account's armored secret key, if one was created.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn account_key(&self, address: &str) -> Result<Option<String>> {
         Ok(self
             .conn
@@ -67,6 +71,10 @@ impl Store {
     }
 
     /// Stores the account's secret key; an existing one is never replaced (returns false then).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn set_account_key(&self, address: &str, armored: &str) -> Result<bool> {
         Ok(self.conn.execute(
             "INSERT OR IGNORE INTO account_keys (address, secret, created_at) VALUES (?1, ?2, ?3)",
@@ -75,6 +83,10 @@ impl Store {
     }
 
     /// What is known of a peer's key (all empty when nothing).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn peer_key(&self, address: &str) -> Result<PeerKey> {
         Ok(self
             .conn
@@ -110,6 +122,10 @@ impl Store {
     }
 
     /// Pins a peer's key (forgetting any changed key that waited), with how it came to be trusted.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn pin_peer_key(
         &self,
         address: &str,
@@ -126,6 +142,10 @@ impl Store {
     }
 
     /// Records a key other than the pinned one that signed mail in the peer's name.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn key_changed(&self, address: &str, fingerprint: &str, key: &[u8]) -> Result<()> {
         self.peer_key_row(address)?;
         self.conn.execute(
@@ -136,6 +156,10 @@ impl Store {
     }
 
     /// Changes how the pinned key is trusted (`agent peer verify`); false when none is pinned.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn set_key_trust(&self, address: &str, trust: &str) -> Result<bool> {
         Ok(self.conn.execute(
             "UPDATE peer_keys SET trust = ?2 WHERE address = ?1 AND fingerprint IS NOT NULL",
@@ -144,6 +168,10 @@ impl Store {
     }
 
     /// Notes that a hello went to the peer now.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn hello_sent(&self, address: &str) -> Result<()> {
         self.peer_key_row(address)?;
         self.conn.execute(
@@ -154,6 +182,10 @@ impl Store {
     }
 
     /// Every peer key row, by address (for `agent status`).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn peer_keys(&self) -> Result<Vec<PeerKey>> {
         let mut st = self
             .conn
@@ -165,6 +197,10 @@ impl Store {
     }
 
     /// Makes a peer's pending outbox items due now (its key just became known).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn retry_now_for(&self, peer: &str) -> Result<usize> {
         Ok(self.conn.execute(
             "UPDATE outbox SET next_attempt_at = ?2, last_error = NULL WHERE peer = ?1 COLLATE NOCASE AND status = 'pending'",
@@ -174,6 +210,10 @@ impl Store {
 
     /// Puts off an outbox item until `at` without counting a failed attempt (waiting for the
     /// peer's key), with a note for `agent status`.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
     pub fn postpone(&self, id: i64, at: i64, note: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE outbox SET next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
