@@ -421,7 +421,7 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `--only drain-big`: just that figure (for comparing agent builds).
+    // `--only drain` or `--only drain-big`: just that figure (for comparing agent builds).
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -446,6 +446,14 @@ async fn main() -> anyhow::Result<()> {
         agent,
         home: tempfile::tempdir()?,
     };
+    if arg("--only").as_deref() == Some("drain") {
+        let (rate, rss) = drain(&b, 1000).await?;
+        println!(
+            "{}",
+            json!({ "drain_mails_per_s": (rate * 10.0).round() / 10.0, "drain_peak_rss_mb": (rss * 10.0).round() / 10.0 })
+        );
+        return Ok(());
+    }
     if arg("--only").as_deref() == Some("drain-big") {
         let rate = drain_big(&b, 100).await?;
         println!(
