@@ -176,7 +176,7 @@ fn with_invitation_lines_no_document_mail_goes_unencrypted() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
-fn forged_unsigned_tampered_and_misaddressed_mail_is_quarantined_with_the_reason() {
+fn forged_unsigned_tampered_misaddressed_and_missigned_mail_is_quarantined_with_the_reason() {
     let stack = Stack::get();
     let (a, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     alice.import("todo", &json!({"n": 0}));
@@ -239,6 +239,30 @@ fn forged_unsigned_tampered_and_misaddressed_mail_is_quarantined_with_the_reason
     );
     let reason = quarantined(&bob, 4);
     assert!(reason.contains("does not decrypt"), "{reason}");
+    // 5. Signed and encrypted with alice's real key, but the signed sender inside is another.
+    let body = change_n(&alice, 6).to_string();
+    let inner = format!(
+        "Content-Type: multipart/mixed; boundary=\"in\"; protected-headers=\"v1\"\r\n\
+         From: <carol@example.test>\r\nTo: <{b}>\r\nMessage-ID: <inner{:x}@example.test>\r\n\
+         Minisync-Document: todo\r\nMinisync-Kind: changes\r\n\r\n--in\r\n\
+         Content-Type: application/json\r\n\
+         Content-Disposition: attachment; filename=\"minisync-changes.json\"\r\n\r\n\
+         {body}\r\n--in--\r\n",
+        rand::random::<u32>()
+    );
+    let armored = openpgp::seal(inner.into_bytes(), &alice_key, &[&bob_pub]).unwrap();
+    let outer = format!(
+        "From: {a}\r\nTo: {b}\r\nSubject: minisync\r\nMessage-ID: <outer{:x}@example.test>\r\n\
+         Minisync-Version: 2\r\nAutocrypt: {ac}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"out\"\r\n\r\n\
+         --out\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\
+         --out\r\nContent-Type: application/octet-stream\r\n\r\n{}\r\n--out--\r\n",
+        rand::random::<u32>(),
+        armored.replace('\n', "\r\n")
+    );
+    send_raw(&stack, &a, &b, outer.as_bytes());
+    let reason = quarantined(&bob, 5);
+    assert!(reason.contains("signed sender is"), "{reason}");
     assert_eq!(
         bob.doc("todo").unwrap(),
         json!({"n": 0}),

@@ -91,10 +91,16 @@ pub fn nothing_to_release(id: i64, reason: &str, sender: &str) -> AgentError {
 
 impl Agent {
     /// The key checks of a mail arrival ([`Self::check_signer`]); true when it is a hello, which
-    /// is then done with (answered in this pass when its sender lacks our key).
+    /// is then done with (answered in this pass when its sender lacks our key). Signed mail that
+    /// could not be read as far as its document is refused here with the transport's reason.
     pub(super) fn signed_hello(&mut self, a: &Arrival) -> std::result::Result<bool, Refusal> {
         self.check_signer(a)?;
         let Some(wants_key) = a.sealed.as_ref().and_then(|s| s.hello) else {
+            // Signed by the right key but unreadable before its document was known (a signed
+            // sender other than `From`, no document header): that is the reason, not the document.
+            if let (true, Err(why)) = (a.doc.is_empty(), &a.payloads) {
+                return Err(Refusal::Quarantine(why.clone()));
+            }
             return Ok(false);
         };
         tracing::info!(wants_key, "hello: the peer's key is known");
