@@ -240,6 +240,23 @@ pub struct Account {
 pub struct Peer {
     pub address: String,
     pub name: Option<String>,
+    /// The fingerprint of the peer's OpenPGP key (40 hex digits; spaces allowed), from an
+    /// invitation line (`agent peer add`): pinned from the start, no trust on first use.
+    pub fingerprint: Option<String>,
+}
+
+impl Peer {
+    /// The configured fingerprint without spaces, upper-case.
+    pub fn pinned_fingerprint(&self) -> Option<String> {
+        self.fingerprint.as_deref().map(normalize_fingerprint)
+    }
+}
+
+/// A fingerprint as compared: without spaces, upper-case.
+pub fn normalize_fingerprint(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 /// Which transport carries a document.
@@ -528,6 +545,15 @@ impl Config {
             if !p.address.contains('@') {
                 return Err(self.invalid(format!("peer {:?} is not an e-mail address", p.address)));
             }
+            if let Some(f) = p.pinned_fingerprint()
+                && (f.len() != 40 || !f.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(self.invalid(format!(
+                    "peer {:?}: fingerprint {:?} is not 40 hex digits (copy it from the peer's `agent peer invite`)",
+                    p.address,
+                    p.fingerprint.as_deref().unwrap_or("")
+                )));
+            }
         }
         if let Some(a) = &self.account {
             if !a.address.contains('@') {
@@ -665,6 +691,7 @@ const KNOWN_KEYS: &[&str] = &[
     "poll-interval",
     "state-dir",
     "max-clock-skew",
+    "fingerprint",
 ];
 
 /// Adds a suggestion to toml's "unknown field" messages.

@@ -9,7 +9,8 @@ mod editor;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use minisync::agent::{
-    Agent, AgentError, DocCommand, PassReport, doc_command, lock_state, open_store, status,
+    Agent, AgentError, DocCommand, PassReport, PeerCommand, account_key, doc_command, lock_state,
+    open_store, peer_command, status,
 };
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path, write_private_file};
 use minisync::transport::mail::Finding;
@@ -92,6 +93,31 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCmd,
     },
+    /// Peers' OpenPGP keys: invite, add an invitation, compare, verify, accept a changed key.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Print this account's invitation line (address and key fingerprint) to pass to a peer out
+    /// of band, e.g. `agent peer invite`.
+    Invite,
+    /// Pin a peer's key from its invitation line in the config, e.g.
+    /// `agent peer add 'minisync-peer bob@example.org 0123 …'`.
+    Add {
+        /// The whole line `agent peer invite` printed on the peer's side.
+        line: String,
+    },
+    /// Both sides' fingerprints, to compare over the phone, e.g. `agent peer show bob@example.org`.
+    Show { address: String },
+    /// Mark a peer's key verified after comparing, e.g. `agent peer verify bob@example.org`.
+    Verify { address: String },
+    /// Take a peer's changed key (after making sure it is theirs), e.g.
+    /// `agent peer accept-key bob@example.org`.
+    AcceptKey { address: String },
 }
 
 #[derive(Subcommand)]
@@ -391,6 +417,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doc { command } => doc(&path, command),
         Command::Check { json } => check(&path, json),
         Command::Quarantine { command } => quarantine_command(load(&path)?, command),
+        Command::Peer { command } => {
+            let cfg = load(&path)?;
+            let mut store = open_store(&cfg)?;
+            let cmd = match command {
+                PeerCmd::Invite => PeerCommand::Invite,
+                PeerCmd::Add { line } => PeerCommand::Add { line },
+                PeerCmd::Show { address } => PeerCommand::Show { address },
+                PeerCmd::Verify { address } => PeerCommand::Verify { address },
+                PeerCmd::AcceptKey { address } => PeerCommand::AcceptKey { address },
+            };
+            print!("{}", peer_command(&cfg, &mut store, cmd)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -450,7 +489,11 @@ fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     write_private_file(path, include_str!("../config/agent.toml").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     let cfg = load(path)?;
-    open_store(&cfg)?;
+    let store = open_store(&cfg)?;
+    if cfg.account.is_some() {
+        let key = account_key(&cfg, &store)?;
+        println!("OpenPGP key of {}: {}", cfg.address(), key.fingerprint());
+    }
     println!(
         "wrote {}\nstate in {}",
         path.display(),

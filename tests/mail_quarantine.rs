@@ -38,9 +38,14 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
         &[todo(&[&a, &b], "0s", "10m")],
         Security::Plain,
     );
+    // Alice knows both; bob does not know carol, so her hello (her key, no content) and every
+    // mail after it are refused until he adds her.
+    introduce(&[&alice, &bob]);
+    introduce(&[&alice, &carol]);
     alice.import("todo", &json!({"items": []}));
     alice.sync();
     wait_until(T, "bob and carol receive the document", || {
+        alice.cmd(&["sync"]);
         bob.cmd(&["sync"]);
         carol.cmd(&["sync"]);
         bob.doc("todo").is_some() && carol.doc("todo").is_some()
@@ -75,10 +80,15 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
         shown.contains(&c) && shown.contains("not a peer"),
         "{shown}"
     );
-    // Releasing before carol is a peer says what to do.
+    // Releasing says what to do: it carries no changes (her key came, but no content can go
+    // to bob before she has his).
     let out = bob.cmd(&["quarantine", "release", &id]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("add it to the document's peers"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("carries no changes") && err.contains("is a peer"),
+        "{err}"
+    );
     // Bob adds carol. Her attachment was never opened (a stranger's never is): release says
     // that her next send brings it; it does, and bob drops the record.
     let cfg = std::fs::read_to_string(&bob.config).unwrap();
@@ -101,6 +111,7 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
     carol.ok(&["send", "--to", &b]);
     wait_until(T, "bob merges carol's resend", || {
         bob.cmd(&["sync"]);
+        carol.cmd(&["sync"]);
         bob.doc("todo")
             .is_some_and(|d| d["from_carol"] == json!(true))
     });
@@ -119,7 +130,7 @@ fn mail_from_a_sender_not_yet_a_peer_is_shown_and_released_once_added() {
 fn refused_changes_are_shown_and_merged_after_all_when_released() {
     let stack = Stack::get();
     let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
-    let (a, b) = (alice.address.clone(), bob.address.clone());
+    let _b = bob.address.clone();
     alice.import("todo", &json!({"n": 0}));
     alice.sync();
     wait_until(T, "bob receives the document", || {
@@ -138,8 +149,8 @@ fn refused_changes_are_shown_and_merged_after_all_when_released() {
         "fromVersion": 50, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 50, "k": {"n": format!("{hlc}-{client}")}}}
     });
-    send_changes_as(&stack, &a, &b, "todo", &body);
-    send_changes_as(&stack, &a, &b, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
     wait_until(T, "bob quarantines both", || {
         bob.cmd(&["sync"]);
         bob.status()["quarantined"]

@@ -107,7 +107,7 @@ fn a_forged_mail_with_absurd_versions_does_not_block_later_genuine_mail() {
         "fromVersion": 1_000_000, "changesSince": 0, "knows": {}, "clientStates": [],
         "changes": null
     });
-    send_changes_as(&stack, &a, &b, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
     sync_until(&bob, "bob reads the forged mail", |_| {
         messages(&stack.maildir(&b), "").is_empty()
     });
@@ -145,7 +145,7 @@ fn changes_stamped_centuries_ahead_are_refused_and_status_names_the_peer() {
         "fromVersion": 100, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 100, "k": {"n": format!("{hlc}-{client}")}}}
     });
-    send_changes_as(&stack, &a, &b, "todo", &body);
+    send_changes_as(&stack, &alice, &bob, "todo", &body);
     let seen = sync_until(&bob, "bob refuses the far-future change", |s| {
         peer_status(s, &a)["problem"].is_string()
     });

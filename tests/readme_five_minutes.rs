@@ -74,9 +74,9 @@ fn the_readme_five_minutes_work_typed_back_to_back() {
         if line.starts_with("agent sync") {
             let k = syncs.entry(who.clone()).or_insert(0);
             *k += 1;
-            // Your first sync sends the document, your friend's second one the new item: at
-            // once, whatever the send delay.
-            if (who == "you" && *k == 1) || (who == "your friend" && *k == 2) {
+            // The first syncs exchange hellos (keys, no content); your second sync sends the
+            // document, your friend's third one the new item: at once, whatever the send delay.
+            if (who == "you" && *k == 2) || (who == "your friend" && *k == 3) {
                 assert!(
                     !stdout.contains("sent 0"),
                     "{who}: `{line}` sent nothing: {stdout}"

@@ -8,7 +8,9 @@
 
 mod docs;
 mod health;
+mod keys;
 mod lock;
+mod peers;
 mod receive;
 mod send;
 mod status;
@@ -25,7 +27,9 @@ use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
 pub use docs::{DocCommand, changed_paths, doc_command};
+pub use keys::account_key;
 pub use lock::{LOCK_FILE, StateLock, lock_state};
+pub use peers::{PeerCommand, peer_command};
 pub use send::Due;
 pub use status::{DocStatus, PeerStatus, ReceiveError, Status, status};
 
@@ -81,6 +85,8 @@ pub struct Agent {
     watchdog: bool,
     /// When changes go out: after the send delay in the service, at once in a one-shot pass.
     due: Due,
+    /// Peers whose hello asked for our key: answered with a hello in this pass.
+    hello_owed: Vec<String>,
 }
 
 /// When the SMTP server refused our login and the config file changed since, the waiting mail is
@@ -136,6 +142,11 @@ impl Agent {
         retry_after_config_change(&cfg, &store)?;
         let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
         let mut mail: Option<usize> = None;
+        // The account's key exists from the first start on, even before a mail document does.
+        let key = match cfg.account {
+            Some(_) => Some(account_key(&cfg, &store)?),
+            None => None,
+        };
         let mut docs = Vec::new();
         for d in &cfg.documents {
             let ti = match d.transport {
@@ -145,10 +156,14 @@ impl Agent {
                         let account = cfg.account.as_ref().ok_or_else(|| {
                             AgentError::Other("mail documents need an [account]".into())
                         })?;
+                        let key = key.clone().ok_or_else(|| {
+                            AgentError::Other("mail documents need an [account]".into())
+                        })?;
                         transports.push(Arc::new(MailTransport::new(
                             account.clone(),
                             cfg.agent.poll_interval,
                             &cfg.database_path(),
+                            key,
                         )?));
                         mail = Some(transports.len() - 1);
                         transports.len() - 1
@@ -178,6 +193,7 @@ impl Agent {
             last_tidy: None,
             watchdog: false,
             due: Due::Pending,
+            hello_owed: Vec::new(),
         })
     }
 
@@ -207,6 +223,10 @@ impl Agent {
         }
         if let Err(e) = self.schedule(&mut report).await {
             tracing::warn!(error = %e, "scheduling sends failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.send_hellos(&mut report).await {
+            tracing::warn!(error = %e, "sending hellos failed");
             report.errors.push(e.to_string());
         }
         if let Err(e) = self.flush(&mut report, None).await {

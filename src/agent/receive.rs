@@ -11,10 +11,10 @@ use crate::agent::health::{Findings, outgoing};
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
 use crate::engine::{Changes, ClientId, Document, RepairKind};
 use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health};
-use crate::transport::{Arrival, Delivery, Settle};
+use crate::transport::{Arrival, Delivery, Sealed, Settle};
 
 /// Why an arrival was not merged.
-enum Refusal {
+pub(super) enum Refusal {
     /// Set aside for good (mail: moved to the quarantine folder).
     Quarantine(String),
     /// Read again next pass (a half-delivered shared folder).
@@ -127,8 +127,9 @@ impl Agent {
     fn record_quarantine(&mut self, a: &Arrival, reason: &str, report: &mut PassReport) {
         let payloads = a.payloads.as_ref().ok().map(Vec::as_slice);
         let mid = a.message_id.as_deref();
-        if let Err(e) = Store::quarantine(self.store.conn(), &a.doc, &a.from, mid, reason, payloads)
-        {
+        let signer = a.sealed.as_ref().map(|s| s.fingerprint.as_str());
+        let conn = self.store.conn();
+        if let Err(e) = Store::quarantine(conn, &a.doc, &a.from, mid, reason, payloads, signer) {
             report
                 .errors
                 .push(format!("recording a quarantined message: {e}"));
@@ -148,6 +149,11 @@ impl Agent {
                 "no quarantined message #{id} (see `agent quarantine list`)"
             ))
         })?;
+        if q.doc.is_empty() {
+            return Err(crate::agent::keys::nothing_to_release(
+                id, &q.reason, &q.sender,
+            ));
+        }
         let slot = self
             .docs
             .iter()
@@ -192,6 +198,12 @@ impl Agent {
             doc: q.doc.clone(),
             in_reply_to: None,
             payloads: Ok(q.payloads.clone()),
+            // Its signature verified when it came; the key must be the trusted one by now.
+            sealed: q.signer.clone().map(|fingerprint| Sealed {
+                fingerprint,
+                key: Vec::new(),
+                hello: None,
+            }),
         };
         let ti = self.docs[slot].transport;
         let spans = arrival_spans("quarantine", std::slice::from_ref(&arrival));
@@ -241,6 +253,9 @@ impl Agent {
         {
             tracing::info!(message_id = %mid, "duplicate: already merged");
             report.duplicates += 1;
+            return Ok(None);
+        }
+        if !shared && self.signed_hello(a)? {
             return Ok(None);
         }
         let (name, peer_key) = self.addressee(ti, a, shared)?;
@@ -518,8 +533,11 @@ fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: b
     Store::touch_peer(tx, name, &item.peer, pin)?;
     Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
     Store::clear_fork(tx, name, &item.peer)?;
-    // Mail refused while the sender was not a peer: its changes came again now.
+    // Mail refused while the sender was not a peer, or encrypted to a key we no longer had: its
+    // changes came again now.
     Store::unquarantine_peer(tx, name, &item.peer, crate::store::NOT_A_PEER)?;
+    Store::unquarantine_peer(tx, "", &item.peer, crate::store::NOT_A_PEER)?;
+    Store::unquarantine_peer(tx, "", &item.peer, crate::store::UNDECRYPTABLE)?;
     if changed {
         let who = format!("{} (client {})", item.peer, item.sent_by);
         Store::log_change(tx, name, &who, &touched(&item.changes))?;

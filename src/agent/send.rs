@@ -128,6 +128,19 @@ impl Agent {
                 continue;
             };
             let transport = self.transports[slot.transport].clone();
+            // Content travels only encrypted: without the peer's key it waits (a hello asks).
+            let peer_key =
+                crate::agent::keys::usable_key(&self.cfg, &self.store.peer_key(&item.peer)?);
+            if peer_key.is_none() && transport.delivery() == Delivery::PerPeer {
+                let note = format!(
+                    "waiting for the OpenPGP key of {} (a hello asks for it)",
+                    item.peer
+                );
+                let later = now_ms() + crate::agent::keys::HELLO_EVERY.as_millis() as i64;
+                self.store.postpone(item.id, later, &note)?;
+                tracing::info!(peer = %item.peer, "no key yet: the changes wait");
+                continue;
+            }
             let (doc_id, client) = self
                 .store
                 .read_doc(&item.doc, |d| (d.id().to_string(), d.client_id()))?;
@@ -144,6 +157,7 @@ impl Agent {
                 base: None,
                 base_version: 0,
                 base_len: 0,
+                peer_key: peer_key.as_deref(),
             };
             let span = tracing::info_span!("send", doc = %item.doc, peer = %item.peer, message_id = %item.message_id);
             let _guard = span.enter();
@@ -257,6 +271,7 @@ impl Agent {
             base: base.as_deref(),
             base_version,
             base_len,
+            peer_key: None,
         };
         transport
             .send(&out)

@@ -16,8 +16,43 @@ pub struct Status {
     /// Quarantined mail not merged (`agent quarantine` shows, releases or drops it), with the
     /// reason and the sender; none of it is "in step".
     pub quarantined: Vec<Quarantined>,
+    /// Each mail peer's OpenPGP key: pinned, waited for, or changed (refused until accepted).
+    pub keys: Vec<KeyStatus>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
+}
+
+/// What is known of one peer's key.
+#[derive(Debug, Serialize)]
+pub struct KeyStatus {
+    pub peer: String,
+    /// The pinned key's fingerprint (None: not known yet; only a hello goes there).
+    pub fingerprint: Option<String>,
+    /// How it was pinned: first-use, invitation, accepted, verified.
+    pub trust: Option<String>,
+    /// A key other than the pinned one signed mail in the peer's name: its fingerprint.
+    pub key_changed: Option<String>,
+    /// The command that accepts the changed key (after the user made sure it is theirs).
+    pub accept_with: Option<String>,
+}
+
+/// The key lines of every configured mail peer.
+fn key_status(cfg: &Config, store: &Store) -> crate::store::Result<Vec<KeyStatus>> {
+    let mut out = Vec::new();
+    for p in cfg.peers.iter() {
+        let known = store.peer_key(&p.address)?;
+        out.push(KeyStatus {
+            accept_with: known
+                .new_fingerprint
+                .as_ref()
+                .map(|_| format!("agent peer accept-key {}", p.address)),
+            peer: p.address.clone(),
+            fingerprint: known.fingerprint,
+            trust: known.trust,
+            key_changed: known.new_fingerprint,
+        });
+    }
+    Ok(out)
 }
 
 /// A transport that could not receive in its last pass.
@@ -89,7 +124,10 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         })
         .collect();
     let quarantined = store.quarantined(false)?;
-    let mut failing = !receiving.is_empty() || !quarantined.is_empty();
+    let keys = key_status(cfg, store)?;
+    let mut failing = !receiving.is_empty()
+        || !quarantined.is_empty()
+        || keys.iter().any(|k| k.key_changed.is_some());
     for d in &cfg.documents {
         let exists = store.has_doc(&d.name)?;
         let mut peers = Vec::new();
@@ -135,6 +173,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         receiving,
         documents,
         quarantined,
+        keys,
         failing,
     })
 }
@@ -280,6 +319,29 @@ impl std::fmt::Display for Status {
             }
             for p in &d.peers {
                 p.fmt_lines(f, &d.name)?;
+            }
+        }
+        for k in &self.keys {
+            match (&k.fingerprint, &k.key_changed) {
+                (_, Some(new)) => writeln!(
+                    f,
+                    "key of {}: KEY CHANGED: mail in their name is signed by {new}, not the pinned {}; \
+                     refused until you make sure it is theirs and run `{}`",
+                    k.peer,
+                    k.fingerprint.as_deref().unwrap_or("?"),
+                    k.accept_with.as_deref().unwrap_or("")
+                )?,
+                (Some(fp), None) => writeln!(
+                    f,
+                    "key of {}: {fp} ({})",
+                    k.peer,
+                    k.trust.as_deref().unwrap_or("pinned")
+                )?,
+                (None, None) => writeln!(
+                    f,
+                    "key of {}: not known yet (a hello asks for it; changes wait)",
+                    k.peer
+                )?,
             }
         }
         if !self.quarantined.is_empty() {

@@ -16,10 +16,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use crate::engine::{self, Document};
 
 mod health;
+mod keys;
 mod quarantine;
 pub use health::{Health, HealthChange, health};
-pub(crate) use quarantine::NOT_A_PEER;
+pub use keys::PeerKey;
 pub use quarantine::Quarantined;
+pub(crate) use quarantine::{NOT_A_PEER, UNDECRYPTABLE};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +201,8 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(health::SCHEMA)?;
         conn.execute_batch(quarantine::SCHEMA)?;
+        quarantine::migrate(&conn)?;
+        conn.execute_batch(keys::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),

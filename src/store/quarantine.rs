@@ -11,7 +11,10 @@ use crate::store::{Result, Store, now_ms};
 /// of that name, and because the sender was not a peer: settled when the fork is, and when the
 /// sender's changes come again as a peer.
 pub(crate) const FORKED: &str = "%has another document named%";
-pub(crate) const NOT_A_PEER: &str = "%is not a peer of document%";
+pub(crate) const NOT_A_PEER: &str = "%is not a peer of%";
+/// Mail that did not decrypt with our key (sent to a key we replaced): settled by the sender's
+/// next mail that does.
+pub(crate) const UNDECRYPTABLE: &str = "%does not decrypt%";
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -22,7 +25,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL,
     at INTEGER NOT NULL,
     -- JSON array of the changes texts the mail carried, or NULL when it carried none readable
-    payloads TEXT
+    payloads TEXT,
+    -- fingerprint of the OpenPGP key whose signature on it verified (NULL: none did)
+    signer TEXT
 );
 CREATE INDEX IF NOT EXISTS quarantine_doc ON quarantine (doc, sender);
 "#;
@@ -43,6 +48,23 @@ pub struct Quarantined {
     /// The changes texts it carried (empty when none could be read).
     #[serde(skip)]
     pub payloads: Vec<String>,
+    /// The fingerprint of the key whose signature on it verified, if any.
+    pub signer: Option<String>,
+}
+
+/// Adds the `signer` column to a quarantine table made before OpenPGP.
+pub(super) fn migrate(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('quarantine') WHERE name = 'signer'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !has {
+        conn.execute_batch("ALTER TABLE quarantine ADD COLUMN signer TEXT")?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -54,14 +76,15 @@ impl Store {
         message_id: Option<&str>,
         reason: &str,
         payloads: Option<&[String]>,
+        signer: Option<&str>,
     ) -> Result<()> {
         if let Some(mid) = message_id {
             conn.execute("DELETE FROM quarantine WHERE message_id = ?1", params![mid])?;
         }
         let payloads = payloads.map(|p| serde_json::to_string(p).unwrap_or_default());
         conn.execute(
-            "INSERT INTO quarantine (doc, sender, message_id, reason, at, payloads) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![doc, sender, message_id, reason, now_ms(), payloads],
+            "INSERT INTO quarantine (doc, sender, message_id, reason, at, payloads, signer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![doc, sender, message_id, reason, now_ms(), payloads, signer],
         )?;
         Ok(())
     }
@@ -69,7 +92,7 @@ impl Store {
     /// Every quarantined message, oldest first (with its changes when `with_payloads`).
     pub fn quarantined(&self, with_payloads: bool) -> Result<Vec<Quarantined>> {
         let mut st = self.conn.prepare(
-            "SELECT id, doc, sender, message_id, reason, at, CASE WHEN ?1 THEN payloads END FROM quarantine ORDER BY id",
+            "SELECT id, doc, sender, message_id, reason, at, CASE WHEN ?1 THEN payloads END, signer FROM quarantine ORDER BY id",
         )?;
         let rows = st.query_map([with_payloads], quarantined_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -80,7 +103,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, doc, sender, message_id, reason, at, payloads FROM quarantine WHERE id = ?1",
+                "SELECT id, doc, sender, message_id, reason, at, payloads, signer FROM quarantine WHERE id = ?1",
                 [id],
                 quarantined_row,
             )
@@ -124,5 +147,6 @@ fn quarantined_row(r: &rusqlite::Row) -> rusqlite::Result<Quarantined> {
         payloads: payloads
             .and_then(|p| serde_json::from_str(&p).ok())
             .unwrap_or_default(),
+        signer: r.get(7)?,
     })
 }

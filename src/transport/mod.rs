@@ -58,6 +58,22 @@ pub struct Outgoing<'a> {
     pub base: Option<&'a str>,
     pub base_version: u64,
     pub base_len: u64,
+    /// The peer's binary OpenPGP public key (mail: what the changes are encrypted to; the mail
+    /// transport refuses to send changes without it). Unused by shared delivery.
+    pub peer_key: Option<&'a [u8]>,
+}
+
+/// What the mail transport found out about the key that signed an arrival: the key carried in
+/// its `Autocrypt:` header, and that it made the arrival's signature. Whether that is the key
+/// pinned for the sender is for the agent to judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The signing key's fingerprint (40 upper-case hex digits).
+    pub fingerprint: String,
+    /// The binary transferable public key.
+    pub key: Vec<u8>,
+    /// For a hello (a key and no document): whether its sender still lacks our key.
+    pub hello: Option<bool>,
 }
 
 /// One incoming changes message (or publication), not yet merged.
@@ -74,6 +90,8 @@ pub struct Arrival {
     pub in_reply_to: Option<String>,
     /// The changes objects in the order to apply them, or why they cannot be read.
     pub payloads: Result<Vec<String>, String>,
+    /// Mail: the verified signer (None when unsigned, undecryptable, or not mail).
+    pub sealed: Option<Sealed>,
 }
 
 /// What became of an arrival.
@@ -117,6 +135,19 @@ pub trait Transport: Send + Sync {
     fn delivery(&self) -> Delivery;
     /// Delivers one changes object.
     async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError>;
+    /// Sends a hello to a peer whose key is not known yet (mail): our key and no document.
+    /// `wants_key`: we lack the peer's key (it answers with a hello of its own).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Permanent`] for a transport without hellos (shared delivery).
+    async fn hello(&self, peer: &str, message_id: &str, wants_key: bool) -> Result<(), SendError> {
+        let _ = (peer, message_id, wants_key);
+        Err(SendError::Permanent(format!(
+            "the {} transport has no hellos",
+            self.name()
+        )))
+    }
     /// Collects what has arrived for these documents.
     async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError>;
     /// Moves an arrival out of the way once its merge is committed (or quarantines it).

@@ -337,6 +337,7 @@ pub fn pair(
     let (a, b) = (address("alice"), address("bob"));
     let alice = node(stack, &a, &[&b], &[todo(&[&b], delay, resend)], sa);
     let bob = node(stack, &b, &[&a], &[todo(&[&a], delay, resend)], sb);
+    introduce(&[&alice, &bob]);
     (a, b, alice, bob)
 }
 
@@ -417,12 +418,31 @@ impl Relay {
     }
 }
 
-/// Sends `body` (a changes object) as agent mail in `from`'s name to `to`, as anyone who can send
-/// mail could; returns its Message-ID.
-pub fn send_changes_as(stack: &Stack, from: &str, to: &str, doc: &str, body: &Value) -> String {
+/// A node's OpenPGP key (created now if the node has none yet).
+pub fn node_key(node: &Node) -> minisync::transport::mail::openpgp::SecretKey {
+    node.ok(&["peer", "invite"]);
+    let store = minisync::store::Store::open(&node.dir.path().join("state/agent.sqlite")).unwrap();
+    let text = store.account_key(&node.address).unwrap().unwrap();
+    minisync::transport::mail::openpgp::SecretKey::from_armored(&text).unwrap()
+}
+
+/// Sends `body` (a changes object) as agent mail from `from` to `to`, signed with `signer` and
+/// encrypted to `recipient` (a genuine peer's mail when they are the real keys); returns its
+/// Message-ID.
+#[allow(clippy::too_many_arguments)]
+pub fn send_sealed(
+    stack: &Stack,
+    from: &str,
+    to: &str,
+    signer: &minisync::transport::mail::openpgp::SecretKey,
+    recipient: &minisync::transport::mail::openpgp::PublicKey,
+    doc: &str,
+    body: &Value,
+) -> String {
     let text = body.to_string();
     let mid = format!("<forged-{:08x}@example.test>", rand::random::<u32>());
     let sent_by = body["sentBy"].as_str().unwrap_or("aaaaaaaaaaaaaaaa");
+    let key = recipient.to_bytes().unwrap();
     let out = minisync::transport::Outgoing {
         doc_name: doc,
         doc_id: body["id"].as_str().unwrap_or(""),
@@ -436,10 +456,60 @@ pub fn send_changes_as(stack: &Stack, from: &str, to: &str, doc: &str, body: &Va
         base: None,
         base_version: 0,
         base_len: 0,
+        peer_key: Some(&key),
     };
-    let (_, raw) = minisync::transport::mail::envelope::build(&out, from, None).unwrap();
+    let me = minisync::transport::mail::envelope::Sender {
+        address: from,
+        name: None,
+        key: signer,
+    };
+    let (_, raw) = minisync::transport::mail::envelope::build(&out, &me).unwrap();
     send_raw(stack, from, to, &raw);
     mid
+}
+
+/// Sends `body` as agent mail from the node `from` to the node `to`, signed and encrypted with
+/// their real keys, as `from`'s agent would (a peer whose content is wrong, not a forger).
+pub fn send_changes_as(stack: &Stack, from: &Node, to: &Node, doc: &str, body: &Value) -> String {
+    let recipient = node_key(to).public();
+    send_sealed(
+        stack,
+        &from.address,
+        &to.address,
+        &node_key(from),
+        &recipient,
+        doc,
+        body,
+    )
+}
+
+/// Syncs the nodes until each has pinned the key of every other node it lists in [[peers]] (the
+/// hello exchange of a first contact), so that the test starts with content flowing at once.
+pub fn introduce(nodes: &[&Node]) {
+    wait_until(
+        Duration::from_secs(60),
+        "the nodes know each other's keys",
+        || {
+            for n in nodes {
+                n.cmd(&["sync"]);
+            }
+            nodes.iter().all(|n| {
+                let keys = n.status()["keys"].as_array().cloned().unwrap_or_default();
+                nodes.iter().filter(|o| o.address != n.address).all(|o| {
+                    keys.iter().all(|k| {
+                        k["peer"] != serde_json::json!(o.address) || k["fingerprint"].is_string()
+                    })
+                })
+            })
+        },
+    );
+    // The hellos are done with: the test counts only the mail it causes itself.
+    let stack = Stack::get();
+    for n in nodes {
+        for f in messages(&stack.maildir(&n.address), "Minisync") {
+            let _ = std::fs::remove_file(f);
+        }
+    }
 }
 
 /// A node's replica of a document as the engine sees it, read from its saved state.
@@ -451,4 +521,34 @@ pub fn replica(node: &Node, doc: &str) -> minisync::engine::Document {
         })
         .unwrap();
     minisync::engine::Document::restore(&state).unwrap()
+}
+
+/// A node's state database.
+pub fn store_of(node: &Node) -> minisync::store::Store {
+    minisync::store::Store::open(&node.dir.path().join("state/agent.sqlite")).unwrap()
+}
+
+/// Pins `key` for `peer` in `node`'s state, as if it had come by mail: for peers that never
+/// answer (a refusing server), so that content goes out at once.
+pub fn pin_key(node: &Node, peer: &str, key: &minisync::transport::mail::openpgp::PublicKey) {
+    node.ok(&["peer", "invite"]);
+    let bytes = key.to_bytes().unwrap();
+    store_of(node)
+        .pin_peer_key(peer, &key.fingerprint(), &bytes, "invitation")
+        .unwrap();
+}
+
+/// Gives `to` (another agent on `from`'s account, with its own state) `from`'s account key and
+/// the peer keys `from` has pinned: a second device of the same person.
+pub fn share_account(from: &Node, to: &Node) {
+    let key = node_key(from).to_armored().unwrap();
+    let (src, dst) = (store_of(from), store_of(to));
+    dst.set_account_key(&from.address, &key).unwrap();
+    for k in src.peer_keys().unwrap() {
+        let full = src.peer_key(&k.address).unwrap();
+        if let (Some(f), Some(bytes)) = (full.fingerprint, full.key) {
+            dst.pin_peer_key(&k.address, &f, &bytes, "invitation")
+                .unwrap();
+        }
+    }
 }

@@ -231,6 +231,7 @@ impl Transport for FolderTransport {
                             doc: doc_id.clone(),
                             in_reply_to: None,
                             payloads,
+                            sealed: None,
                         });
                     }
                 }

@@ -1,108 +1,230 @@
-//! The MIME envelope of a changes mail: building it (lettre) and reading it (mail-parser).
+//! The MIME envelope of agent mail (format 2): building it and reading it.
 //!
-//! A changes mail is `multipart/mixed`: a short `text/plain` part for a human who opens it, and the
-//! changes object as a base64 attachment, `application/json` (`minisync-changes.json`), or gzip
-//! (`application/gzip`, `minisync-changes.json.gz`) when it is larger than [`COMPRESS_ABOVE`].
-//! Headers mark it as ours (`Minisync-Version`), name the document (`Minisync-Document`) and say
-//! `Auto-Submitted: auto-generated`.
+//! A changes mail is PGP/MIME (RFC 3156 §4): `multipart/encrypted;
+//! protocol="application/pgp-encrypted"`, a `Version: 1` part and an `application/octet-stream`
+//! part holding one armored OpenPGP message, signed, compressed and encrypted to the peer and to
+//! ourselves (RFC 3156 §6.2, see [`super::openpgp`]). Outside it only what routing needs: `From`,
+//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 2`, `Auto-Submitted` and the
+//! sender's key in `Autocrypt:` (Autocrypt Level 1). The encrypted entity is `multipart/mixed;
+//! protected-headers="v1"` with the real headers (document name, kind, Message-ID, the reply's
+//! In-Reply-To), a short text part and the changes object as `minisync-changes.json`; the
+//! receiver trusts only these inner headers.
+//!
+//! A hello (`Minisync-Kind: hello`, sent while the peer's key is unknown) is not encrypted and
+//! carries no document: a text part and `minisync-hello.asc`, an OpenPGP message signed with the
+//! key in its `Autocrypt:` header that names sender, recipient and whether the sender still
+//! lacks the recipient's key.
 
-use std::io::{Read, Write};
-
-use lettre::message::header::{
-    ContentDisposition, ContentTransferEncoding, ContentType, HeaderName, HeaderValue,
-};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use mail_parser::{MessageParser, MimeHeaders};
 
-use crate::transport::{Arrival, Outgoing};
+use crate::transport::mail::{autocrypt, openpgp};
+use crate::transport::{Arrival, Outgoing, Sealed};
 
-/// The envelope format version, in the `Minisync-Version` header.
-pub const ENVELOPE_VERSION: &str = "1";
+/// The envelope format version, in the `Minisync-Version` header. Format 1 (until minisync
+/// 0.1 without OpenPGP) was plaintext; it is refused with a request to upgrade.
+pub const ENVELOPE_VERSION: &str = "2";
 /// Header that marks agent mail.
 pub const VERSION_HEADER: &str = "Minisync-Version";
-/// Header that names the document.
+/// Header that names the document (inside the encryption only).
 pub const DOCUMENT_HEADER: &str = "Minisync-Document";
-/// Header that says whether the mail carries changes or only acknowledges.
+/// Header that says whether the mail carries changes, only acknowledges, or is a hello.
 pub const KIND_HEADER: &str = "Minisync-Kind";
-/// Changes objects larger than this are gzipped before base64.
-pub const COMPRESS_ABOVE: usize = 16 * 1024;
-/// Largest decompressed changes object accepted, 256 MiB: a gzip bomb stops here, with an error
-/// that says so. (A 10 MB document's full sync is a 13 MB changes object.)
+/// Largest changes object accepted, 256 MiB: a compression bomb stops here, with an error that
+/// says so. (A 10 MB document's full sync is a 13 MB changes object.)
 pub const MAX_CHANGES_BYTES: u64 = 256 * 1024 * 1024;
+/// Room for the MIME around the changes object inside the encryption.
+const MIME_SLACK: u64 = 64 * 1024;
+/// The hello's signed text is a few lines.
+const MAX_HELLO_BYTES: u64 = 4096;
+/// The changes attachment's file name.
+const CHANGES_FILE: &str = "minisync-changes.json";
+/// The hello's signed attachment.
+const HELLO_FILE: &str = "minisync-hello.asc";
 
-/// Builds the RFC 5322 message for an outgoing changes object.
-pub fn build(
-    out: &Outgoing<'_>,
-    from: &str,
-    from_name: Option<&str>,
-) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
-    let from_addr: Address = from
+/// The sender's side of a mail: address, display name, key.
+pub struct Sender<'a> {
+    pub address: &'a str,
+    pub name: Option<&'a str>,
+    pub key: &'a openpgp::SecretKey,
+}
+
+fn addresses(from: &str, to: &str) -> Result<(Address, Address), String> {
+    let f = from
         .parse()
         .map_err(|e| format!("account address {from:?}: {e}"))?;
-    let to_addr: Address = out
-        .peer
+    let t = to
         .parse()
-        .map_err(|e| format!("peer address {:?}: {e}", out.peer))?;
+        .map_err(|e| format!("peer address {to:?}: {e}"))?;
+    Ok((f, t))
+}
+
+/// The outer headers every agent mail carries besides From/To/Subject/Message-ID.
+fn mark(message: &mut Message, kind: Option<&str>, autocrypt: String) {
+    let headers = message.headers_mut();
+    let mut add = vec![
+        (VERSION_HEADER, ENVELOPE_VERSION.to_string()),
+        ("Auto-Submitted", "auto-generated".to_string()),
+        (autocrypt::HEADER, autocrypt),
+    ];
+    if let Some(k) = kind {
+        add.push((KIND_HEADER, k.to_string()));
+    }
+    for (name, value) in add {
+        headers.insert_raw(HeaderValue::new(
+            HeaderName::new_from_ascii_str(name),
+            value,
+        ));
+    }
+}
+
+/// The encrypted entity of a changes mail (protected headers, RFC 3156 §6.2 payload).
+fn inner(out: &Outgoing<'_>, from: &str) -> Vec<u8> {
     let what = if out.ack_only {
         "acknowledgement"
     } else {
         "changes"
     };
+    let boundary = format!(
+        "inner-{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let mut head = format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"; protected-headers=\"v1\"\r\n\
+         From: <{from}>\r\nTo: <{}>\r\nSubject: minisync {what}: {}\r\nMessage-ID: {}\r\n",
+        out.peer, out.doc_name, out.message_id
+    );
+    if let Some(r) = out.in_reply_to {
+        head.push_str(&format!("In-Reply-To: {r}\r\nReferences: {r}\r\n"));
+    }
+    let kind = if out.ack_only { "ack" } else { "changes" };
+    head.push_str(&format!(
+        "{DOCUMENT_HEADER}: {}\r\n{KIND_HEADER}: {kind}\r\n\r\n",
+        out.doc_name
+    ));
     let text = format!(
-        "This message carries minisync {what} for the document \"{}\".\n\
-         It is processed automatically by the minisync agent of {}; you do not need to open or answer it.\n\
-         The attached file is the changes object (see docs/PROTOCOL.md of minisync).\n",
+        "This message carries minisync {what} for the document \"{}\".\r\n\
+         It is processed automatically by the minisync agent of {}; you do not need to open or answer it.\r\n",
         out.doc_name, out.peer
     );
-    let (ctype, filename, bytes) = if out.body.len() > COMPRESS_ABOVE {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(out.body.as_bytes())
-            .map_err(|e| format!("compressing: {e}"))?;
-        let gz = enc.finish().map_err(|e| format!("compressing: {e}"))?;
-        ("application/gzip", "minisync-changes.json.gz", gz)
-    } else {
-        (
-            "application/json",
-            "minisync-changes.json",
-            out.body.as_bytes().to_vec(),
+    let mut body = head.into_bytes();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\n\
+             Content-Type: application/json\r\n\
+             Content-Disposition: attachment; filename=\"{CHANGES_FILE}\"\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n"
         )
-    };
-    let attachment = SinglePart::builder()
-        .header(ContentType::parse(ctype).map_err(|e| e.to_string())?)
-        .header(ContentDisposition::attachment(filename))
-        .header(ContentTransferEncoding::Base64)
-        .body(bytes);
-    let mut builder = Message::builder()
-        .from(Mailbox::new(from_name.map(str::to_string), from_addr))
+        .as_bytes(),
+    );
+    body.extend_from_slice(out.body.as_bytes());
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// Builds the PGP/MIME message for an outgoing changes object, encrypted to `out.peer_key` and
+/// to the sender's own key.
+///
+/// # Errors
+///
+/// A bad address, no or an unusable peer key, or a failure to build the message.
+pub fn build(
+    out: &Outgoing<'_>,
+    me: &Sender<'_>,
+) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
+    let (from_addr, to_addr) = addresses(me.address, out.peer)?;
+    let peer_key = out
+        .peer_key
+        .ok_or_else(|| format!("no key of {} known: only a hello may go there", out.peer))?;
+    let peer_key = openpgp::PublicKey::from_bytes(peer_key)
+        .map_err(|e| format!("the key of {}: {e}", out.peer))?;
+    let own = me.key.public();
+    let armored = openpgp::seal(inner(out, me.address), me.key, &[&peer_key, &own])
+        .map_err(|e| e.to_string())?;
+    let parts = MultiPart::encrypted("application/pgp-encrypted".to_string())
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::parse("application/pgp-encrypted").map_err(|e| e.to_string())?)
+                .header(ContentTransferEncoding::SevenBit)
+                .body("Version: 1\r\n".to_string()),
+        )
+        .singlepart(
+            SinglePart::builder()
+                .header(
+                    ContentType::parse("application/octet-stream; name=\"encrypted.asc\"")
+                        .map_err(|e| e.to_string())?,
+                )
+                .header(ContentTransferEncoding::SevenBit)
+                .body(armored),
+        );
+    let mut message = Message::builder()
+        .from(Mailbox::new(me.name.map(str::to_string), from_addr))
         .to(Mailbox::new(None, to_addr))
-        .subject(format!("minisync {what}: {}", out.doc_name))
-        .message_id(Some(out.message_id.to_string()));
-    if let Some(r) = out.in_reply_to {
-        builder = builder.in_reply_to(r.to_string()).references(r.to_string());
-    }
-    let mut message = builder
+        .subject("minisync")
+        .message_id(Some(out.message_id.to_string()))
+        .multipart(parts)
+        .map_err(|e| format!("building the message: {e}"))?;
+    let public = own.to_bytes().map_err(|e| e.to_string())?;
+    mark(&mut message, None, autocrypt::build(me.address, &public));
+    Ok((message.envelope().clone(), message.formatted()))
+}
+
+/// The signed text of a hello.
+fn hello_text(from: &str, to: &str, wants_key: bool) -> String {
+    format!(
+        "minisync hello\r\nfrom: {from}\r\nto: {to}\r\nwants-key: {}\r\n",
+        if wants_key { "yes" } else { "no" }
+    )
+}
+
+/// Builds a hello to `peer`: our key, signed, and no document content. `wants_key`: we do not
+/// know the peer's key yet (the peer answers with a hello of its own).
+///
+/// # Errors
+///
+/// A bad address or a failure to build the message.
+pub fn build_hello(
+    peer: &str,
+    message_id: &str,
+    wants_key: bool,
+    me: &Sender<'_>,
+) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
+    let (from_addr, to_addr) = addresses(me.address, peer)?;
+    let signed = openpgp::sign(hello_text(me.address, peer, wants_key).into_bytes(), me.key)
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "The minisync agent of {} introduces its OpenPGP key (in the Autocrypt header) to {peer}.\r\n\
+         Documents travel only encrypted. You do not need to open or answer this message.\r\n",
+        me.address
+    );
+    let attachment = SinglePart::builder()
+        .header(ContentType::parse("application/octet-stream").map_err(|e| e.to_string())?)
+        .header(lettre::message::header::ContentDisposition::attachment(
+            HELLO_FILE,
+        ))
+        .header(ContentTransferEncoding::SevenBit)
+        .body(signed);
+    let mut message = Message::builder()
+        .from(Mailbox::new(me.name.map(str::to_string), from_addr))
+        .to(Mailbox::new(None, to_addr))
+        .subject("minisync hello")
+        .message_id(Some(message_id.to_string()))
         .multipart(
             MultiPart::mixed()
                 .singlepart(SinglePart::plain(text))
                 .singlepart(attachment),
         )
         .map_err(|e| format!("building the message: {e}"))?;
-    let headers = message.headers_mut();
-    for (name, value) in [
-        (VERSION_HEADER, ENVELOPE_VERSION.to_string()),
-        (DOCUMENT_HEADER, out.doc_name.to_string()),
-        (
-            KIND_HEADER,
-            if out.ack_only { "ack" } else { "changes" }.to_string(),
-        ),
-        ("Auto-Submitted", "auto-generated".to_string()),
-    ] {
-        headers.insert_raw(HeaderValue::new(
-            HeaderName::new_from_ascii_str(name),
-            value,
-        ));
-    }
+    let public = me.key.public().to_bytes().map_err(|e| e.to_string())?;
+    mark(
+        &mut message,
+        Some("hello"),
+        autocrypt::build(me.address, &public),
+    );
     Ok((message.envelope().clone(), message.formatted()))
 }
 
@@ -113,13 +235,37 @@ pub fn is_agent_mail(header: &[u8]) -> bool {
         .is_some_and(|m| m.header(VERSION_HEADER).is_some())
 }
 
+fn text_header(m: &mail_parser::Message<'_>, name: &str) -> String {
+    m.header(name)
+        .and_then(|h| h.as_text())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn from_of(m: &mail_parser::Message<'_>) -> String {
+    m.from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// What [`parse`] needs to know about the receiving side.
+pub struct Receiver<'a> {
+    /// Our key, to decrypt.
+    pub key: &'a openpgp::SecretKey,
+    /// Whether an address is a peer of any document: a stranger's mail is not decrypted.
+    pub known: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Whether the sender may send changes for that document.
+    pub accept: &'a (dyn Fn(&str, &str) -> bool + Sync),
+}
+
 /// Reads a whole agent mail into an [`Arrival`]; anything wrong goes into `payloads` as an error
-/// that names the problem, so that the agent can quarantine it with that reason.
-///
-/// `accept(from, document)` says whether the sender may send changes for that document; when it
-/// may not, the attachment is left unopened (a stranger's gzip bomb costs nothing) and the agent
-/// quarantines the mail for its sender.
-pub fn parse(key: String, raw: &[u8], accept: impl Fn(&str, &str) -> bool) -> Arrival {
+/// that names the problem, so that the agent can quarantine it with that reason. `sealed` is set
+/// when the mail's signature verified with the key its `Autocrypt:` header carries (whether that
+/// key is the one pinned for the sender is the agent's question).
+pub fn parse(key: String, raw: &[u8], rx: &Receiver<'_>) -> Arrival {
     let mut arrival = Arrival {
         key,
         message_id: None,
@@ -127,190 +273,162 @@ pub fn parse(key: String, raw: &[u8], accept: impl Fn(&str, &str) -> bool) -> Ar
         doc: String::new(),
         in_reply_to: None,
         payloads: Err("unreadable message".into()),
+        sealed: None,
     };
     let Some(m) = MessageParser::default().parse(raw) else {
         arrival.payloads = Err("the message cannot be parsed as MIME".into());
         return arrival;
     };
     arrival.message_id = m.message_id().map(|s| format!("<{s}>"));
-    arrival.from = m
-        .from()
-        .and_then(|a| a.first())
-        .and_then(|a| a.address())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    arrival.in_reply_to = m.in_reply_to().as_text().map(|s| format!("<{s}>"));
-    arrival.doc = m
-        .header(DOCUMENT_HEADER)
-        .and_then(|h| h.as_text())
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let version = m
-        .header(VERSION_HEADER)
-        .and_then(|h| h.as_text())
-        .unwrap_or("")
-        .trim();
-    arrival.payloads = (|| {
-        if version != ENVELOPE_VERSION {
-            return Err(format!(
-                "unsupported {VERSION_HEADER} {version:?} (this agent reads {ENVELOPE_VERSION})"
-            ));
-        }
-        if arrival.message_id.is_none() {
-            return Err("no Message-ID".into());
-        }
-        if arrival.from.is_empty() {
-            return Err("no From address".into());
-        }
-        if arrival.doc.is_empty() {
-            return Err(format!("no {DOCUMENT_HEADER} header"));
-        }
-        if !accept(&arrival.from, &arrival.doc) {
-            return Err(format!(
-                "{} may not send changes for document {:?}; attachment not opened",
-                arrival.from, arrival.doc
-            ));
-        }
-        let part = m
-            .attachments()
-            .find(|p| {
-                p.attachment_name().is_some_and(|n| {
-                    n == "minisync-changes.json" || n == "minisync-changes.json.gz"
-                })
-            })
-            .ok_or("no minisync-changes.json attachment")?;
-        let compressed = part.attachment_name() == Some("minisync-changes.json.gz");
-        let bytes = part.contents();
-        let text = if compressed {
-            String::from_utf8(inflate(bytes, MAX_CHANGES_BYTES)?)
-                .map_err(|_| "the attachment is not UTF-8".to_string())?
-        } else {
-            String::from_utf8(bytes.to_vec())
-                .map_err(|_| "the attachment is not UTF-8".to_string())?
-        };
-        Ok(vec![text])
-    })();
+    arrival.from = from_of(&m);
+    arrival.payloads = read_outer(&m, rx, &mut arrival);
     arrival
 }
 
-/// Decompresses a gzip attachment, refusing one that would grow beyond `limit` bytes.
-fn inflate(bytes: &[u8], limit: u64) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("the gzip attachment is broken: {e}"))?;
-    if out.len() as u64 > limit {
+/// The checks on the outer message, then the hello or the encrypted part.
+fn read_outer(
+    m: &mail_parser::Message<'_>,
+    rx: &Receiver<'_>,
+    arrival: &mut Arrival,
+) -> Result<Vec<String>, String> {
+    let version = text_header(m, VERSION_HEADER);
+    if version != ENVELOPE_VERSION {
+        let which = if version.as_str() < ENVELOPE_VERSION {
+            "older"
+        } else {
+            "newer"
+        };
         return Err(format!(
-            "the gzip attachment decompresses to more than {} MiB",
-            limit / (1024 * 1024)
+            "unsupported {VERSION_HEADER} {version:?} (this agent reads {ENVELOPE_VERSION}): the \
+             sender runs an {which} minisync; upgrade minisync so that both sides run the same version"
         ));
     }
-    Ok(out)
+    if arrival.message_id.is_none() {
+        return Err("no Message-ID".into());
+    }
+    if arrival.from.is_empty() {
+        return Err("no From address".into());
+    }
+    let (addr, keydata) = autocrypt::parse(&text_header(m, autocrypt::HEADER))?;
+    if addr != arrival.from {
+        return Err(format!(
+            "the Autocrypt header is for {addr}, the mail is from {}",
+            arrival.from
+        ));
+    }
+    let sender = openpgp::PublicKey::from_bytes(&keydata)
+        .map_err(|e| format!("the sender's key in the Autocrypt header: {e}"))?;
+    if text_header(m, KIND_HEADER) == "hello" {
+        return read_hello(m, &sender, keydata, arrival);
+    }
+    let encrypted = m.content_type().is_some_and(|c| {
+        c.ctype().eq_ignore_ascii_case("multipart")
+            && c.subtype()
+                .is_some_and(|s| s.eq_ignore_ascii_case("encrypted"))
+    });
+    if !encrypted {
+        return Err("agent mail that is not encrypted (PGP/MIME multipart/encrypted)".into());
+    }
+    if !(rx.known)(&arrival.from) {
+        return Err(format!(
+            "{} is not a peer of any document; the message was not decrypted",
+            arrival.from
+        ));
+    }
+    let armored = m
+        .parts
+        .iter()
+        .skip(1)
+        .find(|p| {
+            p.content_type()
+                .is_some_and(|c| c.subtype() == Some("octet-stream"))
+        })
+        .map(|p| p.contents())
+        .ok_or("no application/octet-stream part with the encrypted message")?;
+    let data = openpgp::open(armored, rx.key, &sender, MAX_CHANGES_BYTES + MIME_SLACK)
+        .map_err(|e| e.to_string())?;
+    arrival.sealed = Some(Sealed {
+        fingerprint: sender.fingerprint(),
+        key: keydata,
+        hello: None,
+    });
+    read_inner(&data, rx, arrival)
+}
+
+/// The signed hello: its text must name the mail's sender.
+fn read_hello(
+    m: &mail_parser::Message<'_>,
+    sender: &openpgp::PublicKey,
+    keydata: Vec<u8>,
+    arrival: &mut Arrival,
+) -> Result<Vec<String>, String> {
+    let part = m
+        .attachments()
+        .find(|p| p.attachment_name() == Some(HELLO_FILE))
+        .ok_or("a hello without its signed part")?;
+    let data =
+        openpgp::verify(part.contents(), sender, MAX_HELLO_BYTES).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(data).map_err(|_| "the hello is not UTF-8".to_string())?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_ascii_lowercase()))
+            .unwrap_or_default()
+    };
+    if field("from:") != arrival.from {
+        return Err(format!(
+            "the signed sender of the hello is {:?}, the mail is from {}",
+            field("from:"),
+            arrival.from
+        ));
+    }
+    arrival.sealed = Some(Sealed {
+        fingerprint: sender.fingerprint(),
+        key: keydata,
+        hello: Some(field("wants-key:") == "yes"),
+    });
+    Ok(Vec::new())
+}
+
+/// The decrypted entity: its protected headers (trusted) and the changes object.
+fn read_inner(
+    data: &[u8],
+    rx: &Receiver<'_>,
+    arrival: &mut Arrival,
+) -> Result<Vec<String>, String> {
+    let m = MessageParser::default()
+        .parse(data)
+        .ok_or("the decrypted message cannot be parsed as MIME")?;
+    let signed_from = from_of(&m);
+    if signed_from != arrival.from {
+        return Err(format!(
+            "the signed sender is {signed_from:?}, the mail is from {}",
+            arrival.from
+        ));
+    }
+    // Only the signed headers count: a Message-ID or reference changed outside is ignored.
+    arrival.message_id = m.message_id().map(|s| format!("<{s}>"));
+    arrival.in_reply_to = m.in_reply_to().as_text().map(|s| format!("<{s}>"));
+    arrival.doc = text_header(&m, DOCUMENT_HEADER);
+    if arrival.message_id.is_none() {
+        return Err("no Message-ID inside the encryption".into());
+    }
+    if arrival.doc.is_empty() {
+        return Err(format!("no {DOCUMENT_HEADER} header inside the encryption"));
+    }
+    if !(rx.accept)(&arrival.from, &arrival.doc) {
+        return Err(format!(
+            "{} may not send changes for document {:?}",
+            arrival.from, arrival.doc
+        ));
+    }
+    let part = m
+        .attachments()
+        .find(|p| p.attachment_name() == Some(CHANGES_FILE))
+        .ok_or("no minisync-changes.json attachment")?;
+    let text = String::from_utf8(part.contents().to_vec())
+        .map_err(|_| "the attachment is not UTF-8".to_string())?;
+    Ok(vec![text])
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::ClientId;
-
-    fn out<'a>(body: &'a str, reply: Option<&'a str>) -> Outgoing<'a> {
-        Outgoing {
-            doc_name: "todo",
-            doc_id: "d",
-            client_id: ClientId::random(),
-            peer: "bob@example.test",
-            message_id: "<m1@example.test>",
-            in_reply_to: reply,
-            body,
-            ack_only: false,
-            version: 3,
-            base: None,
-            base_version: 0,
-            base_len: 0,
-        }
-    }
-
-    #[test]
-    fn round_trips_small_and_compressed_changes() {
-        for body in [
-            "{\"minisync\":\"changes\"}".to_string(),
-            format!("{{\"x\":\"{}\"}}", "y".repeat(100_000)),
-        ] {
-            let (env, raw) = build(
-                &out(&body, Some("<prev@example.test>")),
-                "alice@example.test",
-                Some("Alice"),
-            )
-            .unwrap();
-            assert_eq!(env.to()[0].to_string(), "bob@example.test");
-            let text = String::from_utf8_lossy(&raw);
-            assert!(text.contains("Minisync-Version: 1"), "{text}");
-            assert!(text.contains("Auto-Submitted: auto-generated"));
-            assert!(text.contains("Content-Transfer-Encoding: base64"));
-            let header_end = text.find("\r\n\r\n").unwrap();
-            assert!(is_agent_mail(&raw[..header_end + 4]));
-            let a = parse("1".into(), &raw, |_, _| true);
-            assert_eq!(a.payloads.unwrap(), vec![body.clone()]);
-            assert_eq!(a.from, "alice@example.test");
-            assert_eq!(a.doc, "todo");
-            assert_eq!(a.message_id.as_deref(), Some("<m1@example.test>"));
-            assert_eq!(a.in_reply_to.as_deref(), Some("<prev@example.test>"));
-        }
-        assert!(
-            build(&out("{}", None), "alice@example.test", None)
-                .unwrap()
-                .1
-                .len()
-                < 2000
-        );
-    }
-
-    #[test]
-    fn broken_mail_names_the_problem() {
-        let a = parse("1".into(), b"Minisync-Version: 1\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\nMinisync-Document: todo\r\n\r\nno attachment here", |_, _| true);
-        assert!(
-            a.payloads
-                .unwrap_err()
-                .contains("no minisync-changes.json attachment")
-        );
-        let a = parse(
-            "1".into(),
-            b"Minisync-Version: 9\r\nFrom: a@b.c\r\n\r\n",
-            |_, _| true,
-        );
-        assert!(a.payloads.unwrap_err().contains("unsupported"));
-        assert!(!is_agent_mail(
-            b"From: friend@example.test\r\nSubject: lunch?\r\n\r\n"
-        ));
-    }
-
-    #[test]
-    fn a_strangers_attachment_is_never_opened_and_bombs_are_capped() {
-        use std::io::Write;
-        // 64 MiB of zeros: a 64 KiB attachment.
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(&vec![0u8; 64 << 20]).unwrap();
-        let bomb = gz.finish().unwrap();
-        assert!(bomb.len() < 1 << 17);
-        let e = inflate(&bomb, 1 << 20).unwrap_err();
-        assert!(e.contains("more than 1 MiB"), "{e}");
-        assert_eq!(inflate(&bomb, 64 << 20).unwrap().len(), 64 << 20);
-        // Built like real agent mail, but from someone who is not a peer of the document.
-        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(100_000));
-        let (_, raw) = build(&out(&big, None), "mallory@example.test", None).unwrap();
-        let opened = std::cell::Cell::new(false);
-        let a = parse("1".into(), &raw, |from, doc| {
-            opened.set(true);
-            from == "alice@example.test" && doc == "todo"
-        });
-        assert!(opened.get());
-        let e = a.payloads.unwrap_err();
-        assert!(
-            e.contains("mallory@example.test may not send changes"),
-            "{e}"
-        );
-        assert_eq!(a.from, "mallory@example.test");
-    }
-}
+mod tests;

@@ -9,9 +9,11 @@
 //! re-reads it (and the agent's Message-ID table makes the second reading harmless). A command the
 //! server refuses (`NO`, `BAD`) is an error, never an empty answer.
 
+pub mod autocrypt;
 pub mod envelope;
 pub mod imap;
 pub mod net;
+pub mod openpgp;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -81,6 +83,8 @@ pub struct MailTransport {
     /// Checks for news while IDLE waits (see [`crate::config::IdleCheck`]).
     idle_check: Option<Duration>,
     smtp: smtp::Smtp,
+    /// The account's OpenPGP key: signs and decrypts every agent mail.
+    key: openpgp::SecretKey,
     imap: tokio::sync::Mutex<ImapState>,
     cursors: Mutex<Store>,
 }
@@ -91,7 +95,17 @@ fn err(e: impl std::fmt::Display) -> TransportError {
 
 impl MailTransport {
     /// Sets up SMTP (resolving its password now) and the IMAP cursor store; IMAP connects lazily.
-    pub fn new(account: Account, poll: Duration, database: &Path) -> Result<Self, TransportError> {
+    /// `key` is the account's OpenPGP key.
+    ///
+    /// # Errors
+    ///
+    /// The SMTP password cannot be resolved, or the database cannot be opened.
+    pub fn new(
+        account: Account,
+        poll: Duration,
+        database: &Path,
+        key: openpgp::SecretKey,
+    ) -> Result<Self, TransportError> {
         let smtp = smtp::Smtp::new(&account.smtp, &account.address).map_err(err)?;
         let idle_check = account.imap.idle_check_interval();
         if let Some(every) = idle_check {
@@ -102,10 +116,20 @@ impl MailTransport {
             poll,
             idle_check,
             smtp,
+            key,
             imap: tokio::sync::Mutex::new(ImapState::default()),
             cursors: Mutex::new(cursors),
             account,
         })
+    }
+
+    /// Who signs what this transport sends.
+    fn sender(&self) -> envelope::Sender<'_> {
+        envelope::Sender {
+            address: &self.account.address,
+            name: self.account.name.as_deref(),
+            key: &self.key,
+        }
     }
 
     /// Runs one IMAP exchange, giving up after the configured timeout: a connection that died
@@ -214,11 +238,21 @@ impl MailTransport {
         let from = self.start(sel)?;
         let mut arrivals = Vec::new();
         let mut next = from;
-        // Whether `from` may send changes for `doc`: if not, the attachment stays unopened.
+        // A stranger's mail is not decrypted; a peer's changes only for the documents it shares.
+        let known = |from: &str| {
+            routes
+                .iter()
+                .any(|r| crate::config::find_address(&r.peers, from).is_some())
+        };
         let accept = |from: &str, doc: &str| {
             routes
                 .iter()
                 .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
+        };
+        let rx = envelope::Receiver {
+            key: &self.key,
+            known: &known,
+            accept: &accept,
         };
         if sel.uid_next.is_none_or(|n| from < n) {
             let (ours, limit) = self.agent_mail(st, sel, from).await?;
@@ -230,7 +264,7 @@ impl MailTransport {
             {
                 // Checked again on what was downloaded: only agent mail is ever settled.
                 if envelope::is_agent_mail(&raw) {
-                    arrivals.push(envelope::parse(uid.to_string(), &raw, accept));
+                    arrivals.push(envelope::parse(uid.to_string(), &raw, &rx));
                 } else {
                     tracing::warn!(
                         uid,
@@ -505,7 +539,12 @@ impl Transport for MailTransport {
     }
 
     async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError> {
-        let (env, raw) = envelope::build(out, &self.account.address, self.account.name.as_deref())
+        let (env, raw) = envelope::build(out, &self.sender()).map_err(SendError::Permanent)?;
+        self.smtp.send(&env, &raw).await
+    }
+
+    async fn hello(&self, peer: &str, message_id: &str, wants_key: bool) -> Result<(), SendError> {
+        let (env, raw) = envelope::build_hello(peer, message_id, wants_key, &self.sender())
             .map_err(SendError::Permanent)?;
         self.smtp.send(&env, &raw).await
     }
