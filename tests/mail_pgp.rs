@@ -62,7 +62,7 @@ fn change_n(node: &Node, value: i64) -> Value {
     let root = r.changes().to_value()["changes"]["_s"]["id"].clone();
     let hlc = format!("{:x}", minisync::engine::system_now_ms() << 16);
     json!({
-        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": client,
+        "minisync": "changes", "formatVersion": minisync::engine::FORMAT_VERSION, "id": r.id(), "sentBy": client,
         "fromVersion": 100, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": value, "_s": {"id": root, "u": 100, "k": {"n": format!("{hlc}-{client}")}}}
     })

@@ -145,7 +145,7 @@ fn refused_changes_are_shown_and_merged_after_all_when_released() {
     let ahead = minisync::engine::system_now_ms() + 10 * 365 * 86_400_000;
     let hlc = format!("{:x}", ahead << 16);
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": client,
+        "minisync": "changes", "formatVersion": minisync::engine::FORMAT_VERSION, "id": r.id(), "sentBy": client,
         "fromVersion": 50, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 50, "k": {"n": format!("{hlc}-{client}")}}}
     });

@@ -103,7 +103,7 @@ fn a_forged_mail_with_absurd_versions_does_not_block_later_genuine_mail() {
     let r = replica(&alice, "todo");
     // A mail in alice's name claiming she is at version 1,000,000 (no changes).
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": r.client_id(),
+        "minisync": "changes", "formatVersion": minisync::engine::FORMAT_VERSION, "id": r.id(), "sentBy": r.client_id(),
         "fromVersion": 1_000_000, "changesSince": 0, "knows": {}, "clientStates": [],
         "changes": null
     });
@@ -141,7 +141,7 @@ fn changes_stamped_centuries_ahead_are_refused_and_status_names_the_peer() {
     // A change of alice's client stamped in the year ~3000 (a dead clock battery).
     let hlc = format!("{:x}", (32_503_680_000_000u64) << 16);
     let body = json!({
-        "minisync": "changes", "formatVersion": 2, "id": r.id(), "sentBy": client,
+        "minisync": "changes", "formatVersion": minisync::engine::FORMAT_VERSION, "id": r.id(), "sentBy": client,
         "fromVersion": 100, "changesSince": 0, "knows": {&client: hlc}, "clientStates": [],
         "changes": {"n": 7, "_s": {"id": root, "u": 100, "k": {"n": format!("{hlc}-{client}")}}}
     });

@@ -84,10 +84,10 @@ impl SlotHasher {
                 // Writing into the hasher cannot fail.
                 let _ = serde_json::to_writer(&mut *self, p);
             }
-            Val::Text(t) => {
-                // An edited string: the sum of its characters' hashes (see `text.rs`).
+            Val::Text(_) => {
+                // An edited string: its characters' hashes are added to the slot's hash (see
+                // `slot_hash`), so that an edit changes the digest without hashing the slot again.
                 self.bytes(b"t");
-                self.bytes(&t.sum().to_le_bytes());
             }
             Val::Node(n) => {
                 self.bytes(b"n");
@@ -118,6 +118,14 @@ impl std::io::Write for SlotHasher {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// An edited text's characters' hash sum (0 for any other value).
+fn text_sum(v: &Val) -> u64 {
+    match v {
+        Val::Text(t) => t.sum(),
+        _ => 0,
     }
 }
 
@@ -168,7 +176,7 @@ impl Document {
                 h.field(f.key.as_bytes());
                 h.stamp(f.stamp);
                 h.value(&f.val, |n| self.nodes[n as usize].id)
-                    .then(|| h.finish())
+                    .then(|| h.finish().wrapping_add(text_sum(&f.val)))
             }
             Body::Arr(a) => {
                 let e = &a.slots[s as usize];
@@ -184,7 +192,7 @@ impl Document {
                 }
                 h.stamp(e.vstamp);
                 h.value(&e.val, |n| self.nodes[n as usize].id)
-                    .then(|| h.finish())
+                    .then(|| h.finish().wrapping_add(text_sum(&e.val)))
             }
         }
     }

@@ -131,9 +131,15 @@ impl Document {
     /// Runs `f` on the text in slot `s` of node `n` (a string written whole becomes a text of
     /// one run first) and records the change at version `u`.
     fn edit_text(&mut self, n: Ix, s: u32, u: u64, f: impl FnOnce(&mut Self, &mut Text)) {
-        self.unhash(n, s);
         let stamp = self.slot_stamp(n, s);
         let slot_u = self.slot_u(n, s);
+        // An edited text's slot hash is a fixed part plus its characters' sum (see `digest.rs`),
+        // so an edit moves the digest by the change of the sum; a string becoming a text is
+        // hashed again whole.
+        let was_text = matches!(self.slot_val_ref(n, s), Some(Val::Text(_)));
+        if !was_text {
+            self.unhash(n, s);
+        }
         let taken = std::mem::replace(self.slot_val_mut(n, s), Val::Gone);
         let mut t = match taken {
             Val::Text(t) => t,
@@ -144,10 +150,16 @@ impl Document {
                 return;
             }
         };
+        let before = t.sum();
         f(self, &mut t);
+        let after = t.sum();
         *self.slot_val_mut(n, s) = Val::Text(t);
         self.set_slot_u(n, s, u);
-        self.rehash(n, s);
+        if was_text {
+            self.digest = self.digest.wrapping_sub(before).wrapping_add(after);
+        } else {
+            self.rehash(n, s);
+        }
     }
 
     fn text_insert(&mut self, t: &mut Text, at: usize, s: &str, u: u64) {
