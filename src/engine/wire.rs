@@ -638,14 +638,7 @@ fn parse_node(
         .get("_s")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::malformed(&s_at, "a node needs its \"_s\" state object"))?;
-    for key in s.keys() {
-        if !matches!(key.as_str(), "id" | "u" | "a" | "k" | "d" | "ri") {
-            return Err(Error::malformed(
-                &s_at,
-                format!("unknown state field {key:?}"),
-            ));
-        }
-    }
+    only_fields(s, &["id", "u", "a", "k", "d", "ri"], &s_at, "state")?;
     let id = match (s.get("id"), implied_id) {
         (None, Some(id)) => id,
         (v, _) => stamp_of(v, &format!("{s_at}.id"))?,
@@ -1059,15 +1052,7 @@ fn parse_text(
         .get("_t")
         .and_then(Value::as_object)
         .ok_or_else(|| Error::malformed(&t_at, "must be an object"))?;
-    if let Some(key) = t
-        .keys()
-        .find(|k| !matches!(k.as_str(), "id" | "i" | "c" | "p"))
-    {
-        return Err(Error::malformed(
-            &t_at,
-            format!("unknown text field {key:?}"),
-        ));
-    }
+    only_fields(t, &["id", "i", "c", "p"], &t_at, "text")?;
     let id = match (t.get("id"), implied_id) {
         (None, Some(id)) => id,
         (v, _) => stamp_of(v, &format!("{t_at}.id"))?,
@@ -1125,12 +1110,7 @@ fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result
     let m = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a piece must be an object"))?;
-    if let Some(key) = m
-        .keys()
-        .find(|k| !matches!(k.as_str(), "e" | "o" | "ro" | "s" | "n"))
-    {
-        return Err(Error::malformed(at, format!("unknown piece field {key:?}")));
-    }
+    only_fields(m, &["e", "o", "ro", "s", "n"], at, "piece")?;
     let id = match (m.get("e"), prev) {
         (Some(e), _) => text_stamp(e, &format!("{at}.e"), base)?,
         (None, Some(q)) => Stamp {
@@ -1185,4 +1165,15 @@ fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result
         u: 0,
         s,
     })
+}
+
+/// Refuses a field of `m` not in `allowed`, naming it (`what`: "state", "text", "piece").
+fn only_fields(m: &Map<String, Value>, allowed: &[&str], at: &str, what: &str) -> Result<()> {
+    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(key) => Err(Error::malformed(
+            at,
+            format!("unknown {what} field {key:?}"),
+        )),
+        None => Ok(()),
+    }
 }

@@ -52,11 +52,16 @@ fn reset_peak() {
 }
 
 fn peak_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status (`VmHWM:`, `VmRSS:`), in MB.
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
