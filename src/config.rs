@@ -280,6 +280,9 @@ pub struct DocumentConfig {
     pub transport: TransportKind,
     /// The shared folder; folder transport only.
     pub folder: Option<PathBuf>,
+    /// A JSON file bound to the document: saves become local edits, merges are written to it
+    /// (absolute, `~/…`, or relative to the config file).
+    pub file: Option<PathBuf>,
     /// Edits within this delay go out together.
     #[serde(default = "default_send_delay", with = "humantime_serde_compat")]
     pub send_delay: Duration,
@@ -613,6 +616,17 @@ impl Config {
             p.to_path_buf()
         }
     }
+
+    /// The JSON file bound to a document, if any: `~/` is the home directory, a relative path is
+    /// taken from the config file's directory.
+    pub fn bound_file(&self, doc: &DocumentConfig) -> Option<PathBuf> {
+        let file = doc.file.as_deref()?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        match (file.strip_prefix("~"), home) {
+            (Ok(rest), Some(home)) => Some(home.join(rest)),
+            _ => Some(self.resolve(file)),
+        }
+    }
 }
 
 impl Server {
@@ -686,6 +700,7 @@ const KNOWN_KEYS: &[&str] = &[
     "keep-processed",
     "transport",
     "folder",
+    "file",
     "send-delay",
     "resend-interval",
     "poll-interval",

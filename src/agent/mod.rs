@@ -7,6 +7,7 @@
 //! point loses nothing: see `receive.rs` for the order of commits.
 
 mod docs;
+mod file_style;
 mod health;
 mod keys;
 mod lock;
