@@ -94,12 +94,20 @@ impl Style {
                 };
                 let child: HashMap<&str, &KeyOrder> = known.iter().copied().collect();
                 let mut keys: Vec<&str> = known.iter().map(|(k, _)| *k).collect();
-                keys.extend(m.keys().map(String::as_str).filter(|k| !child.contains_key(k)));
+                keys.extend(
+                    m.keys()
+                        .map(String::as_str)
+                        .filter(|k| !child.contains_key(k)),
+                );
                 out.push('{');
                 for (i, k) in keys.iter().enumerate() {
                     self.separate(out, i, depth + 1);
                     out.push_str(&Value::String((*k).to_string()).to_string());
-                    out.push_str(if self.indent.is_some() || self.spaced { ": " } else { ":" });
+                    out.push_str(if self.indent.is_some() || self.spaced {
+                        ": "
+                    } else {
+                        ":"
+                    });
                     self.write(out, &m[*k], child.get(k).copied(), depth + 1);
                 }
                 self.close(out, depth, '}');
