@@ -162,3 +162,134 @@ async fn three_replicas_saving_the_same_key_end_with_identical_files() {
         "{a}"
     );
 }
+
+#[tokio::test]
+async fn an_invalid_file_is_neither_applied_nor_overwritten_and_merges_wait_for_it() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    let half_saved = "{\n    \"title\": \"the quick brown fox\",\n    \"items\": [\n";
+    alice.save_in_place(half_saved);
+    let mut b = bob.value();
+    b["count"] = json!(5);
+    bob.save_by_rename(&serde_json::to_string_pretty(&b).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    assert_eq!(
+        alice.text(),
+        half_saved,
+        "an invalid file is not overwritten"
+    );
+    assert_eq!(
+        alice.doc()["count"],
+        json!(5),
+        "the merge waits in the document"
+    );
+    let st = alice.status();
+    let error = st.documents[0]
+        .file
+        .as_ref()
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
+    assert!(
+        error.contains("not valid JSON at line 4, column 0"),
+        "{error}"
+    );
+    assert!(
+        st.failing && st.to_string().contains("file problem"),
+        "{st}"
+    );
+    // Fixed, with an edit made from the old content: the edit and the waiting merge both land.
+    alice.save_by_rename(&START.replace("\"cheese\"", "\"cheese\",\n        \"eggs\""));
+    settle(&mut [&mut alice, &mut bob]).await;
+    let want = json!({"title": "the quick brown fox", "items": ["apples", "bread", "cheese", "eggs"], "count": 5});
+    assert_eq!(alice.value(), want);
+    assert_eq!(bob.value(), want);
+    assert!(
+        alice.status().documents[0]
+            .file
+            .as_ref()
+            .unwrap()
+            .error
+            .is_none()
+    );
+    // A file that is JSON but not an object is refused the same way.
+    alice.save_in_place("[1, 2]\n");
+    alice.sync().await;
+    assert_eq!(alice.text(), "[1, 2]\n");
+    assert_eq!(alice.doc(), want);
+}
+
+#[tokio::test]
+async fn a_deleted_file_keeps_the_document_and_a_recreated_one_binds_again() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    std::fs::remove_file(alice.file()).unwrap();
+    let mut b = bob.value();
+    b["count"] = json!(7);
+    bob.save_in_place(&serde_json::to_string(&b).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    assert!(
+        !alice.file().exists(),
+        "a deleted file is not written again by a merge"
+    );
+    assert_eq!(alice.doc()["count"], json!(7));
+    let error = alice.status().documents[0]
+        .file
+        .as_ref()
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
+    assert!(
+        error.contains("is missing; the document is kept"),
+        "{error}"
+    );
+    // Written again (from the old content, with an edit): the edit is applied, the merge written.
+    alice.save_by_rename(&START.replace("the quick", "a quick"));
+    settle(&mut [&mut alice, &mut bob]).await;
+    let want =
+        json!({"title": "a quick brown fox", "items": ["apples", "bread", "cheese"], "count": 7});
+    assert_eq!(alice.value(), want);
+    assert_eq!(bob.value(), want);
+}
+
+#[tokio::test]
+async fn a_file_saved_while_the_agent_is_stopped_is_applied_when_it_starts() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    alice.agent = None;
+    alice.save_in_place(&START.replace("\"bread\"", "\"rye bread\""));
+    alice.agent = Some(Agent::new(alice.cfg.clone()).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    assert_eq!(
+        bob.value()["items"],
+        json!(["apples", "rye bread", "cheese"])
+    );
+    assert_eq!(alice.value(), bob.value());
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_written_file_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    std::fs::set_permissions(alice.file(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut b = bob.value();
+    b["count"] = json!(3);
+    bob.save_by_rename(&serde_json::to_string(&b).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    assert_eq!(alice.value()["count"], json!(3));
+    let mode = std::fs::metadata(alice.file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640);
+    let leftovers: Vec<_> = std::fs::read_dir(alice.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
