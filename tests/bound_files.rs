@@ -293,3 +293,37 @@ async fn a_written_file_keeps_its_permissions() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `agent run` notices a save on its own (it watches the bound files while it waits) and the
+/// merge lands in the peer's file without anyone running a command.
+#[tokio::test]
+async fn a_running_agent_picks_up_a_save_and_writes_the_peers_file() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    let (alice_file, bob_file) = (alice.file(), bob.file());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let a = alice.agent.as_mut().unwrap().run(stop(rx.clone()));
+    let b = bob.agent.as_mut().unwrap().run(stop(rx.clone()));
+    let body = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let text = std::fs::read_to_string(&alice_file).unwrap();
+        std::fs::write(&alice_file, text.replace("\"count\": 1", "\"count\": 42")).unwrap();
+        let mut arrived = false;
+        for _ in 0..150 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now: Value =
+                serde_json::from_str(&std::fs::read_to_string(&bob_file).unwrap()).unwrap();
+            if now["count"] == json!(42) {
+                arrived = true;
+                break;
+            }
+        }
+        tx.send(true).unwrap();
+        arrived
+    };
+    let (_, _, arrived) = tokio::join!(a, b, body);
+    assert!(arrived, "bob's file never got alice's save");
+}

@@ -381,3 +381,44 @@ pub(super) async fn file_change(paths: &[PathBuf]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A save lands between the agent's read of the file and its write of a merge: the save is
+    /// applied first, and the file written holds both.
+    #[test]
+    fn a_save_racing_a_merge_is_applied_before_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = "[agent]\nstate-dir = \"state\"\n[[documents]]\nname = \"n\"\ntransport = \"folder\"\nfolder = \"shared\"\nfile = \"n.json\"\n";
+        let cfg = Config::parse(text, &config).unwrap();
+        let mut store = Store::open(&cfg.database_path()).unwrap();
+        let file = dir.path().join("n.json");
+        std::fs::write(&file, "{\"a\": \"one two three\", \"b\": 1}\n").unwrap();
+        sync_file(&cfg, &mut store, "n", &file, &mut || {}).unwrap();
+        // A merge: the document changes behind the file.
+        store
+            .update_doc::<_, crate::agent::AgentError>("n", |d, _| {
+                d.update("", json!({"a": "one two three four", "b": 1}))?;
+                Ok(((), Save::Merged))
+            })
+            .unwrap();
+        let mut saves = 0;
+        let mut race = || {
+            saves += 1;
+            if saves == 1 {
+                std::fs::write(&file, "{\"a\": \"one 2 three\", \"b\": 1, \"c\": true}\n").unwrap();
+            }
+        };
+        sync_file(&cfg, &mut store, "n", &file, &mut race).unwrap();
+        let want = json!({"a": "one 2 three four", "b": 1, "c": true});
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(written, want);
+        assert_eq!(store.read_doc("n", Document::to_json).unwrap(), want);
+        assert_eq!(saves, 2, "read again after the racing save, then written");
+    }
+}
