@@ -327,3 +327,56 @@ async fn a_running_agent_picks_up_a_save_and_writes_the_peers_file() {
     let (_, _, arrived) = tokio::join!(a, b, body);
     assert!(arrived, "bob's file never got alice's save");
 }
+
+/// Through the `agent` binary: `agent sync` imports the file and then applies a save; `agent
+/// status --json` shows the file, and an invalid save with its line and column (exit code 2).
+#[test]
+fn the_cli_syncs_a_bound_file_and_status_shows_it() {
+    let shared = tempfile::tempdir().unwrap();
+    let p = peer(shared.path());
+    let config = p.dir.path().join("agent.toml");
+    drop(p.agent);
+    let agent = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("MINISYNC_CONFIG")
+            .env("MINISYNC_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let file = p.dir.path().join("notes.json");
+    std::fs::write(&file, "{\"list\": [\"a\"]}").unwrap();
+    assert!(agent(&["sync"]).status.success());
+    std::fs::write(&file, "{\"list\": [\"a\", \"b\"]}").unwrap();
+    assert!(agent(&["sync"]).status.success());
+    let got = agent(&["doc", "get", "notes", "list"]);
+    let got: Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got, json!(["a", "b"]));
+    let out = agent(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &st["documents"][0]["file"];
+    assert_eq!(f["path"], json!(file.display().to_string()));
+    assert!(f["last_read"].is_string() && f["error"].is_null(), "{st}");
+    std::fs::write(&file, "{\"list\": [\"a\",\n  \"b\" \"c\"]}").unwrap();
+    assert!(agent(&["sync"]).status.success());
+    let out = agent(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = st["documents"][0]["file"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("not valid JSON at line 2, column 7"),
+        "{error}"
+    );
+    let text = String::from_utf8(agent(&["status"]).stdout).unwrap();
+    assert!(
+        text.contains("file problem:") && text.contains("line 2, column 7"),
+        "{text}"
+    );
+}

@@ -170,8 +170,9 @@ pub fn sync_file(
     Ok(())
 }
 
-/// The file does not exist: a replica never written to it is written (the first binding);
-/// otherwise the document is kept and the file reported missing.
+/// The file does not exist: a replica never written to it is written (the first binding); a
+/// file that was bound is reported missing and the document kept; with neither file nor replica
+/// there is nothing to do yet (the document arrives from a peer, or the file is written).
 fn missing(
     store: &mut Store,
     name: &str,
@@ -179,19 +180,17 @@ fn missing(
     st: &mut FileState,
     rev: Option<i64>,
 ) -> Result<()> {
-    if st.shadow.is_some() || rev.is_none() {
-        st.rev = None;
-        st.signature = None;
-        st.error = Some(match rev {
-            Some(_) => format!(
-                "{} is missing; the document is kept, and saving the file again binds it again",
-                path.display()
-            ),
-            None => format!(
-                "{} is missing and there is no replica here yet",
-                path.display()
-            ),
-        });
+    st.rev = None;
+    st.signature = None;
+    if rev.is_none() {
+        st.error = None;
+        return Ok(());
+    }
+    if st.shadow.is_some() {
+        st.error = Some(format!(
+            "{} is missing; the document is kept, and saving the file again binds it again",
+            path.display()
+        ));
         return Ok(());
     }
     let doc = store.read_doc(name, Document::to_json)?;
