@@ -351,40 +351,101 @@ impl super::Agent {
     }
 }
 
-/// How often `agent run` looks at the bound files while it waits, and how long a file must stay
-/// unchanged before it is read (an editor's save in several writes is read once, whole).
-const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often `agent run` also looks at the bound files while it waits (when file notifications
+/// are missed or unavailable), and how long a file must stay unchanged before it is read (an
+/// editor's save in several writes is read once, whole).
+const POLL: std::time::Duration = std::time::Duration::from_millis(1000);
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Resolves when one of `paths` changes (saved, replaced, removed or created) and has then stayed
-/// unchanged for a moment; never when there are none.
+/// unchanged for a moment; never when there are none. The operating system's notifications
+/// (`notify`: inotify, FSEvents, …) on the files' directories wake it at once, as a save by
+/// rename replaces the file itself; a change is confirmed by the file's modification time, size
+/// and inode, which are also compared every [`POLL`] in case a notification is missed.
 pub(super) async fn file_change(paths: &[PathBuf]) {
     if paths.is_empty() {
         return std::future::pending().await;
     }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _watcher = watch(paths, tx);
     let look =
         || -> Vec<Option<String>> { paths.iter().map(|p| signature(p).map(|(s, _)| s)).collect() };
     let start = look();
     loop {
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = rx.recv() => {}
+        }
         let mut now = look();
-        if now != start {
-            loop {
-                tokio::time::sleep(SETTLE).await;
-                let again = look();
-                if again == now {
-                    return;
-                }
-                now = again;
+        if now == start {
+            continue;
+        }
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let again = look();
+            if again == now {
+                return;
             }
+            now = again;
         }
     }
+}
+
+/// A watcher of the directories holding `paths` that sends on `tx` at every event there (None,
+/// with a warning, when the system offers none: the poll still finds changes).
+fn watch(
+    paths: &[PathBuf],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no file notifications; bound files are polled"))
+    .ok()?;
+    for path in paths {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot watch; polled instead");
+        }
+    }
+    Some(watcher)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A save by rename wakes the wait through the system's notification, well before the poll.
+    #[tokio::test]
+    async fn a_save_by_rename_is_noticed_before_the_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.json");
+        std::fs::write(&file, "{}").unwrap();
+        let paths = vec![file.clone()];
+        let save = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            std::fs::write(dir.path().join("n.tmp"), "{\"a\": 1}").unwrap();
+            std::fs::rename(dir.path().join("n.tmp"), &file).unwrap();
+        };
+        let started = std::time::Instant::now();
+        let (noticed, ()) = tokio::join!(
+            tokio::time::timeout(
+                POLL - std::time::Duration::from_millis(100),
+                file_change(&paths)
+            ),
+            save
+        );
+        assert!(
+            noticed.is_ok(),
+            "not noticed within {:?}",
+            started.elapsed()
+        );
+    }
 
     /// A save lands between the agent's read of the file and its write of a merge: the save is
     /// applied first, and the file written holds both.
