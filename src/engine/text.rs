@@ -290,6 +290,7 @@ impl Text {
         self.chunks.iter().flat_map(|c| c.pieces.iter())
     }
 
+
     /// Records an edit by `stamp` (an insert's first id or a removal's stamp).
     pub fn note_op(&mut self, stamp: Stamp) {
         let e = self.ops.entry(stamp.client).or_default();
