@@ -280,6 +280,9 @@ pub struct DocumentConfig {
     pub transport: TransportKind,
     /// The shared folder; folder transport only.
     pub folder: Option<PathBuf>,
+    /// A JSON file bound to the document: saves become local edits, merges are written to it
+    /// (absolute, `~/…`, or relative to the config file).
+    pub file: Option<PathBuf>,
     /// Edits within this delay go out together.
     #[serde(default = "default_send_delay", with = "humantime_serde_compat")]
     pub send_delay: Duration,
@@ -493,6 +496,7 @@ impl Config {
 
     fn check(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
+        let mut files = std::collections::HashSet::new();
         for d in &self.documents {
             if d.name.is_empty()
                 || !d
@@ -507,6 +511,15 @@ impl Config {
             }
             if !names.insert(&d.name) {
                 return Err(self.invalid(format!("document {:?} is listed twice", d.name)));
+            }
+            if let Some(f) = self.bound_file(d)
+                && !files.insert(f.clone())
+            {
+                return Err(self.invalid(format!(
+                    "document {:?}: file {} is bound to another document too; bind each file to one document",
+                    d.name,
+                    f.display()
+                )));
             }
             match d.transport {
                 TransportKind::Mail => {
@@ -613,6 +626,17 @@ impl Config {
             p.to_path_buf()
         }
     }
+
+    /// The JSON file bound to a document, if any: `~/` is the home directory, a relative path is
+    /// taken from the config file's directory.
+    pub fn bound_file(&self, doc: &DocumentConfig) -> Option<PathBuf> {
+        let file = doc.file.as_deref()?;
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        match (file.strip_prefix("~"), home) {
+            (Ok(rest), Some(home)) => Some(home.join(rest)),
+            _ => Some(self.resolve(file)),
+        }
+    }
 }
 
 impl Server {
@@ -686,6 +710,7 @@ const KNOWN_KEYS: &[&str] = &[
     "keep-processed",
     "transport",
     "folder",
+    "file",
     "send-delay",
     "resend-interval",
     "poll-interval",
@@ -876,6 +901,45 @@ folder = "shared"
             e.contains("processed-folder \"inbox\" is the watched mailbox"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_bound_file_is_absolute_under_home_or_beside_the_config() {
+        let with = |file: &str| {
+            let text = GOOD.replace(
+                "folder = \"shared\"",
+                &format!("folder = \"shared\"\nfile = \"{file}\""),
+            );
+            let c = Config::parse(&text, Path::new("/etc/x/agent.toml")).unwrap();
+            (c.bound_file(&c.documents[0]), c.bound_file(&c.documents[1]))
+        };
+        assert_eq!(
+            with("notes.json"),
+            (None, Some(PathBuf::from("/etc/x/notes.json")))
+        );
+        assert_eq!(with("/srv/n.json").1, Some(PathBuf::from("/srv/n.json")));
+        if let Some(home) = std::env::var_os("HOME") {
+            assert_eq!(with("~/n.json").1, Some(PathBuf::from(home).join("n.json")));
+        }
+        let bad = GOOD.replace(
+            "folder = \"shared\"",
+            "folder = \"shared\"\nfiel = \"n.json\"",
+        );
+        let e = Config::parse(&bad, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `file`"), "{e}");
+        // Two documents on one file (`/etc/x/n.json` both times).
+        let twice = GOOD
+            .replace("send-delay = \"500ms\"", "file = \"n.json\"")
+            .replace(
+                "folder = \"shared\"",
+                "folder = \"shared\"\nfile = \"/etc/x/n.json\"",
+            );
+        let e = Config::parse(&twice, Path::new("/etc/x/a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bound to another document"), "{e}");
     }
 
     #[test]

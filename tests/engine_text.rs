@@ -359,3 +359,36 @@ fn update_by_difference_keeps_concurrent_edits() {
     let err = reps[0].update("", json!(5)).unwrap_err().to_string();
     assert!(err.contains("must stay an object"), "{err}");
 }
+
+/// Arrays are matched by a longest common subsequence: one replica inserts an element at the
+/// front and removes one at the end while the other edits an element in the middle; both edits
+/// are kept, and the untouched elements are not rewritten.
+#[test]
+fn update_matches_array_elements_by_longest_common_subsequence() {
+    let base = json!({"t": "", "n": ["a", "b", {"k": "c"}, "d", "e"]});
+    let first = Document::with_ids(&base, "doc".into(), client(0)).unwrap();
+    let full = first.changes();
+    let mut reps = vec![first, Document::from_changes_as(&full, client(1)).unwrap()];
+    let v0 = reps[0].version();
+    reps[0]
+        .update("", json!({"t": "", "n": ["z", "a", "b", {"k": "c"}, "d"]}))
+        .unwrap();
+    let m0 = reps[0].changes_since(v0);
+    let delta = m0.to_json_string();
+    for kept in ["\"b\"", "\"d\"", "\"k\""] {
+        assert!(!delta.contains(kept), "{kept} is not rewritten: {delta}");
+    }
+    let v1 = reps[1].version();
+    reps[1]
+        .update("", json!({"t": "", "n": ["a", "b", {"k": "C"}, "d", "e"]}))
+        .unwrap();
+    let m1 = reps[1].changes_since(v1);
+    reps[0].apply(&m1).unwrap();
+    reps[1].apply(&m0).unwrap();
+    for r in &reps {
+        assert_eq!(
+            r.get("n").unwrap(),
+            Some(json!(["z", "a", "b", {"k": "C"}, "d"]))
+        );
+    }
+}

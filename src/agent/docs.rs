@@ -257,7 +257,7 @@ pub fn changed_paths(before: &Value, after: &Value, limit: usize) -> String {
 }
 
 /// Who a local edit is by, for the change log.
-fn local_who(cfg: &Config) -> String {
+pub(super) fn local_who(cfg: &Config) -> String {
     match cfg.address() {
         "" => "this device".to_string(),
         address => format!("{address} (this device)"),

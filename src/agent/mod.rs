@@ -7,6 +7,9 @@
 //! point loses nothing: see `receive.rs` for the order of commits.
 
 mod docs;
+mod file_merge;
+mod file_style;
+mod files;
 mod health;
 mod keys;
 mod lock;
@@ -31,7 +34,7 @@ pub use keys::account_key;
 pub use lock::{LOCK_FILE, StateLock, lock_state};
 pub use peers::{PeerCommand, peer_command};
 pub use send::Due;
-pub use status::{DocStatus, PeerStatus, ReceiveError, Status, status};
+pub use status::{DocStatus, FileStatus, PeerStatus, ReceiveError, Status, status};
 
 /// Why the agent could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,8 @@ impl Agent {
         tracing::debug!(transports = self.transports.len(), due = ?self.due, "pass starts");
         let mut report = PassReport::default();
         let mut failures: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        // Saves of bound files become edits before anything is merged or sent.
+        self.sync_files(&mut report);
         for ti in 0..self.transports.len() {
             let before = report.errors.len();
             if let Err(e) = self.receive_from(ti, &mut report).await {
@@ -221,6 +226,8 @@ impl Agent {
                 .or_default()
                 .extend(report.errors[before..].iter().cloned());
         }
+        // What was merged lands in the bound files.
+        self.sync_files(&mut report);
         if let Err(e) = self.schedule(&mut report).await {
             tracing::warn!(error = %e, "scheduling sends failed");
             report.errors.push(e.to_string());
@@ -380,12 +387,17 @@ impl Agent {
             };
             let pause = watchdog.map_or(pause, |w| pause.min(w));
             let transports = self.transports.clone();
+            let files: Vec<std::path::PathBuf> =
+                self.bound_files().into_iter().map(|(_, p)| p).collect();
             let store = &self.store;
             let interrupt = tokio::sync::Notify::new();
-            // A local edit interrupts the wait (IDLE ends with DONE, the connection is kept); the
+            // A local edit (by the CLI or a save of a bound file) interrupts the wait (IDLE ends with DONE, the connection is kept); the
             // watcher keeps notifying until the wait has returned, so no notification is missed.
             let watcher = async {
-                local_change(store).await;
+                tokio::select! {
+                    _ = local_change(store) => {}
+                    _ = files::file_change(&files) => {}
+                }
                 loop {
                     interrupt.notify_waiters();
                     tokio::time::sleep(Duration::from_millis(5)).await;

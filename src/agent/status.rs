@@ -74,6 +74,37 @@ pub struct DocStatus {
     pub client_id: Option<String>,
     pub version: Option<u64>,
     pub peers: Vec<PeerStatus>,
+    /// The JSON file bound to the document, if any.
+    pub file: Option<FileStatus>,
+}
+
+/// A JSON file bound to a document.
+#[derive(Debug, Serialize)]
+pub struct FileStatus {
+    pub path: String,
+    pub last_read: Option<String>,
+    pub last_written: Option<String>,
+    /// Missing, not valid JSON (with line and column), or not writable.
+    pub error: Option<String>,
+}
+
+/// The bound file of `d`, as last seen by the agent.
+fn file_status(
+    cfg: &Config,
+    store: &Store,
+    d: &DocumentConfig,
+) -> crate::store::Result<Option<FileStatus>> {
+    let Some(path) = cfg.bound_file(d) else {
+        return Ok(None);
+    };
+    let path = path.display().to_string();
+    let st = store.file_state(&d.name)?.filter(|s| s.path == path);
+    Ok(Some(FileStatus {
+        path,
+        last_read: when(st.as_ref().and_then(|s| s.read_at)),
+        last_written: when(st.as_ref().and_then(|s| s.written_at)),
+        error: st.and_then(|s| s.error),
+    }))
 }
 
 /// One peer of one document.
@@ -156,6 +187,9 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
                 || p.diverged.is_some();
             peers.push(p);
         }
+        let file = file_status(cfg, store, d)?;
+        // A bound file that is missing, invalid or not writable is out of step with its document.
+        failing |= file.as_ref().is_some_and(|f| f.error.is_some());
         documents.push(DocStatus {
             name: d.name.clone(),
             transport: match d.transport {
@@ -167,6 +201,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             client_id,
             version,
             peers,
+            file,
         });
     }
     Ok(Status {
@@ -313,6 +348,18 @@ impl std::fmt::Display for Status {
                     writeln!(f, "{} ({}, id {id}, version {v})", d.name, d.transport)?
                 }
                 _ => writeln!(f, "{} ({}, no replica here yet)", d.name, d.transport)?,
+            }
+            if let Some(file) = &d.file {
+                writeln!(
+                    f,
+                    "  file {}: last read {}, last written {}",
+                    file.path,
+                    file.last_read.as_deref().unwrap_or("never"),
+                    file.last_written.as_deref().unwrap_or("never")
+                )?;
+                if let Some(e) = &file.error {
+                    writeln!(f, "    file problem: {e}")?;
+                }
             }
             if d.peers.is_empty() {
                 writeln!(f, "  no peers seen yet")?;

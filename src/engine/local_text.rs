@@ -193,8 +193,8 @@ impl Document {
 impl Document {
     /// Makes the value at `path` equal to `new` by the smallest edits this module knows:
     /// objects key by key (only changed keys are written), strings by their difference, arrays
-    /// by keeping their common start and end and updating the elements in between pairwise
-    /// (the rest inserted or removed); anything else is set. What a person changed in an
+    /// by a longest-common-subsequence match of their elements (unmatched
+    /// elements between matches updated pairwise, the rest inserted or removed); anything else is set. What a person changed in an
     /// editor so becomes edits that merge with everyone else's, instead of one overwrite.
     ///
     /// # Errors
@@ -231,25 +231,63 @@ impl Document {
         }
     }
 
+    /// Arrays by a longest-common-subsequence match of their elements (Myers' diff over a hash
+    /// of each element): inserting, removing or editing one element leaves the others alone.
+    /// Elements between matched runs are updated pairwise, the rest inserted or removed.
     fn update_array(&mut self, path_text: &str, old: &[Value], new: Vec<Value>) -> Result<()> {
-        let pre = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
-        let suf = old[pre..]
-            .iter()
-            .rev()
-            .zip(new[pre..].iter().rev())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let old_mid = old.len() - pre - suf;
-        let new_mid: Vec<Value> = new[pre..new.len() - suf].to_vec();
-        let paired = old_mid.min(new_mid.len());
-        let mut rest = new_mid.into_iter();
-        for i in 0..paired {
-            let v = rest.next().unwrap_or(Value::Null);
-            self.update(&format!("{path_text}[{}]", pre + i), v)?;
-        }
-        let extra: Vec<Value> = rest.collect();
-        if old_mid > paired || !extra.is_empty() {
-            self.splice(path_text, pre + paired, old_mid - paired, extra)?;
+        let key = |v: &Value| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            v.to_string().hash(&mut h);
+            h.finish()
+        };
+        let (ok, nk): (Vec<u64>, Vec<u64>) =
+            (old.iter().map(key).collect(), new.iter().map(key).collect());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let ops = similar::capture_diff_slices_deadline(
+            similar::Algorithm::Myers,
+            &ok,
+            &nk,
+            Some(deadline),
+        );
+        let at = |i: usize| format!("{path_text}[{i}]");
+        // From the end, so that the indexes of the operations still to do stay valid.
+        for op in ops.into_iter().rev() {
+            let (o, ol, n, nl) = match op {
+                similar::DiffOp::Equal {
+                    old_index,
+                    new_index,
+                    len,
+                } => (old_index, len, new_index, len),
+                similar::DiffOp::Delete {
+                    old_index,
+                    old_len,
+                    new_index,
+                } => (old_index, old_len, new_index, 0),
+                similar::DiffOp::Insert {
+                    old_index,
+                    new_index,
+                    new_len,
+                } => (old_index, 0, new_index, new_len),
+                similar::DiffOp::Replace {
+                    old_index,
+                    old_len,
+                    new_index,
+                    new_len,
+                } => (old_index, old_len, new_index, new_len),
+            };
+            let paired = ol.min(nl);
+            if ol > paired {
+                self.splice(path_text, o + paired, ol - paired, Vec::new())?;
+            } else if nl > paired {
+                self.splice(path_text, o + paired, 0, new[n + paired..n + nl].to_vec())?;
+            }
+            // Pairs (and a hash that matched unequal values) are made equal by difference.
+            for i in (0..paired).rev() {
+                if old[o + i] != new[n + i] {
+                    self.update(&at(o + i), new[n + i].clone())?;
+                }
+            }
         }
         Ok(())
     }

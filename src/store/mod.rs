@@ -15,9 +15,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::engine::{self, Document};
 
+mod files;
 mod health;
 mod keys;
 mod quarantine;
+pub use files::FileState;
 pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
 pub use quarantine::Quarantined;
@@ -203,6 +205,7 @@ impl Store {
         conn.execute_batch(quarantine::SCHEMA)?;
         quarantine::migrate(&conn)?;
         conn.execute_batch(keys::SCHEMA)?;
+        conn.execute_batch(files::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),

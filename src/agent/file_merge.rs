@@ -1,0 +1,132 @@
+//! A save of a bound file is the difference between the file and its shadow (what the agent last
+//! read or wrote). Usually the document still equals the shadow and that difference is applied as
+//! it is; but merges may have landed meanwhile (the file was invalid or missing, or the user saved
+//! while a merge was being written). Then the save is merged three ways here — shadow, file,
+//! document — so that neither the save nor the merge is lost, before it is applied as edits.
+
+use serde_json::{Map, Value};
+
+/// The document's content with the user's save (`file`, against `shadow`) applied to `doc`.
+/// Object keys merge one by one; arrays of unchanged length element by element; strings by
+/// their character differences when these do not overlap. Where both changed the same value in
+/// ways that cannot be combined, the save wins: it is the latest local edit.
+pub fn merge3(shadow: &Value, file: &Value, doc: &Value) -> Value {
+    if file == shadow {
+        return doc.clone();
+    }
+    if doc == shadow || doc == file {
+        return file.clone();
+    }
+    match (shadow, file, doc) {
+        (Value::Object(s), Value::Object(f), Value::Object(d)) => Value::Object(objects(s, f, d)),
+        (Value::Array(s), Value::Array(f), Value::Array(d))
+            if s.len() == f.len() && s.len() == d.len() =>
+        {
+            let merged = s.iter().zip(f).zip(d).map(|((s, f), d)| merge3(s, f, d));
+            Value::Array(merged.collect())
+        }
+        (Value::String(s), Value::String(f), Value::String(d)) => {
+            Value::String(strings(s, f, d).unwrap_or_else(|| f.clone()))
+        }
+        _ => file.clone(),
+    }
+}
+
+fn objects(
+    s: &Map<String, Value>,
+    f: &Map<String, Value>,
+    d: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in f.keys().chain(d.keys()).chain(s.keys()) {
+        if out.contains_key(k) {
+            continue;
+        }
+        let merged = match (s.get(k), f.get(k), d.get(k)) {
+            (base, Some(fv), Some(dv)) => Some(merge3(base.unwrap_or(&Value::Null), fv, dv)),
+            // Removed on one side: gone, unless the other side changed it (that edit is kept).
+            (Some(sv), None, Some(dv)) | (Some(sv), Some(dv), None) => {
+                (sv != dv).then(|| dv.clone())
+            }
+            (None, Some(v), None) | (None, None, Some(v)) => Some(v.clone()),
+            _ => None,
+        };
+        if let Some(v) = merged {
+            out.insert(k.clone(), v);
+        }
+    }
+    out
+}
+
+/// Both sides' character edits of `s` applied together, or None when they overlap.
+fn strings(s: &str, f: &str, d: &str) -> Option<String> {
+    let mut all = edits(s, f);
+    all.extend(edits(s, d));
+    all.sort_by_key(|e| (e.0, e.1));
+    // Overlapping ranges, or two insertions at one place, cannot be combined.
+    if all.windows(2).any(|w| w[1].0 < w[0].1 || w[1].0 == w[0].0) {
+        return None;
+    }
+    let mut chars: Vec<char> = s.chars().collect();
+    for (start, end, insert) in all.into_iter().rev() {
+        chars.splice(start..end, insert.chars());
+    }
+    Some(chars.into_iter().collect())
+}
+
+/// The changes turning `old` into `new`: (start, end, replacement) in characters of `old`.
+fn edits(old: &str, new: &str) -> Vec<(usize, usize, String)> {
+    let mut out: Vec<(usize, usize, String)> = Vec::new();
+    let mut at = 0;
+    for chunk in dissimilar::diff(old, new) {
+        let (del, ins) = match chunk {
+            dissimilar::Chunk::Equal(x) => {
+                at += x.chars().count();
+                continue;
+            }
+            dissimilar::Chunk::Delete(x) => (x.chars().count(), ""),
+            dissimilar::Chunk::Insert(x) => (0, x),
+        };
+        match out.last_mut() {
+            Some(last) if last.1 == at => {
+                last.1 += del;
+                last.2.push_str(ins);
+            }
+            _ => out.push((at, at + del, ins.to_string())),
+        }
+        at += del;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge3;
+    use serde_json::json;
+
+    #[test]
+    fn a_save_and_a_merge_made_meanwhile_are_both_kept() {
+        let shadow = json!({"a": 1, "b": "the cat sat", "l": [1, 2], "gone": 0, "kept": 1});
+        let file = json!({"a": 2, "b": "the dog sat", "l": [1, 3], "kept": 2, "new": true});
+        let doc = json!({"a": 1, "b": "the cat sat down", "l": [4, 2], "gone": 0, "peer": "x"});
+        assert_eq!(
+            merge3(&shadow, &file, &doc),
+            json!({"a": 2, "b": "the dog sat down", "l": [4, 3], "kept": 2, "new": true, "peer": "x"})
+        );
+        // The same value changed both ways: the save wins.
+        assert_eq!(
+            merge3(&json!({"a": 1}), &json!({"a": 2}), &json!({"a": 3})),
+            json!({"a": 2})
+        );
+        // Overlapping string edits: the save's string.
+        assert_eq!(
+            merge3(&json!("abc"), &json!("aXc"), &json!("aYc")),
+            json!("aXc")
+        );
+        // Two insertions at one place are ambiguous in order: the save's string.
+        assert_eq!(
+            merge3(&json!("ab"), &json!("aXb"), &json!("aYb")),
+            json!("aXb")
+        );
+    }
+}

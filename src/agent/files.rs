@@ -1,0 +1,484 @@
+//! JSON files bound to documents (`[[documents]] file = "PATH"`): differential synchronization
+//! on files. The shadow is the content the agent last read from or wrote to the file; a save is
+//! the difference between the file and the shadow, applied as local edits (`Document::update`,
+//! three-way with any merge that landed meanwhile, see `file_merge.rs`); a document that changed
+//! (a merge, a CLI edit) is written to the file in the file's own style.
+//!
+//! No edit is lost: the file is read again just before it is written, and a save made in between
+//! is applied first. A file is never half-written: the text goes to a temporary file in the same
+//! directory, is synced, and replaces the file by rename, with the file's permissions. A file
+//! that is not valid JSON (a half-saved buffer, a typo) is neither applied nor overwritten; a
+//! missing file does not delete the document. Either is recorded for `agent status`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::agent::file_merge::merge3;
+use crate::agent::file_style::{KeyOrder, Style};
+use crate::agent::{Result, changed_paths, docs::local_who};
+use crate::config::Config;
+use crate::engine::Document;
+use crate::store::{FileState, Save, Store, now_ms};
+
+/// A modification time this close to now may still change without a new time (coarse file
+/// system clocks), so a signature that recent is not trusted to mean "unchanged".
+const RACY_MS: i64 = 2000;
+
+/// How many saves racing the agent's writes one check applies before it leaves the rest to the
+/// next pass.
+const MAX_ROUNDS: usize = 5;
+
+/// A bound file as read.
+enum Read {
+    Missing,
+    /// Unreadable, not JSON (with line and column), or not an object at its top.
+    Bad(String),
+    Good(FileText),
+}
+
+struct FileText {
+    text: String,
+    value: Value,
+    signature: Option<String>,
+}
+
+/// The file's modification time, length and inode, and whether that time is recent.
+pub fn signature(path: &Path) -> Option<(String, bool)> {
+    let m = std::fs::metadata(path).ok()?;
+    let modified = m.modified().ok()?;
+    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0u64;
+    let recent = now_ms() - (since.as_millis() as i64) < RACY_MS;
+    Some((format!("{}:{}:{ino}", since.as_nanos(), m.len()), recent))
+}
+
+/// The signature to record: none when too recent to be trusted.
+fn trusted_signature(path: &Path) -> Option<String> {
+    signature(path).and_then(|(s, recent)| (!recent).then_some(s))
+}
+
+fn read(path: &Path) -> Read {
+    let signature = trusted_signature(path);
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Missing,
+        Err(e) => return Read::Bad(format!("cannot read {}: {e}", path.display())),
+    };
+    let value: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Read::Bad(format!(
+                "{} is not valid JSON at line {}, column {}: {e}; nothing applied, the file is not \
+                 overwritten until it is valid",
+                path.display(),
+                e.line(),
+                e.column()
+            ));
+        }
+    };
+    if !value.is_object() {
+        return Read::Bad(format!(
+            "{} must hold a JSON object ({{...}}) at its top; nothing applied",
+            path.display()
+        ));
+    }
+    Read::Good(FileText {
+        text,
+        value,
+        signature,
+    })
+}
+
+/// Writes `text` to `path` whole or not at all: a temporary file beside it, synced, renamed
+/// over it, with its permissions. A symbolic link is followed: the file it points to is replaced.
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(
+        ".{name}.minisync-{}.tmp",
+        crate::engine::ClientId::random()
+    ));
+    let permissions = std::fs::metadata(&target).ok().map(|m| m.permissions());
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        if let Some(p) = permissions {
+            f.set_permissions(p)?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, &target)?;
+        // The rename itself reaches the disk with the directory.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Brings the file bound to document `name` and the document in step (see the module comment).
+/// `before_write` runs between the last read of the file and its write (tests race a save there).
+///
+/// # Errors
+///
+/// Only the store's and the engine's: a problem with the file is recorded in its state.
+pub fn sync_file(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    path: &Path,
+    before_write: &mut dyn FnMut(),
+) -> Result<()> {
+    let shown = path.display().to_string();
+    let stored = store.file_state(name)?;
+    let mut st = stored
+        .clone()
+        .filter(|s| s.path == shown)
+        .unwrap_or_else(|| FileState {
+            path: shown,
+            ..FileState::default()
+        });
+    let rev = store.doc_rev(name)?;
+    let sig = signature(path).map(|(s, _)| s);
+    if rev.is_some() && st.rev == rev && sig.is_some() && sig == st.signature {
+        return Ok(());
+    }
+    match read(path) {
+        Read::Missing => missing(store, name, path, &mut st, rev)?,
+        Read::Bad(e) => st.error = Some(e),
+        Read::Good(file) if rev.is_none() => import(cfg, store, name, &mut st, file)?,
+        Read::Good(file) => reconcile(cfg, store, name, path, &mut st, file, before_write)?,
+    }
+    if stored.as_ref() != Some(&st) {
+        store.set_file_state(name, &st)?;
+    }
+    Ok(())
+}
+
+/// The file does not exist: a replica never written to it is written (the first binding); a
+/// file that was bound is reported missing and the document kept; with neither file nor replica
+/// there is nothing to do yet (the document arrives from a peer, or the file is written).
+fn missing(
+    store: &mut Store,
+    name: &str,
+    path: &Path,
+    st: &mut FileState,
+    rev: Option<i64>,
+) -> Result<()> {
+    st.rev = None;
+    st.signature = None;
+    if rev.is_none() {
+        st.error = None;
+        return Ok(());
+    }
+    if st.shadow.is_some() {
+        st.error = Some(format!(
+            "{} is missing; the document is kept, and saving the file again binds it again",
+            path.display()
+        ));
+        return Ok(());
+    }
+    let doc = store.read_doc(name, Document::to_json)?;
+    write(path, &doc, &Style::default(), None, st, rev);
+    Ok(())
+}
+
+/// The text of `doc` written to the file, and the state that follows (or the error).
+fn write(
+    path: &Path,
+    doc: &Value,
+    style: &Style,
+    order: Option<&KeyOrder>,
+    st: &mut FileState,
+    rev: Option<i64>,
+) {
+    match write_atomic(path, &style.render(doc, order)) {
+        Ok(()) => {
+            st.shadow = Some(doc.to_string());
+            st.rev = rev;
+            st.signature = trusted_signature(path);
+            st.written_at = Some(now_ms());
+            st.error = None;
+        }
+        Err(e) => {
+            st.rev = None;
+            st.error = Some(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+}
+
+/// No replica yet: the file's content becomes the document.
+fn import(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    st: &mut FileState,
+    file: FileText,
+) -> Result<()> {
+    let doc = Document::new(&file.value)?;
+    store.create_doc(name, &doc, true)?;
+    Store::log_change(
+        store.conn(),
+        name,
+        &local_who(cfg),
+        "import from the bound file (created)",
+    )?;
+    st.shadow = Some(file.value.to_string());
+    st.rev = store.doc_rev(name)?;
+    st.signature = file.signature;
+    st.read_at = Some(now_ms());
+    st.error = None;
+    Ok(())
+}
+
+/// Applies the file's save, then writes the document to the file if it differs; a save made
+/// between the read and the write is applied first, then the write is tried again.
+fn reconcile(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    path: &Path,
+    st: &mut FileState,
+    mut file: FileText,
+    before_write: &mut dyn FnMut(),
+) -> Result<()> {
+    for _ in 0..MAX_ROUNDS {
+        apply_save(cfg, store, name, st, &file.value)?;
+        st.shadow = Some(file.value.to_string());
+        st.read_at = Some(now_ms());
+        st.error = None;
+        let doc = store.read_doc(name, Document::to_json)?;
+        let rev = store.doc_rev(name)?;
+        if doc == file.value {
+            st.rev = rev;
+            st.signature = file.signature;
+            return Ok(());
+        }
+        before_write();
+        match read(path) {
+            Read::Good(again) if again.text != file.text => file = again,
+            Read::Good(_) => {
+                let order = KeyOrder::of(&file.text);
+                write(
+                    path,
+                    &doc,
+                    &Style::detect(&file.text),
+                    order.as_ref(),
+                    st,
+                    rev,
+                );
+                return Ok(());
+            }
+            // Saved meanwhile as something not applicable: left as it is, reported next time.
+            Read::Missing | Read::Bad(_) => {
+                st.rev = None;
+                return Ok(());
+            }
+        }
+    }
+    st.rev = None;
+    Ok(())
+}
+
+/// The file's content, where it differs from the shadow, applied as local edits (merged three
+/// ways with the document when it changed since the shadow too).
+fn apply_save(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    st: &FileState,
+    value: &Value,
+) -> Result<()> {
+    let shadow: Option<Value> = st
+        .shadow
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    if shadow.as_ref() == Some(value) {
+        return Ok(());
+    }
+    let who = local_who(cfg);
+    store.update_doc::<_, crate::agent::AgentError>(name, |doc, tx| {
+        let now = doc.to_json();
+        let target = match &shadow {
+            Some(s) => merge3(s, value, &now),
+            None => value.clone(),
+        };
+        if target == now {
+            return Ok(((), Save::No));
+        }
+        let what = format!("file: {}", changed_paths(&now, &target, 10));
+        doc.update("", target)?;
+        Store::log_change(tx, name, &who, &what)?;
+        Ok(((), Save::Edited))
+    })
+}
+
+impl super::Agent {
+    /// The bound files, by document.
+    pub(super) fn bound_files(&self) -> Vec<(String, PathBuf)> {
+        self.docs
+            .iter()
+            .filter_map(|s| Some((s.cfg.name.clone(), self.cfg.bound_file(&s.cfg)?)))
+            .collect()
+    }
+
+    /// Brings every bound file and its document in step; a store or engine failure is the pass's
+    /// error (a problem with a file itself is recorded for `agent status` instead).
+    pub(super) fn sync_files(&mut self, report: &mut super::PassReport) {
+        for (name, path) in self.bound_files() {
+            if let Err(e) = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {}) {
+                tracing::warn!(doc = %name, file = %path.display(), error = %e, "syncing the bound file failed");
+                report
+                    .errors
+                    .push(format!("{name}: file {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+/// How often `agent run` also looks at the bound files while it waits (when file notifications
+/// are missed or unavailable), and how long a file must stay unchanged before it is read (an
+/// editor's save in several writes is read once, whole).
+const POLL: std::time::Duration = std::time::Duration::from_millis(1000);
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Resolves when one of `paths` changes (saved, replaced, removed or created) and has then stayed
+/// unchanged for a moment; never when there are none. The operating system's notifications
+/// (`notify`: inotify, FSEvents, …) on the files' directories wake it at once, as a save by
+/// rename replaces the file itself; a change is confirmed by the file's modification time, size
+/// and inode, which are also compared every [`POLL`] in case a notification is missed.
+pub(super) async fn file_change(paths: &[PathBuf]) {
+    if paths.is_empty() {
+        return std::future::pending().await;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _watcher = watch(paths, tx);
+    let look =
+        || -> Vec<Option<String>> { paths.iter().map(|p| signature(p).map(|(s, _)| s)).collect() };
+    let start = look();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = rx.recv() => {}
+        }
+        let mut now = look();
+        if now == start {
+            continue;
+        }
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            let again = look();
+            if again == now {
+                return;
+            }
+            now = again;
+        }
+    }
+}
+
+/// A watcher of the directories holding `paths` that sends on `tx` at every event there (None,
+/// with a warning, when the system offers none: the poll still finds changes).
+fn watch(
+    paths: &[PathBuf],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no file notifications; bound files are polled"))
+    .ok()?;
+    for path in paths {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot watch; polled instead");
+        }
+    }
+    Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A save by rename wakes the wait through the system's notification, well before the poll.
+    #[tokio::test]
+    async fn a_save_by_rename_is_noticed_before_the_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.json");
+        std::fs::write(&file, "{}").unwrap();
+        let paths = vec![file.clone()];
+        let save = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            std::fs::write(dir.path().join("n.tmp"), "{\"a\": 1}").unwrap();
+            std::fs::rename(dir.path().join("n.tmp"), &file).unwrap();
+        };
+        let started = std::time::Instant::now();
+        let (noticed, ()) = tokio::join!(
+            tokio::time::timeout(
+                POLL - std::time::Duration::from_millis(100),
+                file_change(&paths)
+            ),
+            save
+        );
+        assert!(
+            noticed.is_ok(),
+            "not noticed within {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// A save lands between the agent's read of the file and its write of a merge: the save is
+    /// applied first, and the file written holds both.
+    #[test]
+    fn a_save_racing_a_merge_is_applied_before_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = "[agent]\nstate-dir = \"state\"\n[[documents]]\nname = \"n\"\ntransport = \"folder\"\nfolder = \"shared\"\nfile = \"n.json\"\n";
+        let cfg = Config::parse(text, &config).unwrap();
+        let mut store = Store::open(&cfg.database_path()).unwrap();
+        let file = dir.path().join("n.json");
+        std::fs::write(&file, "{\"a\": \"one two three\", \"b\": 1}\n").unwrap();
+        sync_file(&cfg, &mut store, "n", &file, &mut || {}).unwrap();
+        // A merge: the document changes behind the file.
+        store
+            .update_doc::<_, crate::agent::AgentError>("n", |d, _| {
+                d.update("", json!({"a": "one two three four", "b": 1}))?;
+                Ok(((), Save::Merged))
+            })
+            .unwrap();
+        let mut saves = 0;
+        let mut race = || {
+            saves += 1;
+            if saves == 1 {
+                std::fs::write(&file, "{\"a\": \"one 2 three\", \"b\": 1, \"c\": true}\n").unwrap();
+            }
+        };
+        sync_file(&cfg, &mut store, "n", &file, &mut race).unwrap();
+        let want = json!({"a": "one 2 three four", "b": 1, "c": true});
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(written, want);
+        assert_eq!(store.read_doc("n", Document::to_json).unwrap(), want);
+        assert_eq!(saves, 2, "read again after the racing save, then written");
+    }
+}
