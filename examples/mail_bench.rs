@@ -366,6 +366,121 @@ fn big_document() -> Value {
     json!({ "records": records })
 }
 
+/// The thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The least CPU time of `runs` runs of `f`, in milliseconds.
+fn least_cpu_ms(runs: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        let t = thread_cpu();
+        f()?;
+        best = best.min((thread_cpu() - t).as_secs_f64() * 1000.0);
+    }
+    Ok((best * 10.0).round() / 10.0)
+}
+
+/// Writes `text` to `path` as editors do: a temporary file, then a rename over the file.
+fn save_by_rename(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.swp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// A bound file of the ~10 MB document on both sides, both agents running: `saves` saves of
+/// alice's file changing one field, each timed until bob's replica holds the change and until
+/// bob's file does; then the CPU time of the agent's reading and diffing of the saved file
+/// against its shadow, next to serde_json parsing the same file.
+fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
+    use minisync::agent::files;
+    let (a, bb) = (b.address("file-a"), b.address("file-b"));
+    let alice = b.node(&a, &bb, "0s")?;
+    let bob = b.node(&bb, &a, "0s")?;
+    for n in [&alice, &bob] {
+        let mut cfg = std::fs::read_to_string(&n.config)?;
+        cfg.push_str("file = \"doc.json\"\n");
+        std::fs::write(&n.config, cfg)?;
+    }
+    let (afile, bfile) = (
+        alice.config.with_file_name("doc.json"),
+        bob.config.with_file_name("doc.json"),
+    );
+    b.introduce(&alice, &bob)?;
+    let mut value = big_document();
+    std::fs::write(&afile, serde_json::to_string_pretty(&value)?)?;
+    b.cli(&alice, &["sync"])?;
+    let bdir = b.maildir(&bb)?;
+    wait_for(Duration::from_secs(120), "the full sync", || {
+        !inbox(&bdir).is_empty()
+    })?;
+    b.cli(&bob, &["sync"])?;
+    if !bfile.exists() {
+        bail!("bob's bound file was not written by the full sync");
+    }
+    let _services = Kill(vec![b.spawn(&alice)?, b.spawn(&bob)?]);
+    let bstore = store_of(&bob)?;
+    let (mut merged, mut written) = (Vec::new(), Vec::new());
+    let (mut shadow, mut text) = (String::new(), String::new());
+    for round in 0..saves {
+        std::thread::sleep(Duration::from_secs(2)); // the previous round's acknowledgements
+        let want = json!(round % 2 == 0);
+        shadow = value.to_string();
+        value["records"][50000]["done"] = want.clone();
+        text = serde_json::to_string_pretty(&value)?;
+        let (rev, sig) = (bstore.doc_rev("doc")?, files::signature(&bfile));
+        let t = Instant::now();
+        save_by_rename(&afile, &text)?;
+        let mut store = store_of(&bob)?;
+        wait_for(Duration::from_secs(120), "the save at bob's replica", || {
+            store.doc_rev("doc").ok().flatten() != rev
+                && store
+                    .read_doc("doc", |d| d.get("records[50000].done").ok().flatten())
+                    .ok()
+                    .flatten()
+                    == Some(want.clone())
+        })?;
+        merged.push(t.elapsed().as_secs_f64() * 1000.0);
+        wait_for(Duration::from_secs(120), "the save in bob's file", || {
+            files::signature(&bfile) != sig
+                && matches!(files::read(&bfile), files::Read::Good(f) if f.value["records"][50000]["done"] == want)
+        })?;
+        written.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let diff_ms = least_cpu_ms(5, || {
+        let files::Read::Good(file) = files::read(&afile) else {
+            bail!("alice's file unreadable");
+        };
+        let edits = files::save_edits(&shadow, &file.value).context("the shadow")?;
+        if edits.len() != 1 {
+            bail!("{} edits for one changed field", edits.len());
+        }
+        Ok(())
+    })?;
+    let parse_ms = least_cpu_ms(5, || {
+        serde_json::from_slice::<Value>(&std::fs::read(&afile)?)?;
+        Ok(())
+    })?;
+    merged.sort_by(f64::total_cmp);
+    written.sort_by(f64::total_cmp);
+    Ok(json!({
+        "file_bytes": text.len(),
+        "save_to_merged_ms": {"p50": percentile(&merged, 0.5), "max": percentile(&merged, 1.0)},
+        "save_to_peer_file_ms": {"p50": percentile(&written, 0.5), "max": percentile(&written, 1.0)},
+        "read_diff_cpu_ms": diff_ms,
+        "serde_parse_cpu_ms": parse_ms,
+        "diff_over_parse": ((diff_ms / parse_ms) * 100.0).round() / 100.0,
+    }))
+}
+
 /// 1,000 edits within one send delay, with the agent running: mails that went to the peer.
 fn burst(b: &Bench, edits: usize) -> anyhow::Result<u64> {
     let (a, bb) = (b.address("burst-a"), b.address("burst-b"));
@@ -421,7 +536,7 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `--only drain` or `--only drain-big`: just that figure (for comparing agent builds).
+    // `--only drain`, `--only drain-big` or `--only bound-file`: just that figure (for comparing agent builds).
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -454,6 +569,11 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if arg("--only").as_deref() == Some("bound-file") {
+        let figures = tokio::task::block_in_place(|| bound_file(&b, 5))?;
+        println!("{}", json!({ "bound_file_10mb": figures }));
+        return Ok(());
+    }
     if arg("--only").as_deref() == Some("drain-big") {
         let rate = drain_big(&b, 100).await?;
         println!(
@@ -474,6 +594,7 @@ async fn main() -> anyhow::Result<()> {
     let big_rate = drain_big(&b, 100).await?;
     let mails = tokio::task::block_in_place(|| burst(&b, 1000))?;
     let (full, delta) = sizes(&b).await?;
+    let bound = tokio::task::block_in_place(|| bound_file(&b, 5))?;
     let out = json!({
         "latency_ms": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0)},
         "latency_idle_only_ms": {"p50": percentile(&idle_lat, 0.5), "p90": percentile(&idle_lat, 0.9), "p99": percentile(&idle_lat, 0.99), "max": percentile(&idle_lat, 1.0)},
@@ -485,6 +606,7 @@ async fn main() -> anyhow::Result<()> {
         "mails_per_peer_for_1000_edits": mails,
         "full_sync_bytes": full,
         "delta_bytes": delta,
+        "bound_file_10mb": bound,
     });
     println!("{out}");
     Ok(())

@@ -211,45 +211,25 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
 }
 
 /// The paths at which `before` and `after` differ, as a short summary for the change log
-/// (`Store::log_change`): at most `limit` paths, then "and N more". Objects are compared key by
-/// key; arrays of different lengths, and values of different kinds, count as one change at their
-/// own path.
+/// (`Store::log_change`): see [`edit_summary`].
 pub fn changed_paths(before: &Value, after: &Value, limit: usize) -> String {
-    fn walk(a: &Value, b: &Value, at: &mut Vec<path::Segment>, out: &mut Vec<String>) {
-        match (a, b) {
-            _ if a == b => {}
-            (Value::Object(x), Value::Object(y)) => {
-                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-                for k in keys {
-                    at.push(path::Segment::Key(k.clone()));
-                    walk(
-                        x.get(k).unwrap_or(&Value::Null),
-                        y.get(k).unwrap_or(&Value::Null),
-                        at,
-                        out,
-                    );
-                    at.pop();
-                }
-            }
-            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-                for (i, (p, q)) in x.iter().zip(y).enumerate() {
-                    at.push(path::Segment::Index(i));
-                    walk(p, q, at, out);
-                    at.pop();
-                }
-            }
-            _ => out.push(if at.is_empty() {
-                "(whole document)".to_string()
-            } else {
-                path::render(at)
-            }),
-        }
-    }
-    let mut out = Vec::new();
-    walk(before, after, &mut Vec::new(), &mut out);
-    let more = out.len().saturating_sub(limit);
-    out.truncate(limit);
-    let mut text = out.join(", ");
+    edit_summary(&crate::engine::diff(&[], before, after), limit)
+}
+
+/// The paths `edits` touch, sorted, as a short summary for the change log: at most `limit`
+/// paths, then "and N more". Elements inserted into or removed from an array count at the
+/// array's path; an edit of the whole document is "(whole document)".
+pub fn edit_summary(edits: &[crate::engine::Edit], limit: usize) -> String {
+    use crate::engine::Edit;
+    let paths: std::collections::BTreeSet<&str> = edits
+        .iter()
+        .map(|e| match e {
+            Edit::Set(p, _) | Edit::Remove(p) | Edit::Splice { path: p, .. } => p.as_str(),
+        })
+        .map(|p| if p.is_empty() { "(whole document)" } else { p })
+        .collect();
+    let more = paths.len().saturating_sub(limit);
+    let mut text = paths.into_iter().take(limit).collect::<Vec<_>>().join(", ");
     if more > 0 {
         text.push_str(&format!(" and {more} more"));
     }

@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use crate::agent::file_merge::merge3;
 use crate::agent::file_style::{KeyOrder, Style};
-use crate::agent::{Result, changed_paths, docs::local_who};
+use crate::agent::docs::{edit_summary, local_who};
+use crate::agent::Result;
 use crate::config::Config;
-use crate::engine::Document;
+use crate::engine::{Document, Edit};
 use crate::store::{FileState, Save, Store, now_ms};
 
 /// A modification time this close to now may still change without a new time (coarse file
@@ -30,17 +31,18 @@ const RACY_MS: i64 = 2000;
 const MAX_ROUNDS: usize = 5;
 
 /// A bound file as read.
-enum Read {
+pub enum Read {
     Missing,
     /// Unreadable, not JSON (with line and column), or not an object at its top.
     Bad(String),
     Good(FileText),
 }
 
-struct FileText {
-    text: String,
-    value: Value,
-    signature: Option<String>,
+/// A bound file's text, its JSON value, and its signature when old enough to be trusted.
+pub struct FileText {
+    pub text: String,
+    pub value: Value,
+    pub signature: Option<String>,
 }
 
 /// The file's modification time, length and inode, and whether that time is recent.
@@ -61,7 +63,8 @@ fn trusted_signature(path: &Path) -> Option<String> {
     signature(path).and_then(|(s, recent)| (!recent).then_some(s))
 }
 
-fn read(path: &Path) -> Read {
+/// Reads and parses the file at `path` (see [`Read`]).
+pub fn read(path: &Path) -> Read {
     let signature = trusted_signature(path);
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -295,8 +298,19 @@ fn reconcile(
     Ok(())
 }
 
-/// The file's content, where it differs from the shadow, applied as local edits (merged three
-/// ways with the document when it changed since the shadow too).
+/// The edits that turn the shadow (`shadow`, the JSON text last read from or written to the
+/// file) into the file's content `file`: a save as differential synchronization sees it. None
+/// when the shadow is not valid JSON (never written by this agent; the save is then merged with
+/// the document instead).
+pub fn save_edits(shadow: &str, file: &Value) -> Option<Vec<Edit>> {
+    let shadow: Value = serde_json::from_str(shadow).ok()?;
+    Some(crate::engine::diff(&[], &shadow, file))
+}
+
+/// The file's content, where it differs from the shadow, applied as local edits. While the
+/// document is still at the revision the shadow was taken from, it equals the shadow and the
+/// save's edits apply as they are; otherwise merges landed meanwhile and the save is merged
+/// three ways with the document first (`merge3`).
 fn apply_save(
     cfg: &Config,
     store: &mut Store,
@@ -304,25 +318,30 @@ fn apply_save(
     st: &FileState,
     value: &Value,
 ) -> Result<()> {
-    let shadow: Option<Value> = st
-        .shadow
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok());
-    if shadow.as_ref() == Some(value) {
-        return Ok(());
-    }
+    let in_step = st.rev.is_some() && store.doc_rev(name)? == st.rev;
+    let direct = match (&st.shadow, in_step) {
+        (Some(shadow), true) => save_edits(shadow, value),
+        _ => None,
+    };
     let who = local_who(cfg);
     store.update_doc::<_, crate::agent::AgentError>(name, |doc, tx| {
-        let now = doc.to_json();
-        let target = match &shadow {
-            Some(s) => merge3(s, value, &now),
-            None => value.clone(),
+        let edits = match direct {
+            Some(edits) => edits,
+            None => {
+                let now = doc.to_json();
+                let shadow = st.shadow.as_deref().and_then(|s| serde_json::from_str(s).ok());
+                let target = match &shadow {
+                    Some(s) => merge3(s, value, &now),
+                    None => value.clone(),
+                };
+                crate::engine::diff(&[], &now, &target)
+            }
         };
-        if target == now {
+        if edits.is_empty() {
             return Ok(((), Save::No));
         }
-        let what = format!("file: {}", changed_paths(&now, &target, 10));
-        doc.update("", target)?;
+        let what = format!("file: {}", edit_summary(&edits, 10));
+        doc.apply_edits(edits)?;
         Store::log_change(tx, name, &who, &what)?;
         Ok(((), Save::Edited))
     })

@@ -9,7 +9,7 @@
 mod docs;
 mod file_merge;
 mod file_style;
-mod files;
+pub mod files;
 mod health;
 mod keys;
 mod lock;

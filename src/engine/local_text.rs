@@ -12,6 +12,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::Stamp;
 use crate::engine::text::Text;
+use crate::engine::value_diff::{self, Edit};
 use serde_json::Value;
 
 impl Document {
@@ -204,88 +205,43 @@ impl Document {
     pub fn update(&mut self, path_text: &str, new: Value) -> Result<()> {
         let segs = path::parse(path_text)?;
         let old = self.get(path_text)?;
-        let child = |s: Segment| {
-            let mut c = segs.clone();
-            c.push(s);
-            path::render(&c)
-        };
-        match (old, new) {
-            (Some(old), new) if old == new => Ok(()),
-            (Some(Value::Object(o)), Value::Object(n)) => {
-                for k in o.keys().filter(|k| !n.contains_key(*k)) {
-                    self.remove(&child(Segment::Key(k.clone())))?;
-                }
-                for (k, v) in n {
-                    if o.get(&k) != Some(&v) {
-                        self.update(&child(Segment::Key(k)), v)?;
-                    }
-                }
-                Ok(())
-            }
-            (Some(Value::Array(o)), Value::Array(n)) => self.update_array(path_text, &o, n),
-            (_, new) if segs.is_empty() => Err(Error::path(
+        match old {
+            Some(old) => self.apply_edits(value_diff::diff(&segs, &old, &new)),
+            None if segs.is_empty() => Err(Error::path(
                 path_text,
                 format!("the document root must stay an object, not {new}"),
             )),
-            (_, new) => self.set(path_text, new),
+            None => self.set(path_text, new),
         }
     }
 
-    /// Arrays by a longest-common-subsequence match of their elements (Myers' diff over a hash
-    /// of each element): inserting, removing or editing one element leaves the others alone.
-    /// Elements between matched runs are updated pairwise, the rest inserted or removed.
-    fn update_array(&mut self, path_text: &str, old: &[Value], new: Vec<Value>) -> Result<()> {
-        let key = |v: &Value| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            v.to_string().hash(&mut h);
-            h.finish()
-        };
-        let (ok, nk): (Vec<u64>, Vec<u64>) =
-            (old.iter().map(key).collect(), new.iter().map(key).collect());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let ops = similar::capture_diff_slices_deadline(
-            similar::Algorithm::Myers,
-            &ok,
-            &nk,
-            Some(deadline),
-        );
-        let at = |i: usize| format!("{path_text}[{i}]");
-        // From the end, so that the indexes of the operations still to do stay valid.
-        for op in ops.into_iter().rev() {
-            let (o, ol, n, nl) = match op {
-                similar::DiffOp::Equal {
-                    old_index,
-                    new_index,
-                    len,
-                } => (old_index, len, new_index, len),
-                similar::DiffOp::Delete {
-                    old_index,
-                    old_len,
-                    new_index,
-                } => (old_index, old_len, new_index, 0),
-                similar::DiffOp::Insert {
-                    old_index,
-                    new_index,
-                    new_len,
-                } => (old_index, 0, new_index, new_len),
-                similar::DiffOp::Replace {
-                    old_index,
-                    old_len,
-                    new_index,
-                    new_len,
-                } => (old_index, old_len, new_index, new_len),
-            };
-            let paired = ol.min(nl);
-            if ol > paired {
-                self.splice(path_text, o + paired, ol - paired, Vec::new())?;
-            } else if nl > paired {
-                self.splice(path_text, o + paired, 0, new[n + paired..n + nl].to_vec())?;
-            }
-            // Pairs (and a hash that matched unequal values) are made equal by difference.
-            for i in (0..paired).rev() {
-                if old[o + i] != new[n + i] {
-                    self.update(&at(o + i), new[n + i].clone())?;
+    /// Applies `edits` (from [`diff`](crate::engine::diff) of this document's value, or of a
+    /// copy known to equal it, such as a bound file's shadow) in their order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Document::set`], [`Document::remove`] and [`Document::splice`] for an edit whose path
+    /// leads nowhere; the edits before it stay applied.
+    pub fn apply_edits(&mut self, edits: Vec<Edit>) -> Result<()> {
+        for edit in edits {
+            match edit {
+                Edit::Set(p, v) if p.is_empty() => {
+                    return Err(Error::path(
+                        "",
+                        format!("the document root must stay an object, not {v}"),
+                    ));
+                }
+                Edit::Set(p, v) => self.set(&p, v)?,
+                Edit::Remove(p) => {
+                    self.remove(&p)?;
+                }
+                Edit::Splice {
+                    path,
+                    at,
+                    remove,
+                    insert,
+                } => {
+                    self.splice(&path, at, remove, insert)?;
                 }
             }
         }
