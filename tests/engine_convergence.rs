@@ -165,6 +165,38 @@ fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
     }
 }
 
+/// A replica's saved state as the store keeps it: the head, and one record per node, written
+/// incrementally (`Document::save_parts` since the last mark).
+#[derive(Default)]
+struct Disk {
+    head: String,
+    nodes: std::collections::BTreeMap<u32, String>,
+    mark: Option<minisync::engine::SaveMark>,
+}
+
+impl Disk {
+    fn save(&mut self, d: &Document) {
+        let parts = d.save_parts(self.mark);
+        if self.mark.is_none() {
+            self.nodes.clear();
+        }
+        self.head = parts.head;
+        self.nodes.extend(parts.nodes);
+        self.mark = Some(parts.mark);
+    }
+
+    /// The replica read back from the saved parts; it must be exactly the one saved.
+    fn load(&mut self, d: &Document) -> Result<Document, String> {
+        let (back, mark) = Document::restore_parts(&self.head, self.nodes.clone())
+            .map_err(|e| format!("restore from parts: {e}"))?;
+        if back.save() != d.save() {
+            return Err("the replica saved in parts differs from the one saved whole".into());
+        }
+        self.mark = Some(mark);
+        Ok(back)
+    }
+}
+
 fn run_case(seed: u64) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = rng.random_range(3..=5);
@@ -184,6 +216,7 @@ fn run_case(seed: u64) -> Result<(), String> {
     first.set_wall_clock(clock_for(0));
     let full = first.changes();
     let mut docs = vec![first];
+    let mut skews = vec![0];
     for i in 1..n {
         let mut d = Document::from_changes_as(&full, client(seed, i)).unwrap();
         // One replica in four runs hours ahead.
@@ -194,11 +227,25 @@ fn run_case(seed: u64) -> Result<(), String> {
         };
         d.set_wall_clock(clock_for(skew));
         docs.push(d);
+        skews.push(skew);
+    }
+    let mut disks: Vec<Disk> = (0..n).map(|_| Disk::default()).collect();
+    for (disk, d) in disks.iter_mut().zip(&docs) {
+        disk.save(d);
     }
     let mut queue: Vec<(usize, String)> = Vec::new();
     let steps = rng.random_range(20..60);
     for _ in 0..steps {
         now.fetch_add(rng.random_range(0..3), Ordering::Relaxed);
+        // Saved after each step; now and then one replica restarts from what was saved.
+        for (i, disk) in disks.iter_mut().enumerate() {
+            disk.save(&docs[i]);
+            if rng.random_bool(0.05) {
+                let mut back = disk.load(&docs[i])?;
+                back.set_wall_clock(clock_for(skews[i]));
+                docs[i] = back;
+            }
+        }
         match rng.random_range(0..10) {
             0..=4 => {
                 let i = rng.random_range(0..n);
@@ -270,6 +317,10 @@ fn run_case(seed: u64) -> Result<(), String> {
                 if d.digest() != docs[0].digest() {
                     return Err(format!("same content, different digests: {}", d.to_json()));
                 }
+            }
+            for (disk, d) in disks.iter_mut().zip(&docs) {
+                disk.save(d);
+                disk.load(d)?;
             }
             for d in &docs {
                 let restored = Document::restore(&d.save()).map_err(|e| format!("restore: {e}"))?;

@@ -337,13 +337,11 @@ async fn a_replica_edited_behind_the_engines_back_is_found_and_repaired_over_a_f
     });
     settle(&mut [&mut alice, &mut bob]).await;
     let db = rusqlite::Connection::open(bob._dir.path().join("state/agent.sqlite")).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE documents SET state = replace(state, '\"original\"', '\"tampered\"'), rev = rev + 1",
-            [],
-        )
+    // The value is in its node's row; the revision tells running agents to load it again.
+    let sql = "UPDATE doc_nodes SET node = replace(node, '\"original\"', '\"tampered\"') WHERE name = 'todo' AND node LIKE '%original%'";
+    assert_eq!(db.execute(sql, []).unwrap(), 1);
+    db.execute("UPDATE documents SET rev = rev + 1 WHERE name = 'todo'", [])
         .unwrap();
-    assert_eq!(changed, 1);
     assert_eq!(bob.json()["title"], json!("tampered"));
     alice.set("n", json!(2));
     let diverged = |p: &mut Peer| {

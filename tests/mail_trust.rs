@@ -51,13 +51,11 @@ fn a_replica_edited_behind_the_engines_back_is_reported_diverged_and_repaired() 
     in_step(&alice, &bob, &a, &b);
     // Bob's saved replica is edited behind the engine's back: same stamp, another value.
     let db = rusqlite::Connection::open(bob.dir.path().join("state/agent.sqlite")).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE documents SET state = replace(state, '\"original\"', '\"tampered\"'), rev = rev + 1 WHERE name = 'todo'",
-            [],
-        )
+    // The value is in its node's row; the revision tells running agents to load it again.
+    let sql = "UPDATE doc_nodes SET node = replace(node, '\"original\"', '\"tampered\"') WHERE name = 'todo' AND node LIKE '%original%'";
+    assert_eq!(db.execute(sql, []).unwrap(), 1);
+    db.execute("UPDATE documents SET rev = rev + 1 WHERE name = 'todo'", [])
         .unwrap();
-    assert_eq!(changed, 1);
     drop(db);
     assert_eq!(bob.doc("todo").unwrap()["title"], json!("tampered"));
     // An ordinary edit on alice's side: after merging it both hold the same changes.

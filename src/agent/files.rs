@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::agent::Result;
+use crate::agent::docs::{edit_summary, local_who};
 use crate::agent::file_merge::merge3;
 use crate::agent::file_style::{KeyOrder, Style};
-use crate::agent::docs::{edit_summary, local_who};
-use crate::agent::Result;
 use crate::config::Config;
 use crate::engine::{Document, Edit};
 use crate::store::{FileState, Save, Store, now_ms};
@@ -329,7 +329,10 @@ fn apply_save(
             Some(edits) => edits,
             None => {
                 let now = doc.to_json();
-                let shadow = st.shadow.as_deref().and_then(|s| serde_json::from_str(s).ok());
+                let shadow = st
+                    .shadow
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok());
                 let target = match &shadow {
                     Some(s) => merge3(s, value, &now),
                     None => value.clone(),

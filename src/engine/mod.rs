@@ -21,8 +21,9 @@ mod wire;
 pub use doc::{Document, PeerState, WallClock, json_order, random_doc_id};
 pub use error::{Error, Result};
 pub use merge::{Divergence, MergeOutcome};
-pub use value_diff::{Edit, diff};
+pub use snapshot::{SaveMark, SavedParts};
 pub use stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
+pub use value_diff::{Edit, diff};
 pub use wire::{
     Changes, ClientState, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
     RepairKind,

@@ -14,11 +14,12 @@ use crate::engine::text::{Piece, Text};
 use crate::engine::wire::Knowledge;
 
 const SNAPSHOT_FORMAT: &str = "minisync-replica";
-/// Version 3 added texts and elements' right origins; version 2 each peer's `last_confirmed`
+/// Version 4 may keep the nodes apart from the rest (`node_count`, [`Document::save_parts`]), so
+/// that a save writes only the nodes changed since the last one; version 3 added texts and elements' right origins; version 2 each peer's `last_confirmed`
 /// and the record of partial merges. Older states are still restored: a peer's
 /// `last_confirmed` is then its `last_acknowledged`, and an element's right origin the array
 /// end (its place is kept; concurrent inserts next to it are ordered as if it had been appended).
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Snap {
@@ -32,6 +33,10 @@ struct Snap {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     partial: Knowledge,
     peers: BTreeMap<ClientId, SnapPeer>,
+    /// Set when the nodes are stored apart (one record each, [`Document::save_parts`]): how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node_count: Option<u32>,
+    #[serde(default)]
     nodes: Vec<SnapNode>,
 }
 
@@ -194,10 +199,69 @@ fn snap_val(v: &Val) -> SnapVal {
     }
 }
 
+fn snap_node(n: &Node) -> SnapNode {
+    SnapNode {
+        id: n.id,
+        parent: n.parent,
+        u: n.u,
+        obj: match &n.body {
+            Body::Obj(o) => Some(
+                o.slots
+                    .iter()
+                    .map(|f| SnapField {
+                        k: f.key.clone(),
+                        v: snap_val(&f.val),
+                        t: f.stamp,
+                        u: f.u,
+                    })
+                    .collect(),
+            ),
+            Body::Arr(_) => None,
+        },
+        arr: match &n.body {
+            Body::Arr(a) => Some(SnapArr {
+                slots: a
+                    .slots
+                    .iter()
+                    .map(|e| SnapElem {
+                        e: e.id,
+                        o: e.origin,
+                        ro: e.right,
+                        v: snap_val(&e.val),
+                        t: e.vstamp,
+                        r: e.removed,
+                        u: e.u,
+                    })
+                    .collect(),
+                order: a.order.clone(),
+            }),
+            Body::Obj(_) => None,
+        },
+    }
+}
+
+/// Where an incremental save left off: the replica's local version and node count then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveMark {
+    version: u64,
+    nodes: u32,
+}
+
+/// A replica saved in parts ([`Document::save_parts`]).
+#[derive(Debug, Clone)]
+pub struct SavedParts {
+    /// Everything but the nodes, with their count (JSON).
+    pub head: String,
+    /// (index, JSON) of each node saved.
+    pub nodes: Vec<(u32, String)>,
+    /// Where this save leaves off.
+    pub mark: SaveMark,
+}
+
 impl Document {
-    /// The whole replica state as JSON text, for storage.
-    pub fn save(&self) -> String {
-        let snap = Snap {
+    /// Everything but the nodes.
+    fn head(&self) -> Snap {
+        Snap {
             format: SNAPSHOT_FORMAT.into(),
             version: SNAPSHOT_VERSION,
             doc_id: self.doc_id.clone(),
@@ -221,55 +285,113 @@ impl Document {
                     )
                 })
                 .collect(),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| SnapNode {
-                    id: n.id,
-                    parent: n.parent,
-                    u: n.u,
-                    obj: match &n.body {
-                        Body::Obj(o) => Some(
-                            o.slots
-                                .iter()
-                                .map(|f| SnapField {
-                                    k: f.key.clone(),
-                                    v: snap_val(&f.val),
-                                    t: f.stamp,
-                                    u: f.u,
-                                })
-                                .collect(),
-                        ),
-                        Body::Arr(_) => None,
-                    },
-                    arr: match &n.body {
-                        Body::Arr(a) => Some(SnapArr {
-                            slots: a
-                                .slots
-                                .iter()
-                                .map(|e| SnapElem {
-                                    e: e.id,
-                                    o: e.origin,
-                                    ro: e.right,
-                                    v: snap_val(&e.val),
-                                    t: e.vstamp,
-                                    r: e.removed,
-                                    u: e.u,
-                                })
-                                .collect(),
-                            order: a.order.clone(),
-                        }),
-                        Body::Obj(_) => None,
-                    },
-                })
-                .collect(),
-        };
+            node_count: None,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The whole replica state as JSON text, for storage.
+    pub fn save(&self) -> String {
+        let mut snap = self.head();
+        snap.nodes = self.nodes.iter().map(snap_node).collect();
         serde_json::to_string(&snap).unwrap_or_default()
     }
 
+    /// Where a save made now leaves off (for the next [`Document::save_parts`]).
+    pub fn save_mark(&self) -> SaveMark {
+        SaveMark {
+            version: self.version,
+            nodes: self.nodes.len() as u32,
+        }
+    }
+
+    /// The replica saved in parts: the head (everything but the nodes, with their count) and
+    /// the nodes, each as its own JSON text — all of them without `since`, else only those
+    /// created or changed after that mark (every change to a node raises its version). Storing
+    /// the head and these nodes over what was stored at `since` gives exactly [`Document::save`]'s
+    /// replica; [`Document::restore_parts`] reads it back.
+    pub fn save_parts(&self, since: Option<SaveMark>) -> SavedParts {
+        let mut head = self.head();
+        head.node_count = Some(self.nodes.len() as u32);
+        let changed = |(ix, n): &(usize, &Node)| match since {
+            None => true,
+            Some(m) => *ix as u32 >= m.nodes || n.u > m.version,
+        };
+        SavedParts {
+            head: serde_json::to_string(&head).unwrap_or_default(),
+            nodes: self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(changed)
+                .map(|(ix, n)| {
+                    let text = serde_json::to_string(&snap_node(n)).unwrap_or_default();
+                    (ix as u32, text)
+                })
+                .collect(),
+            mark: self.save_mark(),
+        }
+    }
+
+    /// Restores a replica saved by [`Document::save_parts`]: its head and all its nodes, in
+    /// order of their index (0, 1, 2, …).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] when the head is not one of parts, a node is missing, extra, out of
+    /// order or unreadable, or the whole is inconsistent (as [`Document::restore`]).
+    pub fn restore_parts(
+        head: &str,
+        nodes: impl IntoIterator<Item = (u32, String)>,
+    ) -> Result<(Self, SaveMark)> {
+        let mut snap: Snap =
+            serde_json::from_str(head).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let Some(count) = snap.node_count else {
+            return Err(Error::Snapshot(
+                "the saved head does not keep its nodes apart".into(),
+            ));
+        };
+        let mut list = Vec::with_capacity(count as usize);
+        for (ix, text) in nodes {
+            if ix != list.len() as u32 || ix >= count {
+                return Err(Error::Snapshot(format!(
+                    "saved node {ix} where node {} of {count} was expected",
+                    list.len()
+                )));
+            }
+            let node: SnapNode = serde_json::from_str(&text)
+                .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
+            list.push(node);
+        }
+        if list.len() as u32 != count {
+            return Err(Error::Snapshot(format!(
+                "{} saved nodes of {count}",
+                list.len()
+            )));
+        }
+        snap.nodes = list;
+        let doc = Self::from_snap(snap)?;
+        let mark = doc.save_mark();
+        Ok((doc, mark))
+    }
+
     /// Restores a replica saved by [`Document::save`], checking that it is consistent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] when the text is not a saved replica of a known version, keeps its
+    /// nodes apart ([`Document::restore_parts`] reads those), or is inconsistent.
     pub fn restore(text: &str) -> Result<Self> {
         let snap: Snap = serde_json::from_str(text).map_err(|e| Error::Snapshot(e.to_string()))?;
+        if snap.node_count.is_some() {
+            return Err(Error::Snapshot(
+                "the saved head keeps its nodes apart".into(),
+            ));
+        }
+        Self::from_snap(snap)
+    }
+
+    fn from_snap(snap: Snap) -> Result<Self> {
         if snap.format != SNAPSHOT_FORMAT || !(1..=SNAPSHOT_VERSION).contains(&snap.version) {
             return Err(Error::Snapshot(format!(
                 "unknown saved format {:?} version {}",

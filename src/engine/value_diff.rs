@@ -84,7 +84,8 @@ fn array(segs: &mut Vec<Segment>, old: &[Value], new: &[Value], out: &mut Vec<Ed
         .take_while(|(a, b)| a == b)
         .count();
     let (om, nm) = (&old[head..old.len() - tail], &new[head..new.len() - tail]);
-    let (ok, nk): (Vec<u64>, Vec<u64>) = (om.iter().map(hash).collect(), nm.iter().map(hash).collect());
+    let (ok, nk): (Vec<u64>, Vec<u64>) =
+        (om.iter().map(hash).collect(), nm.iter().map(hash).collect());
     let deadline = std::time::Instant::now() + ARRAY_DEADLINE;
     let ops =
         similar::capture_diff_slices_deadline(similar::Algorithm::Myers, &ok, &nk, Some(deadline));
@@ -174,7 +175,11 @@ mod tests {
 
     #[test]
     fn inserted_and_removed_elements_are_splices_from_the_end() {
-        let edits = diff(&[], &json!({"a": [1, 2, 3, 4]}), &json!({"a": [0, 1, 3, 4, 5]}));
+        let edits = diff(
+            &[],
+            &json!({"a": [1, 2, 3, 4]}),
+            &json!({"a": [0, 1, 3, 4, 5]}),
+        );
         assert_eq!(
             edits,
             vec![

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::engine::{self, Document};
+use crate::engine::{self, Document, SaveMark};
 
 mod files;
 mod health;
 mod keys;
 mod quarantine;
+mod replica;
 pub use files::FileState;
 pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
@@ -56,8 +57,9 @@ pub const KEEP_SEEN_MS: i64 = 90 * 24 * 3600 * 1000;
 pub const KEEP_OUTBOX_MS: i64 = 30 * 24 * 3600 * 1000;
 
 const SCHEMA: &str = r#"
--- `state` (the whole replica, megabytes for a large document) comes last: SQLite reads a row's
--- columns in order, so a column stored after it would cost a walk through its overflow pages.
+-- `state` (the replica's head, its nodes being rows of `doc_nodes`, see replica.rs; or a whole
+-- replica of megabytes saved by an older version) comes last: SQLite reads a row's columns in
+-- order, so a column stored after it would cost a walk through its overflow pages.
 CREATE TABLE IF NOT EXISTS documents (
     name TEXT PRIMARY KEY,
     doc_id TEXT NOT NULL,
@@ -179,10 +181,18 @@ pub struct Published {
     pub fingerprint: String,
 }
 
+/// A replica loaded from the database: at which revision, and where its last save left off
+/// (None: loaded from a whole replica, so the next save writes every node).
+struct Loaded {
+    rev: i64,
+    doc: Document,
+    mark: Option<SaveMark>,
+}
+
 /// The database, with a cache of loaded documents keyed by revision.
 pub struct Store {
     conn: Connection,
-    cache: HashMap<String, (i64, Document)>,
+    cache: HashMap<String, Loaded>,
     /// Applied to every replica loaded (see `Document::set_max_clock_skew`).
     max_clock_skew: Duration,
 }
@@ -206,6 +216,7 @@ impl Store {
         quarantine::migrate(&conn)?;
         conn.execute_batch(keys::SCHEMA)?;
         conn.execute_batch(files::SCHEMA)?;
+        conn.execute_batch(replica::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),
@@ -244,10 +255,12 @@ impl Store {
 
     /// Stores a new document (refuses to overwrite one).
     pub fn create_doc(&mut self, name: &str, doc: &Document, edited: bool) -> Result<()> {
-        Self::insert_doc(&self.conn, name, doc, 1, edited)
+        let tx = self.conn.transaction()?;
+        Self::insert_doc(&tx, name, doc, 1, edited)?;
+        Ok(tx.commit()?)
     }
 
-    /// Writes a document row at revision `rev`.
+    /// Writes a document row at revision `rev`, with all its nodes.
     fn insert_doc(
         conn: &Connection,
         name: &str,
@@ -256,9 +269,10 @@ impl Store {
         edited: bool,
     ) -> Result<()> {
         let now = now_ms();
+        let (head, _) = replica::write(conn, name, doc, None)?;
         conn.execute(
             "INSERT INTO documents (name, doc_id, state, rev, edited_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, doc.id(), doc.save(), rev, edited.then_some(now), now],
+            params![name, doc.id(), head, rev, edited.then_some(now), now],
         )?;
         Ok(())
     }
@@ -275,7 +289,7 @@ impl Store {
 
     fn load_into_cache(
         conn: &Connection,
-        cache: &mut HashMap<String, (i64, Document)>,
+        cache: &mut HashMap<String, Loaded>,
         name: &str,
         skew: Duration,
     ) -> Result<()> {
@@ -285,30 +299,27 @@ impl Store {
             })
             .optional()?
             .ok_or_else(|| StoreError::NoDocument(name.to_string()))?;
-        if cache.get(name).is_some_and(|(r, _)| *r == rev) {
+        if cache.get(name).is_some_and(|l| l.rev == rev) {
             return Ok(());
         }
         let state: String =
             conn.query_row("SELECT state FROM documents WHERE name = ?1", [name], |r| {
                 r.get(0)
             })?;
-        let mut doc = Document::restore(&state).map_err(|source| StoreError::Document {
-            name: name.to_string(),
-            source,
-        })?;
+        let (mut doc, mark) = replica::read(conn, name, &state)?;
         doc.set_max_clock_skew(skew);
-        cache.insert(name.to_string(), (rev, doc));
+        cache.insert(name.to_string(), Loaded { rev, doc, mark });
         Ok(())
     }
 
     /// Reads a document (from the cache when it is current).
     pub fn read_doc<R>(&mut self, name: &str, f: impl FnOnce(&Document) -> R) -> Result<R> {
         Self::load_into_cache(&self.conn, &mut self.cache, name, self.max_clock_skew)?;
-        let (_, doc) = self
+        let loaded = self
             .cache
             .get(name)
             .ok_or_else(|| StoreError::NoDocument(name.to_string()))?;
-        Ok(f(doc))
+        Ok(f(&loaded.doc))
     }
 
     /// Changes a document atomically: `f` gets the document and the open transaction (for the
@@ -327,7 +338,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
         Self::load_into_cache(&tx, &mut self.cache, name, self.max_clock_skew)?;
-        let Some((rev, doc)) = self.cache.get_mut(name) else {
+        let Some(Loaded { rev, doc, mark }) = self.cache.get_mut(name) else {
             return Err(StoreError::NoDocument(name.to_string()).into());
         };
         let result = f(doc, &tx);
@@ -342,17 +353,24 @@ impl Store {
             let now = now_ms();
             let edited = save == Save::Edited;
             let new_rev = *rev + 1;
-            let write = tx
-                .execute(
+            let write = replica::write(&tx, name, doc, *mark).and_then(|(head, new_mark)| {
+                tx.execute(
                     "UPDATE documents SET state = ?1, rev = ?2, updated_at = ?3, edited_at = CASE WHEN ?4 THEN COALESCE(edited_at, ?3) ELSE edited_at END WHERE name = ?5",
-                    params![doc.save(), new_rev, now, edited, name],
-                )
-                .and_then(|_| tx.commit());
-            if let Err(e) = write {
-                self.cache.remove(name);
-                return Err(StoreError::from(e).into());
+                    params![head, new_rev, now, edited, name],
+                )?;
+                Ok(new_mark)
+            });
+            let committed = write.and_then(|m| Ok(tx.commit().map(|()| m)?));
+            match committed {
+                Ok(m) => {
+                    *rev = new_rev;
+                    *mark = Some(m);
+                }
+                Err(e) => {
+                    self.cache.remove(name);
+                    return Err(e.into());
+                }
             }
-            *rev = new_rev;
         } else {
             tx.commit().map_err(StoreError::from)?;
         }
@@ -725,6 +743,7 @@ impl Store {
             .unwrap_or(0);
         let clear = |sql: &str| tx.execute(sql, [name]).map_err(StoreError::from);
         clear("DELETE FROM documents WHERE name = ?1")?;
+        replica::delete(&tx, name)?;
         clear("DELETE FROM peers WHERE doc = ?1")?;
         clear("DELETE FROM outbox WHERE doc = ?1")?;
         clear("DELETE FROM forks WHERE doc = ?1")?;

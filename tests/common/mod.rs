@@ -514,13 +514,10 @@ pub fn introduce(nodes: &[&Node]) {
 
 /// A node's replica of a document as the engine sees it, read from its saved state.
 pub fn replica(node: &Node, doc: &str) -> minisync::engine::Document {
-    let db = rusqlite::Connection::open(node.dir.path().join("state/agent.sqlite")).unwrap();
-    let state: String = db
-        .query_row("SELECT state FROM documents WHERE name = ?1", [doc], |r| {
-            r.get(0)
-        })
+    let saved = store_of(node)
+        .read_doc(doc, minisync::engine::Document::save)
         .unwrap();
-    minisync::engine::Document::restore(&state).unwrap()
+    minisync::engine::Document::restore(&saved).unwrap()
 }
 
 /// A node's state database.
