@@ -240,6 +240,332 @@ fn snap_node(n: &Node) -> SnapNode {
     }
 }
 
+/// A node as one record of a replica saved in parts: compact, as a 10 MB document has 100,000
+/// of them. Stamps are `[client, offset]`: an index into the record's own list of clients and
+/// the clock value's distance from the node id's (small for slots written with the node or soon
+/// after); values are JSON as they are, a child node `{"n": index}`, a removed value `{}`, a
+/// text `{"t": text}`.
+#[derive(Serialize, Deserialize)]
+struct RowNode(Vec<ClientId>, u64, Option<(u32, u32)>, u64, RowBody);
+
+#[derive(Serialize, Deserialize)]
+enum RowBody {
+    O(Vec<RowField>),
+    A(Vec<RowElem>, Vec<u32>),
+}
+
+type RowStamp = (u32, i64);
+
+/// A field: `[key, value]` when written with the node (its stamp the node's id, its version the
+/// node's), else `[key, value, stamp, version]`.
+struct RowField(String, Value, Option<(RowStamp, u64)>);
+
+/// An element: `[id, value]` when placed after the element before it in the array's slots,
+/// with no right origin, not overwritten nor removed, and of the node's version; else
+/// `[id, value, origin, right origin, value stamp, removal stamp, version]`.
+struct RowElem(RowStamp, Value, Option<RowElemRest>);
+
+#[derive(Serialize, Deserialize)]
+struct RowElemRest(
+    Option<RowStamp>,
+    Option<RowStamp>,
+    RowStamp,
+    Option<RowStamp>,
+    u64,
+);
+
+impl Serialize for RowField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(if self.2.is_some() { 4 } else { 2 })?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(&self.1)?;
+        if let Some((stamp, u)) = &self.2 {
+            t.serialize_element(stamp)?;
+            t.serialize_element(u)?;
+        }
+        t.end()
+    }
+}
+
+impl Serialize for RowElem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(if self.2.is_some() { 7 } else { 2 })?;
+        t.serialize_element(&self.0)?;
+        t.serialize_element(&self.1)?;
+        if let Some(RowElemRest(o, ro, vs, r, u)) = &self.2 {
+            t.serialize_element(o)?;
+            t.serialize_element(ro)?;
+            t.serialize_element(vs)?;
+            t.serialize_element(r)?;
+            t.serialize_element(u)?;
+        }
+        t.end()
+    }
+}
+
+/// Reads `[a, b]` or `[a, b, rest…]`: the two first elements, then the rest whole or nothing.
+struct ShortOrLong<A, B, R>(A, B, Option<R>);
+
+impl<'de, A, B, R> Deserialize<'de> for ShortOrLong<A, B, R>
+where
+    A: Deserialize<'de>,
+    B: Deserialize<'de>,
+    R: Deserialize<'de> + RestOf<'de>,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<A, B, R>(std::marker::PhantomData<(A, B, R)>);
+        impl<'de, A, B, R> serde::de::Visitor<'de> for V<A, B, R>
+        where
+            A: Deserialize<'de>,
+            B: Deserialize<'de>,
+            R: RestOf<'de>,
+        {
+            type Value = ShortOrLong<A, B, R>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a saved slot: an array of 2 or more items")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> std::result::Result<Self::Value, S::Error> {
+                use serde::de::Error as _;
+                let a = seq
+                    .next_element()?
+                    .ok_or_else(|| S::Error::invalid_length(0, &self))?;
+                let b = seq
+                    .next_element()?
+                    .ok_or_else(|| S::Error::invalid_length(1, &self))?;
+                let rest = R::read_rest(&mut seq)?;
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(S::Error::custom("a saved slot with too many items"));
+                }
+                Ok(ShortOrLong(a, b, rest))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+/// The items after the first two of a saved slot, read one by one (none: the short form).
+trait RestOf<'de>: Sized {
+    fn read_rest<S: serde::de::SeqAccess<'de>>(
+        seq: &mut S,
+    ) -> std::result::Result<Option<Self>, S::Error>;
+}
+
+fn need<'de, S: serde::de::SeqAccess<'de>, T: Deserialize<'de>>(
+    seq: &mut S,
+) -> std::result::Result<T, S::Error> {
+    use serde::de::Error as _;
+    seq.next_element()?
+        .ok_or_else(|| S::Error::custom("a saved slot cut short"))
+}
+
+impl<'de> RestOf<'de> for (RowStamp, u64) {
+    fn read_rest<S: serde::de::SeqAccess<'de>>(
+        seq: &mut S,
+    ) -> std::result::Result<Option<Self>, S::Error> {
+        let Some(stamp) = seq.next_element()? else {
+            return Ok(None);
+        };
+        Ok(Some((stamp, need(seq)?)))
+    }
+}
+
+impl<'de> RestOf<'de> for RowElemRest {
+    fn read_rest<S: serde::de::SeqAccess<'de>>(
+        seq: &mut S,
+    ) -> std::result::Result<Option<Self>, S::Error> {
+        let Some(o) = seq.next_element()? else {
+            return Ok(None);
+        };
+        Ok(Some(RowElemRest(
+            o,
+            need(seq)?,
+            need(seq)?,
+            need(seq)?,
+            need(seq)?,
+        )))
+    }
+}
+
+impl<'de> Deserialize<'de> for RowField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let ShortOrLong(k, v, rest) = ShortOrLong::deserialize(d)?;
+        Ok(RowField(k, v, rest))
+    }
+}
+
+impl<'de> Deserialize<'de> for RowElem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let ShortOrLong(e, v, rest) = ShortOrLong::deserialize(d)?;
+        Ok(RowElem(e, v, rest))
+    }
+}
+
+/// Writes stamps of one node as [`RowStamp`]s, collecting its clients.
+struct RowWriter {
+    base: u64,
+    clients: Vec<ClientId>,
+}
+
+impl RowWriter {
+    fn stamp(&mut self, s: Stamp) -> RowStamp {
+        let ci = match self.clients.iter().position(|c| *c == s.client) {
+            Some(i) => i,
+            None => {
+                self.clients.push(s.client);
+                self.clients.len() - 1
+            }
+        };
+        (ci as u32, s.hlc.wrapping_sub(self.base) as i64)
+    }
+
+    fn val(&mut self, v: &Val) -> Value {
+        match v {
+            Val::Prim(p) => p.clone(),
+            Val::Node(n) => serde_json::json!({ "n": n }),
+            Val::Gone => Value::Object(serde_json::Map::new()),
+            Val::Text(t) => serde_json::json!({ "t": snap_text(t) }),
+        }
+    }
+}
+
+fn row_node(n: &Node) -> RowNode {
+    let mut w = RowWriter {
+        base: n.id.hlc,
+        clients: vec![n.id.client],
+    };
+    let body = match &n.body {
+        Body::Obj(o) => RowBody::O(
+            o.slots
+                .iter()
+                .map(|f| {
+                    let plain = f.stamp == n.id && f.u == n.u;
+                    let rest = (!plain).then(|| (w.stamp(f.stamp), f.u));
+                    RowField(f.key.clone(), w.val(&f.val), rest)
+                })
+                .collect(),
+        ),
+        Body::Arr(a) => {
+            let mut before: Option<Stamp> = None;
+            let elems = a
+                .slots
+                .iter()
+                .map(|e| {
+                    let plain = e.origin == before
+                        && e.right.is_none()
+                        && e.vstamp == e.id
+                        && e.removed.is_none()
+                        && e.u == n.u;
+                    before = Some(e.id);
+                    let rest = (!plain).then(|| {
+                        RowElemRest(
+                            e.origin.map(|s| w.stamp(s)),
+                            e.right.map(|s| w.stamp(s)),
+                            w.stamp(e.vstamp),
+                            e.removed.map(|s| w.stamp(s)),
+                            e.u,
+                        )
+                    });
+                    RowElem(w.stamp(e.id), w.val(&e.val), rest)
+                })
+                .collect();
+            RowBody::A(elems, a.order.clone())
+        }
+    };
+    RowNode(w.clients, n.id.hlc, n.parent, n.u, body)
+}
+
+/// A node record read back as the snapshot's node form.
+fn node_of_row(ix: u32, row: RowNode) -> Result<SnapNode> {
+    let RowNode(clients, base, parent, u, body) = row;
+    let bad = |what: &str| Error::Snapshot(format!("saved node {ix}: {what}"));
+    let stamp = |(ci, off): RowStamp| -> Result<Stamp> {
+        let client = *clients
+            .get(ci as usize)
+            .ok_or_else(|| bad("a stamp names no client"))?;
+        let hlc = base.wrapping_add(off as u64);
+        if hlc >= crate::engine::stamp::MAX_HLC {
+            return Err(bad("a stamp out of range"));
+        }
+        Ok(Stamp { hlc, client })
+    };
+    let val = |v: Value| -> Result<SnapVal> {
+        Ok(match v {
+            Value::Object(mut m) => match (m.remove("n"), m.remove("t")) {
+                (Some(n), None) => SnapVal::N(
+                    n.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad("a child node index is not a number"))?,
+                ),
+                (None, Some(t)) => {
+                    SnapVal::T(serde_json::from_value(t).map_err(|e| bad(&format!("a text: {e}")))?)
+                }
+                (None, None) if m.is_empty() => SnapVal::G,
+                _ => return Err(bad("a value of unknown form")),
+            },
+            Value::Array(_) => return Err(bad("a value of unknown form")),
+            p => SnapVal::P(p),
+        })
+    };
+    let id = stamp((0, 0))?;
+    let (obj, arr) = match body {
+        RowBody::O(fields) => {
+            let mut out = Vec::with_capacity(fields.len());
+            for RowField(k, v, rest) in fields {
+                let (t, u) = match rest {
+                    Some((t, u)) => (stamp(t)?, u),
+                    None => (id, u),
+                };
+                out.push(SnapField {
+                    k,
+                    v: val(v)?,
+                    t,
+                    u,
+                });
+            }
+            (Some(out), None)
+        }
+        RowBody::A(elems, order) => {
+            let mut slots: Vec<SnapElem> = Vec::with_capacity(elems.len());
+            for RowElem(e, v, rest) in elems {
+                let e = stamp(e)?;
+                let before = slots.last().map(|p| p.e);
+                let (o, ro, t, r, u) = match rest {
+                    Some(RowElemRest(o, ro, t, r, eu)) => (
+                        o.map(stamp).transpose()?,
+                        ro.map(stamp).transpose()?,
+                        stamp(t)?,
+                        r.map(stamp).transpose()?,
+                        eu,
+                    ),
+                    None => (before, None, e, None, u),
+                };
+                slots.push(SnapElem {
+                    e,
+                    o,
+                    ro,
+                    v: val(v)?,
+                    t,
+                    r,
+                    u,
+                });
+            }
+            (None, Some(SnapArr { slots, order }))
+        }
+    };
+    Ok(SnapNode {
+        id,
+        parent,
+        u,
+        obj,
+        arr,
+    })
+}
+
 /// Where an incremental save left off: the replica's local version and node count then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SaveMark {
@@ -325,7 +651,7 @@ impl Document {
                 .enumerate()
                 .filter(changed)
                 .map(|(ix, n)| {
-                    let text = serde_json::to_string(&snap_node(n)).unwrap_or_default();
+                    let text = serde_json::to_string(&row_node(n)).unwrap_or_default();
                     (ix as u32, text)
                 })
                 .collect(),
@@ -359,9 +685,9 @@ impl Document {
                     list.len()
                 )));
             }
-            let node: SnapNode = serde_json::from_str(&text)
+            let row: RowNode = serde_json::from_str(&text)
                 .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
-            list.push(node);
+            list.push(node_of_row(ix, row)?);
         }
         if list.len() as u32 != count {
             return Err(Error::Snapshot(format!(
@@ -526,5 +852,80 @@ impl Document {
         };
         doc.recompute_digest();
         Ok(doc)
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parts() -> SavedParts {
+        let mut d = Document::new(&json!({"a": [1, {"b": "x"}], "t": "hello"})).unwrap();
+        d.splice_text("t", 5, 0, " world").unwrap();
+        d.remove("a[0]").unwrap();
+        d.save_parts(None)
+    }
+
+    #[test]
+    fn a_replica_in_parts_reads_back_exactly() {
+        let mut d = Document::new(&json!({"a": [1, {"b": "x"}], "t": "hello"})).unwrap();
+        d.splice_text("t", 5, 0, " world").unwrap();
+        d.remove("a[0]").unwrap();
+        d.set("a[0].c", json!(null)).unwrap();
+        let p = d.save_parts(None);
+        let (back, mark) = Document::restore_parts(&p.head, p.nodes).unwrap();
+        assert_eq!(back.save(), d.save());
+        assert_eq!(mark, d.save_mark());
+    }
+
+    /// Hostile or damaged node records are refused with what is wrong, never a panic.
+    #[test]
+    fn damaged_node_records_are_refused() {
+        let p = parts();
+        let cases = [
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k",1,[3,0],1]]}]"#,
+                "no client",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k",{"x":1}]]}]"#,
+                "unknown form",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k",1,[0,0]]]}]"#,
+                "cut short",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k",1,[0,0],1,9]]}]"#,
+                "too many",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k"]]}]"#,
+                "2 or more",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],{"n":"x"}]],[0]]}]"#,
+                "not a number",
+            ),
+        ];
+        for (row, want) in cases {
+            let mut nodes = p.nodes.clone();
+            nodes[1].1 = row.to_string();
+            let e = Document::restore_parts(&p.head, nodes)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(want)),
+                "{row}: {e:?}"
+            );
+        }
+        let mut missing = p.nodes.clone();
+        missing.remove(1);
+        assert!(Document::restore_parts(&p.head, missing).is_err());
+        assert!(
+            Document::restore(&p.head).is_err(),
+            "a head alone is no replica"
+        );
     }
 }
