@@ -4,9 +4,10 @@
 //! Run it through `scripts/bench-mail`, which starts Postfix + Dovecot and builds the agent:
 //! `mail_bench --stack DIR/env --agent target/release/agent [--edits 200]`
 
-use std::collections::HashMap;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,36 +15,23 @@ use minisync::agent::{Agent, AgentError};
 use minisync::config::Config;
 use minisync::store::{Save, Store};
 use serde_json::{Value, json};
+use support::{Bench, Kill, Node, percentile, store_of, wait_for};
 
-struct Bench {
-    env: HashMap<String, String>,
-    agent: PathBuf,
-    home: tempfile::TempDir,
+/// What this benchmark adds to the shared [`Bench`].
+trait Pair {
+    fn node(&self, address: &str, peer: &str, send_delay: &str) -> anyhow::Result<Node>;
+    fn node_with(
+        &self,
+        address: &str,
+        peer: &str,
+        send_delay: &str,
+        idle_check: &str,
+    ) -> anyhow::Result<Node>;
+    fn introduce(&self, x: &Node, y: &Node) -> anyhow::Result<()>;
+    fn import(&self, node: &Node, value: &Value) -> anyhow::Result<()>;
 }
 
-struct Node {
-    config: PathBuf,
-    address: String,
-}
-
-impl Bench {
-    fn var(&self, k: &str) -> anyhow::Result<&str> {
-        self.env
-            .get(k)
-            .map(String::as_str)
-            .with_context(|| format!("{k} missing from the stack env"))
-    }
-
-    fn address(&self, name: &str) -> String {
-        format!("{name}-{:08x}@example.test", rand::random::<u32>())
-    }
-
-    fn maildir(&self, address: &str) -> anyhow::Result<PathBuf> {
-        Ok(Path::new(self.var("MAILSTACK_DIR")?)
-            .join("mail")
-            .join(address.split('@').next().unwrap_or("")))
-    }
-
+impl Pair for Bench {
     fn node(&self, address: &str, peer: &str, send_delay: &str) -> anyhow::Result<Node> {
         self.node_with(address, peer, send_delay, "auto")
     }
@@ -56,47 +44,12 @@ impl Bench {
         send_delay: &str,
         idle_check: &str,
     ) -> anyhow::Result<Node> {
-        let dir = self.home.path().join(address);
-        std::fs::create_dir_all(&dir)?;
-        let config = dir.join("agent.toml");
-        let (imap, smtp) = (self.var("IMAP_PORT")?, self.var("SMTP_PORT")?);
-        std::fs::write(
-            &config,
-            format!(
-                "[account]\naddress = \"{address}\"\n[account.imap]\nhost = \"127.0.0.1\"\nport = {imap}\nencryption = \"none\"\npassword = \"secret\"\nidle-check = \"{idle_check}\"\n\
-                 [account.smtp]\nhost = \"127.0.0.1\"\nport = {smtp}\nencryption = \"none\"\npassword = \"secret\"\n\
-                 [agent]\nstate-dir = \"state\"\n[[peers]]\naddress = \"{peer}\"\n\
-                 [[documents]]\nname = \"doc\"\npeers = [\"{peer}\"]\nsend-delay = \"{send_delay}\"\nresend-interval = \"1h\"\n"
-            ),
-        )?;
-        Ok(Node {
-            config,
-            address: address.to_string(),
-        })
-    }
-
-    fn cli(&self, node: &Node, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.agent)
-            .arg("--config")
-            .arg(&node.config)
-            .args(args)
-            .env("MINISYNC_LOG", "warn")
-            .output()?;
-        if !out.status.success() {
-            bail!("agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn spawn(&self, node: &Node) -> anyhow::Result<Child> {
-        Ok(Command::new(&self.agent)
-            .arg("--config")
-            .arg(&node.config)
-            .arg("run")
-            .env("MINISYNC_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?)
+        let mut toml = self.account_toml(address, idle_check)?;
+        toml.push_str(&format!(
+            "[[peers]]\naddress = \"{peer}\"\n\
+             [[documents]]\nname = \"doc\"\npeers = [\"{peer}\"]\nsend-delay = \"{send_delay}\"\nresend-interval = \"1h\"\n"
+        ));
+        self.node_from(address, &toml)
     }
 
     /// The first contact of two agents: hellos carry each one's OpenPGP key to the other (agent
@@ -123,10 +76,6 @@ impl Bench {
     }
 }
 
-fn store_of(node: &Node) -> anyhow::Result<Store> {
-    Ok(Store::open(&Config::load(&node.config)?.database_path())?)
-}
-
 fn edit(store: &mut Store, path: &str, value: Value) -> anyhow::Result<()> {
     store.update_doc::<_, AgentError>("doc", |d, _| {
         d.set(path, value)?;
@@ -146,32 +95,6 @@ fn inbox(dir: &Path) -> Vec<PathBuf> {
         })
         .map(|e| e.path())
         .collect()
-}
-
-fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    bail!("timed out waiting for {what}")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    (sorted[i.min(sorted.len() - 1)] * 10.0).round() / 10.0
-}
-
-struct Kill(Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Edit-to-merged latency with both agents running as services, with `idle_check` as their
@@ -558,17 +481,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(200);
-    let env = std::fs::read_to_string(&stack)
-        .with_context(|| format!("reading {stack}"))?
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let b = Bench {
-        env,
-        agent,
-        home: tempfile::tempdir()?,
-    };
+    let b = Bench::new(&stack, agent)?;
     if arg("--only").as_deref() == Some("drain") {
         let (rate, rss) = drain(&b, 1000).await?;
         println!(
