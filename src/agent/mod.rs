@@ -90,6 +90,9 @@ pub struct Agent {
     due: Due,
     /// Peers whose hello asked for our key: answered with a hello in this pass.
     hello_owed: Vec<String>,
+    /// The account's key (mail accounts): the own address's mail must be signed by it, and
+    /// mail to the account's other devices is encrypted to it.
+    account_key: Option<crate::transport::mail::openpgp::SecretKey>,
 }
 
 /// When the SMTP server refused our login and the config file changed since, the waiting mail is
@@ -197,6 +200,7 @@ impl Agent {
             watchdog: false,
             due: Due::Pending,
             hello_owed: Vec::new(),
+            account_key: key,
         })
     }
 
@@ -234,6 +238,10 @@ impl Agent {
         }
         if let Err(e) = self.send_hellos(&mut report).await {
             tracing::warn!(error = %e, "sending hellos failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.send_wants(&mut report).await {
+            tracing::warn!(error = %e, "asking the account's other devices failed");
             report.errors.push(e.to_string());
         }
         if let Err(e) = self.flush(&mut report, None).await {
