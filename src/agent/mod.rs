@@ -6,6 +6,7 @@
 //! outbox item to come due, or for shutdown. State lives only in the [`Store`], so a crash at any
 //! point loses nothing: see `receive.rs` for the order of commits.
 
+mod devices;
 mod docs;
 mod file_merge;
 mod file_style;
@@ -29,6 +30,9 @@ use crate::transport::folder::FolderTransport;
 use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
+pub use devices::{
+    DeviceDoc, DeviceStatus, device_add, device_join, device_remove, device_status, fmt_devices,
+};
 pub use docs::{DocCommand, changed_paths, doc_command};
 pub use keys::account_key;
 pub use lock::{LOCK_FILE, StateLock, lock_state};

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod imap;
 pub mod net;
 pub mod openpgp;
+pub mod setup;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -300,7 +301,8 @@ impl MailTransport {
     /// Agent mail the account's other devices moved to the processed folder since this device
     /// last looked there (its own cursor on that folder), except what this device settled
     /// itself: every device reads every agent mail, whichever device moved it out of the inbox.
-    /// On first contact the cursor starts at the folder's end. Selects the watched mailbox again.
+    /// On first contact (and when the folder was rebuilt) it reads the folder from its start:
+    /// what was merged already is recognised by Message-ID. Selects the watched mailbox again.
     async fn receive_processed(
         &self,
         st: &mut ImapState,
@@ -313,15 +315,18 @@ impl MailTransport {
             .select(folder)
             .await
             .map_err(|e| err(format!("SELECT {folder}: {e}")))?;
-        let (Some(validity), uid_next) = (mb.uid_validity, mb.uid_next) else {
+        let Some(validity) = mb.uid_validity else {
             self.ready_inner(st).await?;
-            return Ok(Vec::new());
+            return Err(err(format!(
+                "{folder}: the server gives no UIDVALIDITY, so the agent cannot keep its place there"
+            )));
         };
+        let uid_next = mb.uid_next;
         let name = self.processed_cursor();
         let cursor = self.with_store(|s| s.cursor(&name))?;
         let from = match cursor {
-            Some((v, n)) if v == validity => n,
-            _ => uid_next.unwrap_or(1),
+            Some((v, n)) if v == validity && uid_next.is_none_or(|next| n <= next) => n,
+            _ => 1,
         };
         let (arrivals, next) = self.read_processed(st, from, rx).await?;
         self.with_store(|s| s.set_cursor(&name, validity, next))?;
