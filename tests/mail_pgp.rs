@@ -301,11 +301,18 @@ fn sealed_raw(
         base_version: 0,
         base_len: 0,
         peer_key: Some(&peer_key),
+        want: false,
+    };
+    let device = minisync::transport::DeviceTag {
+        id: "tttttttttttttttt".into(),
+        name: None,
+        retired: Vec::new(),
     };
     let me = minisync::transport::mail::envelope::Sender {
         address: from,
         name: None,
         key,
+        device: &device,
     };
     minisync::transport::mail::envelope::build(&out, &me)
         .unwrap()

@@ -176,8 +176,9 @@ impl Agent {
     }
 
     /// Asks the account's other devices for the whole of every mail document configured here
-    /// with no replica yet (a device that just joined), again after the document's resend
-    /// interval while none has come.
+    /// with no replica yet, when there are other devices (this one joined with a setup code,
+    /// or others of the account were heard from); again after the document's resend interval
+    /// while none has come. A lone device waits for its peers as before.
     pub(super) async fn send_wants(&mut self, report: &mut PassReport) -> Result<()> {
         let Some(own) = self.cfg.account.as_ref().map(|a| a.address.clone()) else {
             return Ok(());
@@ -196,7 +197,12 @@ impl Agent {
                 continue;
             }
             let asked = self.store.want(&name, &me.id)?;
-            if asked.is_some_and(|at| now_ms() < at + every) {
+            let siblings = self
+                .store
+                .devices(&own)?
+                .iter()
+                .any(|d| d.retired_at.is_none() && d.device != me.id);
+            if (asked.is_none() && !siblings) || asked.is_some_and(|at| now_ms() < at + every) {
                 continue;
             }
             let mid = new_message_id(&own);
