@@ -50,7 +50,9 @@ fn outbox(node: &Node, doc: &str) -> Vec<(String, bool, bool)> {
     let store = store_of(node);
     let mut st = store
         .conn()
-        .prepare("SELECT peer, in_reply_to IS NOT NULL, ack_only FROM outbox WHERE doc = ?1 ORDER BY id")
+        .prepare(
+            "SELECT peer, in_reply_to IS NOT NULL, ack_only FROM outbox WHERE doc = ?1 ORDER BY id",
+        )
         .unwrap();
     st.query_map([doc], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
@@ -75,8 +77,20 @@ fn two_devices_of_alice_and_bob_share_one_document_while_another_stays_on_one_de
         &[doc("shared", &[&b], "10m"), doc("private", &[], "10m")],
         Security::Plain,
     );
-    let dev_b = node(&stack, &a, &[&b], &[doc("shared", &[&b], "10m")], Security::Plain);
-    let dev_c = node(&stack, &b, &[&a], &[doc("shared", &[&a], "10m")], Security::Plain);
+    let dev_b = node(
+        &stack,
+        &a,
+        &[&b],
+        &[doc("shared", &[&b], "10m")],
+        Security::Plain,
+    );
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("shared", &[&a], "10m")],
+        Security::Plain,
+    );
     introduce(&[&dev_a, &dev_c]);
     dev_a.import("shared", &json!({"title": "trip"}));
     dev_a.import("private", &json!({"diary": "secret"}));
@@ -85,7 +99,9 @@ fn two_devices_of_alice_and_bob_share_one_document_while_another_stays_on_one_de
     let keys = dev_b.status()["keys"].clone();
     assert!(keys[0]["fingerprint"].is_string(), "{keys}");
     let all = [&dev_a, &dev_b, &dev_c];
-    sync_until(&all, "every device holds the shared document", || same(&all, "shared"));
+    sync_until(&all, "every device holds the shared document", || {
+        same(&all, "shared")
+    });
     dev_a.ok(&["doc", "set", "shared", "a", "1"]);
     dev_b.ok(&["doc", "set", "shared", "b", "2"]);
     dev_c.ok(&["doc", "set", "shared", "c", "3"]);
@@ -115,10 +131,21 @@ fn two_devices_of_alice_and_bob_share_one_document_while_another_stays_on_one_de
         .iter()
         .filter(|d| d["address"] == json!(a))
         .collect();
-    assert_eq!(alices.len(), 2, "bob sees both of alice's devices: {status}");
-    assert!(alices.iter().all(|d| d["documents"][0]["last_acknowledged"].as_u64() > Some(0)));
+    assert_eq!(
+        alices.len(),
+        2,
+        "bob sees both of alice's devices: {status}"
+    );
+    assert!(
+        alices
+            .iter()
+            .all(|d| d["documents"][0]["last_acknowledged"].as_u64() > Some(0))
+    );
     let listed = dev_a.ok(&["device", "list"]);
-    assert!(listed.contains("this device") && listed.contains(&b), "{listed}");
+    assert!(
+        listed.contains("this device") && listed.contains(&b),
+        "{listed}"
+    );
 }
 
 /// A change on A goes out as one mail to bob and one to alice's own address; no other device
@@ -131,12 +158,17 @@ fn one_change_costs_one_mail_per_address(dev_a: &Node, dev_b: &Node, dev_c: &Nod
     dev_a.ok(&["doc", "set", "shared", "a", "10"]);
     dev_a.sync();
     let fresh = &outbox(dev_a, "shared")[before[0]..];
-    let unasked: Vec<&String> = fresh.iter().filter(|(_, r, _)| !r).map(|(p, _, _)| p).collect();
+    let unasked: Vec<&String> = fresh
+        .iter()
+        .filter(|(_, r, _)| !r)
+        .map(|(p, _, _)| p)
+        .collect();
     assert_eq!(unasked.len(), 2, "{fresh:?}");
     assert!(unasked.contains(&&dev_a.address) && unasked.contains(&&dev_c.address));
     let all = [dev_a, dev_b, dev_c];
     sync_until(&all, "the change everywhere", || {
-        all.iter().all(|n| n.doc("shared").is_some_and(|d| d["a"] == json!(10)))
+        all.iter()
+            .all(|n| n.doc("shared").is_some_and(|d| d["a"] == json!(10)))
     });
     for _ in 0..3 {
         for n in all {
@@ -146,7 +178,11 @@ fn one_change_costs_one_mail_per_address(dev_a: &Node, dev_b: &Node, dev_c: &Nod
     for (n, before) in [dev_b, dev_c].iter().zip(&before[1..]) {
         let rows = outbox(n, "shared");
         let unasked: Vec<_> = rows[*before..].iter().filter(|(_, r, _)| !r).collect();
-        assert!(unasked.is_empty(), "{} wrote unasked: {unasked:?}", n.address);
+        assert!(
+            unasked.is_empty(),
+            "{} wrote unasked: {unasked:?}",
+            n.address
+        );
     }
 }
 
@@ -155,9 +191,27 @@ fn one_change_costs_one_mail_per_address(dev_a: &Node, dev_b: &Node, dev_c: &Nod
 fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
     let stack = Stack::get();
     let (a, b) = (address("alice"), address("bob"));
-    let dev_a = node(&stack, &a, &[&b], &[doc("todo", &[&b], "3s")], Security::Plain);
-    let dev_b = node(&stack, &a, &[&b], &[doc("todo", &[&b], "3s")], Security::Plain);
-    let dev_c = node(&stack, &b, &[&a], &[doc("todo", &[&a], "3s")], Security::Plain);
+    let dev_a = node(
+        &stack,
+        &a,
+        &[&b],
+        &[doc("todo", &[&b], "3s")],
+        Security::Plain,
+    );
+    let dev_b = node(
+        &stack,
+        &a,
+        &[&b],
+        &[doc("todo", &[&b], "3s")],
+        Security::Plain,
+    );
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("todo", &[&a], "3s")],
+        Security::Plain,
+    );
     for n in [&dev_a, &dev_b] {
         n.set_imap("keep-processed = \"1s\"");
     }
@@ -185,7 +239,12 @@ fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
         "{log}"
     );
     sync_until(&all, "B caught up and all replicas are identical", || {
-        same(&all, "todo") && dev_b.doc("todo").unwrap()["items"].as_array().unwrap().len() == 50
+        same(&all, "todo")
+            && dev_b.doc("todo").unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 50
     });
 }
 
@@ -194,9 +253,27 @@ fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
 fn two_devices_of_one_address_running_with_idle_lose_nothing_and_leave_nothing_behind() {
     let stack = Stack::get();
     let (a, b) = (address("alice"), address("bob"));
-    let dev_a = node(&stack, &a, &[&b], &[doc("todo", &[&b], "10m")], Security::Plain);
-    let dev_b = node(&stack, &a, &[&b], &[doc("todo", &[&b], "10m")], Security::Plain);
-    let dev_c = node(&stack, &b, &[&a], &[doc("todo", &[&a], "10m")], Security::Plain);
+    let dev_a = node(
+        &stack,
+        &a,
+        &[&b],
+        &[doc("todo", &[&b], "10m")],
+        Security::Plain,
+    );
+    let dev_b = node(
+        &stack,
+        &a,
+        &[&b],
+        &[doc("todo", &[&b], "10m")],
+        Security::Plain,
+    );
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("todo", &[&a], "10m")],
+        Security::Plain,
+    );
     introduce(&[&dev_a, &dev_c]);
     join(&dev_a, &dev_b);
     dev_c.import("todo", &json!({"items": []}));
@@ -216,7 +293,12 @@ fn two_devices_of_one_address_running_with_idle_lose_nothing_and_leave_nothing_b
     let all = [&dev_a, &dev_b, &dev_c];
     wait_until(T, "all 28 items on every device", || {
         dev_c.sync();
-        same(&all, "todo") && dev_c.doc("todo").unwrap()["items"].as_array().unwrap().len() == 28
+        same(&all, "todo")
+            && dev_c.doc("todo").unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 28
     });
     wait_until(T, "alice's inbox is empty", || {
         messages(&stack.maildir(&a), "").is_empty()
@@ -273,11 +355,22 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{err}");
     }
-    assert_eq!(node_key(&dev_b).fingerprint(), own_before, "nothing imported");
-    assert_eq!(messages(&stack.maildir(&a), "").len(), 1, "the setup message stays");
+    assert_eq!(
+        node_key(&dev_b).fingerprint(),
+        own_before,
+        "nothing imported"
+    );
+    assert_eq!(
+        messages(&stack.maildir(&a), "").len(),
+        1,
+        "the setup message stays"
+    );
     let said = dev_b.ok(&["device", "join", "--code", code]);
     assert!(said.contains(&node_key(&dev_a).fingerprint()), "{said}");
-    assert_eq!(node_key(&dev_b).fingerprint(), node_key(&dev_a).fingerprint());
+    assert_eq!(
+        node_key(&dev_b).fingerprint(),
+        node_key(&dev_a).fingerprint()
+    );
     let both = [&dev_b, &dev_a, &dev_b];
     sync_until(&both, "B receives both documents", || {
         same(&[&dev_a, &dev_b], "notes") && same(&[&dev_a, &dev_b], "todo")

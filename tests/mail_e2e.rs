@@ -445,7 +445,11 @@ fn non_peer_and_malformed_mail_is_quarantined_and_ordinary_mail_stays_unread() {
     assert!(bob.doc("todo").is_none(), "nothing merged");
     assert_eq!(messages(&stack.maildir(&b), "Minisync-Quarantine").len(), 2);
     let inbox = messages(&stack.maildir(&b), "");
-    assert_eq!(inbox.len(), 1, "ordinary mail stays in place: {inbox:?}\n{log}");
+    assert_eq!(
+        inbox.len(),
+        1,
+        "ordinary mail stays in place: {inbox:?}\n{log}"
+    );
     let name = inbox[0].file_name().unwrap().to_string_lossy().into_owned();
     let flags = name
         .rsplit_once(":2,")

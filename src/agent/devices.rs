@@ -37,6 +37,9 @@ struct SetupPeer {
 
 const SETUP_MARKER: &str = "minisync-setup";
 
+/// A checked setup payload: the account key, and each pinned peer key with its binary form.
+type Imported = (SecretKey, Vec<(SetupPeer, Vec<u8>)>);
+
 fn other(e: impl std::fmt::Display) -> AgentError {
     AgentError::Other(e.to_string())
 }
@@ -88,7 +91,7 @@ pub async fn device_add(cfg: &Config) -> Result<String> {
 
 /// Reads and checks a setup payload: the marker, the address, the key (its own and each
 /// peer's fingerprint).
-fn read_payload(bytes: &[u8], address: &str) -> Result<(SecretKey, Vec<(SetupPeer, Vec<u8>)>)> {
+fn read_payload(bytes: &[u8], address: &str) -> Result<Imported> {
     let p: SetupPayload = serde_json::from_slice(bytes)
         .map_err(|e| other(format!("the setup message's content is not readable: {e}")))?;
     if p.minisync != SETUP_MARKER {
@@ -104,11 +107,18 @@ fn read_payload(bytes: &[u8], address: &str) -> Result<(SecretKey, Vec<(SetupPee
         .map_err(|e| other(format!("the account key in the setup message: {e}")))?;
     let mut peers = Vec::new();
     for peer in p.peers {
-        let bytes = STANDARD
-            .decode(&peer.key)
-            .map_err(|e| other(format!("the key of {} in the setup message: {e}", peer.address)))?;
-        let public = PublicKey::from_bytes(&bytes)
-            .map_err(|e| other(format!("the key of {} in the setup message: {e}", peer.address)))?;
+        let bytes = STANDARD.decode(&peer.key).map_err(|e| {
+            other(format!(
+                "the key of {} in the setup message: {e}",
+                peer.address
+            ))
+        })?;
+        let public = PublicKey::from_bytes(&bytes).map_err(|e| {
+            other(format!(
+                "the key of {} in the setup message: {e}",
+                peer.address
+            ))
+        })?;
         if public.fingerprint() != peer.fingerprint {
             return Err(other(format!(
                 "the key of {} in the setup message does not have the fingerprint it names",
@@ -156,7 +166,11 @@ pub async fn device_join(cfg: &Config, code: &str) -> Result<String> {
     for (peer, bytes) in &peers {
         store.pin_peer_key(&peer.address, &peer.fingerprint, bytes, &peer.trust)?;
     }
-    for d in cfg.documents.iter().filter(|d| d.transport == TransportKind::Mail) {
+    for d in cfg
+        .documents
+        .iter()
+        .filter(|d| d.transport == TransportKind::Mail)
+    {
         Store::set_want(&tx, &d.name, &me.id, 0)?;
     }
     tx.commit().map_err(sql)?;
@@ -288,7 +302,10 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
             "device {} of {}{}{}{}: last heard {}",
             d.device,
             d.address,
-            d.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            d.name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
             if d.this_device { ", this device" } else { "" },
             d.removed
                 .as_deref()
@@ -342,7 +359,11 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
         return Err(other(format!(
             "no device {id:?} of {} is known here (known: {}; see `agent device list`)",
             account.address,
-            if ids.is_empty() { "none".to_string() } else { ids.join(", ") }
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            }
         )));
     };
     if row.retired_at.is_some() {
@@ -353,6 +374,9 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
         "removed device {id}{}: nobody waits for its acknowledgements any more and its mail is \
          refused; your other devices and your peers learn it with your next mail. It still holds \
          the account key: change your mail password so that it cannot read or send mail",
-        row.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
+        row.name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
     ))
 }

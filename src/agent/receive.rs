@@ -1,5 +1,5 @@
-//! Receiving: every arrival is admitted (known document, allowed sender, pinned client id, valid
-//! changes), merged and committed in one transaction together with its Message-ID and the
+//! Receiving: every arrival is admitted (known document, allowed sender or a sibling device of
+//! the account, a device not removed, valid changes), merged and committed in one transaction together with its Message-ID and the
 //! acknowledgement it calls for; only then is it moved out of the mailbox. A crash before the
 //! commit leaves the mail to be read again; a crash after it finds the Message-ID already seen.
 //! Refused mail is recorded (reason, sender, its changes) for `agent status` and `agent
@@ -138,8 +138,8 @@ impl Agent {
         }
     }
 
-    /// Merges a quarantined message after all (`agent quarantine release`): its sender is pinned
-    /// to the client that sent it, and it goes through every other check and the merge again.
+    /// Merges a quarantined message after all (`agent quarantine release`): it goes through every
+    /// other check and the merge again (its sending client is recorded as a device of the sender).
     ///
     /// # Errors
     ///
@@ -290,7 +290,9 @@ impl Agent {
             )));
         }
         if !shared && self.awaits_whole(&name, &peer_key, first)? {
-            tracing::info!("a delta for a document not held here yet: a sibling device sends the whole of it");
+            tracing::info!(
+                "a delta for a document not held here yet: a sibling device sends the whole of it"
+            );
             return Ok(None);
         }
         if self.first_replica(&name, &peer_key, &changes, &texts[0], shared, refuse)? {
@@ -328,7 +330,8 @@ impl Agent {
             .filter(|d| !(own && **d == me.id) && **d != tag.id)
             .cloned()
             .collect();
-        let newly = Store::retire_devices(self.store.conn(), &a.from, &retired).map_err(internal)?;
+        let newly =
+            Store::retire_devices(self.store.conn(), &a.from, &retired).map_err(internal)?;
         if newly > 0 {
             tracing::info!(address = %a.from, devices = ?retired, "devices removed by their owner");
         }
@@ -487,7 +490,15 @@ impl Agent {
             }
             for (peer, message_id) in &replies {
                 let clients = Store::clients_of(tx, name, peer)?;
-                queue_ack(tx, doc, name, peer, &clients, message_id.as_deref(), address)?;
+                queue_ack(
+                    tx,
+                    doc,
+                    name,
+                    peer,
+                    &clients,
+                    message_id.as_deref(),
+                    address,
+                )?;
             }
             let save = if any { Save::Merged } else { Save::No };
             Ok((outcomes, save))

@@ -253,7 +253,11 @@ fn peer_status(
                 .collect();
             (
                 states.iter().map(|p| p.last_received).min().unwrap_or(0),
-                states.iter().map(|p| p.last_acknowledged).min().unwrap_or(0),
+                states
+                    .iter()
+                    .map(|p| p.last_acknowledged)
+                    .min()
+                    .unwrap_or(0),
                 doc.changes_for_all(&clients).has_changes(),
             )
         })?,

@@ -410,7 +410,11 @@ mod tests {
         let mut both = vec![c1, c2];
         both.sort();
         assert_eq!(Store::clients_of(conn, "todo", "BOB@x").unwrap(), both);
-        assert!(Store::clients_of(conn, "other", "bob@x").unwrap().is_empty());
+        assert!(
+            Store::clients_of(conn, "other", "bob@x")
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(
             Store::retire_devices(conn, "bob@x", &["d1".to_string()]).unwrap(),
             1
@@ -423,7 +427,10 @@ mod tests {
         assert!(store.is_retired("bob@x", "d1").unwrap());
         assert_eq!(store.retired("bob@x").unwrap(), vec!["d1".to_string()]);
         assert_eq!(store.devices("bob@x").unwrap().len(), 2);
-        assert_eq!(store.devices("bob@x").unwrap()[0].name.as_deref(), Some("phone"));
+        assert_eq!(
+            store.devices("bob@x").unwrap()[0].name.as_deref(),
+            Some("phone")
+        );
         Store::set_want(conn, "todo", "d2", now_ms()).unwrap();
         Store::set_want(conn, "todo", "d1", now_ms()).unwrap();
         assert_eq!(store.wanting("todo", "bob@x", "me").unwrap(), vec!["d2"]);

@@ -88,7 +88,11 @@ impl Store {
     /// # Errors
     ///
     /// A database error.
-    pub fn replace_account_key(conn: &rusqlite::Connection, address: &str, armored: &str) -> Result<()> {
+    pub fn replace_account_key(
+        conn: &rusqlite::Connection,
+        address: &str,
+        armored: &str,
+    ) -> Result<()> {
         conn.execute(
             "INSERT INTO account_keys (address, secret, created_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT(address) DO UPDATE SET secret = ?2, created_at = ?3",

@@ -171,8 +171,8 @@ pub fn build(
     let peer_key = openpgp::PublicKey::from_bytes(peer_key)
         .map_err(|e| format!("the key of {}: {e}", out.peer))?;
     let own = me.key.public();
-    let armored = openpgp::seal(inner(out, me), me.key, &[&peer_key, &own])
-        .map_err(|e| e.to_string())?;
+    let armored =
+        openpgp::seal(inner(out, me), me.key, &[&peer_key, &own]).map_err(|e| e.to_string())?;
     let parts = MultiPart::encrypted("application/pgp-encrypted".to_string())
         .singlepart(
             SinglePart::builder()

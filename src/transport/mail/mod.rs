@@ -254,9 +254,9 @@ impl MailTransport {
         };
         let accept = |from: &str, doc: &str| {
             from.eq_ignore_ascii_case(own)
-                || routes.iter().any(|r| {
-                    r.name == doc && crate::config::find_address(&r.peers, from).is_some()
-                })
+                || routes
+                    .iter()
+                    .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
         };
         let rx = envelope::Receiver {
             own,
@@ -357,7 +357,10 @@ impl MailTransport {
             let got = self
                 .step("fetch", imap::fetch(session, batch, imap::Part::Marker))
                 .await?;
-            if let Some(missing) = batch.iter().find(|u| !got.items.iter().any(|(g, _)| g == *u)) {
+            if let Some(missing) = batch
+                .iter()
+                .find(|u| !got.items.iter().any(|(g, _)| g == *u))
+            {
                 next = next.min(*missing);
             }
             for (uid, head) in got.items {

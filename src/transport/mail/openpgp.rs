@@ -356,7 +356,10 @@ mod tests {
     #[test]
     fn a_message_sealed_with_a_code_opens_with_that_code_only() {
         let sealed = seal_with_code(b"the key".to_vec(), "1234-5678").unwrap();
-        assert_eq!(open_with_code(sealed.as_bytes(), "1234-5678", 100).unwrap(), b"the key");
+        assert_eq!(
+            open_with_code(sealed.as_bytes(), "1234-5678", 100).unwrap(),
+            b"the key"
+        );
         let e = open_with_code(sealed.as_bytes(), "1234-5679", 100).unwrap_err();
         assert!(matches!(e, CryptoError::Decrypt(_)), "{e}");
         assert!(open_with_code(b"not armored", "1234-5678", 100).is_err());

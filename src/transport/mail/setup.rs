@@ -67,8 +67,7 @@ pub fn build(
     code: &str,
 ) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
     let digits = normalize_code(code)?;
-    let armored =
-        openpgp::seal_with_code(payload.to_vec(), &digits).map_err(|e| e.to_string())?;
+    let armored = openpgp::seal_with_code(payload.to_vec(), &digits).map_err(|e| e.to_string())?;
     let me: lettre::Address = address
         .parse()
         .map_err(|e| format!("account address {address:?}: {e}"))?;
@@ -203,7 +202,10 @@ mod tests {
         assert_eq!(normalize_code(&c).unwrap().len(), 36);
         assert_ne!(new_code(), c);
         let spaced = c.replace('-', " ");
-        assert_eq!(normalize_code(&spaced).unwrap(), normalize_code(&c).unwrap());
+        assert_eq!(
+            normalize_code(&spaced).unwrap(),
+            normalize_code(&c).unwrap()
+        );
         assert!(normalize_code("1234").unwrap_err().contains("4 digits"));
         assert!(normalize_code("1234-abcd").unwrap_err().contains("'a'"));
     }

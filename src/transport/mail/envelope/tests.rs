@@ -79,7 +79,10 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         assert_eq!(env.to()[0].to_string(), "bob@example.test");
         let text = String::from_utf8_lossy(&raw);
         assert!(text.contains("Minisync-Version: 3"), "{text}");
-        assert!(!text.contains("laptop") && !text.contains("dddddddddddddddd"), "{text}");
+        assert!(
+            !text.contains("laptop") && !text.contains("dddddddddddddddd"),
+            "{text}"
+        );
         assert!(text.contains("multipart/encrypted"), "{text}");
         assert!(
             text.contains("Autocrypt: addr=alice@example.test; prefer-encrypt=mutual;"),
