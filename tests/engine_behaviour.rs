@@ -451,12 +451,17 @@ fn one_changes_object_serves_every_device_of_an_address() {
     let ch = c.changes_for_all(&both);
     assert!(ch.to_value()["changes"].to_string().contains("\"n\""));
     b.apply(&ch).unwrap();
-    a.apply(&Changes::parse(&ch.to_json_string()).unwrap()).unwrap();
+    a.apply(&Changes::parse(&ch.to_json_string()).unwrap())
+        .unwrap();
     assert_eq!(a.to_json(), json!({"n": 1, "m": 2}));
     assert_eq!(b.to_json(), a.to_json());
     // A client never heard from gets everything; no client at all, too.
     let stranger = ClientId::random();
-    assert!(c.changes_for_all(&[a.client_id(), stranger]).changes_since() == 0);
+    assert!(
+        c.changes_for_all(&[a.client_id(), stranger])
+            .changes_since()
+            == 0
+    );
     assert!(c.changes_for_all(&[]).changes_since() == 0);
     // News: only b's own change is new to a, and b writes to a itself.
     send(&a, &mut c);

@@ -289,7 +289,14 @@ impl MailTransport {
             .map_err(|_| err("cursor store poisoned"))?
             .set_cursor(&self.account.imap.mailbox, sel.validity, next)
             .map_err(err)?;
-        arrivals.extend(self.receive_processed(st, &rx).await?);
+        let result = self.receive_processed(st, &rx).await;
+        // Back on the watched mailbox; mail that came in the meantime is counted in this SELECT's
+        // reply, not announced: look again before waiting.
+        let again = self.ready_inner(st).await?;
+        if again.uid_next != sel.uid_next {
+            st.news = true;
+        }
+        arrivals.extend(result?);
         Ok(arrivals)
     }
 
@@ -302,7 +309,7 @@ impl MailTransport {
     /// last looked there (its own cursor on that folder), except what this device settled
     /// itself: every device reads every agent mail, whichever device moved it out of the inbox.
     /// On first contact (and when the folder was rebuilt) it reads the folder from its start:
-    /// what was merged already is recognised by Message-ID. Selects the watched mailbox again.
+    /// what was merged already is recognised by Message-ID. Leaves the processed folder selected.
     async fn receive_processed(
         &self,
         st: &mut ImapState,
@@ -316,7 +323,6 @@ impl MailTransport {
             .await
             .map_err(|e| err(format!("SELECT {folder}: {e}")))?;
         let Some(validity) = mb.uid_validity else {
-            self.ready_inner(st).await?;
             return Err(err(format!(
                 "{folder}: the server gives no UIDVALIDITY, so the agent cannot keep its place there"
             )));
@@ -330,8 +336,6 @@ impl MailTransport {
         };
         let (arrivals, next) = self.read_processed(st, from, rx).await?;
         self.with_store(|s| s.set_cursor(&name, validity, next))?;
-        self.ready_inner(st).await?;
-        st.news = true;
         Ok(arrivals)
     }
 
