@@ -49,7 +49,8 @@ fn args() -> anyhow::Result<Args> {
         }
     };
     Ok(Args {
-        stack: arg("--stack").context("--stack DIR/env is required (scripts/bench-scale passes it)")?,
+        stack: arg("--stack")
+            .context("--stack DIR/env is required (scripts/bench-scale passes it)")?,
         agent: PathBuf::from(arg("--agent").context("--agent PATH is required")?),
         peers: num("--peers", 20.0)? as usize,
         docs: num("--docs", 50.0)? as usize,
@@ -123,24 +124,40 @@ fn spread(mut v: Vec<f64>) -> Value {
 /// Starts every agent, lets their hellos carry the keys, and has the first one start every
 /// document; returns when every agent holds every document.
 fn set_up(b: &Bench, a: &Args, nodes: &[Node]) -> anyhow::Result<Kill> {
-    let services = Kill(nodes.iter().map(|n| b.spawn(n)).collect::<anyhow::Result<_>>()?);
+    let services = Kill(
+        nodes
+            .iter()
+            .map(|n| b.spawn(n))
+            .collect::<anyhow::Result<_>>()?,
+    );
     let want = (a.peers - 1) as u64;
-    wait_for(Duration::from_secs(600), "every agent's keys of every peer", || {
-        nodes.iter().all(|n| {
-            count(n, "SELECT COUNT(*) FROM peer_keys WHERE key IS NOT NULL").ok() == Some(want)
-        })
-    })?;
+    wait_for(
+        Duration::from_secs(600),
+        "every agent's keys of every peer",
+        || {
+            nodes.iter().all(|n| {
+                count(n, "SELECT COUNT(*) FROM peer_keys WHERE key IS NOT NULL").ok() == Some(want)
+            })
+        },
+    )?;
     let file = nodes[0].config.with_file_name("start.json");
     for j in 0..a.docs {
         std::fs::write(&file, json!({"doc": j}).to_string())?;
-        b.cli(&nodes[0], &["doc", "import", &doc_name(j), &file.to_string_lossy()])?;
+        b.cli(
+            &nodes[0],
+            &["doc", "import", &doc_name(j), &file.to_string_lossy()],
+        )?;
     }
     let mut stores: Vec<Store> = nodes.iter().map(store_of).collect::<anyhow::Result<_>>()?;
-    wait_for(Duration::from_secs(900), "every document at every agent", || {
-        stores.iter_mut().all(|s| {
-            (0..a.docs).all(|j| s.has_doc(&doc_name(j)).unwrap_or(false))
-        })
-    })?;
+    wait_for(
+        Duration::from_secs(900),
+        "every document at every agent",
+        || {
+            stores
+                .iter_mut()
+                .all(|s| (0..a.docs).all(|j| s.has_doc(&doc_name(j)).unwrap_or(false)))
+        },
+    )?;
     Ok(services)
 }
 
@@ -175,16 +192,27 @@ fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>)> {
     let (start, length) = (Instant::now(), Duration::from_secs_f64(a.minutes * 60.0));
     let (mut pending, mut latencies, mut edits) = (Vec::<Pending>::new(), Vec::new(), 0usize);
     let mut next = Instant::now();
-    while start.elapsed() < length || (!pending.is_empty() && start.elapsed() < length + Duration::from_secs(300)) {
+    while start.elapsed() < length
+        || (!pending.is_empty() && start.elapsed() < length + Duration::from_secs(300))
+    {
         if start.elapsed() < length && Instant::now() >= next {
-            let (i, j) = (rng.random_range(0..nodes.len()), rng.random_range(0..a.docs));
+            let (i, j) = (
+                rng.random_range(0..nodes.len()),
+                rng.random_range(0..a.docs),
+            );
             let (doc, path, value) = (doc_name(j), format!("e{edits}"), json!(edits));
             stores[i].update_doc::<_, AgentError>(&doc, |d, _| {
                 d.set(&path, value.clone())?;
                 Ok(((), Save::Edited))
             })?;
             let missing = (0..nodes.len()).filter(|k| *k != i).collect();
-            pending.push(Pending { doc, path, value, at: Instant::now(), missing });
+            pending.push(Pending {
+                doc,
+                path,
+                value,
+                at: Instant::now(),
+                missing,
+            });
             edits += 1;
             next += gap;
         }
@@ -198,7 +226,10 @@ fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>)> {
         std::thread::sleep(Duration::from_millis(5));
     }
     if !pending.is_empty() {
-        bail!("{} edits never reached every agent within 5 minutes of the last", pending.len());
+        bail!(
+            "{} edits never reached every agent within 5 minutes of the last",
+            pending.len()
+        );
     }
     Ok((edits, latencies))
 }
@@ -237,11 +268,17 @@ fn main() -> anyhow::Result<()> {
     let setup_s = setup.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(5)); // the full syncs' acknowledgements
     let pids: Vec<u32> = services.0.iter().map(|c| c.id()).collect();
-    let before: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect::<anyhow::Result<_>>()?;
+    let before: Vec<(f64, f64)> = pids
+        .iter()
+        .map(|p| usage(*p))
+        .collect::<anyhow::Result<_>>()?;
     let (changes0, acks0) = (sent(&nodes, false)?, sent(&nodes, true)?);
     let (edits, mut lat) = edit_phase(&a, &nodes)?;
     std::thread::sleep(Duration::from_secs(10)); // the last acknowledgements
-    let after: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect::<anyhow::Result<_>>()?;
+    let after: Vec<(f64, f64)> = pids
+        .iter()
+        .map(|p| usage(*p))
+        .collect::<anyhow::Result<_>>()?;
     let (changes, acks) = (sent(&nodes, false)? - changes0, sent(&nodes, true)? - acks0);
     drop(services);
     lat.sort_by(f64::total_cmp);

@@ -9,8 +9,9 @@ mod editor;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use minisync::agent::{
-    Agent, AgentError, DocCommand, PassReport, PeerCommand, account_key, doc_command, lock_state,
-    open_store, peer_command, status,
+    Agent, AgentError, DocCommand, PassReport, PeerCommand, account_key, device_add, device_join,
+    device_remove, device_status, doc_command, fmt_devices, lock_state, open_store, peer_command,
+    status,
 };
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path, write_private_file};
 use minisync::transport::mail::Finding;
@@ -97,6 +98,43 @@ enum Command {
     Peer {
         #[command(subcommand)]
         command: PeerCmd,
+    },
+    /// Your other devices on the same mail account: add one, join, list, remove a lost one.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// On a device that has the account: mail the account key to yourself, encrypted with a
+    /// one-time setup code that this prints (type it on the new device), e.g. `agent device add`.
+    Add {
+        /// Print `{"code": "..."}`, e.g. `agent device add --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// On the new device (after `agent init` and the same [account] and documents in its
+    /// config): take the account key from the setup message, e.g.
+    /// `agent device join --code 1234-5678-…`; asks for the code when it is not given.
+    Join {
+        /// The setup code `agent device add` printed (spaces and dashes are ignored).
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+    },
+    /// The account's devices and each peer's, with what each acknowledged and when it was last
+    /// heard from, e.g. `agent device list`.
+    List {
+        /// Print JSON, e.g. `agent device list --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire one of your devices (a lost phone): nobody waits for it any more and its mail is
+    /// refused, e.g. `agent device remove k3j4h5g6f7d8s9a0`. It still holds the account key.
+    Remove {
+        /// The device id, from `agent device list`.
+        id: String,
     },
 }
 
@@ -396,6 +434,58 @@ fn quarantine_command(cfg: Config, command: QuarantineCmd) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// `agent device …`.
+fn device_command(cfg: Config, command: DeviceCmd) -> anyhow::Result<ExitCode> {
+    match command {
+        DeviceCmd::Add { json } => {
+            let code = runtime()?.block_on(device_add(&cfg))?;
+            if json {
+                println!("{}", serde_json::json!({ "code": code }));
+            } else {
+                println!(
+                    "Setup code (type it on the new device with `agent device join`; it is not \
+                     shown again):\n\n    {code}\n\nThe account key went to {} encrypted with it.",
+                    cfg.address()
+                );
+            }
+        }
+        DeviceCmd::Join { code } => {
+            let code = match code {
+                Some(c) => c,
+                None => ask_code()?,
+            };
+            let _lock = lock_state(&cfg)?;
+            println!("{}", runtime()?.block_on(device_join(&cfg, &code))?);
+        }
+        DeviceCmd::List { json } => {
+            let mut store = open_store(&cfg)?;
+            let devices = device_status(&cfg, &mut store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else {
+                let mut text = String::new();
+                fmt_devices(&devices, &mut text)?;
+                print!("{text}");
+            }
+        }
+        DeviceCmd::Remove { id } => println!("{}", device_remove(&cfg, &id)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the setup code from the terminal (`agent device join` without `--code`).
+fn ask_code() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("no setup code: give it with `--code CODE` (there is no terminal to ask on)");
+    }
+    eprint!("Setup code (from `agent device add`): ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = cli.config.clone().unwrap_or_else(default_config_path);
     match cli.command {
@@ -430,6 +520,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", peer_command(&cfg, &mut store, cmd)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Device { command } => device_command(load(&path)?, command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

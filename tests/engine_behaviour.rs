@@ -430,3 +430,45 @@ fn a_delta_names_the_paths_it_touches() {
     assert_eq!(paths, ["[\"a.b\"]", "gone", "list[]", "o.y", "title"]);
     assert_eq!(a.changes_for(b.client_id()).touched_paths(2).len(), 2);
 }
+
+/// One changes object for every device behind an address: each merges it, and it carries what
+/// the device furthest behind lacks.
+#[test]
+fn one_changes_object_serves_every_device_of_an_address() {
+    let mut c = doc(json!({"n": 0}));
+    let mut a = replica_of(&c);
+    let mut b = replica_of(&c);
+    // c hears from both of alice's devices.
+    send(&a, &mut c);
+    send(&b, &mut c);
+    c.set("n", json!(1)).unwrap();
+    let both = [a.client_id(), b.client_id()];
+    let text = c.changes_for_all(&both).to_json_string();
+    a.apply(&Changes::parse(&text).unwrap()).unwrap();
+    // b missed that mail; a acknowledges, c changes again.
+    send(&a, &mut c);
+    c.set("m", json!(2)).unwrap();
+    let ch = c.changes_for_all(&both);
+    assert!(ch.to_value()["changes"].to_string().contains("\"n\""));
+    b.apply(&ch).unwrap();
+    a.apply(&Changes::parse(&ch.to_json_string()).unwrap())
+        .unwrap();
+    assert_eq!(a.to_json(), json!({"n": 1, "m": 2}));
+    assert_eq!(b.to_json(), a.to_json());
+    // A client never heard from gets everything; no client at all, too.
+    let stranger = ClientId::random();
+    assert!(
+        c.changes_for_all(&[a.client_id(), stranger])
+            .changes_since()
+            == 0
+    );
+    assert!(c.changes_for_all(&[]).changes_since() == 0);
+    // News: only b's own change is new to a, and b writes to a itself.
+    send(&a, &mut c);
+    send(&b, &mut c);
+    b.set("b", json!(true)).unwrap();
+    send(&b, &mut c);
+    assert!(c.changes_for_all(&[a.client_id()]).has_changes());
+    assert!(!c.news_for_all(&[a.client_id()], &[b.client_id()]));
+    assert!(c.news_for_all(&[a.client_id()], &[]));
+}

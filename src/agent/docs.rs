@@ -478,7 +478,7 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
             &who,
             &format!("adopt {peer}'s document (id {theirs})"),
         )?;
-        super::receive::queue_ack(tx, &doc, name, &peer, sent_by, None, address)
+        super::receive::queue_ack(tx, &doc, name, &peer, &[sent_by], None, address)
     })?;
     out.push_str(&format!(
         "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"

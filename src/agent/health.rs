@@ -158,17 +158,17 @@ impl Findings {
     }
 }
 
-/// The changes object for `client`: what it lacks, or the whole document (also when its client
-/// is not known yet), marked as the repair half this replica owes it.
+/// The changes object for the devices behind one address (`clients`, one per device): what
+/// any of them lacks, or the whole document (also when none is known yet), marked as the repair
+/// half this replica owes them.
 pub(super) fn outgoing(
     doc: &Document,
-    client: Option<ClientId>,
+    clients: &[ClientId],
     repair: Option<RepairKind>,
 ) -> Changes {
-    match (client, repair) {
-        (_, Some(kind)) => doc.changes().into_repair(kind),
-        (Some(c), None) => doc.changes_for(c),
-        (None, None) => doc.changes(),
+    match repair {
+        Some(kind) => doc.changes().into_repair(kind),
+        None => doc.changes_for_all(clients),
     }
 }
 

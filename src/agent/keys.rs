@@ -120,6 +120,9 @@ impl Agent {
             });
             return Err(Refusal::Quarantine(why));
         };
+        if a.from.eq_ignore_ascii_case(self.cfg.address()) {
+            return self.check_own_signer(sealed);
+        }
         let Some(peer) = self
             .cfg
             .peers
@@ -154,6 +157,20 @@ impl Agent {
             }
             None => self.pin(&address, sealed, FIRST_USE),
         }
+    }
+
+    /// Mail in the account's own name (its other devices) must be signed by the account's key.
+    fn check_own_signer(&self, sealed: &Sealed) -> std::result::Result<(), Refusal> {
+        let ours = self.account_key.as_ref().map(SecretKey::fingerprint);
+        if ours.as_deref() == Some(sealed.fingerprint.as_str()) {
+            return Ok(());
+        }
+        Err(Refusal::Quarantine(format!(
+            "mail in this account's own name signed by key {}, not by the account's key {}: not \
+             from one of your devices (or one that has not joined with `agent device join`)",
+            sealed.fingerprint,
+            ours.as_deref().unwrap_or("(none)")
+        )))
     }
 
     /// Pins a verified key and sends what waited for it.

@@ -6,6 +6,7 @@
 //! outbox item to come due, or for shutdown. State lives only in the [`Store`], so a crash at any
 //! point loses nothing: see `receive.rs` for the order of commits.
 
+mod devices;
 mod docs;
 mod file_merge;
 mod file_style;
@@ -29,6 +30,9 @@ use crate::transport::folder::FolderTransport;
 use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
+pub use devices::{
+    DeviceDoc, DeviceStatus, device_add, device_join, device_remove, device_status, fmt_devices,
+};
 pub use docs::{DocCommand, changed_paths, doc_command};
 pub use keys::account_key;
 pub use lock::{LOCK_FILE, StateLock, lock_state};
@@ -90,6 +94,9 @@ pub struct Agent {
     due: Due,
     /// Peers whose hello asked for our key: answered with a hello in this pass.
     hello_owed: Vec<String>,
+    /// The account's key (mail accounts): the own address's mail must be signed by it, and
+    /// mail to the account's other devices is encrypted to it.
+    account_key: Option<crate::transport::mail::openpgp::SecretKey>,
 }
 
 /// When the SMTP server refused our login and the config file changed since, the waiting mail is
@@ -197,6 +204,7 @@ impl Agent {
             watchdog: false,
             due: Due::Pending,
             hello_owed: Vec::new(),
+            account_key: key,
         })
     }
 
@@ -234,6 +242,10 @@ impl Agent {
         }
         if let Err(e) = self.send_hellos(&mut report).await {
             tracing::warn!(error = %e, "sending hellos failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.send_wants(&mut report).await {
+            tracing::warn!(error = %e, "asking the account's other devices failed");
             report.errors.push(e.to_string());
         }
         if let Err(e) = self.flush(&mut report, None).await {

@@ -1,17 +1,17 @@
-//! Receiving: every arrival is admitted (known document, allowed sender, pinned client id, valid
-//! changes), merged and committed in one transaction together with its Message-ID and the
+//! Receiving: every arrival is admitted (known document, allowed sender or a sibling device of
+//! the account, a device not removed, valid changes), merged and committed in one transaction together with its Message-ID and the
 //! acknowledgement it calls for; only then is it moved out of the mailbox. A crash before the
 //! commit leaves the mail to be read again; a crash after it finds the Message-ID already seen.
 //! Refused mail is recorded (reason, sender, its changes) for `agent status` and `agent
 //! quarantine`, where a person can merge it after all.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::agent::health::{Findings, outgoing};
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
 use crate::engine::{Changes, ClientId, Document, RepairKind};
-use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health};
-use crate::transport::{Arrival, Delivery, Sealed, Settle};
+use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health, now_ms};
+use crate::transport::{Arrival, Delivery, DeviceTag, Sealed, Settle};
 
 /// Why an arrival was not merged.
 pub(super) enum Refusal {
@@ -33,6 +33,8 @@ struct Ready {
     wants_reply: bool,
     /// Read from a shared folder (no per-peer messages to answer with).
     shared: bool,
+    /// Mail: the device of the sender's address that sent it.
+    device: Option<DeviceTag>,
 }
 
 /// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
@@ -136,8 +138,8 @@ impl Agent {
         }
     }
 
-    /// Merges a quarantined message after all (`agent quarantine release`): its sender is pinned
-    /// to the client that sent it, and it goes through every other check and the merge again.
+    /// Merges a quarantined message after all (`agent quarantine release`): it goes through every
+    /// other check and the merge again (its sending client is recorded as a device of the sender).
     ///
     /// # Errors
     ///
@@ -204,6 +206,8 @@ impl Agent {
                 key: Vec::new(),
                 hello: None,
             }),
+            device: None,
+            want: false,
         };
         let ti = self.docs[slot].transport;
         let spans = arrival_spans("quarantine", std::slice::from_ref(&arrival));
@@ -229,9 +233,11 @@ impl Agent {
         }
     }
 
-    /// Every check that needs no merge: not seen before, a configured document, a peer of it,
-    /// readable changes, the sender's pinned client id, the same document. A peer's first mail
-    /// creates the replica (see `first_replica`). `Ok(None)`: a duplicate, nothing to do.
+    /// Every check that needs no merge: not seen before, signed by the trusted key, not from a
+    /// removed device, a configured document, a peer of it (or the account's own address: a
+    /// sibling device), readable changes, the same document. A peer's first mail creates the
+    /// replica (see `first_replica`). `Ok(None)`: nothing to merge (a duplicate, a hello, this
+    /// device's own mail, a sibling's request or a document configured on another device only).
     fn admit(
         &mut self,
         ti: usize,
@@ -255,10 +261,12 @@ impl Agent {
             report.duplicates += 1;
             return Ok(None);
         }
-        if !shared && self.signed_hello(a)? {
+        if !shared && (self.signed_hello(a)? || self.device_done(a)?) {
             return Ok(None);
         }
-        let (name, peer_key) = self.addressee(ti, a, shared)?;
+        let Some((name, peer_key)) = self.addressee(ti, a, shared)? else {
+            return Ok(None);
+        };
         let texts = a.payloads.clone().map_err(refuse)?;
         let mut changes = Vec::with_capacity(texts.len());
         for t in &texts {
@@ -281,15 +289,11 @@ impl Agent {
                 a.from
             )));
         }
-        let pinned = self
-            .store
-            .peer(&name, &peer_key)
-            .map_err(internal)?
-            .client_id;
-        if let Some(pinned) = &pinned
-            && *pinned != sent_by.to_string()
-        {
-            return Err(pin_refusal(&peer_key, pinned, sent_by));
+        if !shared && self.awaits_whole(&name, &peer_key, first)? {
+            tracing::info!(
+                "a delta for a document not held here yet: a sibling device sends the whole of it"
+            );
+            return Ok(None);
         }
         if self.first_replica(&name, &peer_key, &changes, &texts[0], shared, refuse)? {
             changes.remove(0);
@@ -306,34 +310,104 @@ impl Agent {
             message_id: a.message_id.clone(),
             wants_reply,
             shared,
+            device: a.device.clone(),
         }))
     }
 
+    /// The device rules of a mail arrival, after its signature was checked: the removals it
+    /// announces for its address are recorded; this device's own mail (read back from the own
+    /// address) is done with; a removed device's mail is refused; a sibling's request for a
+    /// whole document is recorded and done with. True when nothing more is to be done.
+    fn device_done(&mut self, a: &Arrival) -> std::result::Result<bool, Refusal> {
+        let Some(tag) = &a.device else {
+            return Ok(false);
+        };
+        let me = self.store.this_device().map_err(internal)?;
+        let own = a.from.eq_ignore_ascii_case(self.cfg.address());
+        let retired: Vec<String> = tag
+            .retired
+            .iter()
+            .filter(|d| !(own && **d == me.id) && **d != tag.id)
+            .cloned()
+            .collect();
+        let newly =
+            Store::retire_devices(self.store.conn(), &a.from, &retired).map_err(internal)?;
+        if newly > 0 {
+            tracing::info!(address = %a.from, devices = ?retired, "devices removed by their owner");
+        }
+        if own && tag.id == me.id {
+            tracing::debug!("our own mail to our address: nothing to merge");
+            return Ok(true);
+        }
+        if self.store.is_retired(&a.from, &tag.id).map_err(internal)? {
+            return Err(Refusal::Quarantine(format!(
+                "device {} of {} was removed (`agent device remove`): its mail is not merged",
+                tag.id, a.from
+            )));
+        }
+        if a.want {
+            Store::set_want(self.store.conn(), &a.doc, &tag.id, now_ms()).map_err(internal)?;
+            tracing::info!(device = %tag.id, doc = %a.doc, "a sibling device asks for the whole document");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether a delta (not a whole document) arrived for a document this device holds no
+    /// replica of yet while its sibling devices send it the whole one: from a sibling, or after
+    /// this device asked for it. It is then left, not quarantined.
+    fn awaits_whole(
+        &self,
+        name: &str,
+        peer: &str,
+        first: &Changes,
+    ) -> std::result::Result<bool, Refusal> {
+        if first.changes_since() == 0 || self.store.has_doc(name).map_err(internal)? {
+            return Ok(false);
+        }
+        if peer.eq_ignore_ascii_case(self.cfg.address()) {
+            return Ok(true);
+        }
+        let me = self.store.this_device().map_err(internal)?;
+        Ok(self.store.want(name, &me.id).map_err(internal)?.is_some())
+    }
+
     /// The configured document an arrival is for, and its sender's key among that document's
-    /// peers (the address as configured; a client id for a shared folder).
+    /// peers (the address as configured; the own address for a sibling device; a client id for
+    /// a shared folder). None: a sibling's mail about a document not configured on this device,
+    /// left to the devices that have it.
     fn addressee(
         &self,
         ti: usize,
         a: &Arrival,
         shared: bool,
-    ) -> std::result::Result<(String, String), Refusal> {
+    ) -> std::result::Result<Option<(String, String)>, Refusal> {
+        let own = !shared && a.from.eq_ignore_ascii_case(self.cfg.address());
         let candidates: Vec<usize> = (0..self.docs.len())
             .filter(|i| self.docs[*i].transport == ti)
             .collect();
-        let slot = if shared && candidates.len() == 1 {
-            candidates[0]
+        let found = if shared && candidates.len() == 1 {
+            Some(candidates[0])
         } else {
-            *candidates
+            candidates
                 .iter()
                 .find(|i| self.docs[**i].cfg.name == a.doc)
-                .ok_or_else(|| Refusal::Quarantine(format!("unknown document {:?}", a.doc)))?
+                .copied()
+        };
+        let slot = match found {
+            Some(slot) => slot,
+            None if own => return Ok(None),
+            None => return Err(Refusal::Quarantine(format!("unknown document {:?}", a.doc))),
         };
         let name = self.docs[slot].cfg.name.clone();
         if shared {
-            return Ok((name, a.from.clone()));
+            return Ok(Some((name, a.from.clone())));
+        }
+        if own {
+            return Ok(Some((name, self.cfg.address().to_string())));
         }
         match self.docs[slot].cfg.peer(&a.from) {
-            Some(p) => Ok((name, p.clone())),
+            Some(p) => Ok(Some((name, p.clone()))),
             None => Err(Refusal::Quarantine(format!(
                 "sender {} is not a peer of document {name:?}",
                 a.from
@@ -392,20 +466,12 @@ impl Agent {
         let address = self.cfg.address();
         let merged = self.store.update_doc::<_, AgentError>(name, |doc, tx| {
             let mut outcomes = Vec::with_capacity(items.len());
-            // The last mail of each sender that asked for a reply: (client, its Message-ID).
-            let mut replies: BTreeMap<String, (ClientId, Option<String>)> = BTreeMap::new();
-            // Client ids pinned by this transaction (the checks saw only committed pins).
-            let mut pins: HashMap<&str, ClientId> = HashMap::new();
+            // The last mail of each sender address that asked for a reply: its Message-ID (one
+            // reply serves every device behind the address).
+            let mut replies: BTreeMap<String, Option<String>> = BTreeMap::new();
             let mut any = false;
             for item in &items {
                 let span = &spans[item.at];
-                if let Some(pinned) = pins.get(item.peer.as_str())
-                    && *pinned != item.sent_by
-                {
-                    let refusal = pin_refusal(&item.peer, &pinned.to_string(), item.sent_by);
-                    outcomes.push((item.at, Err(refusal)));
-                    continue;
-                }
                 let before = doc.version();
                 let owed = match apply_item(doc, tx, name, item)? {
                     Ok(owed) => owed,
@@ -415,16 +481,24 @@ impl Agent {
                     }
                 };
                 record_merged(tx, name, item, doc.version() != before)?;
-                pins.insert(&item.peer, item.sent_by);
                 if item.wants_reply || (owed && !item.shared) {
-                    replies.insert(item.peer.clone(), (item.sent_by, item.message_id.clone()));
+                    replies.insert(item.peer.clone(), item.message_id.clone());
                 }
                 span.in_scope(|| tracing::info!(changed = doc.version() != before, "merged"));
                 any = true;
                 outcomes.push((item.at, Ok(())));
             }
-            for (peer, (client, message_id)) in &replies {
-                queue_ack(tx, doc, name, peer, *client, message_id.as_deref(), address)?;
+            for (peer, message_id) in &replies {
+                let clients = Store::clients_of(tx, name, peer)?;
+                queue_ack(
+                    tx,
+                    doc,
+                    name,
+                    peer,
+                    &clients,
+                    message_id.as_deref(),
+                    address,
+                )?;
             }
             let save = if any { Save::Merged } else { Save::No };
             Ok((outcomes, save))
@@ -524,12 +598,23 @@ fn apply_item(
 }
 
 /// What a merged arrival leaves in the store, in the merge's transaction: its Message-ID, the
-/// sender's pin and time, forks and quarantined mail it settles, and the document log.
+/// sending device and its client id (a device never named, as in mail released from the
+/// quarantine, goes under its client id), the time, forks and quarantined mail it settles, and
+/// the document log.
 fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: bool) -> Result<()> {
     if let Some(mid) = &item.message_id {
         Store::mark_seen(tx, mid)?;
     }
-    let pin = PeerChange::Pin(item.sent_by.to_string());
+    let client = item.sent_by.to_string();
+    if !item.shared {
+        let (device, device_name) = match &item.device {
+            Some(t) => (t.id.as_str(), t.name.as_deref()),
+            None => (client.as_str(), None),
+        };
+        Store::heard_device(tx, name, &item.peer, device, device_name, &client)?;
+        Store::clear_want(tx, name, device)?;
+    }
+    let pin = PeerChange::Pin(client);
     Store::touch_peer(tx, name, &item.peer, pin)?;
     Store::touch_peer(tx, name, &item.peer, PeerChange::Received)?;
     Store::clear_fork(tx, name, &item.peer)?;
@@ -583,26 +668,18 @@ fn arrival_spans(transport: &str, arrivals: &[Arrival]) -> Vec<tracing::Span> {
         .collect()
 }
 
-/// Mail from a peer's address but another client than the one first seen there: someone else, or
-/// the peer's reinstalled agent. Either way a person must look.
-fn pin_refusal(peer: &str, pinned: &str, sent_by: ClientId) -> Refusal {
-    Refusal::Quarantine(format!(
-        "{peer} used to be client {pinned}, this message comes from client {sent_by}"
-    ))
-}
-
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).
 pub(super) fn queue_ack(
     tx: &rusqlite::Connection,
     doc: &Document,
     name: &str,
     peer: &str,
-    client: ClientId,
+    clients: &[ClientId],
     in_reply_to: Option<&str>,
     address: &str,
 ) -> Result<()> {
     let repair = health(tx, name, peer)?.repair;
-    let changes = outgoing(doc, Some(client), repair);
+    let changes = outgoing(doc, clients, repair);
     if repair == Some(RepairKind::Reply) {
         Store::set_health(tx, name, peer, HealthChange::Repair(None))?;
     }

@@ -12,6 +12,14 @@ use crate::transport::{Delivery, Outgoing, SendError};
 /// The latest file is folded into a new base once it passes this share of the base's size.
 const REBASE_RATIO: f64 = 0.3;
 
+/// Who a mail to one address is for, and whose changes reach that address without us.
+struct Audience {
+    /// The client ids of the devices behind the address (empty: send everything).
+    clients: Vec<ClientId>,
+    /// Clients that write to that address themselves.
+    delivered: Vec<ClientId>,
+}
+
 /// When changes are due to go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -43,7 +51,7 @@ impl Agent {
                 Delivery::PerPeer => {
                     let rev = self.store.doc_rev(&name)?.unwrap_or(0);
                     let mut all_queued = true;
-                    for peer in self.docs[i].cfg.peers.clone() {
+                    for peer in self.targets(i)? {
                         all_queued &= self.queue_for_peer(i, &peer, self.due)?;
                     }
                     if all_queued && self.store.edited_at(&name)?.is_some() {
@@ -55,15 +63,64 @@ impl Agent {
         Ok(())
     }
 
-    /// Queues a changes mail for one peer if one is due (see [`Due`]); false when the send delay
-    /// is still running.
+    /// Where document `i`'s changes go: its peers' addresses, and the account's own address
+    /// when other devices of the account hold the document or asked for it (one mail serves
+    /// them all). A document no other device of the account has stays on this one.
+    pub(super) fn targets(&self, i: usize) -> Result<Vec<String>> {
+        let cfg = &self.docs[i].cfg;
+        let mut out = cfg.peers.clone();
+        if let Some(own) = self.cfg.account.as_ref().map(|a| a.address.clone()) {
+            let me = self.store.this_device()?;
+            let siblings = !Store::clients_of(self.store.conn(), &cfg.name, &own)?.is_empty()
+                || !self.store.wanting(&cfg.name, &own, &me.id)?.is_empty();
+            if siblings && !out.iter().any(|p| p.eq_ignore_ascii_case(&own)) {
+                out.push(own);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The client ids behind `peer` for document `name` (every device behind the address), and
+    /// the clients whose changes reach `peer` without us: for the own address, the devices of
+    /// the document's peers (they write to it themselves); for a peer, our sibling devices
+    /// (each writes its own changes to every address it shares the document with). An empty
+    /// list of clients while a sibling asked for the whole document: everything is sent.
+    fn audience(&self, name: &str, peer: &str, peers: &[String]) -> Result<Audience> {
+        let conn = self.store.conn();
+        let own = self.cfg.address();
+        let me = self.store.this_device()?;
+        if peer.eq_ignore_ascii_case(own) {
+            let mut delivered = Vec::new();
+            for p in peers {
+                delivered.extend(Store::clients_of(conn, name, p)?);
+            }
+            let wanted = !self.store.wanting(name, own, &me.id)?.is_empty();
+            let clients = if wanted {
+                Vec::new()
+            } else {
+                Store::clients_of(conn, name, own)?
+            };
+            return Ok(Audience { clients, delivered });
+        }
+        Ok(Audience {
+            clients: Store::clients_of(conn, name, peer)?,
+            delivered: Store::clients_of(conn, name, own)?,
+        })
+    }
+
+    /// Queues a changes mail for one address if one is due (see [`Due`]); false when the send
+    /// delay is still running. Changes that only others made (a sibling's, which it writes to
+    /// every address itself; a peer's, which reached the own address directly) are held back
+    /// for the resend interval and go out only if the address still lacks them then: a change
+    /// costs one mail per address, whatever the number of devices.
     pub(super) fn queue_for_peer(&mut self, i: usize, peer: &str, due: Due) -> Result<bool> {
         let now = due == Due::Now;
         let cfg = self.docs[i].cfg.clone();
         let row = self.store.peer(&cfg.name, peer)?;
         let version = self.store.read_doc(&cfg.name, |d| d.version())?;
         let t = now_ms();
-        let fresh = version > row.sent_version;
+        let resend = cfg.resend_interval.as_millis() as i64;
+        let mut fresh = version > row.sent_version;
         if fresh
             && due == Due::Batched
             && let Some(edited) = self.store.edited_at(&cfg.name)?
@@ -71,29 +128,35 @@ impl Agent {
         {
             return Ok(false);
         }
-        let resend_due = row
-            .last_sent_at
-            .is_some_and(|s| t >= s + cfg.resend_interval.as_millis() as i64)
+        let audience = self.audience(&cfg.name, peer, &cfg.peers)?;
+        if fresh && !now {
+            let news = self.store.read_doc(&cfg.name, |d| {
+                d.news_for_all(&audience.clients, &audience.delivered)
+            })?;
+            let held = self.store.deferred_since(&cfg.name, peer)?;
+            if !news && held.is_none_or(|since| t < since + resend) {
+                self.store.set_deferred(&cfg.name, peer, true)?;
+                return Ok(true);
+            }
+            fresh = news || held.is_some();
+        }
+        let resend_due = row.last_sent_at.is_some_and(|s| t >= s + resend)
             && self.store.pending_for(&cfg.name, peer)? == 0;
         if !fresh && !resend_due && !now {
             return Ok(true);
         }
-        let client = row
-            .client_id
-            .as_deref()
-            .and_then(|c| ClientId::parse(c).ok());
+        self.store.set_deferred(&cfg.name, peer, false)?;
         let repair = self.store.health(&cfg.name, peer)?.repair;
         let (body, has) = self.store.read_doc(&cfg.name, |d| {
-            let ch = outgoing(d, client, repair);
+            let ch = outgoing(d, &audience.clients, repair);
             (ch.to_json_string(), ch.has_changes())
         })?;
         if has {
-            let address = self.cfg.address();
             let item = OutItem {
                 id: 0,
                 doc: cfg.name.clone(),
                 peer: peer.to_string(),
-                message_id: new_message_id(address),
+                message_id: new_message_id(self.cfg.address()),
                 in_reply_to: None,
                 body,
                 ack_only: false,
@@ -110,6 +173,76 @@ impl Agent {
             PeerChange::Queued(version),
         )?;
         Ok(true)
+    }
+
+    /// Asks the account's other devices for the whole of every mail document configured here
+    /// with no replica yet, when there are other devices (this one joined with a setup code,
+    /// or others of the account were heard from); again after the document's resend interval
+    /// while none has come. A lone device waits for its peers as before.
+    pub(super) async fn send_wants(&mut self, report: &mut PassReport) -> Result<()> {
+        let Some(own) = self.cfg.account.as_ref().map(|a| a.address.clone()) else {
+            return Ok(());
+        };
+        let me = self.store.this_device()?;
+        let Ok(device) = ClientId::parse(&me.id) else {
+            return Ok(());
+        };
+        let own_key = self.own_public_key();
+        for i in 0..self.docs.len() {
+            let slot = &self.docs[i];
+            let transport = self.transports[slot.transport].clone();
+            let name = slot.cfg.name.clone();
+            let every = slot.cfg.resend_interval.as_millis() as i64;
+            if transport.delivery() != Delivery::PerPeer || self.store.has_doc(&name)? {
+                continue;
+            }
+            let asked = self.store.want(&name, &me.id)?;
+            let siblings = self
+                .store
+                .devices(&own)?
+                .iter()
+                .any(|d| d.retired_at.is_none() && d.device != me.id);
+            if (asked.is_none() && !siblings) || asked.is_some_and(|at| now_ms() < at + every) {
+                continue;
+            }
+            let mid = new_message_id(&own);
+            let out = Outgoing {
+                doc_name: &name,
+                doc_id: "",
+                client_id: device,
+                peer: &own,
+                message_id: &mid,
+                in_reply_to: None,
+                body: "",
+                ack_only: true,
+                version: 0,
+                base: None,
+                base_version: 0,
+                base_len: 0,
+                peer_key: own_key.as_deref(),
+                want: true,
+            };
+            match transport.send(&out).await {
+                Ok(()) => {
+                    Store::set_want(self.store.conn(), &name, &me.id, now_ms())?;
+                    tracing::info!(doc = %name, "asked the account's other devices for the document");
+                }
+                Err(e) => {
+                    report.send_failures += 1;
+                    report
+                        .errors
+                        .push(format!("asking other devices for {name:?}: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The account's public key (binary): mail to the own address is encrypted to it.
+    pub(super) fn own_public_key(&self) -> Option<Vec<u8>> {
+        self.account_key
+            .as_ref()
+            .and_then(|k| k.public().to_bytes().ok())
     }
 
     /// Delivers due outbox items (only those for `only_peer` when given).
@@ -129,8 +262,12 @@ impl Agent {
             };
             let transport = self.transports[slot.transport].clone();
             // Content travels only encrypted: without the peer's key it waits (a hello asks).
-            let peer_key =
-                crate::agent::keys::usable_key(&self.cfg, &self.store.peer_key(&item.peer)?);
+            // The account's other devices hold the account's key.
+            let peer_key = if item.peer.eq_ignore_ascii_case(self.cfg.address()) {
+                self.own_public_key()
+            } else {
+                crate::agent::keys::usable_key(&self.cfg, &self.store.peer_key(&item.peer)?)
+            };
             if peer_key.is_none() && transport.delivery() == Delivery::PerPeer {
                 let note = format!(
                     "waiting for the OpenPGP key of {} (a hello asks for it)",
@@ -158,6 +295,7 @@ impl Agent {
                 base_version: 0,
                 base_len: 0,
                 peer_key: peer_key.as_deref(),
+                want: false,
             };
             let span = tracing::info_span!("send", doc = %item.doc, peer = %item.peer, message_id = %item.message_id);
             let _guard = span.enter();
@@ -272,6 +410,7 @@ impl Agent {
             base_version,
             base_len,
             peer_key: None,
+            want: false,
         };
         transport
             .send(&out)

@@ -18,6 +18,9 @@ pub struct Status {
     pub quarantined: Vec<Quarantined>,
     /// Each mail peer's OpenPGP key: pinned, waited for, or changed (refused until accepted).
     pub keys: Vec<KeyStatus>,
+    /// The account's devices (this one first) and each peer's, with what each replica has
+    /// acknowledged and when it was last heard from.
+    pub devices: Vec<super::DeviceStatus>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
 }
@@ -135,7 +138,7 @@ pub struct PeerStatus {
     pub quarantined: usize,
 }
 
-fn when(ms: Option<i64>) -> Option<String> {
+pub(super) fn when(ms: Option<i64>) -> Option<String> {
     ms.map(|m| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.max(0) as u64);
         humantime::format_rfc3339_seconds(t).to_string()
@@ -177,6 +180,13 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             TransportKind::Mail => d.peers.clone(),
             TransportKind::Folder => store.peers(&d.name)?.into_iter().map(|r| r.peer).collect(),
         };
+        // The account's other devices holding the document are shown as its own address.
+        if d.transport == TransportKind::Mail
+            && let Some(own) = cfg.account.as_ref().map(|a| a.address.clone())
+            && !Store::clients_of(store.conn(), &d.name, &own)?.is_empty()
+        {
+            keys.push(own);
+        }
         keys.sort();
         keys.dedup();
         for key in keys {
@@ -204,11 +214,13 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
             file,
         });
     }
+    let devices = super::device_status(cfg, store)?;
     Ok(Status {
         receiving,
         documents,
         quarantined,
         keys,
+        devices,
         failing,
     })
 }
@@ -222,20 +234,34 @@ fn peer_status(
     quarantined: &[Quarantined],
 ) -> crate::store::Result<PeerStatus> {
     let row = store.peer(&d.name, &key)?;
-    let client = row
-        .client_id
-        .as_deref()
-        .and_then(|c| ClientId::parse(c).ok());
-    let (last_received, last_acknowledged, pending_changes) = match (exists, client) {
-        (true, Some(c)) => store.read_doc(&d.name, |doc| {
-            let p = doc.peer(c).cloned().unwrap_or_default();
+    // Every device behind a mail address; the one client of a shared-folder peer.
+    let clients: Vec<ClientId> = match d.transport {
+        TransportKind::Mail => Store::clients_of(store.conn(), &d.name, &key)?,
+        TransportKind::Folder => row
+            .client_id
+            .as_deref()
+            .and_then(|c| ClientId::parse(c).ok())
+            .into_iter()
+            .collect(),
+    };
+    // The least any of them holds: the address is in step when every device is.
+    let (last_received, last_acknowledged, pending_changes) = match (exists, clients.is_empty()) {
+        (true, false) => store.read_doc(&d.name, |doc| {
+            let states: Vec<_> = clients
+                .iter()
+                .map(|c| doc.peer(*c).cloned().unwrap_or_default())
+                .collect();
             (
-                p.last_received,
-                p.last_acknowledged,
-                doc.changes_for(c).has_changes(),
+                states.iter().map(|p| p.last_received).min().unwrap_or(0),
+                states
+                    .iter()
+                    .map(|p| p.last_acknowledged)
+                    .min()
+                    .unwrap_or(0),
+                doc.changes_for_all(&clients).has_changes(),
             )
         })?,
-        (true, None) => (0, 0, true),
+        (true, true) => (0, 0, true),
         _ => (0, 0, false),
     };
     let health = store.health(&d.name, &key)?;
@@ -391,6 +417,7 @@ impl std::fmt::Display for Status {
                 )?,
             }
         }
+        super::fmt_devices(&self.devices, f)?;
         if !self.quarantined.is_empty() {
             writeln!(
                 f,

@@ -34,6 +34,56 @@ impl Document {
         }
     }
 
+    /// What none of `clients` is known to lack, in one changes object that each of them can merge:
+    /// the devices behind one mail address read the same mail. It starts after the oldest version
+    /// any of them confirmed and leaves out only what every one of them is known to hold. Empty
+    /// `clients`, or one never heard from: everything (as [`Self::changes`]).
+    pub fn changes_for_all(&self, clients: &[crate::engine::ClientId]) -> Changes {
+        match self.common_knowledge(clients) {
+            Some((since, knows)) => self.make_changes(since, Some(&knows), false),
+            None => self.changes(),
+        }
+    }
+
+    /// Whether `clients` lack changes beyond those of the clients in `delivered`: the changes
+    /// of clients that mail these devices themselves (a person's other devices write to every
+    /// address they share a document with) are not a reason to write now.
+    pub fn news_for_all(
+        &self,
+        clients: &[crate::engine::ClientId],
+        delivered: &[crate::engine::ClientId],
+    ) -> bool {
+        let Some((since, mut knows)) = self.common_knowledge(clients) else {
+            return true;
+        };
+        for c in delivered {
+            knows.insert(*c, u64::MAX);
+        }
+        self.make_changes(since, Some(&knows), false).has_changes()
+    }
+
+    /// The oldest version `clients` confirmed and what all of them are known to hold; None when
+    /// there are none or one was never heard from.
+    fn common_knowledge(&self, clients: &[crate::engine::ClientId]) -> Option<(u64, Knowledge)> {
+        let states: Vec<_> = clients
+            .iter()
+            .map(|c| self.peers.get(c))
+            .collect::<Option<Vec<_>>>()?;
+        let first = states.first()?;
+        let since = states.iter().map(|p| p.last_confirmed).min().unwrap_or(0);
+        let mut knows = first.knows.clone();
+        for p in &states[1..] {
+            knows.retain(|c, h| match p.knows.get(c) {
+                Some(theirs) => {
+                    *h = (*h).min(*theirs);
+                    true
+                }
+                None => false,
+            });
+        }
+        Some((since, knows))
+    }
+
     /// Everything changed after this replica's own version `version`, for any reader (the shared
     /// folder's `changes.latest.json`).
     pub fn changes_since(&self, version: u64) -> Changes {

@@ -82,6 +82,25 @@ impl Store {
         )? > 0)
     }
 
+    /// Replaces the account's secret key (`agent device join`: the key of the account's other
+    /// devices takes the place of the one this installation made for itself).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn replace_account_key(
+        conn: &rusqlite::Connection,
+        address: &str,
+        armored: &str,
+    ) -> Result<()> {
+        conn.execute(
+            "INSERT INTO account_keys (address, secret, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(address) DO UPDATE SET secret = ?2, created_at = ?3",
+            params![address, armored, now_ms()],
+        )?;
+        Ok(())
+    }
+
     /// What is known of a peer's key (all empty when nothing).
     ///
     /// # Errors

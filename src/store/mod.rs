@@ -15,11 +15,13 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use crate::engine::{self, Document, SaveMark};
 
+mod devices;
 mod files;
 mod health;
 mod keys;
 mod quarantine;
 mod replica;
+pub use devices::{DeviceClient, DeviceRow, ThisDevice};
 pub use files::FileState;
 pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
@@ -217,6 +219,7 @@ impl Store {
         conn.execute_batch(keys::SCHEMA)?;
         conn.execute_batch(files::SCHEMA)?;
         conn.execute_batch(replica::SCHEMA)?;
+        conn.execute_batch(devices::SCHEMA)?;
         Ok(Store {
             conn,
             cache: HashMap::new(),
@@ -676,11 +679,14 @@ impl Store {
         let seen = self
             .conn
             .execute("DELETE FROM seen WHERE at < ?1", [now - KEEP_SEEN_MS])?;
+        let handled = self
+            .conn
+            .execute("DELETE FROM handled WHERE at < ?1", [now - KEEP_SEEN_MS])?;
         let outbox = self.conn.execute(
             "DELETE FROM outbox WHERE status != 'pending' AND created_at < ?1",
             [now - KEEP_OUTBOX_MS],
         )?;
-        Ok(seen + outbox)
+        Ok(seen + handled + outbox)
     }
 
     /// Keeps the latest full changes object of a peer whose document of this name is another

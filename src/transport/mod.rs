@@ -61,6 +61,19 @@ pub struct Outgoing<'a> {
     /// The peer's binary OpenPGP public key (mail: what the changes are encrypted to; the mail
     /// transport refuses to send changes without it). Unused by shared delivery.
     pub peer_key: Option<&'a [u8]>,
+    /// Mail to the own address only: no changes, a request for the whole document from the
+    /// account's other devices (this device has it configured but holds no replica yet).
+    pub want: bool,
+}
+
+/// Which device of an address a mail comes from (mail format 3, inside the encryption): its id
+/// (16 letters or digits, one per installation), its name, and the devices of that address its
+/// agent was told are removed (`agent device remove`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceTag {
+    pub id: String,
+    pub name: Option<String>,
+    pub retired: Vec<String>,
 }
 
 /// What the mail transport found out about the key that signed an arrival: the key carried in
@@ -92,6 +105,10 @@ pub struct Arrival {
     pub payloads: Result<Vec<String>, String>,
     /// Mail: the verified signer (None when unsigned, undecryptable, or not mail).
     pub sealed: Option<Sealed>,
+    /// Mail: the sending device, from the signed headers (None for a hello or unreadable mail).
+    pub device: Option<DeviceTag>,
+    /// Mail from the own address: a sibling device asks for the whole document.
+    pub want: bool,
 }
 
 /// What became of an arrival.

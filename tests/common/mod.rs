@@ -457,11 +457,18 @@ pub fn send_sealed(
         base_version: 0,
         base_len: 0,
         peer_key: Some(&key),
+        want: false,
+    };
+    let device = minisync::transport::DeviceTag {
+        id: "tttttttttttttttt".into(),
+        name: Some("test".into()),
+        retired: Vec::new(),
     };
     let me = minisync::transport::mail::envelope::Sender {
         address: from,
         name: None,
         key: signer,
+        device: &device,
     };
     let (_, raw) = minisync::transport::mail::envelope::build(&out, &me).unwrap();
     send_raw(stack, from, to, &raw);

@@ -232,6 +232,8 @@ impl Transport for FolderTransport {
                             in_reply_to: None,
                             payloads,
                             sealed: None,
+                            device: None,
+                            want: false,
                         });
                     }
                 }

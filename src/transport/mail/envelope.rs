@@ -4,7 +4,7 @@
 //! protocol="application/pgp-encrypted"`, a `Version: 1` part and an `application/octet-stream`
 //! part holding one armored OpenPGP message, signed, compressed and encrypted to the peer and to
 //! ourselves (RFC 3156 §6.2, see [`super::openpgp`]). Outside it only what routing needs: `From`,
-//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 2`, `Auto-Submitted` and the
+//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 3`, `Auto-Submitted` and the
 //! sender's key in `Autocrypt:` (Autocrypt Level 1). The encrypted entity is `multipart/mixed;
 //! protected-headers="v1"` with the real headers (document name, kind, Message-ID, the reply's
 //! In-Reply-To), a short text part and the changes object as `minisync-changes.json`; the
@@ -21,17 +21,24 @@ use lettre::{Address, Message};
 use mail_parser::{MessageParser, MimeHeaders};
 
 use crate::transport::mail::{autocrypt, openpgp};
-use crate::transport::{Arrival, Outgoing, Sealed};
+use crate::transport::{Arrival, DeviceTag, Outgoing, Sealed};
 
 /// The envelope format version, in the `Minisync-Version` header. Format 1 (until minisync
-/// 0.1 without OpenPGP) was plaintext; it is refused with a request to upgrade.
-pub const ENVELOPE_VERSION: &str = "2";
+/// 0.1 without OpenPGP) was plaintext, format 2 named no device; both are refused with a
+/// request to upgrade.
+pub const ENVELOPE_VERSION: &str = "3";
 /// Header that marks agent mail.
 pub const VERSION_HEADER: &str = "Minisync-Version";
 /// Header that names the document (inside the encryption only).
 pub const DOCUMENT_HEADER: &str = "Minisync-Document";
 /// Header that says whether the mail carries changes, only acknowledges, or is a hello.
 pub const KIND_HEADER: &str = "Minisync-Kind";
+/// Header naming the sending device (inside the encryption only).
+pub const DEVICE_HEADER: &str = "Minisync-Device";
+/// Header with the sending device's name (inside the encryption only).
+pub const DEVICE_NAME_HEADER: &str = "Minisync-Device-Name";
+/// Header listing the devices of the sender's address that were removed (inside only).
+pub const RETIRED_HEADER: &str = "Minisync-Retired";
 /// Largest changes object accepted, 256 MiB: a compression bomb stops here, with an error that
 /// says so. (A 10 MB document's full sync is a 13 MB changes object.)
 pub const MAX_CHANGES_BYTES: u64 = 256 * 1024 * 1024;
@@ -44,11 +51,20 @@ const CHANGES_FILE: &str = "minisync-changes.json";
 /// The hello's signed attachment.
 const HELLO_FILE: &str = "minisync-hello.asc";
 
-/// The sender's side of a mail: address, display name, key.
+/// The sender's side of a mail: address, display name, key, and which device of the address.
 pub struct Sender<'a> {
     pub address: &'a str,
     pub name: Option<&'a str>,
     pub key: &'a openpgp::SecretKey,
+    pub device: &'a DeviceTag,
+}
+
+/// A device name as a header value: printable ASCII and spaces, at most 64 characters.
+fn header_safe(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect()
 }
 
 fn addresses(from: &str, to: &str) -> Result<(Address, Address), String> {
@@ -81,11 +97,14 @@ fn mark(message: &mut Message, kind: Option<&str>, autocrypt: String) {
 }
 
 /// The encrypted entity of a changes mail (protected headers, RFC 3156 §6.2 payload).
-fn inner(out: &Outgoing<'_>, from: &str) -> Vec<u8> {
-    let what = if out.ack_only {
-        "acknowledgement"
+fn inner(out: &Outgoing<'_>, me: &Sender<'_>) -> Vec<u8> {
+    let from = me.address;
+    let (what, kind) = if out.want {
+        ("a request for the whole document", "want")
+    } else if out.ack_only {
+        ("acknowledgement", "ack")
     } else {
-        "changes"
+        ("changes", "changes")
     };
     let boundary = format!(
         "inner-{:016x}{:016x}",
@@ -100,11 +119,20 @@ fn inner(out: &Outgoing<'_>, from: &str) -> Vec<u8> {
     if let Some(r) = out.in_reply_to {
         head.push_str(&format!("In-Reply-To: {r}\r\nReferences: {r}\r\n"));
     }
-    let kind = if out.ack_only { "ack" } else { "changes" };
     head.push_str(&format!(
-        "{DOCUMENT_HEADER}: {}\r\n{KIND_HEADER}: {kind}\r\n\r\n",
-        out.doc_name
+        "{DOCUMENT_HEADER}: {}\r\n{KIND_HEADER}: {kind}\r\n{DEVICE_HEADER}: {}\r\n",
+        out.doc_name, me.device.id
     ));
+    if let Some(name) = &me.device.name {
+        head.push_str(&format!("{DEVICE_NAME_HEADER}: {}\r\n", header_safe(name)));
+    }
+    if !me.device.retired.is_empty() {
+        head.push_str(&format!(
+            "{RETIRED_HEADER}: {}\r\n",
+            me.device.retired.join(" ")
+        ));
+    }
+    head.push_str("\r\n");
     let text = format!(
         "This message carries minisync {what} for the document \"{}\".\r\n\
          It is processed automatically by the minisync agent of {}; you do not need to open or answer it.\r\n",
@@ -143,8 +171,8 @@ pub fn build(
     let peer_key = openpgp::PublicKey::from_bytes(peer_key)
         .map_err(|e| format!("the key of {}: {e}", out.peer))?;
     let own = me.key.public();
-    let armored = openpgp::seal(inner(out, me.address), me.key, &[&peer_key, &own])
-        .map_err(|e| e.to_string())?;
+    let armored =
+        openpgp::seal(inner(out, me), me.key, &[&peer_key, &own]).map_err(|e| e.to_string())?;
     let parts = MultiPart::encrypted("application/pgp-encrypted".to_string())
         .singlepart(
             SinglePart::builder()
@@ -235,6 +263,13 @@ pub fn is_agent_mail(header: &[u8]) -> bool {
         .is_some_and(|m| m.header(VERSION_HEADER).is_some())
 }
 
+/// The (outer) Message-ID in a message's header block, as `<id>`.
+pub fn outer_id(header: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse_headers(header)
+        .and_then(|m| m.message_id().map(|s| format!("<{s}>")))
+}
+
 fn text_header(m: &mail_parser::Message<'_>, name: &str) -> String {
     m.header(name)
         .and_then(|h| h.as_text())
@@ -251,8 +286,35 @@ fn from_of(m: &mail_parser::Message<'_>) -> String {
         .to_ascii_lowercase()
 }
 
+/// The signed device headers: the sending device's id and name, and the removed devices.
+fn device_tag(m: &mail_parser::Message<'_>) -> Result<DeviceTag, String> {
+    let valid = |id: &str| crate::engine::ClientId::parse(id).is_ok();
+    let id = text_header(m, DEVICE_HEADER);
+    if id.is_empty() {
+        return Err(format!("no {DEVICE_HEADER} header inside the encryption"));
+    }
+    if !valid(&id) {
+        return Err(format!(
+            "{DEVICE_HEADER} {id:?} is not a device id (16 letters or digits)"
+        ));
+    }
+    let retired: Vec<String> = text_header(m, RETIRED_HEADER)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if let Some(bad) = retired.iter().find(|r| !valid(r)) {
+        return Err(format!(
+            "{RETIRED_HEADER} names {bad:?}, which is not a device id (16 letters or digits)"
+        ));
+    }
+    let name = Some(header_safe(&text_header(m, DEVICE_NAME_HEADER))).filter(|n| !n.is_empty());
+    Ok(DeviceTag { id, name, retired })
+}
+
 /// What [`parse`] needs to know about the receiving side.
 pub struct Receiver<'a> {
+    /// The account's own address: its other devices write to it.
+    pub own: &'a str,
     /// Our key, to decrypt.
     pub key: &'a openpgp::SecretKey,
     /// Whether an address is a peer of any document: a stranger's mail is not decrypted.
@@ -274,6 +336,8 @@ pub fn parse(key: String, raw: &[u8], rx: &Receiver<'_>) -> Arrival {
         in_reply_to: None,
         payloads: Err("unreadable message".into()),
         sealed: None,
+        device: None,
+        want: false,
     };
     let Some(m) = MessageParser::default().parse(raw) else {
         arrival.payloads = Err("the message cannot be parsed as MIME".into());
@@ -420,6 +484,17 @@ fn read_inner(
             "{} may not send changes for document {:?}",
             arrival.from, arrival.doc
         ));
+    }
+    arrival.device = Some(device_tag(&m)?);
+    if text_header(&m, KIND_HEADER) == "want" {
+        if !rx.own.eq_ignore_ascii_case(&arrival.from) {
+            return Err(format!(
+                "a request for a whole document from {}: only the account's own devices ask for one",
+                arrival.from
+            ));
+        }
+        arrival.want = true;
+        return Ok(Vec::new());
     }
     let part = m
         .attachments()

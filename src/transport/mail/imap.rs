@@ -449,8 +449,11 @@ fn uid_of(attrs: &[AttributeValue<'_>]) -> Option<u32> {
 /// Which part of a message to fetch.
 #[derive(Debug, Clone, Copy)]
 pub enum Part {
-    /// Only the `Minisync-Version` header field: enough to tell agent mail.
+    /// Only the `Minisync-Version` and `Message-ID` header fields: enough to tell agent mail
+    /// and which message it is.
     Marker,
+    /// Another header field (and `Message-ID`).
+    Header(&'static str),
     Whole,
 }
 
@@ -464,7 +467,11 @@ pub async fn fetch(
 ) -> Result<Replies<(u32, Vec<u8>)>, String> {
     let set = uid_set(uids);
     let query = match part {
-        Part::Marker => format!("BODY.PEEK[HEADER.FIELDS ({})]", envelope::VERSION_HEADER),
+        Part::Marker => format!(
+            "BODY.PEEK[HEADER.FIELDS ({} Message-ID)]",
+            envelope::VERSION_HEADER
+        ),
+        Part::Header(name) => format!("BODY.PEEK[HEADER.FIELDS ({name} Message-ID)]"),
         Part::Whole => "BODY.PEEK[]".to_string(),
     };
     let mut got = checked(
@@ -487,6 +494,11 @@ pub async fn fetch(
     got.items.retain(|(uid, _)| uids.contains(uid));
     got.items.sort_by_key(|(u, _)| *u);
     Ok(got)
+}
+
+/// Copies one message to a folder (`UID COPY`), leaving it where it is.
+pub async fn copy_message(session: &mut ImapSession, uid: u32, folder: &str) -> Result<(), String> {
+    command(session, &format!("UID COPY {uid} {}", quoted(folder)?)).await
 }
 
 /// Moves one message to a folder: `UID MOVE` where the server announced MOVE; else `UID COPY`,

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod imap;
 pub mod net;
 pub mod openpgp;
+pub mod setup;
 pub mod smtp;
 
 use std::collections::HashSet;
@@ -53,6 +54,9 @@ struct ImapState {
     idle_failures: u32,
     /// IDLE is announced but cannot be started: the agent polls instead until it restarts.
     idle_off: bool,
+    /// The outer Message-ID of each agent mail read from the watched mailbox in this pass, by
+    /// UID: recorded as handled when it is settled.
+    inbox_ids: std::collections::HashMap<u32, String>,
 }
 
 impl ImapState {
@@ -123,12 +127,13 @@ impl MailTransport {
         })
     }
 
-    /// Who signs what this transport sends.
-    fn sender(&self) -> envelope::Sender<'_> {
+    /// Who signs what this transport sends, from which device.
+    fn sender<'a>(&'a self, device: &'a crate::transport::DeviceTag) -> envelope::Sender<'a> {
         envelope::Sender {
             address: &self.account.address,
             name: self.account.name.as_deref(),
             key: &self.key,
+            device,
         }
     }
 
@@ -239,21 +244,27 @@ impl MailTransport {
         let mut arrivals = Vec::new();
         let mut next = from;
         // A stranger's mail is not decrypted; a peer's changes only for the documents it shares.
+        let own = self.account.address.as_str();
+        // The account's other devices write to its own address, about any document.
         let known = |from: &str| {
-            routes
-                .iter()
-                .any(|r| crate::config::find_address(&r.peers, from).is_some())
+            from.eq_ignore_ascii_case(own)
+                || routes
+                    .iter()
+                    .any(|r| crate::config::find_address(&r.peers, from).is_some())
         };
         let accept = |from: &str, doc: &str| {
-            routes
-                .iter()
-                .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
+            from.eq_ignore_ascii_case(own)
+                || routes
+                    .iter()
+                    .any(|r| r.name == doc && crate::config::find_address(&r.peers, from).is_some())
         };
         let rx = envelope::Receiver {
+            own,
             key: &self.key,
             known: &known,
             accept: &accept,
         };
+        st.inbox_ids.clear();
         if sel.uid_next.is_none_or(|n| from < n) {
             let (ours, limit) = self.agent_mail(st, sel, from).await?;
             // The cursor stays on the first agent mail until it has been moved away.
@@ -278,7 +289,131 @@ impl MailTransport {
             .map_err(|_| err("cursor store poisoned"))?
             .set_cursor(&self.account.imap.mailbox, sel.validity, next)
             .map_err(err)?;
+        let result = self.receive_processed(st, &rx).await;
+        // Back on the watched mailbox; mail that came in the meantime is counted in this SELECT's
+        // reply, not announced: look again before waiting.
+        let again = self.ready_inner(st).await?;
+        if again.uid_next != sel.uid_next {
+            st.news = true;
+        }
+        arrivals.extend(result?);
         Ok(arrivals)
+    }
+
+    /// The name under which the cursor on the processed folder is kept.
+    fn processed_cursor(&self) -> String {
+        format!("processed:{}", self.account.imap.processed_folder)
+    }
+
+    /// Agent mail the account's other devices moved to the processed folder since this device
+    /// last looked there (its own cursor on that folder), except what this device settled
+    /// itself: every device reads every agent mail, whichever device moved it out of the inbox.
+    /// On first contact (and when the folder was rebuilt) it reads the folder from its start:
+    /// what was merged already is recognised by Message-ID. Leaves the processed folder selected.
+    async fn receive_processed(
+        &self,
+        st: &mut ImapState,
+        rx: &envelope::Receiver<'_>,
+    ) -> Result<Vec<Arrival>, TransportError> {
+        self.folders(st).await?;
+        let folder = &self.account.imap.processed_folder;
+        let session = &mut st.conn()?.session;
+        let mb = session
+            .select(folder)
+            .await
+            .map_err(|e| err(format!("SELECT {folder}: {e}")))?;
+        let Some(validity) = mb.uid_validity else {
+            return Err(err(format!(
+                "{folder}: the server gives no UIDVALIDITY, so the agent cannot keep its place there"
+            )));
+        };
+        let uid_next = mb.uid_next;
+        let name = self.processed_cursor();
+        let cursor = self.with_store(|s| s.cursor(&name))?;
+        let from = match cursor {
+            Some((v, n)) if v == validity && uid_next.is_none_or(|next| n <= next) => n,
+            _ => 1,
+        };
+        let (arrivals, next) = self.read_processed(st, from, rx).await?;
+        self.with_store(|s| s.set_cursor(&name, validity, next))?;
+        Ok(arrivals)
+    }
+
+    /// Reads the selected processed folder from `from` on: the arrivals not settled here yet,
+    /// and where the cursor goes (before the first message whose header did not come back).
+    async fn read_processed(
+        &self,
+        st: &mut ImapState,
+        from: u32,
+        rx: &envelope::Receiver<'_>,
+    ) -> Result<(Vec<Arrival>, u32), TransportError> {
+        let session = &mut st.conn()?.session;
+        let listed = self.step("list", imap::list(session, from)).await?;
+        let candidates: Vec<u32> = listed
+            .items
+            .iter()
+            .filter(|(_, deleted)| !deleted)
+            .map(|(uid, _)| *uid)
+            .collect();
+        let mut next = listed.items.last().map_or(from, |(uid, _)| uid + 1);
+        let mut wanted = Vec::new();
+        for batch in candidates.chunks(FETCH_BATCH) {
+            let got = self
+                .step("fetch", imap::fetch(session, batch, imap::Part::Marker))
+                .await?;
+            if let Some(missing) = batch
+                .iter()
+                .find(|u| !got.items.iter().any(|(g, _)| g == *u))
+            {
+                next = next.min(*missing);
+            }
+            for (uid, head) in got.items {
+                let mine = envelope::outer_id(&head)
+                    .map(|id| self.with_store(|s| s.handled(&id)))
+                    .transpose()?
+                    .unwrap_or(false);
+                if envelope::is_agent_mail(&head) && !mine && uid < next {
+                    wanted.push(uid);
+                }
+            }
+        }
+        let mut arrivals = Vec::new();
+        for batch in wanted.chunks(FETCH_BATCH) {
+            let got = self
+                .step("fetch", imap::fetch(session, batch, imap::Part::Whole))
+                .await?;
+            for (uid, raw) in got.items {
+                if envelope::is_agent_mail(&raw) {
+                    arrivals.push(envelope::parse(format!("p{uid}"), &raw, rx));
+                }
+            }
+        }
+        Ok((arrivals, next))
+    }
+
+    /// Runs `f` on the agent's store (cursors, handled mail, this device).
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store) -> crate::store::Result<T>,
+    ) -> Result<T, TransportError> {
+        let store = self
+            .cursors
+            .lock()
+            .map_err(|_| err("cursor store poisoned"))?;
+        f(&store).map_err(err)
+    }
+
+    /// The sending device's tag: this device and the removed devices of the account.
+    fn device_tag(&self) -> Result<crate::transport::DeviceTag, String> {
+        self.with_store(|s| {
+            let me = s.this_device()?;
+            Ok(crate::transport::DeviceTag {
+                id: me.id,
+                name: Some(me.name),
+                retired: s.retired(&self.account.address)?,
+            })
+        })
+        .map_err(|e| e.0)
     }
 
     /// UIDs of agent mail from `from` on, and where the cursor may go at most. Every message
@@ -318,11 +453,15 @@ impl MailTransport {
         {
             limit = limit.min(*missing);
         }
-        let ours = headers
-            .into_iter()
-            .filter(|(_, h)| envelope::is_agent_mail(h))
-            .map(|(uid, _)| uid)
-            .collect();
+        let mut ours = Vec::new();
+        for (uid, h) in headers {
+            if envelope::is_agent_mail(&h) {
+                if let Some(id) = envelope::outer_id(&h) {
+                    st.inbox_ids.insert(uid, id);
+                }
+                ours.push(uid);
+            }
+        }
         Ok((ours, limit))
     }
 
@@ -402,17 +541,48 @@ impl MailTransport {
         Ok(())
     }
 
+    /// Moves a settled message from the watched mailbox to the processed folder, where the
+    /// account's other devices read it too; a refused one is first copied to the quarantine
+    /// folder for the user to look at (another device may take it after all).
     async fn settle_inner(
         &self,
         st: &mut ImapState,
         uid: u32,
-        folder: &str,
+        quarantine: bool,
     ) -> Result<(), TransportError> {
         self.folders(st).await?;
         let conn = st.conn()?;
-        imap::move_message(&mut conn.session, uid, folder, conn.caps)
-            .await
-            .map_err(err)
+        if quarantine {
+            imap::copy_message(&mut conn.session, uid, &self.account.imap.quarantine_folder)
+                .await
+                .map_err(err)?;
+        }
+        imap::move_message(
+            &mut conn.session,
+            uid,
+            &self.account.imap.processed_folder,
+            conn.caps,
+        )
+        .await
+        .map_err(err)
+    }
+
+    /// Settles a message read from the processed folder: it stays there; one to be read again
+    /// holds this device's cursor on the folder before it.
+    fn settle_processed(&self, uid: &str, how: &Settle) -> Result<(), TransportError> {
+        let uid: u32 = uid
+            .parse()
+            .map_err(|_| err(format!("bad IMAP UID p{uid:?}")))?;
+        if *how != Settle::Retry {
+            return Ok(());
+        }
+        let name = self.processed_cursor();
+        self.with_store(|s| {
+            if let Some((v, n)) = s.cursor(&name)? {
+                s.set_cursor(&name, v, n.min(uid))?;
+            }
+            Ok(())
+        })
     }
 
     /// Deletes processed agent mail older than `keep` (only messages whose header the agent read
@@ -539,12 +709,15 @@ impl Transport for MailTransport {
     }
 
     async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError> {
-        let (env, raw) = envelope::build(out, &self.sender()).map_err(SendError::Permanent)?;
+        let device = self.device_tag().map_err(SendError::Temporary)?;
+        let (env, raw) =
+            envelope::build(out, &self.sender(&device)).map_err(SendError::Permanent)?;
         self.smtp.send(&env, &raw).await
     }
 
     async fn hello(&self, peer: &str, message_id: &str, wants_key: bool) -> Result<(), SendError> {
-        let (env, raw) = envelope::build_hello(peer, message_id, wants_key, &self.sender())
+        let device = self.device_tag().map_err(SendError::Temporary)?;
+        let (env, raw) = envelope::build_hello(peer, message_id, wants_key, &self.sender(&device))
             .map_err(SendError::Permanent)?;
         self.smtp.send(&env, &raw).await
     }
@@ -559,21 +732,26 @@ impl Transport for MailTransport {
     }
 
     async fn settle(&self, arrival: &Arrival, how: &Settle) -> Result<(), TransportError> {
-        let folder = match how {
-            Settle::Processed => &self.account.imap.processed_folder,
-            Settle::Quarantined(_) => &self.account.imap.quarantine_folder,
-            Settle::Retry => return Ok(()),
-        };
+        // Read again from the processed folder, where a sibling device moved it: nothing moves.
+        if let Some(uid) = arrival.key.strip_prefix('p') {
+            return self.settle_processed(uid, how);
+        }
         let uid: u32 = arrival
             .key
             .parse()
             .map_err(|_| err(format!("bad IMAP UID {:?}", arrival.key)))?;
+        if *how == Settle::Retry {
+            return Ok(());
+        }
         let mut st = self.imap.lock().await;
+        let quarantine = matches!(how, Settle::Quarantined(_));
         let r = self
-            .step("move", self.settle_inner(&mut st, uid, folder))
+            .step("move", self.settle_inner(&mut st, uid, quarantine))
             .await;
         if r.is_err() {
             st.conn = None;
+        } else if let Some(id) = st.inbox_ids.get(&uid) {
+            self.with_store(|s| s.mark_handled(id))?;
         }
         r
     }

@@ -201,6 +201,60 @@ pub fn open(
     read_verified(msg, sender, limit)
 }
 
+/// Encrypts `data` with a password (the setup code of `agent device add`): an armored OpenPGP
+/// message, compressed, then encrypted with AES-256 under a key derived from the code by an
+/// iterated and salted S2K (the Autocrypt Setup Message's scheme).
+///
+/// # Errors
+///
+/// [`CryptoError::Build`] if rPGP cannot build it (not expected).
+pub fn seal_with_code(data: Vec<u8>, code: &str) -> Result<String, CryptoError> {
+    let mut rng = rand08::thread_rng();
+    let mut builder = MessageBuilder::from_bytes("", data);
+    builder.compression(CompressionAlgorithm::ZLIB);
+    let mut builder = builder.seipd_v1(&mut rng, SymmetricKeyAlgorithm::AES256);
+    builder
+        .encrypt_with_password(
+            pgp::types::StringToKey::new_default(&mut rng),
+            &Password::from(code),
+        )
+        .map_err(|e| CryptoError::Build(e.to_string()))?;
+    builder
+        .to_armored_string(&mut rng, ArmorOptions::default())
+        .map_err(|e| CryptoError::Build(e.to_string()))
+}
+
+/// Decrypts a message sealed by [`seal_with_code`] (at most `limit` bytes).
+///
+/// # Errors
+///
+/// [`CryptoError::Decrypt`] when the code does not open it (a wrong code) or it is broken,
+/// [`CryptoError::TooLarge`].
+pub fn open_with_code(armored: &[u8], code: &str, limit: u64) -> Result<Vec<u8>, CryptoError> {
+    let decrypt = |e: &dyn std::fmt::Display| CryptoError::Decrypt(e.to_string());
+    let (msg, _) = Message::from_armor(armored).map_err(|e| decrypt(&e))?;
+    if !msg.is_encrypted() {
+        return Err(CryptoError::Decrypt("it is not encrypted".into()));
+    }
+    let msg = msg
+        .decrypt_with_password(&Password::from(code))
+        .map_err(|e| decrypt(&e))?;
+    let mut msg = if msg.is_compressed() {
+        msg.decompress().map_err(|e| decrypt(&e))?
+    } else {
+        msg
+    };
+    let mut data = Vec::new();
+    (&mut msg)
+        .take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| decrypt(&e))?;
+    if data.len() as u64 > limit {
+        return Err(CryptoError::TooLarge(limit / (1024 * 1024)));
+    }
+    Ok(data)
+}
+
 /// Signs `data` with `signer` without encrypting it (the hello): an armored OpenPGP message.
 ///
 /// # Errors
@@ -296,6 +350,20 @@ mod tests {
         let e = open(sealed.as_bytes(), &b, &m.public(), 1 << 20).unwrap_err();
         assert!(matches!(e, CryptoError::BadSignature(_)), "{e}");
         let e = open(sealed.as_bytes(), &b, &a.public(), 1000).unwrap_err();
+        assert!(matches!(e, CryptoError::TooLarge(_)), "{e}");
+    }
+
+    #[test]
+    fn a_message_sealed_with_a_code_opens_with_that_code_only() {
+        let sealed = seal_with_code(b"the key".to_vec(), "1234-5678").unwrap();
+        assert_eq!(
+            open_with_code(sealed.as_bytes(), "1234-5678", 100).unwrap(),
+            b"the key"
+        );
+        let e = open_with_code(sealed.as_bytes(), "1234-5679", 100).unwrap_err();
+        assert!(matches!(e, CryptoError::Decrypt(_)), "{e}");
+        assert!(open_with_code(b"not armored", "1234-5678", 100).is_err());
+        let e = open_with_code(sealed.as_bytes(), "1234-5678", 3).unwrap_err();
         assert!(matches!(e, CryptoError::TooLarge(_)), "{e}");
     }
 

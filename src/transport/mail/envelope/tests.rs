@@ -1,4 +1,4 @@
-//! Round trips of the format-2 envelope and the refusals of mail that is not what it claims.
+//! Round trips of the format-3 envelope and the refusals of mail that is not what it claims.
 
 use super::*;
 use crate::engine::ClientId;
@@ -19,7 +19,18 @@ fn out<'a>(body: &'a str, reply: Option<&'a str>, peer_key: &'a [u8]) -> Outgoin
         base_version: 0,
         base_len: 0,
         peer_key: Some(peer_key),
+        want: false,
     }
+}
+
+/// The device tag every test mail carries.
+fn device() -> &'static DeviceTag {
+    static TAG: std::sync::OnceLock<DeviceTag> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| DeviceTag {
+        id: "dddddddddddddddd".into(),
+        name: Some("laptop".into()),
+        retired: vec!["rrrrrrrrrrrrrrrr".into()],
+    })
 }
 
 fn sender<'a>(address: &'a str, key: &'a SecretKey) -> Sender<'a> {
@@ -27,6 +38,7 @@ fn sender<'a>(address: &'a str, key: &'a SecretKey) -> Sender<'a> {
         address,
         name: Some("Alice"),
         key,
+        device: device(),
     }
 }
 
@@ -37,6 +49,7 @@ fn read(raw: &[u8], key: &SecretKey) -> Arrival {
         "1".into(),
         raw,
         &Receiver {
+            own: "alice@example.test",
             key,
             known: &known,
             accept: &accept,
@@ -65,7 +78,11 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         .unwrap();
         assert_eq!(env.to()[0].to_string(), "bob@example.test");
         let text = String::from_utf8_lossy(&raw);
-        assert!(text.contains("Minisync-Version: 2"), "{text}");
+        assert!(text.contains("Minisync-Version: 3"), "{text}");
+        assert!(
+            !text.contains("laptop") && !text.contains("dddddddddddddddd"),
+            "{text}"
+        );
         assert!(text.contains("multipart/encrypted"), "{text}");
         assert!(
             text.contains("Autocrypt: addr=alice@example.test; prefer-encrypt=mutual;"),
@@ -92,6 +109,8 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         assert_eq!(got.doc, "todo");
         assert_eq!(got.message_id.as_deref(), Some("<m1@example.test>"));
         assert_eq!(got.in_reply_to.as_deref(), Some("<prev@example.test>"));
+        assert_eq!(got.device.as_ref(), Some(device()));
+        assert!(!got.want);
         let sealed = got.sealed.unwrap();
         assert_eq!(sealed.fingerprint, a.fingerprint());
         assert_eq!(sealed.hello, None);
@@ -162,16 +181,16 @@ fn mail_for_another_key_unencrypted_or_old_is_refused_with_the_reason() {
     let got = read(&raw, &b);
     assert!(got.payloads.unwrap_err().contains("does not decrypt"));
     assert!(got.sealed.is_none());
-    let plain = b"Minisync-Version: 2\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
+    let plain = b"Minisync-Version: 3\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
     let e = read(plain, &b).payloads.unwrap_err();
     assert!(e.contains("Autocrypt header without addr"), "{e}");
-    let old = b"Minisync-Version: 1\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let old = b"Minisync-Version: 2\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     let e = read(old, &b).payloads.unwrap_err();
     assert!(
         e.contains("older minisync") && e.contains("upgrade minisync"),
         "{e}"
     );
-    let new = b"Minisync-Version: 3\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let new = b"Minisync-Version: 4\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     assert!(
         read(new, &b)
             .payloads
@@ -198,6 +217,7 @@ fn a_strangers_mail_is_not_decrypted_and_a_forged_inner_sender_is_refused() {
     let known = |from: &str| from == "carol@example.test";
     let accept = |_: &str, _: &str| true;
     let rx = Receiver {
+        own: "bob@example.test",
         key: &b,
         known: &known,
         accept: &accept,
@@ -206,7 +226,7 @@ fn a_strangers_mail_is_not_decrypted_and_a_forged_inner_sender_is_refused() {
     assert!(got.payloads.unwrap_err().contains("not decrypted"));
     // Signed by alice's key, but the signed (inner) From is mallory's.
     let o = out("{}", None, &bob_pub);
-    let inner_mallory = inner(&o, "mallory@example.test");
+    let inner_mallory = inner(&o, &sender("mallory@example.test", &a));
     let armored = openpgp::seal(inner_mallory, &a, &[&b.public()]).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let start = text.find("-----BEGIN PGP MESSAGE-----").unwrap();
@@ -222,4 +242,39 @@ fn a_strangers_mail_is_not_decrypted_and_a_forged_inner_sender_is_refused() {
         e.contains("signed sender is \"mallory@example.test\""),
         "{e}"
     );
+}
+
+#[test]
+fn a_want_reads_only_from_the_own_address_and_device_headers_are_checked() {
+    let a = generate("alice@example.test").unwrap();
+    let own = a.public().to_bytes().unwrap();
+    let mut o = out("", None, &own);
+    o.peer = "alice@example.test";
+    o.want = true;
+    let (_, raw) = build(&o, &sender("alice@example.test", &a)).unwrap();
+    let got = read(&raw, &a);
+    assert!(got.want);
+    assert_eq!(got.payloads.unwrap(), Vec::<String>::new());
+    // The same request from someone else is refused.
+    let m = generate("mallory@example.test").unwrap();
+    let mut o2 = out("", None, &own);
+    o2.want = true;
+    let (_, raw) = build(&o2, &sender("mallory@example.test", &m)).unwrap();
+    let e = read(&raw, &a).payloads.unwrap_err();
+    assert!(e.contains("only the account's own devices"), "{e}");
+    // A device id that is not one.
+    let bad = DeviceTag {
+        id: "not an id".into(),
+        name: None,
+        retired: Vec::new(),
+    };
+    let me = Sender {
+        address: "alice@example.test",
+        name: None,
+        key: &a,
+        device: &bad,
+    };
+    let (_, raw) = build(&out("{}", None, &own), &me).unwrap();
+    let e = read(&raw, &a).payloads.unwrap_err();
+    assert!(e.contains("is not a device id"), "{e}");
 }
