@@ -83,9 +83,10 @@ impl Agent {
     /// The client ids behind `peer` for document `name` (every device behind the address), and
     /// the clients whose changes reach `peer` without us: for the own address, the devices of
     /// the document's peers (they write to it themselves); for a peer, our sibling devices
-    /// (each writes its own changes to every address it shares the document with). An empty
+    /// (each writes its own changes to every address it shares the document with) and every
+    /// other replica known to share the document with that peer's devices (the same). An empty
     /// list of clients while a sibling asked for the whole document: everything is sent.
-    fn audience(&self, name: &str, peer: &str, peers: &[String]) -> Result<Audience> {
+    fn audience(&mut self, name: &str, peer: &str, peers: &[String]) -> Result<Audience> {
         let conn = self.store.conn();
         let own = self.cfg.address();
         let me = self.store.this_device()?;
@@ -102,10 +103,15 @@ impl Agent {
             };
             return Ok(Audience { clients, delivered });
         }
-        Ok(Audience {
-            clients: Store::clients_of(conn, name, peer)?,
-            delivered: Store::clients_of(conn, name, own)?,
-        })
+        let clients = Store::clients_of(conn, name, peer)?;
+        let mut delivered = Store::clients_of(conn, name, own)?;
+        let authors = self.store.read_doc(name, |d| d.authors_reaching(&clients))?;
+        for c in authors {
+            if !delivered.contains(&c) {
+                delivered.push(c);
+            }
+        }
+        Ok(Audience { clients, delivered })
     }
 
     /// Queues a changes mail for one address if one is due (see [`Due`]); false when the send

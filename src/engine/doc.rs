@@ -106,6 +106,10 @@ pub struct PeerState {
     pub last_confirmed: u64,
     /// What that client is known to hold (learned from it or relayed by others).
     pub knows: Knowledge,
+    /// The clients in that client's own client table, as its newest changes object listed
+    /// them: the replicas it shares the document with, to which it sends its own changes
+    /// itself (so another replica need not relay them at once).
+    pub lists: std::collections::BTreeSet<ClientId>,
 }
 
 /// A wall clock in milliseconds; replaceable so tests can run with skewed or frozen clocks.

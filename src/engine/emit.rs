@@ -62,6 +62,25 @@ impl Document {
         self.make_changes(since, Some(&knows), false).has_changes()
     }
 
+    /// The clients that send their own changes to every one of `clients` themselves: those
+    /// whose newest changes object listed all of them in its client table. A replica holds
+    /// their changes back from `clients` instead of relaying them at once (each author writes
+    /// to everyone it shares the document with), so that a change made among N replicas that
+    /// all know each other costs N − 1 mails, not (N − 1)².
+    pub fn authors_reaching(
+        &self,
+        clients: &[crate::engine::ClientId],
+    ) -> Vec<crate::engine::ClientId> {
+        if clients.is_empty() {
+            return Vec::new();
+        }
+        self.peers
+            .iter()
+            .filter(|(c, p)| !clients.contains(c) && clients.iter().all(|t| p.lists.contains(t)))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
     /// The oldest version `clients` confirmed and what all of them are known to hold; None when
     /// there are none or one was never heard from.
     fn common_knowledge(&self, clients: &[crate::engine::ClientId]) -> Option<(u64, Knowledge)> {

@@ -311,10 +311,13 @@ impl Document {
                 sender.last_received.max(changes.from_version)
             };
         }
+        let listed = changes.client_states.iter().map(|c| c.client_id);
         if newest {
             sender.knows = changes.knows.clone();
+            sender.lists = listed.collect();
         } else {
             merge_knows(&mut sender.knows, &changes.knows);
+            sender.lists.extend(listed);
         }
         if about_us > version {
             return Some(about_us);

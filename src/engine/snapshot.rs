@@ -47,6 +47,8 @@ struct SnapPeer {
     #[serde(default)]
     last_confirmed: Option<u64>,
     knows: Knowledge,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    lists: BTreeSet<ClientId>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -607,6 +609,7 @@ impl Document {
                             last_acknowledged: p.last_acknowledged,
                             last_confirmed: Some(p.last_confirmed),
                             knows: p.knows.clone(),
+                            lists: p.lists.clone(),
                         },
                     )
                 })
@@ -840,6 +843,7 @@ impl Document {
                             last_acknowledged: p.last_acknowledged,
                             last_confirmed: p.last_confirmed.unwrap_or(p.last_acknowledged),
                             knows: p.knows,
+                            lists: p.lists,
                         },
                     )
                 })
