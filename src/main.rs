@@ -9,9 +9,8 @@ mod editor;
 use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use minisync::agent::{
-    Agent, AgentError, DocCommand, PassReport, PeerCommand, account_key, device_add, device_join,
-    device_remove, device_status, doc_command, fmt_devices, lock_state, open_store, peer_command,
-    status,
+    Agent, AgentError, DocCommand, PassReport, PeerCommand, device_add, device_join, device_remove,
+    device_status, doc_command, fmt_devices, lock_state, open_store, peer_command, status,
 };
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path, write_private_file};
 use minisync::transport::mail::Finding;
@@ -580,17 +579,18 @@ fn init(path: &Path, force: bool) -> anyhow::Result<ExitCode> {
     write_private_file(path, include_str!("../config/agent.toml").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     let cfg = load(path)?;
-    let store = open_store(&cfg)?;
-    if cfg.account.is_some() {
-        let key = account_key(&cfg, &store)?;
-        println!("OpenPGP key of {}: {}", cfg.address(), key.fingerprint());
-    }
+    // The state exists from here on; the account's OpenPGP key is made at first use, for the
+    // address you put in the config (not this template's placeholder).
+    open_store(&cfg)?;
     println!(
         "wrote {}\nstate in {}",
         path.display(),
         cfg.database_path().display()
     );
-    println!("edit the [account], [[peers]] and [[documents]] tables, then run `agent check`");
+    println!(
+        "edit the [account], [[peers]] and [[documents]] tables, then run `agent check` (your \
+         OpenPGP key is made then, for your address; `agent peer invite` shows it)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -105,7 +105,9 @@ impl Agent {
         }
         let clients = Store::clients_of(conn, name, peer)?;
         let mut delivered = Store::clients_of(conn, name, own)?;
-        let authors = self.store.read_doc(name, |d| d.authors_reaching(&clients))?;
+        let authors = self
+            .store
+            .read_doc(name, |d| d.authors_reaching(&clients))?;
         for c in authors {
             if !delivered.contains(&c) {
                 delivered.push(c);
