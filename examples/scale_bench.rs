@@ -3,7 +3,8 @@
 //! (default 10 minutes) of random edits, then left to settle. Prints one JSON object: whether
 //! every document ended identical everywhere, mails sent per edit, agents' resident memory at
 //! the start and the end, edit-to-merged latency (until every other agent holds the edit) and
-//! CPU seconds per agent. A benchmark: it never fails on speed, only when something is lost.
+//! CPU seconds per agent. A benchmark: it never fails on speed; edits that have not reached every
+//! agent 5 minutes after the last one are counted (`undelivered_edits`, and `converged` is false).
 //!
 //! Run it through `scripts/bench-scale`, which starts Postfix + Dovecot and builds the agent:
 //! `scale_bench --stack DIR/env --agent target/release/agent [--peers 20] [--docs 50]
@@ -184,8 +185,9 @@ fn arrived(stores: &mut [Store], p: &mut Pending) -> bool {
 }
 
 /// Random edits at `rate` per second for `minutes`, then up to 5 minutes for the last to
-/// arrive: (edits made, latencies in ms of those that reached every other agent).
-fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>)> {
+/// arrive: (edits made, latencies in ms of those that reached every other agent, edits that did
+/// not reach every other agent in that time).
+fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>, usize)> {
     let mut stores: Vec<Store> = nodes.iter().map(store_of).collect::<anyhow::Result<_>>()?;
     let mut rng = rand::rng();
     let gap = Duration::from_secs_f64(1.0 / a.rate);
@@ -225,13 +227,7 @@ fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>)> {
         });
         std::thread::sleep(Duration::from_millis(5));
     }
-    if !pending.is_empty() {
-        bail!(
-            "{} edits never reached every agent within 5 minutes of the last",
-            pending.len()
-        );
-    }
-    Ok((edits, latencies))
+    Ok((edits, latencies, pending.len()))
 }
 
 /// Whether every document is identical at every agent.
@@ -273,7 +269,10 @@ fn main() -> anyhow::Result<()> {
         .map(|p| usage(*p))
         .collect::<anyhow::Result<_>>()?;
     let (changes0, acks0) = (sent(&nodes, false)?, sent(&nodes, true)?);
-    let (edits, mut lat) = edit_phase(&a, &nodes)?;
+    let (edits, mut lat, undelivered) = edit_phase(&a, &nodes)?;
+    if undelivered > 0 {
+        eprintln!("{undelivered} edits did not reach every agent within 5 minutes of the last");
+    }
     std::thread::sleep(Duration::from_secs(10)); // the last acknowledgements
     let after: Vec<(f64, f64)> = pids
         .iter()
@@ -288,7 +287,8 @@ fn main() -> anyhow::Result<()> {
         "documents": a.docs,
         "minutes": a.minutes,
         "edits": edits,
-        "converged": converged(&a, &nodes)?,
+        "converged": undelivered == 0 && converged(&a, &nodes)?,
+        "undelivered_edits": undelivered,
         "mails_per_edit": per_edit(changes + acks),
         "change_mails_per_edit": per_edit(changes),
         "ack_mails_per_edit": per_edit(acks),
