@@ -20,7 +20,7 @@ use minisync::agent::AgentError;
 use minisync::store::{Save, Store};
 use rand::Rng;
 use serde_json::{Value, json};
-use support::{Bench, Kill, Node, percentile, store_of, wait_for};
+use support::{Bench, Kill, Node, percentile, store_of, wait_every};
 
 struct Args {
     stack: String,
@@ -132,7 +132,9 @@ fn set_up(b: &Bench, a: &Args, nodes: &[Node]) -> anyhow::Result<Kill> {
             .collect::<anyhow::Result<_>>()?,
     );
     let want = (a.peers - 1) as u64;
-    wait_for(
+    let every = Duration::from_millis(250);
+    wait_every(
+        every,
         Duration::from_secs(600),
         "every agent's keys of every peer",
         || {
@@ -150,7 +152,8 @@ fn set_up(b: &Bench, a: &Args, nodes: &[Node]) -> anyhow::Result<Kill> {
         )?;
     }
     let mut stores: Vec<Store> = nodes.iter().map(store_of).collect::<anyhow::Result<_>>()?;
-    wait_for(
+    wait_every(
+        every,
         Duration::from_secs(900),
         "every document at every agent",
         || {
@@ -171,15 +174,53 @@ struct Pending {
     missing: Vec<usize>,
 }
 
-/// Removes from `p.missing` the agents that hold the edit; true when none is left.
-fn arrived(stores: &mut [Store], p: &mut Pending) -> bool {
+/// Each agent's documents' revisions, read in one query per agent: which (agent, document)
+/// changed since the last look. Only those are read, so that watching many pending edits costs
+/// the agents nothing.
+struct Revisions {
+    conns: Vec<rusqlite::Connection>,
+    seen: Vec<std::collections::HashMap<String, i64>>,
+}
+
+impl Revisions {
+    fn new(nodes: &[Node]) -> anyhow::Result<Revisions> {
+        Ok(Revisions {
+            conns: nodes.iter().map(db).collect::<anyhow::Result<_>>()?,
+            seen: nodes.iter().map(|_| Default::default()).collect(),
+        })
+    }
+
+    fn changed(&mut self) -> anyhow::Result<std::collections::HashSet<(usize, String)>> {
+        let mut out = std::collections::HashSet::new();
+        for (i, conn) in self.conns.iter().enumerate() {
+            let mut st = conn.prepare_cached("SELECT name, rev FROM documents")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (name, rev) = row?;
+                if self.seen[i].insert(name.clone(), rev) != Some(rev) {
+                    out.insert((i, name));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Removes from `p.missing` the agents whose copy of the document changed and holds the edit;
+/// true when none is left.
+fn arrived(
+    stores: &mut [Store],
+    changed: &std::collections::HashSet<(usize, String)>,
+    p: &mut Pending,
+) -> bool {
     p.missing.retain(|&i| {
-        stores[i]
-            .read_doc(&p.doc, |d| d.get(&p.path).ok().flatten())
-            .ok()
-            .flatten()
-            .as_ref()
-            != Some(&p.value)
+        !changed.contains(&(i, p.doc.clone()))
+            || stores[i]
+                .read_doc(&p.doc, |d| d.get(&p.path).ok().flatten())
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(&p.value)
     });
     p.missing.is_empty()
 }
@@ -189,6 +230,8 @@ fn arrived(stores: &mut [Store], p: &mut Pending) -> bool {
 /// not reach every other agent in that time).
 fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>, usize)> {
     let mut stores: Vec<Store> = nodes.iter().map(store_of).collect::<anyhow::Result<_>>()?;
+    let mut revisions = Revisions::new(nodes)?;
+    revisions.changed()?;
     let mut rng = rand::rng();
     let gap = Duration::from_secs_f64(1.0 / a.rate);
     let (start, length) = (Instant::now(), Duration::from_secs_f64(a.minutes * 60.0));
@@ -218,14 +261,16 @@ fn edit_phase(a: &Args, nodes: &[Node]) -> anyhow::Result<(usize, Vec<f64>, usiz
             edits += 1;
             next += gap;
         }
+        let changed = revisions.changed()?;
+        let seen_at = Instant::now();
         pending.retain_mut(|p| {
-            let done = arrived(&mut stores, p);
+            let done = arrived(&mut stores, &changed, p);
             if done {
-                latencies.push(p.at.elapsed().as_secs_f64() * 1000.0);
+                latencies.push(seen_at.duration_since(p.at).as_secs_f64() * 1000.0);
             }
             !done
         });
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok((edits, latencies, pending.len()))
 }

@@ -111,13 +111,23 @@ pub fn store_of(node: &Node) -> anyhow::Result<Store> {
     Ok(Store::open(&Config::load(&node.config)?.database_path())?)
 }
 
-pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub fn wait_for(timeout: Duration, what: &str, f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    wait_every(Duration::from_millis(1), timeout, what, f)
+}
+
+/// Calls `f` every `every` until it is true, for at most `timeout`.
+pub fn wait_every(
+    every: Duration,
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if f() {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(every);
     }
     bail!("timed out waiting for {what}")
 }
