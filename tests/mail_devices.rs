@@ -380,3 +380,55 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
         messages(&stack.maildir(&a), "").is_empty()
     });
 }
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_sibling_directly() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let peers = [b.as_str()];
+    let specs = [doc("todo", &peers, "10m")];
+    let dev_a = node(&stack, &a, &[&b], &specs, Security::Plain);
+    let dev_b = node(&stack, &a, &[&b], &specs, Security::Plain);
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("todo", &[&a], "10m")],
+        Security::Plain,
+    );
+    introduce(&[&dev_a, &dev_c]);
+    dev_c.import("todo", &json!({"title": "T0"}));
+    sync_until(&[&dev_c, &dev_a], "alice holds the document", || {
+        same(&[&dev_a, &dev_c], "todo")
+    });
+    join(&dev_a, &dev_b);
+    // B's first pass finds bob's whole document in the processed folder: it comes from the peer,
+    // not from its sibling.
+    dev_b.sync();
+    assert_eq!(dev_b.doc("todo"), Some(json!({"title": "T0"})));
+    // From here on bob never syncs: the devices keep in step through the own address.
+    let alices = [&dev_a, &dev_b];
+    sync_until(&alices, "A knows that B holds the document", || {
+        !store_of(&dev_a)
+            .device_clients("todo", &a)
+            .unwrap()
+            .is_empty()
+    });
+    dev_a.ok(&["doc", "set", "todo", "title", "\"T1\""]);
+    sync_until(&alices, "A's edit on B without bob", || {
+        dev_b.doc("todo") == Some(json!({"title": "T1"}))
+    });
+    dev_b.ok(&["doc", "set", "todo", "by", "\"b\""]);
+    sync_until(&alices, "B's edit on A without bob", || {
+        dev_a.doc("todo") == Some(json!({"title": "T1", "by": "b"}))
+    });
+    assert_eq!(
+        dev_c.doc("todo"),
+        Some(json!({"title": "T0"})),
+        "bob never synced"
+    );
+    for n in alices {
+        assert_eq!(n.status()["quarantined"], json!([]), "{}", n.address);
+    }
+}

@@ -345,6 +345,10 @@ impl Agent {
                 tag.id, a.from
             )));
         }
+        if own {
+            Store::heard_of_device(self.store.conn(), &a.from, &tag.id, tag.name.as_deref())
+                .map_err(internal)?;
+        }
         if a.want {
             Store::set_want(self.store.conn(), &a.doc, &tag.id, now_ms()).map_err(internal)?;
             tracing::info!(device = %tag.id, doc = %a.doc, "a sibling device asks for the whole document");

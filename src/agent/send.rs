@@ -51,7 +51,9 @@ impl Agent {
                 Delivery::PerPeer => {
                     let rev = self.store.doc_rev(&name)?.unwrap_or(0);
                     let mut all_queued = true;
-                    for peer in self.targets(i)? {
+                    let targets = self.targets(i)?;
+                    self.announce(i, &targets)?;
+                    for peer in targets {
                         all_queued &= self.queue_for_peer(i, &peer, self.due)?;
                     }
                     if all_queued && self.store.edited_at(&name)?.is_some() {
@@ -80,6 +82,46 @@ impl Agent {
         Ok(out)
     }
 
+    /// Tells the account's other devices, once, that this device holds document `i`: an
+    /// acknowledgement (no changes) to the own address, so that they record this replica and
+    /// keep it in step directly, not only through the peers. Only for a document shared with
+    /// peers (a device may have got it from them, unknown to its siblings) while this device
+    /// knows it has siblings and does not write to the own address for it already; a document
+    /// configured on this device alone is never announced.
+    fn announce(&mut self, i: usize, targets: &[String]) -> Result<()> {
+        let cfg = &self.docs[i].cfg;
+        let Some(own) = self.cfg.account.as_ref().map(|a| a.address.clone()) else {
+            return Ok(());
+        };
+        let name = cfg.name.clone();
+        let me = self.store.this_device()?;
+        if cfg.peers.is_empty()
+            || targets.iter().any(|t| t.eq_ignore_ascii_case(&own))
+            || self.store.announced(&name)?
+            || !self.store.knows_siblings(&own, &me.id)?
+        {
+            return Ok(());
+        }
+        let (body, version) = self.store.read_doc(&name, |d| {
+            (d.changes_since(d.version()).to_json_string(), d.version())
+        })?;
+        let item = OutItem {
+            id: 0,
+            doc: name.clone(),
+            peer: own.clone(),
+            message_id: new_message_id(&own),
+            in_reply_to: None,
+            body,
+            ack_only: true,
+            version,
+            attempts: 0,
+        };
+        Store::enqueue(self.store.conn(), &item)?;
+        Store::set_announced(self.store.conn(), &name)?;
+        tracing::info!(doc = %name, "told the account's other devices that this one holds it");
+        Ok(())
+    }
+
     /// The client ids behind `peer` for document `name` (every device behind the address), and
     /// the clients whose changes reach `peer` without us: for the own address, the devices of
     /// the document's peers (they write to it themselves); for a peer, our sibling devices
@@ -105,7 +147,9 @@ impl Agent {
         }
         let clients = Store::clients_of(conn, name, peer)?;
         let mut delivered = Store::clients_of(conn, name, own)?;
-        let authors = self.store.read_doc(name, |d| d.authors_reaching(&clients))?;
+        let authors = self
+            .store
+            .read_doc(name, |d| d.authors_reaching(&clients))?;
         for c in authors {
             if !delivered.contains(&c) {
                 delivered.push(c);
