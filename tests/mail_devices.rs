@@ -402,11 +402,18 @@ fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_s
     sync_until(&[&dev_c, &dev_a], "alice holds the document", || {
         same(&[&dev_a, &dev_c], "todo")
     });
+    // Deltas from bob, left in alice's processed folder.
+    for i in 0..3 {
+        dev_c.ok(&["doc", "set", "todo", "n", &i.to_string()]);
+        dev_c.sync();
+        dev_a.sync();
+    }
     join(&dev_a, &dev_b);
-    // B's first pass finds bob's whole document in the processed folder: it comes from the peer,
-    // not from its sibling.
+    // B's first pass finds bob's mail in the processed folder: the document comes from the
+    // peer, not from its sibling, and bob's deltas are neither refused nor quarantined.
     dev_b.sync();
-    assert_eq!(dev_b.doc("todo"), Some(json!({"title": "T0"})));
+    assert_eq!(dev_b.doc("todo"), Some(json!({"title": "T0", "n": 2})));
+    assert_eq!(dev_b.status()["quarantined"], json!([]));
     // From here on bob never syncs: the devices keep in step through the own address.
     let alices = [&dev_a, &dev_b];
     sync_until(&alices, "A knows that B holds the document", || {
@@ -417,15 +424,15 @@ fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_s
     });
     dev_a.ok(&["doc", "set", "todo", "title", "\"T1\""]);
     sync_until(&alices, "A's edit on B without bob", || {
-        dev_b.doc("todo") == Some(json!({"title": "T1"}))
+        dev_b.doc("todo") == Some(json!({"title": "T1", "n": 2}))
     });
     dev_b.ok(&["doc", "set", "todo", "by", "\"b\""]);
     sync_until(&alices, "B's edit on A without bob", || {
-        dev_a.doc("todo") == Some(json!({"title": "T1", "by": "b"}))
+        dev_a.doc("todo") == Some(json!({"title": "T1", "n": 2, "by": "b"}))
     });
     assert_eq!(
         dev_c.doc("todo"),
-        Some(json!({"title": "T0"})),
+        Some(json!({"title": "T0", "n": 2})),
         "bob never synced"
     );
     for n in alices {
