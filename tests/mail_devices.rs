@@ -379,6 +379,14 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
     sync_until(&both, "the inbox empty", || {
         messages(&stack.maildir(&a), "").is_empty()
     });
+    // A third device, added when A wrote both documents to the own address long ago (and the
+    // resend interval is far off): its request is answered at A's next pass all the same.
+    let dev_c = node(&stack, &a, &[], &specs, Security::Plain);
+    join(&dev_a, &dev_c);
+    let three = [&dev_c, &dev_a, &dev_c];
+    sync_until(&three, "the third device receives both documents", || {
+        same(&[&dev_a, &dev_c], "notes") && same(&[&dev_a, &dev_c], "todo")
+    });
 }
 
 #[test]
