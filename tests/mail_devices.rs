@@ -381,8 +381,20 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
     });
     // A third device, added when A wrote both documents to the own address long ago (and the
     // resend interval is far off): its request is answered at A's next pass all the same.
+    // `device add` run twice: the first code still works (each message has its own).
     let dev_c = node(&stack, &a, &[], &specs, Security::Plain);
-    join(&dev_a, &dev_c);
+    let codes: Vec<String> = (0..2)
+        .map(|_| {
+            let out = dev_a.ok(&["device", "add", "--json"]);
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            v["code"].as_str().unwrap().to_string()
+        })
+        .collect();
+    wait_until(T, "both setup messages arrive", || {
+        messages(&stack.maildir(&a), "").len() >= 2
+    });
+    let said = dev_c.ok(&["device", "join", "--code", &codes[0]]);
+    assert!(said.contains("joined"), "{said}");
     let three = [&dev_c, &dev_a, &dev_c];
     sync_until(&three, "the third device receives both documents", || {
         same(&[&dev_a, &dev_c], "notes") && same(&[&dev_a, &dev_c], "todo")

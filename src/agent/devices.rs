@@ -130,7 +130,31 @@ fn read_payload(bytes: &[u8], address: &str) -> Result<Imported> {
     Ok((key, peers))
 }
 
-/// `agent device join --code CODE`: finds the newest setup message in the mailbox, opens it
+/// Opens the first of the setup messages (newest first) that `code` opens: its UID and content.
+/// None opening: the newest one's error (several: how many were tried).
+fn open_any(found: &[(u32, Vec<u8>)], address: &str, code: &str) -> Result<(u32, Vec<u8>)> {
+    let mut first_error = None;
+    for (uid, raw) in found {
+        match setup::open(raw, address, code) {
+            Ok(payload) => return Ok((*uid, payload)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let error = first_error.unwrap_or_else(|| "no setup message".to_string());
+    Err(other(if found.len() > 1 {
+        format!(
+            "{error} (none of the {} setup messages opens with it)",
+            found.len()
+        )
+    } else {
+        error
+    }))
+}
+
+/// `agent device join --code CODE`: finds the setup message the code opens (each `agent device
+/// add` sends one with its own code; newest tried first) in the mailbox, opens it
 /// with the code, takes the account key and the pinned peer keys in one transaction, asks the
 /// account's other devices for every mail document configured here (the next pass sends the
 /// request), and deletes the setup message. Returns what was done, in words.
@@ -154,10 +178,10 @@ pub async fn device_join(cfg: &Config, code: &str) -> Result<String> {
     }
     let mut session = setup::connect(account).await.map_err(other)?;
     let caps = imap::Caps::of(&mut session).await.map_err(other)?;
-    let (uid, raw) = setup::fetch_newest(&mut session, &account.imap.mailbox)
+    let found = setup::fetch_all(&mut session, &account.imap.mailbox)
         .await
         .map_err(other)?;
-    let payload = setup::open(&raw, &account.address, code).map_err(other)?;
+    let (uid, payload) = open_any(&found, &account.address, code)?;
     let (key, peers) = read_payload(&payload, &account.address)?;
     let me = store.this_device()?;
     let sql = |e: rusqlite::Error| AgentError::Store(e.into());
