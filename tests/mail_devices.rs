@@ -458,4 +458,26 @@ fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_s
     for n in alices {
         assert_eq!(n.status()["quarantined"], json!([]), "{}", n.address);
     }
+    removal_goes_out_at_the_next_pass(&dev_a, &dev_b, &dev_c);
+}
+
+/// `device remove` on A, then one `agent sync` without any edit: bob learns the removal at once
+/// and refuses the removed device's edits from then on.
+fn removal_goes_out_at_the_next_pass(dev_a: &Node, dev_b: &Node, dev_c: &Node) {
+    let b_id = store_of(dev_b).this_device().unwrap().id;
+    dev_a.ok(&["device", "remove", &b_id]);
+    dev_a.sync();
+    sync_until(&[dev_c], "bob learns of the removal", || {
+        store_of(dev_c).is_retired(&dev_a.address, &b_id).unwrap()
+    });
+    dev_b.ok(&["doc", "set", "todo", "late", "1"]);
+    for _ in 0..3 {
+        for n in [dev_b, dev_c, dev_a] {
+            n.sync();
+        }
+    }
+    for n in [dev_a, dev_c] {
+        let d = n.doc("todo").unwrap();
+        assert!(d.get("late").is_none(), "{}: {d}", n.address);
+    }
 }

@@ -360,6 +360,47 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
     Ok(())
 }
 
+/// Puts in the outbox, for every mail document held here, an acknowledgement (no changes) to
+/// each of its peers and to the own address when a sibling holds it: every mail names the
+/// removed devices (`Minisync-Retired`), so the removal goes out with the next pass instead of
+/// waiting for the next edit.
+fn queue_removal_notices(cfg: &Config, store: &mut Store, own: &str) -> Result<()> {
+    for d in cfg
+        .documents
+        .iter()
+        .filter(|d| d.transport == TransportKind::Mail)
+    {
+        if !store.has_doc(&d.name)? {
+            continue;
+        }
+        let mut to = d.peers.clone();
+        if !Store::clients_of(store.conn(), &d.name, own)?.is_empty() {
+            to.push(own.to_string());
+        }
+        let (body, version) = store.read_doc(&d.name, |doc| {
+            (
+                doc.changes_since(doc.version()).to_json_string(),
+                doc.version(),
+            )
+        })?;
+        for peer in to {
+            let item = crate::store::OutItem {
+                id: 0,
+                doc: d.name.clone(),
+                peer,
+                message_id: new_message_id(own),
+                in_reply_to: None,
+                body: body.clone(),
+                ack_only: true,
+                version,
+                attempts: 0,
+            };
+            Store::enqueue(store.conn(), &item)?;
+        }
+    }
+    Ok(())
+}
+
 /// `agent device remove ID`: retires one of the account's other devices. Nobody waits for its
 /// acknowledgements any more, its mail is refused, and every mail this device sends from now on
 /// names it as removed, so that the account's other devices and the peers do the same.
@@ -370,7 +411,7 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
 /// fails.
 pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
     let account = account(cfg)?;
-    let store = open_store(cfg)?;
+    let mut store = open_store(cfg)?;
     let me = store.this_device()?;
     if id == me.id {
         return Err(other(format!(
@@ -394,9 +435,11 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
         return Ok(format!("device {id} was removed already"));
     }
     Store::retire_devices(store.conn(), &account.address, &[id.to_string()])?;
+    queue_removal_notices(cfg, &mut store, &account.address)?;
     Ok(format!(
         "removed device {id}{}: nobody waits for its acknowledgements any more and its mail is \
-         refused; your other devices and your peers learn it with your next mail. It still holds \
+         refused; your other devices and your peers learn it with the next `agent sync` (or \
+         pass of the running service). It still holds \
          the account key: change your mail password so that it cannot read or send mail",
         row.name
             .as_deref()
