@@ -381,6 +381,15 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
     });
     // A third device, added when A wrote both documents to the own address long ago (and the
     // resend interval is far off): its request is answered at A's next pass all the same.
+    // A's answers to B are gone from the processed folder, so C cannot find them there.
+    dev_a.set_imap("keep-processed = \"1s\"");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = dev_a.cmd(&["sync"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("deleted processed mail past keep-processed"),
+        "{log}"
+    );
     // `device add` run twice: the first code still works (each message has its own).
     let dev_c = node(&stack, &a, &[], &specs, Security::Plain);
     let codes: Vec<String> = (0..2)
