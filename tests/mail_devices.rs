@@ -379,4 +379,114 @@ fn a_device_joined_with_a_code_receives_every_document_and_a_wrong_code_imports_
     sync_until(&both, "the inbox empty", || {
         messages(&stack.maildir(&a), "").is_empty()
     });
+    // A third device, added when A wrote both documents to the own address long ago (and the
+    // resend interval is far off): its request is answered at A's next pass all the same.
+    // A's answers to B are gone from the processed folder, so C cannot find them there.
+    dev_a.set_imap("keep-processed = \"1s\"");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = dev_a.cmd(&["sync"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("deleted processed mail past keep-processed"),
+        "{log}"
+    );
+    // `device add` run twice: the first code still works (each message has its own).
+    let dev_c = node(&stack, &a, &[], &specs, Security::Plain);
+    let codes: Vec<String> = (0..2)
+        .map(|_| {
+            let out = dev_a.ok(&["device", "add", "--json"]);
+            let v: Value = serde_json::from_str(out.trim()).unwrap();
+            v["code"].as_str().unwrap().to_string()
+        })
+        .collect();
+    wait_until(T, "both setup messages arrive", || {
+        messages(&stack.maildir(&a), "").len() >= 2
+    });
+    let said = dev_c.ok(&["device", "join", "--code", &codes[0]]);
+    assert!(said.contains("joined"), "{said}");
+    let three = [&dev_c, &dev_a, &dev_c];
+    sync_until(&three, "the third device receives both documents", || {
+        same(&[&dev_a, &dev_c], "notes") && same(&[&dev_a, &dev_c], "todo")
+    });
+}
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_sibling_directly() {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let peers = [b.as_str()];
+    let specs = [doc("todo", &peers, "10m")];
+    let dev_a = node(&stack, &a, &[&b], &specs, Security::Plain);
+    let dev_b = node(&stack, &a, &[&b], &specs, Security::Plain);
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("todo", &[&a], "10m")],
+        Security::Plain,
+    );
+    introduce(&[&dev_a, &dev_c]);
+    dev_c.import("todo", &json!({"title": "T0"}));
+    sync_until(&[&dev_c, &dev_a], "alice holds the document", || {
+        same(&[&dev_a, &dev_c], "todo")
+    });
+    // Deltas from bob, left in alice's processed folder.
+    for i in 0..3 {
+        dev_c.ok(&["doc", "set", "todo", "n", &i.to_string()]);
+        dev_c.sync();
+        dev_a.sync();
+    }
+    join(&dev_a, &dev_b);
+    // B's first pass finds bob's mail in the processed folder: the document comes from the
+    // peer, not from its sibling, and bob's deltas are neither refused nor quarantined.
+    dev_b.sync();
+    assert_eq!(dev_b.doc("todo"), Some(json!({"title": "T0", "n": 2})));
+    assert_eq!(dev_b.status()["quarantined"], json!([]));
+    // From here on bob never syncs: the devices keep in step through the own address.
+    let alices = [&dev_a, &dev_b];
+    sync_until(&alices, "A knows that B holds the document", || {
+        !store_of(&dev_a)
+            .device_clients("todo", &a)
+            .unwrap()
+            .is_empty()
+    });
+    dev_a.ok(&["doc", "set", "todo", "title", "\"T1\""]);
+    sync_until(&alices, "A's edit on B without bob", || {
+        dev_b.doc("todo") == Some(json!({"title": "T1", "n": 2}))
+    });
+    dev_b.ok(&["doc", "set", "todo", "by", "\"b\""]);
+    sync_until(&alices, "B's edit on A without bob", || {
+        dev_a.doc("todo") == Some(json!({"title": "T1", "n": 2, "by": "b"}))
+    });
+    assert_eq!(
+        dev_c.doc("todo"),
+        Some(json!({"title": "T0", "n": 2})),
+        "bob never synced"
+    );
+    for n in alices {
+        assert_eq!(n.status()["quarantined"], json!([]), "{}", n.address);
+    }
+    removal_goes_out_at_the_next_pass(&dev_a, &dev_b, &dev_c);
+}
+
+/// `device remove` on A, then one `agent sync` without any edit: bob learns the removal at once
+/// and refuses the removed device's edits from then on.
+fn removal_goes_out_at_the_next_pass(dev_a: &Node, dev_b: &Node, dev_c: &Node) {
+    let b_id = store_of(dev_b).this_device().unwrap().id;
+    dev_a.ok(&["device", "remove", &b_id]);
+    dev_a.sync();
+    sync_until(&[dev_c], "bob learns of the removal", || {
+        store_of(dev_c).is_retired(&dev_a.address, &b_id).unwrap()
+    });
+    dev_b.ok(&["doc", "set", "todo", "late", "1"]);
+    for _ in 0..3 {
+        for n in [dev_b, dev_c, dev_a] {
+            n.sync();
+        }
+    }
+    for n in [dev_a, dev_c] {
+        let d = n.doc("todo").unwrap();
+        assert!(d.get("late").is_none(), "{}: {d}", n.address);
+    }
 }

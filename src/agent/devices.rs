@@ -130,7 +130,31 @@ fn read_payload(bytes: &[u8], address: &str) -> Result<Imported> {
     Ok((key, peers))
 }
 
-/// `agent device join --code CODE`: finds the newest setup message in the mailbox, opens it
+/// Opens the first of the setup messages (newest first) that `code` opens: its UID and content.
+/// None opening: the newest one's error (several: how many were tried).
+fn open_any(found: &[(u32, Vec<u8>)], address: &str, code: &str) -> Result<(u32, Vec<u8>)> {
+    let mut first_error = None;
+    for (uid, raw) in found {
+        match setup::open(raw, address, code) {
+            Ok(payload) => return Ok((*uid, payload)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let error = first_error.unwrap_or_else(|| "no setup message".to_string());
+    Err(other(if found.len() > 1 {
+        format!(
+            "{error} (none of the {} setup messages opens with it)",
+            found.len()
+        )
+    } else {
+        error
+    }))
+}
+
+/// `agent device join --code CODE`: finds the setup message the code opens (each `agent device
+/// add` sends one with its own code; newest tried first) in the mailbox, opens it
 /// with the code, takes the account key and the pinned peer keys in one transaction, asks the
 /// account's other devices for every mail document configured here (the next pass sends the
 /// request), and deletes the setup message. Returns what was done, in words.
@@ -154,10 +178,10 @@ pub async fn device_join(cfg: &Config, code: &str) -> Result<String> {
     }
     let mut session = setup::connect(account).await.map_err(other)?;
     let caps = imap::Caps::of(&mut session).await.map_err(other)?;
-    let (uid, raw) = setup::fetch_newest(&mut session, &account.imap.mailbox)
+    let found = setup::fetch_all(&mut session, &account.imap.mailbox)
         .await
         .map_err(other)?;
-    let payload = setup::open(&raw, &account.address, code).map_err(other)?;
+    let (uid, payload) = open_any(&found, &account.address, code)?;
     let (key, peers) = read_payload(&payload, &account.address)?;
     let me = store.this_device()?;
     let sql = |e: rusqlite::Error| AgentError::Store(e.into());
@@ -336,6 +360,47 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
     Ok(())
 }
 
+/// Puts in the outbox, for every mail document held here, an acknowledgement (no changes) to
+/// each of its peers and to the own address when a sibling holds it: every mail names the
+/// removed devices (`Minisync-Retired`), so the removal goes out with the next pass instead of
+/// waiting for the next edit.
+fn queue_removal_notices(cfg: &Config, store: &mut Store, own: &str) -> Result<()> {
+    for d in cfg
+        .documents
+        .iter()
+        .filter(|d| d.transport == TransportKind::Mail)
+    {
+        if !store.has_doc(&d.name)? {
+            continue;
+        }
+        let mut to = d.peers.clone();
+        if !Store::clients_of(store.conn(), &d.name, own)?.is_empty() {
+            to.push(own.to_string());
+        }
+        let (body, version) = store.read_doc(&d.name, |doc| {
+            (
+                doc.changes_since(doc.version()).to_json_string(),
+                doc.version(),
+            )
+        })?;
+        for peer in to {
+            let item = crate::store::OutItem {
+                id: 0,
+                doc: d.name.clone(),
+                peer,
+                message_id: new_message_id(own),
+                in_reply_to: None,
+                body: body.clone(),
+                ack_only: true,
+                version,
+                attempts: 0,
+            };
+            Store::enqueue(store.conn(), &item)?;
+        }
+    }
+    Ok(())
+}
+
 /// `agent device remove ID`: retires one of the account's other devices. Nobody waits for its
 /// acknowledgements any more, its mail is refused, and every mail this device sends from now on
 /// names it as removed, so that the account's other devices and the peers do the same.
@@ -346,7 +411,7 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
 /// fails.
 pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
     let account = account(cfg)?;
-    let store = open_store(cfg)?;
+    let mut store = open_store(cfg)?;
     let me = store.this_device()?;
     if id == me.id {
         return Err(other(format!(
@@ -370,9 +435,11 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
         return Ok(format!("device {id} was removed already"));
     }
     Store::retire_devices(store.conn(), &account.address, &[id.to_string()])?;
+    queue_removal_notices(cfg, &mut store, &account.address)?;
     Ok(format!(
         "removed device {id}{}: nobody waits for its acknowledgements any more and its mail is \
-         refused; your other devices and your peers learn it with your next mail. It still holds \
+         refused; your other devices and your peers learn it with the next `agent sync` (or \
+         pass of the running service). It still holds \
          the account key: change your mail password so that it cannot read or send mail",
         row.name
             .as_deref()

@@ -42,6 +42,9 @@ struct Ready {
 #[derive(Default)]
 struct PassMemory {
     message_ids: HashSet<String>,
+    /// Arrivals left as deltas for a document not held yet: admitted again once an arrival of
+    /// the same pass created the replica.
+    waiting: Vec<usize>,
 }
 
 impl Agent {
@@ -104,6 +107,18 @@ impl Agent {
         for (at, a) in arrivals.iter().enumerate() {
             self.alive(); // a long drain is progress, not a hang
             let admitted = spans[at].in_scope(|| self.admit(ti, at, a, &mut memory, report));
+            match admitted {
+                Ok(Some(r)) => ready.push(r),
+                Ok(None) => outcomes[at] = Some(Ok(())),
+                Err(refusal) => outcomes[at] = Some(Err(refusal)),
+            }
+        }
+        for at in std::mem::take(&mut memory.waiting) {
+            if !self.store.has_doc(&arrivals[at].doc).unwrap_or(false) {
+                continue;
+            }
+            let admitted =
+                spans[at].in_scope(|| self.admit(ti, at, &arrivals[at], &mut memory, report));
             match admitted {
                 Ok(Some(r)) => ready.push(r),
                 Ok(None) => outcomes[at] = Some(Ok(())),
@@ -289,10 +304,12 @@ impl Agent {
                 a.from
             )));
         }
-        if !shared && self.awaits_whole(&name, &peer_key, first)? {
+        if !shared && self.awaits_whole(&name, first)? {
             tracing::info!(
-                "a delta for a document not held here yet: a sibling device sends the whole of it"
+                "a delta for a document not held here yet: left (the whole document comes from a \
+                 sibling device or the sender's next mail)"
             );
+            memory.waiting.push(at);
             return Ok(None);
         }
         if self.first_replica(&name, &peer_key, &changes, &texts[0], shared, refuse)? {
@@ -345,6 +362,10 @@ impl Agent {
                 tag.id, a.from
             )));
         }
+        if own {
+            Store::heard_of_device(self.store.conn(), &a.from, &tag.id, tag.name.as_deref())
+                .map_err(internal)?;
+        }
         if a.want {
             Store::set_want(self.store.conn(), &a.doc, &tag.id, now_ms()).map_err(internal)?;
             tracing::info!(device = %tag.id, doc = %a.doc, "a sibling device asks for the whole document");
@@ -353,23 +374,13 @@ impl Agent {
         Ok(false)
     }
 
-    /// Whether a delta (not a whole document) arrived for a document this device holds no
-    /// replica of yet while its sibling devices send it the whole one: from a sibling, or after
-    /// this device asked for it. It is then left, not quarantined.
-    fn awaits_whole(
-        &self,
-        name: &str,
-        peer: &str,
-        first: &Changes,
-    ) -> std::result::Result<bool, Refusal> {
-        if first.changes_since() == 0 || self.store.has_doc(name).map_err(internal)? {
-            return Ok(false);
-        }
-        if peer.eq_ignore_ascii_case(self.cfg.address()) {
-            return Ok(true);
-        }
-        let me = self.store.this_device().map_err(internal)?;
-        Ok(self.store.want(name, &me.id).map_err(internal)?.is_some())
+    /// Whether a delta (not a whole document) arrived by mail for a document this device holds
+    /// no replica of yet. It is then left, not quarantined: the whole document comes from a
+    /// sibling device (answering a request) or with the sender's next mail (the sender never got
+    /// an acknowledgement from this device, so it sends everything), and mail read out of order
+    /// (the processed folder after the inbox) may bring it in the same pass.
+    fn awaits_whole(&self, name: &str, first: &Changes) -> std::result::Result<bool, Refusal> {
+        Ok(first.changes_since() != 0 && !self.store.has_doc(name).map_err(internal)?)
     }
 
     /// The configured document an arrival is for, and its sender's key among that document's

@@ -51,7 +51,9 @@ impl Agent {
                 Delivery::PerPeer => {
                     let rev = self.store.doc_rev(&name)?.unwrap_or(0);
                     let mut all_queued = true;
-                    for peer in self.targets(i)? {
+                    let targets = self.targets(i)?;
+                    self.announce(i, &targets)?;
+                    for peer in targets {
                         all_queued &= self.queue_for_peer(i, &peer, self.due)?;
                     }
                     if all_queued && self.store.edited_at(&name)?.is_some() {
@@ -78,6 +80,46 @@ impl Agent {
             }
         }
         Ok(out)
+    }
+
+    /// Tells the account's other devices, once, that this device holds document `i`: an
+    /// acknowledgement (no changes) to the own address, so that they record this replica and
+    /// keep it in step directly, not only through the peers. Only for a document shared with
+    /// peers (a device may have got it from them, unknown to its siblings) while this device
+    /// knows it has siblings and does not write to the own address for it already; a document
+    /// configured on this device alone is never announced.
+    fn announce(&mut self, i: usize, targets: &[String]) -> Result<()> {
+        let cfg = &self.docs[i].cfg;
+        let Some(own) = self.cfg.account.as_ref().map(|a| a.address.clone()) else {
+            return Ok(());
+        };
+        let name = cfg.name.clone();
+        let me = self.store.this_device()?;
+        if cfg.peers.is_empty()
+            || targets.iter().any(|t| t.eq_ignore_ascii_case(&own))
+            || self.store.announced(&name)?
+            || !self.store.knows_siblings(&own, &me.id)?
+        {
+            return Ok(());
+        }
+        let (body, version) = self.store.read_doc(&name, |d| {
+            (d.changes_since(d.version()).to_json_string(), d.version())
+        })?;
+        let item = OutItem {
+            id: 0,
+            doc: name.clone(),
+            peer: own.clone(),
+            message_id: new_message_id(&own),
+            in_reply_to: None,
+            body,
+            ack_only: true,
+            version,
+            attempts: 0,
+        };
+        Store::enqueue(self.store.conn(), &item)?;
+        Store::set_announced(self.store.conn(), &name)?;
+        tracing::info!(doc = %name, "told the account's other devices that this one holds it");
+        Ok(())
     }
 
     /// The client ids behind `peer` for document `name` (every device behind the address), and
@@ -122,9 +164,10 @@ impl Agent {
     /// for the resend interval and go out only if the address still lacks them then: a change
     /// costs one mail per address, whatever the number of devices.
     pub(super) fn queue_for_peer(&mut self, i: usize, peer: &str, due: Due) -> Result<bool> {
-        let now = due == Due::Now;
         let cfg = self.docs[i].cfg.clone();
         let row = self.store.peer(&cfg.name, peer)?;
+        // A sibling's request newer than our last mail to the own address is answered at once.
+        let now = due == Due::Now || self.unanswered_want(&cfg.name, peer, row.last_sent_at)?;
         let version = self.store.read_doc(&cfg.name, |d| d.version())?;
         let t = now_ms();
         let resend = cfg.resend_interval.as_millis() as i64;
@@ -183,6 +226,27 @@ impl Agent {
         Ok(true)
     }
 
+    /// Whether `peer` is the own address and a sibling asked for document `name` after this
+    /// device last wrote there (`last_sent`): the request is answered with the next pass, even if
+    /// the document did not change since (a device added later than the others).
+    fn unanswered_want(&self, name: &str, peer: &str, last_sent: Option<i64>) -> Result<bool> {
+        let own = self.cfg.address();
+        if !peer.eq_ignore_ascii_case(own) {
+            return Ok(false);
+        }
+        let me = self.store.this_device()?;
+        for device in self.store.wanting(name, own, &me.id)? {
+            if self
+                .store
+                .want(name, &device)?
+                .is_some_and(|at| last_sent.is_none_or(|sent| at > sent))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Asks the account's other devices for the whole of every mail document configured here
     /// with no replica yet, when there are other devices (this one joined with a setup code,
     /// or others of the account were heard from); again after the document's resend interval
@@ -205,11 +269,7 @@ impl Agent {
                 continue;
             }
             let asked = self.store.want(&name, &me.id)?;
-            let siblings = self
-                .store
-                .devices(&own)?
-                .iter()
-                .any(|d| d.retired_at.is_none() && d.device != me.id);
+            let siblings = self.store.knows_siblings(&own, &me.id)?;
             if (asked.is_none() && !siblings) || asked.is_some_and(|at| now_ms() < at + every) {
                 continue;
             }

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS handled (
     message_id TEXT PRIMARY KEY,
     at INTEGER NOT NULL
 );
+-- Documents this device told its siblings it holds (an acknowledgement to the own address).
+CREATE TABLE IF NOT EXISTS announced (
+    doc TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 -- Forwarding of others' changes held back until the resend interval (see `agent::send`).
 CREATE TABLE IF NOT EXISTS deferrals (
     doc TEXT NOT NULL,
@@ -150,6 +155,67 @@ impl Store {
             "INSERT INTO device_clients (doc, address, device, client_id, last_heard) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT(doc, address, client_id) DO UPDATE SET device = ?3, last_heard = ?5",
             params![doc, address, device, client, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a device behind `address` heard from in a mail that names no replica (a request
+    /// for a document, an announcement).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn heard_of_device(
+        conn: &Connection,
+        address: &str,
+        device: &str,
+        name: Option<&str>,
+    ) -> Result<()> {
+        conn.execute(
+            "INSERT INTO devices (address, device, name, first_seen, last_heard) VALUES (?1, ?2, ?3, ?4, ?4) \
+             ON CONFLICT(address, device) DO UPDATE SET last_heard = ?4, name = COALESCE(?3, name)",
+            params![address, device, name, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether this device (`me`) knows it has siblings behind the own address `own`: it heard
+    /// from one not removed, or it joined with a setup code (its own requests are recorded).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn knows_siblings(&self, own: &str, me: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM devices WHERE address = ?1 AND device != ?2 \
+             AND retired_at IS NULL) OR EXISTS (SELECT 1 FROM wants WHERE device = ?2)",
+            params![own, me],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Whether this device told its siblings that it holds `doc`.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn announced(&self, doc: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM announced WHERE doc = ?1)",
+            [doc],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records that this device told its siblings it holds `doc`.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn set_announced(conn: &Connection, doc: &str) -> Result<()> {
+        conn.execute(
+            "INSERT OR REPLACE INTO announced (doc, at) VALUES (?1, ?2)",
+            params![doc, now_ms()],
         )?;
         Ok(())
     }

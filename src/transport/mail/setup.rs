@@ -134,15 +134,16 @@ pub fn open(raw: &[u8], address: &str, code: &str) -> Result<Vec<u8>, String> {
     })
 }
 
-/// Finds the newest setup message in the account's watched mailbox: (its UID, the message).
+/// Finds every setup message in the account's watched mailbox, newest first: (UID, message).
+/// Each `agent device add` sends one with its own code, so a join tries them all.
 ///
 /// # Errors
 ///
 /// IMAP fails, or there is no setup message.
-pub async fn fetch_newest(
+pub async fn fetch_all(
     session: &mut imap::ImapSession,
     mailbox: &str,
-) -> Result<(u32, Vec<u8>), String> {
+) -> Result<Vec<(u32, Vec<u8>)>, String> {
     session
         .select(mailbox)
         .await
@@ -154,32 +155,36 @@ pub async fn fetch_newest(
         .filter(|(_, deleted)| !deleted)
         .map(|(u, _)| *u)
         .collect();
-    let mut newest = None;
+    let mut marked = Vec::new();
     for batch in uids.chunks(500) {
         let got = imap::fetch(session, batch, imap::Part::Header(SETUP_HEADER)).await?;
         for (uid, head) in got.items {
-            let marked = MessageParser::default()
+            if MessageParser::default()
                 .parse_headers(&head[..])
-                .is_some_and(|m| m.header(SETUP_HEADER).is_some());
-            if marked {
-                newest = Some(uid);
+                .is_some_and(|m| m.header(SETUP_HEADER).is_some())
+            {
+                marked.push(uid);
             }
         }
     }
-    let uid = newest.ok_or_else(|| {
-        format!(
+    if marked.is_empty() {
+        return Err(format!(
             "no setup message in {mailbox}: run `agent device add` on a device that has the \
              account, then `agent device join` here"
-        )
-    })?;
-    let got = imap::fetch(session, &[uid], imap::Part::Whole).await?;
-    let raw = got
-        .items
-        .into_iter()
-        .next()
-        .map(|(_, raw)| raw)
-        .ok_or("the setup message vanished while it was read")?;
-    Ok((uid, raw))
+        ));
+    }
+    marked.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = Vec::with_capacity(marked.len());
+    for uid in marked {
+        let got = imap::fetch(session, &[uid], imap::Part::Whole).await?;
+        if let Some((_, raw)) = got.items.into_iter().next() {
+            out.push((uid, raw));
+        }
+    }
+    if out.is_empty() {
+        return Err("the setup messages vanished while they were read".into());
+    }
+    Ok(out)
 }
 
 /// Logs in to the account's IMAP server.
