@@ -22,6 +22,31 @@ fn doc<'a>(name: &'a str, peers: &'a [&'a str], resend: &'a str) -> DocSpec<'a> 
     }
 }
 
+/// Alice's devices A and B (not joined yet) and Bob's device C, sharing "todo" with the
+/// resend interval `resend`.
+fn alice_twice_and_bob(resend: &str) -> (Node, Node, Node) {
+    let stack = Stack::get();
+    let (a, b) = (address("alice"), address("bob"));
+    let alices = || {
+        node(
+            &stack,
+            &a,
+            &[&b],
+            &[doc("todo", &[&b], resend)],
+            Security::Plain,
+        )
+    };
+    let (dev_a, dev_b) = (alices(), alices());
+    let dev_c = node(
+        &stack,
+        &b,
+        &[&a],
+        &[doc("todo", &[&a], resend)],
+        Security::Plain,
+    );
+    (dev_a, dev_b, dev_c)
+}
+
 /// `agent device add --json` on `from`, then `agent device join --code` on `to`.
 fn join(from: &Node, to: &Node) {
     let out = from.ok(&["device", "add", "--json"]);
@@ -189,29 +214,7 @@ fn one_change_costs_one_mail_per_address(dev_a: &Node, dev_b: &Node, dev_c: &Nod
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
-    let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let dev_a = node(
-        &stack,
-        &a,
-        &[&b],
-        &[doc("todo", &[&b], "3s")],
-        Security::Plain,
-    );
-    let dev_b = node(
-        &stack,
-        &a,
-        &[&b],
-        &[doc("todo", &[&b], "3s")],
-        Security::Plain,
-    );
-    let dev_c = node(
-        &stack,
-        &b,
-        &[&a],
-        &[doc("todo", &[&a], "3s")],
-        Security::Plain,
-    );
+    let (dev_a, dev_b, dev_c) = alice_twice_and_bob("3s");
     for n in [&dev_a, &dev_b] {
         n.set_imap("keep-processed = \"1s\"");
     }
@@ -252,28 +255,8 @@ fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn two_devices_of_one_address_running_with_idle_lose_nothing_and_leave_nothing_behind() {
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let dev_a = node(
-        &stack,
-        &a,
-        &[&b],
-        &[doc("todo", &[&b], "10m")],
-        Security::Plain,
-    );
-    let dev_b = node(
-        &stack,
-        &a,
-        &[&b],
-        &[doc("todo", &[&b], "10m")],
-        Security::Plain,
-    );
-    let dev_c = node(
-        &stack,
-        &b,
-        &[&a],
-        &[doc("todo", &[&a], "10m")],
-        Security::Plain,
-    );
+    let (dev_a, dev_b, dev_c) = alice_twice_and_bob("10m");
+    let (a, b) = (dev_a.address.clone(), dev_c.address.clone());
     introduce(&[&dev_a, &dev_c]);
     join(&dev_a, &dev_b);
     dev_c.import("todo", &json!({"items": []}));
