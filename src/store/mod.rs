@@ -192,6 +192,28 @@ struct Loaded {
 }
 
 /// The database, with a cache of loaded documents keyed by revision.
+/// How long a statement waits for another process's lock (an agent and a command at once).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Puts the database in WAL mode (readers never wait for the writer). Switching a new database
+/// needs an exclusive lock that SQLite does not wait for through the busy handler, so a process
+/// opening it while another one creates it retries here for up to `BUSY_TIMEOUT`.
+fn use_wal(conn: &Connection) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 pub struct Store {
     conn: Connection,
     cache: HashMap<String, Loaded>,
@@ -208,18 +230,22 @@ impl Store {
                 source,
             })?;
         }
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        use_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(health::SCHEMA)?;
-        conn.execute_batch(quarantine::SCHEMA)?;
-        quarantine::migrate(&conn)?;
-        conn.execute_batch(keys::SCHEMA)?;
-        conn.execute_batch(files::SCHEMA)?;
-        conn.execute_batch(replica::SCHEMA)?;
-        conn.execute_batch(devices::SCHEMA)?;
+        // One write transaction taken up front (IMMEDIATE waits for the lock through the busy
+        // handler), so two processes creating the tables at once never see each other's half.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(health::SCHEMA)?;
+        tx.execute_batch(quarantine::SCHEMA)?;
+        quarantine::migrate(&tx)?;
+        tx.execute_batch(keys::SCHEMA)?;
+        tx.execute_batch(files::SCHEMA)?;
+        tx.execute_batch(replica::SCHEMA)?;
+        tx.execute_batch(devices::SCHEMA)?;
+        tx.commit()?;
         Ok(Store {
             conn,
             cache: HashMap::new(),
@@ -1007,5 +1033,26 @@ mod tests {
             s.last_outbox_error("todo", "bob@example.test").unwrap(),
             None
         );
+    }
+
+    /// An agent starting while a command (`doc export`, `status`) opens the same brand-new
+    /// database: both create it, switch it to WAL and create the tables; neither may fail.
+    #[test]
+    fn processes_opening_a_new_database_at_once_all_succeed() {
+        for round in 0..40 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("state.db");
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || Store::open(&path).map(|_| ()))
+                })
+                .collect();
+            for h in handles {
+                if let Err(e) = h.join().unwrap() {
+                    panic!("round {round}: {e}");
+                }
+            }
+        }
     }
 }
