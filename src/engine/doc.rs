@@ -687,8 +687,11 @@ impl Document {
 
     /// Moves a slot's entry in the change index to version `u`.
     pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
-        self.index.remove(&(old_u, n, slot));
-        self.index.insert((u, n, slot));
+        if old_u != u {
+            // Inserting first keeps a one-entry index from freeing and reallocating its node.
+            self.index.insert((u, n, slot));
+            self.index.remove(&(old_u, n, slot));
+        }
         let node = &mut self.nodes[n as usize];
         node.u = node.u.max(u);
     }

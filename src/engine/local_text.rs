@@ -7,7 +7,7 @@
 //! Unicode scalar values, so no edit ever splits a character; it does not know grapheme
 //! clusters, so an edit inside an emoji sequence or after a combining mark may touch part of one.
 
-use crate::engine::doc::{Body, Document, Ix, Val, visible_pos};
+use crate::engine::doc::{Body, Document, Ix, ROOT, Val, visible_pos};
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::Stamp;
@@ -93,6 +93,9 @@ impl Document {
 
     /// The slot of the string at `path`.
     fn text_slot(&self, path_text: &str) -> Result<(Ix, u32)> {
+        if let Some(found) = self.plain_text_slot(path_text) {
+            return Ok(found);
+        }
         let segs = path::parse(path_text)?;
         let not_text = || Error::path(path_text, "is not a string");
         let (last, prefix) = segs.split_last().ok_or_else(not_text)?;
@@ -108,6 +111,31 @@ impl Document {
             return Err(not_text());
         }
         Ok((n, s))
+    }
+
+    /// The slot of the string at a path of plain keys (`notes`, `a.b.c`), found without parsing
+    /// the path into owned segments: typing calls this once per keystroke. `None` when the path
+    /// is not of that form or leads to no string (the full parse then reports why).
+    fn plain_text_slot(&self, path_text: &str) -> Option<(Ix, u32)> {
+        if path_text.is_empty() || path_text.contains(['[', '"']) {
+            return None;
+        }
+        let mut n = ROOT;
+        let mut keys = path_text.split('.').peekable();
+        while let Some(key) = keys.next() {
+            let Body::Obj(o) = &self.nodes[n as usize].body else {
+                return None;
+            };
+            let s = *o.keys.get(key)?;
+            if keys.peek().is_none() {
+                return self.text_len_at(n, s).map(|_| (n, s));
+            }
+            match &o.slots[s as usize].val {
+                Val::Node(c) => n = *c,
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// The length in characters of the string slot `s` of node `n` holds (`None` for any other

@@ -15,6 +15,10 @@ pub enum Segment {
 
 /// Splits a path into segments. The empty path names the document root.
 pub fn parse(path: &str) -> Result<Vec<Segment>> {
+    if !path.is_empty() && !path.contains(['.', '[']) {
+        // One plain key (the common case of a program editing a field over and over).
+        return Ok(vec![Segment::Key(path.to_string())]);
+    }
     let mut out = Vec::new();
     let chars: Vec<char> = path.chars().collect();
     let mut i = 0;

@@ -28,10 +28,16 @@ pub const MAX_WALL_MS: u64 = 1 << 45;
 /// "Clock skew"); accepting them would drag every replica's clock along.
 pub const DEFAULT_MAX_SKEW_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// A replica's identity: 16 ASCII letters or digits, packed into an integer so that stamps are
-/// small, `Copy`, and compare in the same order as the text.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(u128);
+/// A replica's identity: 16 ASCII letters or digits, held as their bytes so that stamps are
+/// small (24 bytes, 8-byte aligned), `Copy`, and compare in the same order as the text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClientId([u8; CLIENT_ID_LEN]);
+
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.0));
+    }
+}
 
 impl ClientId {
     /// A fresh random id (lower-case letters and digits), as a new replica needs.
@@ -39,9 +45,9 @@ impl ClientId {
         use rand::Rng;
         const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut rng = rand::rng();
-        let mut v: u128 = 0;
-        for _ in 0..CLIENT_ID_LEN {
-            v = (v << 8) | u128::from(ALPHABET[rng.random_range(0..ALPHABET.len())]);
+        let mut v = [0u8; CLIENT_ID_LEN];
+        for b in &mut v {
+            *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
         }
         ClientId(v)
     }
@@ -54,22 +60,22 @@ impl ClientId {
                 "client id {s:?} is not {CLIENT_ID_LEN} ASCII letters or digits"
             )));
         }
-        Ok(ClientId(
-            bytes.iter().fold(0u128, |v, b| (v << 8) | u128::from(*b)),
-        ))
+        let mut v = [0u8; CLIENT_ID_LEN];
+        v.copy_from_slice(bytes);
+        Ok(ClientId(v))
     }
 }
 
 impl ClientId {
     /// The id's 16 ASCII bytes.
     pub(crate) fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
+        self.0
     }
 }
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.0.to_be_bytes();
+        let bytes = self.0;
         // Only ASCII alphanumerics can be stored (see `parse` and `random`).
         f.write_str(std::str::from_utf8(&bytes).unwrap_or("????????????????"))
     }
@@ -97,7 +103,7 @@ impl Stamp {
     /// Older than every real stamp: the stamp of a key that was never written.
     pub const ZERO: Stamp = Stamp {
         hlc: 0,
-        client: ClientId(0x3030_3030_3030_3030_3030_3030_3030_3030),
+        client: ClientId([b'0'; CLIENT_ID_LEN]),
     };
 
     /// Parses the wire form `<hlc in hex>-<client id>`.

@@ -19,7 +19,7 @@ use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, Stamp};
 use crate::engine::wire::Knowledge;
 
-const CHUNK: usize = 64;
+const CHUNK: usize = 32;
 
 /// A run of characters (or of removed characters).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +80,11 @@ impl Piece {
         };
         self.len = k;
         rest
+    }
+    /// Whether `next` holds the characters right after this piece's run, with the same right
+    /// origin (its left origin aside).
+    fn continued_by_removed(&self, next: &Piece) -> bool {
+        next.id.client == self.id.client && next.id.hlc == self.end() && next.right == self.right
     }
     /// Whether `next` continues this piece's run in the same state (so the two can be one).
     fn continued_by(&self, next: &Piece) -> bool {
@@ -226,6 +231,21 @@ impl Text {
     fn note_range(&mut self, client: ClientId, start: u64, end: u64) {
         self.top = self.top.max(end - 1);
         let ranges = self.held.entry(client).or_default();
+        // Typing: the ids continue (or lie within) the client's highest range, or start a new
+        // highest one.
+        if let Some(mut last) = ranges.last_entry() {
+            let (s, e) = (*last.key(), *last.get());
+            if s <= start && start <= e {
+                if end > e {
+                    *last.get_mut() = end;
+                }
+                return;
+            }
+            if start > e {
+                ranges.insert(start, end);
+                return;
+            }
+        }
         let (mut start, mut end) = (start, end);
         if let Some((&s, &e)) = ranges.range(..=start).next_back()
             && e >= start
@@ -457,6 +477,10 @@ impl Text {
         }
         while left > 0 {
             let (ci, pi, off) = self.locate(at);
+            if let Some(k) = self.delete_into_next(ci, pi, off, left, u, &mut out) {
+                left -= k;
+                continue;
+            }
             let pi = self.split_at(ci, pi, off);
             let k = left.min(self.chunks[ci].pieces[pi].len as usize) as u32;
             self.split_at(ci, pi, k);
@@ -467,6 +491,51 @@ impl Text {
             self.coalesce(ci, pi);
         }
         out
+    }
+
+    /// Backspacing over the end of a run whose removed continuation follows it (the common
+    /// case when typing is corrected): the removed characters move from the live piece into the
+    /// removed one that continues it, without splitting and joining pieces. Returns how many
+    /// characters were removed, or `None` (nothing done) when piece `pi` of chunk `ci` and its
+    /// successor are not of that shape for a removal of up to `count` characters from offset `off`.
+    fn delete_into_next(
+        &mut self,
+        ci: usize,
+        pi: usize,
+        off: u32,
+        count: usize,
+        u: u64,
+        out: &mut String,
+    ) -> Option<usize> {
+        let ps = &mut self.chunks[ci].pieces;
+        let (p, q) = match ps.get_mut(pi..pi + 2)? {
+            [p, q] => (p, q),
+            _ => return None,
+        };
+        let k = p.len - off;
+        let fits = off > 0 && (k as usize) <= count && p.live() && !q.live();
+        if !fits || q.left != Some(p.last()) || !p.continued_by_removed(q) {
+            return None;
+        }
+        let s = p.s.as_mut()?;
+        let at = s
+            .char_indices()
+            .nth(off as usize)
+            .map_or(s.len(), |(b, _)| b);
+        let gone = s.split_off(at);
+        let sum = gone.chars().enumerate().fold(0u64, |acc, (j, c)| {
+            acc.wrapping_add(char_hash(p.char_id(off + j as u32), c))
+        });
+        out.push_str(&gone);
+        p.len = off;
+        q.id.hlc -= u64::from(k);
+        q.len += k;
+        q.left = Some(p.last());
+        q.u = u;
+        self.chunks[ci].max_u = self.chunks[ci].max_u.max(u);
+        self.sum = self.sum.wrapping_sub(sum);
+        self.adjust(ci, -(k as isize));
+        Some(k as usize)
     }
 
     /// Marks piece `pi` of chunk `ci` removed; returns its characters.
@@ -686,6 +755,25 @@ mod tests {
         assert_eq!(t.to_string(), "world!");
         assert_eq!(t.len(), 6);
         assert!(t.holds(st(10, a)));
+    }
+
+    #[test]
+    fn backspacing_moves_characters_into_the_removed_continuation() {
+        let a = "aaaaaaaaaaaaaaaa";
+        let mut t = Text::whole("", st(10, a), 1);
+        t.insert(0, "hello world", st(100, a), 2);
+        assert_eq!(t.delete(10, 1, st(200, a), 3), "d");
+        assert_eq!(t.delete(9, 1, st(201, a), 4), "l");
+        assert_eq!(t.delete(5, 4, st(202, a), 5), " wor");
+        assert_eq!(t.to_string(), "hello");
+        let p: Vec<&Piece> = t.pieces().collect();
+        assert_eq!(p.len(), 2, "one live run and one removed run: {p:?}");
+        assert_eq!((p[1].id, p[1].len, p[1].u), (st(105, a), 6, 5));
+        assert_eq!(p[1].left, Some(st(104, a)));
+        assert!(!p[1].live());
+        let rebuilt = Text::from_pieces(t.id, t.init, t.ops.clone(), t.pieces().cloned().collect());
+        assert_eq!((rebuilt.len(), rebuilt.sum()), (t.len(), t.sum()));
+        assert!(t.holds(st(110, a)));
     }
 
     #[test]
