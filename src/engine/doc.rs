@@ -59,7 +59,37 @@ pub(crate) struct Elem {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Obj {
     pub slots: Vec<Field>,
-    pub keys: BTreeMap<String, u32>,
+    /// Key → slot, kept only once the object has more than `SMALL_OBJ` slots: a small object
+    /// (a record of a few fields, the common case) is searched in `slots`, which saves a map
+    /// and a copy of every key per object (memory and load time of large documents).
+    keys: Option<BTreeMap<String, u32>>,
+}
+
+/// Most slots an object has without a key map.
+const SMALL_OBJ: usize = 8;
+
+impl Obj {
+    /// The slot of key `k`.
+    pub fn slot_of(&self, k: &str) -> Option<u32> {
+        match &self.keys {
+            Some(m) => m.get(k).copied(),
+            None => self.slots.iter().position(|f| f.key == k).map(|s| s as u32),
+        }
+    }
+
+    /// Adds a slot for a key the object does not have yet; returns its index.
+    pub fn push(&mut self, f: Field) -> u32 {
+        let s = self.slots.len() as u32;
+        if let Some(m) = &mut self.keys {
+            m.insert(f.key.clone(), s);
+        }
+        self.slots.push(f);
+        if self.keys.is_none() && self.slots.len() > SMALL_OBJ {
+            let m = self.slots.iter().enumerate();
+            self.keys = Some(m.map(|(i, f)| (f.key.clone(), i as u32)).collect());
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -292,10 +322,9 @@ impl Document {
         match &self.nodes[ix as usize].body {
             Body::Obj(o) => {
                 let mut m = Map::new();
-                for (k, s) in &o.keys {
-                    let f = &o.slots[*s as usize];
+                for f in &o.slots {
                     if f.val != Val::Gone {
-                        m.insert(k.clone(), self.val_json(&f.val));
+                        m.insert(f.key.clone(), self.val_json(&f.val));
                     }
                 }
                 Value::Object(m)
@@ -335,7 +364,7 @@ impl Document {
     fn child_val(&self, n: Ix, seg: &Segment) -> Option<&Val> {
         match (&self.nodes[n as usize].body, seg) {
             (Body::Obj(o), Segment::Key(k)) => {
-                let f = &o.slots[*o.keys.get(k)? as usize];
+                let f = &o.slots[o.slot_of(k)? as usize];
                 (f.val != Val::Gone).then_some(&f.val)
             }
             (Body::Arr(a), Segment::Index(i)) => {
@@ -397,7 +426,7 @@ impl Document {
         let n = self.container(path_text, prefix)?;
         match (&self.nodes[n as usize].body, last) {
             (Body::Obj(o), Segment::Key(k)) => {
-                if let (Value::String(new), Some(&slot)) = (&value, o.keys.get(k))
+                if let (Value::String(new), Some(slot)) = (&value, o.slot_of(k))
                     && self.set_text(n, slot, new)
                 {
                     return Ok(());
@@ -612,18 +641,15 @@ impl Document {
         let Body::Obj(o) = &mut self.nodes[n as usize].body else {
             unreachable!("node {n} checked to be an object")
         };
-        if let Some(s) = o.keys.get(k) {
-            return *s;
+        if let Some(s) = o.slot_of(k) {
+            return s;
         }
-        let s = o.slots.len() as u32;
-        o.slots.push(Field {
+        o.push(Field {
             key: k.to_string(),
             val: Val::Gone,
             stamp: Stamp::ZERO,
             u: 0,
-        });
-        o.keys.insert(k.to_string(), s);
-        s
+        })
     }
 
     pub(crate) fn write_field(&mut self, n: Ix, slot: u32, val: Val, stamp: Stamp, u: u64) {

@@ -436,7 +436,7 @@ impl Document {
         for f in fields {
             c.trail.push(format!(".{}", f.key));
             c.stamp(f.stamp)?;
-            let lf = lo.and_then(|o| o.keys.get(&f.key).map(|s| &o.slots[*s as usize]));
+            let lf = lo.and_then(|o| o.slot_of(&f.key).map(|s| &o.slots[s as usize]));
             if let Some(lf) = lf
                 && lf.stamp == f.stamp
                 && c.changes.repair.is_none()
