@@ -5,7 +5,9 @@
 //! Workloads on a document of N records (`title`, `done`, `n`, `owner`): build it; W1 full changes
 //! for a new peer and a replica made from them; W2 one field changed, delta made and applied;
 //! W3 1,000 fields changed, delta made and applied. Peak memory is the process's resident high-water
-//! mark, reset before each library runs. W4 (`w4.rs`): a real editing trace replayed into one
+//! mark, reset before each library runs. For minisync also the replica saved in parts as the agent
+//! stores it (`saved_bytes`) and restored from them (`load_ms`, against `parse_ms`, serde_json's
+//! parse of the same JSON). W4 (`w4.rs`): a real editing trace replayed into one
 //! string, also against Loro and diamond-types.
 
 #[path = "../w4.rs"]
@@ -26,15 +28,24 @@ struct Figures {
     w3_ms: f64,
     w3_bytes: usize,
     peak_mb: f64,
+    /// minisync only: the replica saved in parts (head and node rows, as the agent stores it).
+    saved_bytes: Option<usize>,
+    /// minisync only: restoring the replica from those parts.
+    load_ms: Option<f64>,
 }
 
 impl Figures {
     fn json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "build_ms": round(self.build_ms), "w1_ms": round(self.w1_ms), "w1_bytes": self.w1_bytes,
             "w2_ms": round(self.w2_ms), "w2_bytes": self.w2_bytes,
             "w3_ms": round(self.w3_ms), "w3_bytes": self.w3_bytes, "peak_mb": round(self.peak_mb),
-        })
+        });
+        if let (Some(b), Some(l)) = (self.saved_bytes, self.load_ms) {
+            v["saved_bytes"] = json!(b);
+            v["load_ms"] = json!(round(l));
+        }
+        v
     }
 }
 
@@ -94,14 +105,17 @@ fn spread(n: usize) -> Vec<usize> {
     (0..k).map(|i| i * n / k).collect()
 }
 
-fn floor(value: &Value) -> f64 {
+/// The floor: serde_json parse + serialize of the document, and the parse alone (the floor of
+/// loading a saved replica), in ms.
+fn floor(value: &Value) -> (f64, f64) {
     let text = value.to_string();
     let t = Instant::now();
     let parsed: Value = serde_json::from_str(&text).expect("own output parses");
+    let parse = ms(t);
     let again = parsed.to_string();
     let elapsed = ms(t);
     assert_eq!(again.len(), text.len());
-    elapsed
+    (elapsed, parse)
 }
 
 fn minisync(n: usize, value: &Value) -> Figures {
@@ -140,6 +154,14 @@ fn minisync(n: usize, value: &Value) -> Figures {
     f.w3_bytes = text.len();
     assert_eq!(a.get("records[0].n").ok(), b.get("records[0].n").ok());
     f.peak_mb = peak_mb();
+    drop(b);
+    let parts = a.save_parts(None);
+    let rows: usize = parts.nodes.iter().map(|(_, row)| row.len()).sum();
+    f.saved_bytes = Some(parts.head.len() + rows);
+    let t = Instant::now();
+    let (back, _) = Document::restore_parts(&parts.head, parts.nodes).expect("restores");
+    f.load_ms = Some(ms(t));
+    assert_eq!(back.digest(), a.digest());
     f
 }
 
@@ -294,7 +316,7 @@ fn main() {
         i += 1;
     }
     let value = document(n);
-    let floor_ms = floor(&value);
+    let (floor_ms, parse_ms) = floor(&value);
     let m = minisync(n, &value);
     drop(value);
     let am = automerge(n);
@@ -305,7 +327,7 @@ fn main() {
         .map(|n| (*n, w4::W4::from_json(&w4::in_child(n))))
         .collect();
     let mut out = json!({
-        "records": n, "floor_ms": round(floor_ms),
+        "records": n, "floor_ms": round(floor_ms), "parse_ms": round(parse_ms),
         "minisync": m.json(), "automerge": am.json(), "yrs": y.json(),
         "loro": {}, "diamond_types": {},
     });
@@ -325,6 +347,12 @@ fn main() {
         println!(
             "| {name} | {:.1} | {:.1} | {} | {:.3} | {} | {:.1} | {} | {:.0} |",
             f.build_ms, f.w1_ms, f.w1_bytes, f.w2_ms, f.w2_bytes, f.w3_ms, f.w3_bytes, f.peak_mb
+        );
+    }
+    if let (Some(b), Some(l)) = (m.saved_bytes, m.load_ms) {
+        println!(
+            "\nminisync replica saved in parts: {b} bytes; loaded in {l:.1} ms ({:.1}x the parse alone, {parse_ms:.1} ms)",
+            l / parse_ms
         );
     }
     println!("\nW4, automerge-paper trace (259,778 edits):\n");
