@@ -364,24 +364,43 @@ pub struct Config {
 mod humantime_serde_compat {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
+    const WANT: &str = "write e.g. \"500ms\", \"2s\" or \"15m\", or a whole number of seconds";
+
+    struct V;
+
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a duration ({WANT})")
+        }
+        fn visit_u64<E: Error>(self, s: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(s))
+        }
+        fn visit_i64<E: Error>(self, s: i64) -> Result<Duration, E> {
+            u64::try_from(s)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("{s} is negative: a duration cannot be; {WANT}")))
+        }
+        fn visit_f64<E: Error>(self, s: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(s)
+                .map_err(|_| E::custom(format!("{s} is not a duration; {WANT}")))
+        }
+        fn visit_str<E: Error>(self, t: &str) -> Result<Duration, E> {
+            if t.trim_start().starts_with('-') {
+                return Err(E::custom(format!(
+                    "{t:?} is negative: a duration cannot be; {WANT}"
+                )));
+            }
+            humantime::parse_duration(t)
+                .map_err(|e| E::custom(format!("{t:?} is not a duration ({e}); {WANT}")))
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => humantime::parse_duration(&t).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{t:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\" or \"15m\""
-                ))
-            }),
-        }
+        d.deserialize_any(V)
     }
 }
 
@@ -847,6 +866,20 @@ folder = "shared"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a duration"), "{e}");
+        for (value, want) in [
+            ("-5", "-5 is negative"),
+            ("\"-5s\"", "\"-5s\" is negative"),
+            ("true", "a duration (write e.g."),
+        ] {
+            let bad = GOOD.replace("send-delay = \"500ms\"", &format!("send-delay = {value}"));
+            let e = Config::parse(&bad, Path::new("a.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("a.toml:"), "{value}: {e}");
+        }
+        let ok = GOOD.replace("send-delay = \"500ms\"", "send-delay = 3");
+        let c = Config::parse(&ok, Path::new("a.toml")).unwrap();
+        assert_eq!(c.documents[0].send_delay, Duration::from_secs(3));
     }
 
     #[test]

@@ -308,7 +308,17 @@ fn main() -> ExitCode {
                     || matches!(c.downcast_ref::<AgentError>(), Some(AgentError::Config(_)))
             });
             eprintln!("error: {}", error_text(&e));
-            if config_error {
+            let missing = e.chain().any(|c| {
+                matches!(c.downcast_ref::<ConfigError>(),
+                    Some(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound)
+            });
+            if missing {
+                eprintln!(
+                    "hint: there is no config yet: `agent init` writes a commented one there \
+                     (or give another with --config)"
+                );
+                ExitCode::from(EX_CONFIG as u8)
+            } else if config_error {
                 eprintln!(
                     "hint: fix the config file named above; `agent init` writes a commented \
                      example, and the README's \"Configuration\" lists every key"

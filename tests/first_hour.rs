@@ -165,7 +165,10 @@ fn errors_are_sentences_said_once() {
     assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    assert!(err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("hint: there is no config yet: `agent init`"),
+        "{err}"
+    );
     // A database failure: the state directory is a file.
     std::fs::write(h.state(), "not a directory").unwrap();
     let err = h.fails(&["doc", "list"]);

@@ -123,7 +123,27 @@ pub fn said(e: &async_imap::error::Error) -> String {
             "the server's answer is not IMAP (is this the IMAP port, with the right encryption?)"
                 .to_string()
         }
+        async_imap::error::Error::No(s) => format!("the server answered NO: {}", server_text(s)),
+        async_imap::error::Error::Bad(s) => format!("the server answered BAD: {}", server_text(s)),
         other => other.to_string(),
+    }
+}
+
+/// The server's own words from async-imap's `code: Some(..), info: Some("..")` (debug text of
+/// the parsed reply): the information, with the response code after it when there is one.
+fn server_text(s: &str) -> String {
+    let info = s
+        .split_once("info: Some(\"")
+        .and_then(|(_, rest)| rest.strip_suffix("\")"))
+        .map(|i| i.replace("\\\"", "\"").replace("\\\\", "\\"));
+    let code = s
+        .strip_prefix("code: Some(")
+        .and_then(|rest| rest.split_once("), info:"))
+        .map(|(c, _)| c);
+    match (info, code) {
+        (Some(i), Some(c)) => format!("{} ({c})", i.trim()),
+        (Some(i), None) => i.trim().to_string(),
+        (None, _) => s.to_string(),
     }
 }
 
@@ -522,6 +542,21 @@ pub async fn move_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_reported_in_the_servers_words() {
+        let e = async_imap::error::Error::No(
+            "code: Some(AuthenticationFailed), info: Some(\"Authentication failed.\")".into(),
+        );
+        assert_eq!(
+            said(&e),
+            "the server answered NO: Authentication failed. (AuthenticationFailed)"
+        );
+        let e = async_imap::error::Error::Bad("code: None, info: Some(\"say \\\"hi\\\"\")".into());
+        assert_eq!(said(&e), "the server answered BAD: say \"hi\"");
+        let e = async_imap::error::Error::No("something else".into());
+        assert_eq!(said(&e), "the server answered NO: something else");
+    }
 
     #[test]
     fn mailbox_names_are_quoted() {
