@@ -640,6 +640,9 @@ fn sync(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         for h in &report.held_back {
             println!("{h}");
         }
+        for f in &report.files_waiting {
+            eprintln!("warning: bound file of {f}");
+        }
         for e in &report.errors {
             eprintln!("error: {e}");
         }

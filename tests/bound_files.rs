@@ -365,7 +365,16 @@ fn the_cli_syncs_a_bound_file_and_status_shows_it() {
     assert_eq!(f["path"], json!(file.display().to_string()));
     assert!(f["last_read"].is_string() && f["error"].is_null(), "{st}");
     std::fs::write(&file, "{\"list\": [\"a\",\n  \"b\" \"c\"]}").unwrap();
-    assert!(agent(&["sync"]).status.success());
+    // Every sync says so (the document waits; the pass itself succeeds).
+    for _ in 0..2 {
+        let out = agent(&["sync"]);
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("warning: bound file of notes:") && err.contains("line 2, column 7"),
+            "{err}"
+        );
+    }
     let out = agent(&["status", "--json"]);
     assert_eq!(out.status.code(), Some(2));
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();

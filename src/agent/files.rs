@@ -363,11 +363,18 @@ impl super::Agent {
     /// error (a problem with a file itself is recorded for `agent status` instead).
     pub(super) fn sync_files(&mut self, report: &mut super::PassReport) {
         for (name, path) in self.bound_files() {
+            let problem = |store: &Store| store.file_state(&name).ok().flatten()?.error;
+            let before = problem(&self.store);
             if let Err(e) = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {}) {
                 tracing::warn!(doc = %name, file = %path.display(), error = %e, "syncing the bound file failed");
                 report
                     .errors
                     .push(format!("{name}: file {}: {e}", path.display()));
+            } else if let Some(e) = problem(&self.store) {
+                if before.as_ref() != Some(&e) {
+                    tracing::warn!(doc = %name, error = %e, "the bound file waits");
+                }
+                report.files_waiting.push(format!("{name}: {e}"));
             }
         }
     }

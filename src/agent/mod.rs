@@ -75,6 +75,9 @@ pub struct PassReport {
     pub errors: Vec<String>,
     /// Mail waiting in the outbox for a retry after a failure: what, for whom, until when.
     pub held_back: Vec<String>,
+    /// Bound files not in step with their document, and why ("NAME: error"): invalid JSON,
+    /// missing, not writable. The document waits; the pass is not failed for it.
+    pub files_waiting: Vec<String>,
 }
 
 /// How often old processed mail and old state rows are cleared away.
