@@ -134,21 +134,7 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             path,
             value,
             expected,
-        } => {
-            edit(cfg, store, &name, &format!("edit {path}"), |doc| {
-                let now = doc.get(&path)?;
-                if let Some(expected) = &expected
-                    && now.as_ref() != Some(expected)
-                {
-                    return Err(AgentError::Other(format!(
-                        "{name}: {path:?} changed while it was being edited (a merge arrived); nothing was applied"
-                    )));
-                }
-                doc.update(&path, value)?;
-                Ok(true)
-            })?;
-            Ok(String::new())
-        }
+        } => update(cfg, store, &name, &path, value, expected.as_ref()),
         DocCommand::Set { name, path, value } => {
             let value = parse_value(&value)?;
             edit(cfg, store, &name, &format!("set {path}"), |doc| {
@@ -192,21 +178,49 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             to,
         } => move_element(cfg, store, &name, &path, from, to),
         DocCommand::Adopt { name, from } => adopt(cfg, store, &name, &from),
-        DocCommand::Rm { name, path } => {
-            let mut found = false;
-            edit(cfg, store, &name, &format!("rm {path}"), |doc| {
-                found = doc.remove(&path)?.is_some();
-                Ok(found)
-            })?;
-            if found {
-                Ok(String::new())
-            } else {
-                Err(AgentError::Other(format!(
-                    "{name}: nothing at path {path:?} (see `agent doc get {name}`)"
-                )))
-            }
-        }
+        DocCommand::Rm { name, path } => rm(cfg, store, &name, &path),
         DocCommand::Log { name, limit, json } => log(cfg, store, &name, limit, json),
+    }
+}
+
+/// `doc edit` after the editor exits: the edited value applied by difference, unless a merge
+/// changed it meanwhile (`expected`: the value the editor was opened on).
+fn update(
+    cfg: &Config,
+    store: &mut Store,
+    name: &str,
+    path: &str,
+    value: serde_json::Value,
+    expected: Option<&serde_json::Value>,
+) -> Result<String> {
+    edit(cfg, store, name, &format!("edit {path}"), |doc| {
+        let now = doc.get(path)?;
+        if let Some(expected) = expected
+            && now.as_ref() != Some(expected)
+        {
+            return Err(AgentError::Other(format!(
+                "{name}: {path:?} changed while it was being edited (a merge arrived); nothing was applied"
+            )));
+        }
+        doc.update(path, value)?;
+        Ok(true)
+    })?;
+    Ok(String::new())
+}
+
+/// `doc rm`: removes the value at `path`; nothing there is an error.
+fn rm(cfg: &Config, store: &mut Store, name: &str, path: &str) -> Result<String> {
+    let mut found = false;
+    edit(cfg, store, name, &format!("rm {path}"), |doc| {
+        found = doc.remove(path)?.is_some();
+        Ok(found)
+    })?;
+    if found {
+        Ok(String::new())
+    } else {
+        Err(AgentError::Other(format!(
+            "{name}: nothing at path {path:?} (see `agent doc get {name}`)"
+        )))
     }
 }
 

@@ -153,19 +153,14 @@ impl Agent {
         }
     }
 
-    /// Merges a quarantined message after all (`agent quarantine release`): it goes through every
-    /// other check and the merge again (its sending client is recorded as a device of the sender).
-    ///
-    /// # Errors
-    ///
-    /// No such message, no readable changes in it, its document or sender not configured, or
-    /// refused again (the record then carries the new reason).
-    pub fn release(&mut self, id: i64) -> Result<String> {
-        let q = self.store.quarantined_one(id)?.ok_or_else(|| {
-            AgentError::Other(format!(
-                "no quarantined message #{id} (see `agent quarantine list`)"
-            ))
-        })?;
+    /// Whether quarantined message `id` can be released: its document is configured, its
+    /// sender is a peer of it now, and it carries changes. Returns the document's slot, the
+    /// peer's address and the client that sent the changes.
+    fn releasable(
+        &self,
+        id: i64,
+        q: &crate::store::Quarantined,
+    ) -> Result<(usize, String, crate::engine::ClientId)> {
         if q.doc.is_empty() {
             return Err(crate::agent::keys::nothing_to_release(
                 id, &q.reason, &q.sender,
@@ -202,6 +197,23 @@ impl Agent {
         let sent_by = Changes::parse(first)
             .map_err(|e| AgentError::Other(format!("message #{id}: {e}")))?
             .sent_by();
+        Ok((slot, peer, sent_by))
+    }
+
+    /// Merges a quarantined message after all (`agent quarantine release`): it goes through every
+    /// other check and the merge again (its sending client is recorded as a device of the sender).
+    ///
+    /// # Errors
+    ///
+    /// No such message, no readable changes in it, its document or sender not configured, or
+    /// refused again (the record then carries the new reason).
+    pub fn release(&mut self, id: i64) -> Result<String> {
+        let q = self.store.quarantined_one(id)?.ok_or_else(|| {
+            AgentError::Other(format!(
+                "no quarantined message #{id} (see `agent quarantine list`)"
+            ))
+        })?;
+        let (slot, peer, sent_by) = self.releasable(id, &q)?;
         Store::touch_peer(
             self.store.conn(),
             &q.doc,
