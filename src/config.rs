@@ -230,8 +230,71 @@ fn default_quarantine() -> String {
 pub struct Account {
     pub address: String,
     pub name: Option<String>,
+    /// The largest mail the agent sends, in bytes after encoding (OpenPGP, armor, MIME): a
+    /// changes object that does not fit travels in several mails. `max-mail-size = "10MB"`
+    /// (the default), `"100kB"`, `"512KiB"` or a number of bytes; at least 16 kB.
+    #[serde(default = "default_max_mail_size", deserialize_with = "mail_size")]
+    pub max_mail_size: u64,
     pub imap: Imap,
     pub smtp: Server,
+}
+
+fn default_max_mail_size() -> u64 {
+    crate::transport::parts::DEFAULT_MAX_MAIL_SIZE
+}
+
+/// The largest `max-mail-size` taken: 1 GB (providers refuse mail far below it).
+const MAX_MAIL_SIZE: u64 = 1_000_000_000;
+
+/// `max-mail-size`: a number of bytes, or a text such as "10MB" (see [`parse_size`]), from
+/// 16 kB to 1 GB.
+fn mail_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Bytes(i64),
+        Text(String),
+    }
+    let min = crate::transport::parts::MIN_MAIL_SIZE;
+    let hint = "write a size such as \"10MB\", \"100kB\" or a number of bytes";
+    let (bytes, shown) = match Given::deserialize(d)? {
+        Given::Bytes(n) => (u64::try_from(n).ok(), n.to_string()),
+        Given::Text(t) => (parse_size(&t), format!("{t:?}")),
+    };
+    let bytes = bytes.ok_or_else(|| {
+        serde::de::Error::custom(format!("max-mail-size {shown} is not a size; {hint}"))
+    })?;
+    if !(min..=MAX_MAIL_SIZE).contains(&bytes) {
+        return Err(serde::de::Error::custom(format!(
+            "max-mail-size {shown} ({bytes} bytes) is out of range: a mail must hold at least \
+             {min} bytes (its headers and key alone take about 3 kB) and at most {MAX_MAIL_SIZE}"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A size in bytes from text: a number (decimals allowed) and an optional unit, `B`, `kB`/`KB`/`k`
+/// (1000), `KiB` (1024), `MB`/`M`, `MiB`, `GB`/`G`, `GiB`; spaces between them allowed. None when
+/// it is not such a size.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    let bytes = number * factor as f64;
+    (bytes.is_finite() && bytes < 1e18).then_some(bytes.round() as u64)
 }
 
 /// Someone documents are shared with.
@@ -727,6 +790,7 @@ const KNOWN_KEYS: &[&str] = &[
     "idle-check",
     "timeout",
     "keep-processed",
+    "max-mail-size",
     "transport",
     "folder",
     "file",
@@ -911,6 +975,43 @@ folder = "shared"
         );
         let e = imap("\nidle-check = \"often\"", "localhost").unwrap_err();
         assert!(e.contains("write \"auto\", \"off\""), "{e}");
+    }
+
+    #[test]
+    fn max_mail_size_takes_sizes_and_refuses_absurd_ones_naming_the_line() {
+        let with = |line: &str| {
+            let text = GOOD.replace("[account.imap]", &format!("{line}\n[account.imap]"));
+            Config::parse(&text, Path::new("a.toml"))
+                .map(|c| c.account.unwrap().max_mail_size)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(""), Ok(10_000_000));
+        assert_eq!(with("max-mail-size = \"100kB\""), Ok(100_000));
+        assert_eq!(with("max-mail-size = \"2 MiB\""), Ok(2 * 1024 * 1024));
+        assert_eq!(with("max-mail-size = \"1.5MB\""), Ok(1_500_000));
+        assert_eq!(with("max-mail-size = 50000"), Ok(50_000));
+        let line = GOOD
+            .lines()
+            .position(|l| l == "[account.imap]")
+            .map(|i| i + 1)
+            .unwrap();
+        for bad in [
+            "0", "\"0MB\"", "\"2KB\"", "-5", "\"5TB\"", "\"lots\"", "\"2GB\"",
+        ] {
+            let e = with(&format!("max-mail-size = {bad}")).unwrap_err();
+            assert!(
+                e.contains(&format!("a.toml:{line}:")) && e.contains("max-mail-size"),
+                "{bad}: {e}"
+            );
+        }
+        let e = with("max-mail-size = \"2KB\"").unwrap_err();
+        assert!(e.contains("at least 16000 bytes"), "{e}");
+        let e = with("max-mail-size = \"lots\"").unwrap_err();
+        assert!(e.contains("not a size") && e.contains("\"10MB\""), "{e}");
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("7"), Some(7));
+        assert_eq!(parse_size("MB"), None);
+        assert_eq!(parse_size("1e9"), None);
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn with_invitation_lines_no_document_mail_goes_unencrypted() {
             .find("\r\n\r\n")
             .or(text.find("\n\n"))
             .unwrap_or(text.len())];
-        assert!(head.contains("Minisync-Version: 3"), "{head}");
+        assert!(head.contains("Minisync-Version: 4"), "{head}");
         assert!(
             head.contains("multipart/encrypted") || head.contains("Minisync-Kind: hello"),
             "agent mail neither encrypted nor a hello: {head}"
@@ -207,7 +207,7 @@ fn forged_unsigned_tampered_misaddressed_and_missigned_mail_is_quarantined_with_
         minisync::transport::mail::autocrypt::build(&a, &alice_key.public().to_bytes().unwrap());
     let body = change_n(&alice, 2).to_string();
     let plain = format!(
-        "From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <plain{:x}@example.test>\r\nMinisync-Version: 3\r\n\
+        "From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <plain{:x}@example.test>\r\nMinisync-Version: 4\r\n\
          Autocrypt: {ac}\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: application/json\r\n\
          Content-Disposition: attachment; filename=\"minisync-changes.json\"\r\n\r\n{body}\r\n--zz--\r\n",
         rand::random::<u32>()
@@ -253,7 +253,7 @@ fn forged_unsigned_tampered_misaddressed_and_missigned_mail_is_quarantined_with_
     let armored = openpgp::seal(inner.into_bytes(), &alice_key, &[&bob_pub]).unwrap();
     let outer = format!(
         "From: {a}\r\nTo: {b}\r\nSubject: minisync\r\nMessage-ID: <outer{:x}@example.test>\r\n\
-         Minisync-Version: 3\r\nAutocrypt: {ac}\r\nMIME-Version: 1.0\r\n\
+         Minisync-Version: 4\r\nAutocrypt: {ac}\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"out\"\r\n\r\n\
          --out\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\
          --out\r\nContent-Type: application/octet-stream\r\n\r\n{}\r\n--out--\r\n",

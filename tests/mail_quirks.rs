@@ -1,7 +1,7 @@
 //! IMAP servers that answer otherwise than Dovecot does, imitated by a proxy in front of the real
 //! Dovecot (`common::imap_proxy`): no `[UIDNEXT]` in SELECT, no MOVE and no UIDPLUS with `UID
 //! EXPUNGE` refused, a header search that answers every message, commands refused with `BAD`.
-//! Also SMTP refusals that `agent sync` must report: a message too large (552), and an outage
+//! Also SMTP refusals: a message too large (552), which goes again in smaller parts, and an outage
 //! during which the outbox must not pile up mails that newer ones supersede. Each test asserts on
 //! the mailbox afterwards (the maildir files: what is where, with which flags), on the exit code of
 //! `agent sync` and on what `agent status` says. Without the stack these tests are ignored.
@@ -436,37 +436,71 @@ fn a_server_that_announces_idle_but_refuses_it_is_polled() {
 
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
-fn a_mail_refused_as_too_large_fails_sync() {
+fn a_mail_refused_as_too_large_goes_again_in_smaller_parts_and_the_size_is_kept() {
     use base64::Engine;
     let stack = Stack::get();
-    let (a, b) = (address("alice"), address("bob"));
-    let alice = sharing_todo(&stack, &a, &[&b], Security::Plain);
+    let (_, b, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
     let small = stack.env.get("SMALL_SMTP_PORT").unwrap_or_else(|| {
         panic!("no SMALL_SMTP_PORT in the stack's env: restart it with this scripts/mail-stack")
     });
     set_port(&alice, "account.smtp", small.parse().unwrap());
-    // Bob's key is known, so the changes themselves go (a hello would be small).
-    let bob_key = minisync::transport::mail::openpgp::generate(&b).unwrap();
-    pin_key(&alice, &b, &bob_key.public());
-    // Random bytes do not compress: the mail is well over the port's 100,000-byte limit.
-    let noise: Vec<u8> = (0..150_000).map(|_| rand::random::<u8>()).collect();
-    let photo = base64::engine::general_purpose::STANDARD.encode(noise);
+    // Random bytes do not compress: the whole mail is well over the port's 100,000-byte limit,
+    // and far under alice's max-mail-size (10 MB by default), so it goes whole at first.
+    let noise = |n: usize| {
+        let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let photo = noise(150_000);
     alice.import("todo", &json!({ "photo": photo }));
-    let (out, log) = sync_expecting(&alice, false);
-    assert!(out.contains("send failures 1"), "{out}");
-    assert!(log.contains("552"), "{log}");
-    let st = alice.cmd(&["status", "--json"]);
-    assert_eq!(st.status.code(), Some(2));
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let peer = &v["documents"][0]["peers"][0];
-    assert_eq!(peer["failing"], json!(true), "{peer}");
+    let (out, log) = sync_expecting(&alice, true);
+    assert!(out.contains("send failures 0"), "{out}");
     assert!(
-        peer["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("552")),
-        "{peer}"
+        log.contains("552") && log.contains("smaller parts"),
+        "{log}"
     );
-    assert!(messages(&stack.maildir(&b), "").is_empty());
+    let st = alice.status();
+    let learned = &st["mail"]["learned_limit"];
+    let bytes = learned["bytes"].as_u64().unwrap_or_else(|| panic!("{st}"));
+    // Half the refused mail (which was some 200 kB), at least the 16 kB floor.
+    assert!((16_000..150_000).contains(&bytes), "{learned}");
+    assert!(
+        learned["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("552")),
+        "{learned}"
+    );
+    assert_eq!(st["mail"]["mail_size"].as_u64(), Some(bytes), "{st}");
+    let peer = &st["documents"][0]["peers"][0];
+    assert_eq!(peer["failing"], json!(false), "{peer}");
+    let text = alice.ok(&["status"]);
+    assert!(
+        text.contains(&format!("mail size: at most {bytes} bytes")),
+        "{text}"
+    );
+    // Bob's inbox holds the parts, none over the limit, and they make the document.
+    let inbox = messages(&stack.maildir(&b), "");
+    assert!(inbox.len() >= 3, "{} mails", inbox.len());
+    for m in &inbox {
+        // What alice sent, and the few headers Postfix and Dovecot add on delivery.
+        let size = std::fs::metadata(m).unwrap().len();
+        assert!(
+            size <= bytes.min(100_000) + 2_000,
+            "{} is {size} bytes",
+            m.display()
+        );
+    }
+    bob.sync();
+    assert_eq!(bob.doc("todo"), alice.doc("todo"));
+    // The size is kept: the next large change goes in parts at once, without a refusal.
+    alice.import("todo", &json!({ "photo": photo, "second": noise(120_000) }));
+    let (_, log) = sync_expecting(&alice, true);
+    assert!(
+        !log.contains("552") && log.contains("sent in parts"),
+        "{log}"
+    );
+    bob.sync();
+    assert_eq!(bob.doc("todo"), alice.doc("todo"));
+    assert!(bob.doc("todo").unwrap()["second"].is_string());
 }
 
 #[test]

@@ -85,7 +85,7 @@ pub async fn device_add(cfg: &Config) -> Result<String> {
     let smtp = smtp::Smtp::new(&account.smtp, &account.address).map_err(other)?;
     smtp.send(&env, &raw)
         .await
-        .map_err(|e| other(format!("sending the setup message: {e}")))?;
+        .map_err(|e| other(format!("sending the setup message: {}", e.error)))?;
     Ok(code)
 }
 

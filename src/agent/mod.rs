@@ -18,6 +18,7 @@ mod peers;
 mod receive;
 mod send;
 mod status;
+mod transfers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -299,6 +300,14 @@ impl Agent {
         }
         if let Err(e) = self.store.prune(crate::store::now_ms()) {
             tracing::warn!(error = %e, "pruning old state failed");
+        }
+        match self.store.drop_stale_transfers(crate::store::now_ms()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                transfers = n,
+                "dropped mail parts of transfers that stayed incomplete (their changes come again with the sender's resend)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "dropping incomplete transfers failed"),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::agent::health::{Findings, outgoing};
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
 use crate::engine::{Changes, ClientId, Document, RepairKind};
 use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health, now_ms};
-use crate::transport::{Arrival, Delivery, DeviceTag, Sealed, Settle};
+use crate::transport::{Arrival, Delivery, DeviceTag, Sealed, Settle, Split};
 
 /// Why an arrival was not merged.
 pub(super) enum Refusal {
@@ -35,6 +35,9 @@ struct Ready {
     shared: bool,
     /// Mail: the device of the sender's address that sent it.
     device: Option<DeviceTag>,
+    /// Put together from a transfer of mail parts: (sender address, transfer id), dropped with
+    /// the merge.
+    transfer: Option<(String, String)>,
 }
 
 /// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
@@ -88,12 +91,15 @@ impl Agent {
                 report.errors.push(e.to_string());
             }
         }
+        if transport.delivery() == Delivery::PerPeer {
+            self.take_in_transfers(ti, report)?;
+        }
         Ok(())
     }
 
     /// Admits and merges arrivals of one transport: every check on each one, then the merge of
     /// those that passed, per document. Returns each arrival's outcome, in order.
-    fn take_in(
+    pub(super) fn take_in(
         &mut self,
         ti: usize,
         arrivals: &[Arrival],
@@ -141,7 +147,7 @@ impl Agent {
     }
 
     /// Keeps the agent's record of a quarantined message (for status and `agent quarantine`).
-    fn record_quarantine(&mut self, a: &Arrival, reason: &str, report: &mut PassReport) {
+    pub(super) fn record_quarantine(&mut self, a: &Arrival, reason: &str, report: &mut PassReport) {
         let payloads = a.payloads.as_ref().ok().map(Vec::as_slice);
         let mid = a.message_id.as_deref();
         let signer = a.sealed.as_ref().map(|s| s.fingerprint.as_str());
@@ -235,6 +241,7 @@ impl Agent {
             }),
             device: None,
             want: false,
+            split: crate::transport::Split::Whole,
         };
         let ti = self.docs[slot].transport;
         let spans = arrival_spans("quarantine", std::slice::from_ref(&arrival));
@@ -294,6 +301,13 @@ impl Agent {
         let Some((name, peer_key)) = self.addressee(ti, a, shared)? else {
             return Ok(None);
         };
+        if let Split::Part(info) = &a.split {
+            self.keep_part(a, info, &name)?;
+            if let Some(mid) = &a.message_id {
+                memory.message_ids.insert(mid.clone());
+            }
+            return Ok(None);
+        }
         let texts = a.payloads.clone().map_err(refuse)?;
         let mut changes = Vec::with_capacity(texts.len());
         for t in &texts {
@@ -340,6 +354,10 @@ impl Agent {
             wants_reply,
             shared,
             device: a.device.clone(),
+            transfer: match &a.split {
+                Split::Assembled(id) => Some((a.from.clone(), id.clone())),
+                Split::Whole | Split::Part(_) => None,
+            },
         }))
     }
 
@@ -628,6 +646,9 @@ fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: b
     if let Some(mid) = &item.message_id {
         Store::mark_seen(tx, mid)?;
     }
+    if let Some((sender, id)) = &item.transfer {
+        Store::drop_transfer(tx, sender, id)?;
+    }
     let client = item.sent_by.to_string();
     if !item.shared {
         let (device, device_name) = match &item.device {
@@ -671,12 +692,12 @@ fn touched(changes: &[Changes]) -> String {
 }
 
 /// A failure of our own state, not of the arrival: it is read again next pass.
-fn internal(e: impl Into<AgentError>) -> Refusal {
+pub(super) fn internal(e: impl Into<AgentError>) -> Refusal {
     Refusal::Retry(format!("internal: {}", e.into()))
 }
 
 /// One tracing span per arrival, so that every line logged about it names it.
-fn arrival_spans(transport: &str, arrivals: &[Arrival]) -> Vec<tracing::Span> {
+pub(super) fn arrival_spans(transport: &str, arrivals: &[Arrival]) -> Vec<tracing::Span> {
     arrivals
         .iter()
         .map(|a| {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::config::{Config, DocumentConfig, TransportKind};
 use crate::engine::ClientId;
-use crate::store::{Quarantined, Store};
+use crate::store::{LearnedLimit, Quarantined, Store, Transfer};
 
 /// The whole status report.
 #[derive(Debug, Serialize)]
@@ -21,8 +21,80 @@ pub struct Status {
     /// The account's devices (this one first) and each peer's, with what each replica has
     /// acknowledged and when it was last heard from.
     pub devices: Vec<super::DeviceStatus>,
+    /// Mail sizes and the transfers of mail parts waiting for parts (None without an account).
+    pub mail: Option<MailStatus>,
     /// Whether any peer is failing (the command then exits non-zero).
     pub failing: bool,
+}
+
+/// How large the agent's mails may be, and the transfers (changes sent in several mails) of
+/// which some parts are here and others not yet.
+#[derive(Debug, Serialize)]
+pub struct MailStatus {
+    /// `max-mail-size` in bytes.
+    pub max_mail_size: u64,
+    /// The smaller size learned from the SMTP server's refusal of a larger mail, if any.
+    pub learned_limit: Option<LearnedLimit>,
+    /// The size mails are cut to now (bytes): the smaller of the two.
+    pub mail_size: u64,
+    /// Transfers waiting for parts: sender, document, how many of how many parts are here.
+    pub incomplete_transfers: Vec<Transfer>,
+}
+
+/// The mail sizes and incomplete transfers (see [`MailStatus`]).
+fn mail_status(cfg: &Config, store: &Store) -> crate::store::Result<Option<MailStatus>> {
+    let Some(account) = &cfg.account else {
+        return Ok(None);
+    };
+    let server = format!("{}:{}", account.smtp.host, account.smtp.port);
+    let learned = store.mail_limit(&server)?;
+    let incomplete = store
+        .transfers()?
+        .into_iter()
+        .filter(|t| t.have < t.count)
+        .collect();
+    Ok(Some(MailStatus {
+        max_mail_size: account.max_mail_size,
+        mail_size: learned.as_ref().map_or(account.max_mail_size, |l| {
+            l.bytes.min(account.max_mail_size)
+        }),
+        learned_limit: learned,
+        incomplete_transfers: incomplete,
+    }))
+}
+
+impl MailStatus {
+    fn fmt_lines(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(l) = &self.learned_limit {
+            writeln!(
+                f,
+                "mail size: at most {} bytes (max-mail-size {}; SMTP {} refused larger mail {}: {})",
+                self.mail_size,
+                self.max_mail_size,
+                l.server,
+                when(Some(l.at)).unwrap_or_default(),
+                l.reason
+            )?;
+        }
+        if !self.incomplete_transfers.is_empty() {
+            writeln!(
+                f,
+                "changes sent in mail parts, waiting for the rest (or the sender's resend):"
+            )?;
+        }
+        for t in &self.incomplete_transfers {
+            writeln!(
+                f,
+                "  from {} ({}): {} of {} parts here since {}",
+                t.sender,
+                t.doc,
+                t.have,
+                t.count,
+                when(Some(t.first_at)).unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What is known of one peer's key.
@@ -215,7 +287,9 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         });
     }
     let devices = super::device_status(cfg, store)?;
+    let mail = mail_status(cfg, store)?;
     Ok(Status {
+        mail,
         receiving,
         documents,
         quarantined,
@@ -357,6 +431,34 @@ impl PeerStatus {
     }
 }
 
+impl KeyStatus {
+    fn fmt_line(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = self;
+        match (&k.fingerprint, &k.key_changed) {
+            (_, Some(new)) => writeln!(
+                f,
+                "key of {}: KEY CHANGED: mail in their name is signed by {new}, not the pinned {}; \
+                 refused until you make sure it is theirs and run `{}`",
+                k.peer,
+                k.fingerprint.as_deref().unwrap_or("?"),
+                k.accept_with.as_deref().unwrap_or("")
+            )?,
+            (Some(fp), None) => writeln!(
+                f,
+                "key of {}: {fp} ({})",
+                k.peer,
+                k.trust.as_deref().unwrap_or("pinned")
+            )?,
+            (None, None) => writeln!(
+                f,
+                "key of {}: not known yet (a hello asks for it; changes wait)",
+                k.peer
+            )?,
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for r in &self.receiving {
@@ -395,29 +497,12 @@ impl std::fmt::Display for Status {
             }
         }
         for k in &self.keys {
-            match (&k.fingerprint, &k.key_changed) {
-                (_, Some(new)) => writeln!(
-                    f,
-                    "key of {}: KEY CHANGED: mail in their name is signed by {new}, not the pinned {}; \
-                     refused until you make sure it is theirs and run `{}`",
-                    k.peer,
-                    k.fingerprint.as_deref().unwrap_or("?"),
-                    k.accept_with.as_deref().unwrap_or("")
-                )?,
-                (Some(fp), None) => writeln!(
-                    f,
-                    "key of {}: {fp} ({})",
-                    k.peer,
-                    k.trust.as_deref().unwrap_or("pinned")
-                )?,
-                (None, None) => writeln!(
-                    f,
-                    "key of {}: not known yet (a hello asks for it; changes wait)",
-                    k.peer
-                )?,
-            }
+            k.fmt_line(f)?;
         }
         super::fmt_devices(&self.devices, f)?;
+        if let Some(m) = &self.mail {
+            m.fmt_lines(f)?;
+        }
         if !self.quarantined.is_empty() {
             writeln!(
                 f,

@@ -21,12 +21,14 @@ mod health;
 mod keys;
 mod quarantine;
 mod replica;
+mod transfers;
 pub use devices::{DeviceClient, DeviceRow, ThisDevice};
 pub use files::FileState;
 pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
 pub use quarantine::Quarantined;
 pub(crate) use quarantine::{NOT_A_PEER, UNDECRYPTABLE};
+pub use transfers::{IncomingPart, LearnedLimit, Transfer};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +247,7 @@ impl Store {
         tx.execute_batch(files::SCHEMA)?;
         tx.execute_batch(replica::SCHEMA)?;
         tx.execute_batch(devices::SCHEMA)?;
+        tx.execute_batch(transfers::SCHEMA)?;
         tx.commit()?;
         Ok(Store {
             conn,

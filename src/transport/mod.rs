@@ -7,6 +7,7 @@
 
 pub mod folder;
 pub mod mail;
+pub mod parts;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -109,6 +110,21 @@ pub struct Arrival {
     pub device: Option<DeviceTag>,
     /// Mail from the own address: a sibling device asks for the whole document.
     pub want: bool,
+    /// A whole changes object, one part of a transfer, or a transfer put together.
+    pub split: Split,
+}
+
+/// Whether an arrival carries a whole changes object, one part of a larger one (mail format 4:
+/// a changes object over the account's `max-mail-size` travels in several mails, see
+/// [`parts`]), or a transfer the agent put together from the parts it kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Split {
+    #[default]
+    Whole,
+    /// One part mail: its payload is this part's text, not a changes object.
+    Part(parts::PartInfo),
+    /// A complete transfer put together from its stored parts (the transfer's id).
+    Assembled(String),
 }
 
 /// What became of an arrival.

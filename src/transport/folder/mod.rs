@@ -234,6 +234,7 @@ impl Transport for FolderTransport {
                             sealed: None,
                             device: None,
                             want: false,
+                            split: crate::transport::Split::Whole,
                         });
                     }
                 }

@@ -1,14 +1,19 @@
-//! The MIME envelope of agent mail (format 2): building it and reading it.
+//! The MIME envelope of agent mail (format 4): building it and reading it.
 //!
 //! A changes mail is PGP/MIME (RFC 3156 §4): `multipart/encrypted;
 //! protocol="application/pgp-encrypted"`, a `Version: 1` part and an `application/octet-stream`
 //! part holding one armored OpenPGP message, signed, compressed and encrypted to the peer and to
 //! ourselves (RFC 3156 §6.2, see [`super::openpgp`]). Outside it only what routing needs: `From`,
-//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 3`, `Auto-Submitted` and the
+//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 4`, `Auto-Submitted` and the
 //! sender's key in `Autocrypt:` (Autocrypt Level 1). The encrypted entity is `multipart/mixed;
 //! protected-headers="v1"` with the real headers (document name, kind, Message-ID, the reply's
 //! In-Reply-To), a short text part and the changes object as `minisync-changes.json`; the
 //! receiver trusts only these inner headers.
+//!
+//! A changes object larger than the account's `max-mail-size` travels in several such mails
+//! (format 4): each carries one piece of its text as `minisync-changes.json` and, among the
+//! protected headers, `Minisync-Transfer`, `Minisync-Part` (index/count), the whole object's size,
+//! hash and Message-ID (see [`crate::transport::parts`]).
 //!
 //! A hello (`Minisync-Kind: hello`, sent while the peer's key is unknown) is not encrypted and
 //! carries no document: a text part and `minisync-hello.asc`, an OpenPGP message signed with the
@@ -21,12 +26,14 @@ use lettre::{Address, Message};
 use mail_parser::{MessageParser, MimeHeaders};
 
 use crate::transport::mail::{autocrypt, openpgp};
-use crate::transport::{Arrival, DeviceTag, Outgoing, Sealed};
+use crate::transport::parts::PartInfo;
+use crate::transport::{Arrival, DeviceTag, Outgoing, Sealed, Split};
 
 /// The envelope format version, in the `Minisync-Version` header. Format 1 (until minisync
-/// 0.1 without OpenPGP) was plaintext, format 2 named no device; both are refused with a
+/// 0.1 without OpenPGP) was plaintext, format 2 named no device, format 3 had no part mails (a
+/// format-3 reader would take a part for a broken changes object); all are refused with a
 /// request to upgrade.
-pub const ENVELOPE_VERSION: &str = "3";
+pub const ENVELOPE_VERSION: &str = "4";
 /// Header that marks agent mail.
 pub const VERSION_HEADER: &str = "Minisync-Version";
 /// Header that names the document (inside the encryption only).
@@ -96,8 +103,16 @@ fn mark(message: &mut Message, kind: Option<&str>, autocrypt: String) {
     }
 }
 
+/// What one mail carries of an outgoing changes object: the whole of it (`out.body`, under
+/// `out.message_id`), or one part of a transfer under a Message-ID of its own.
+pub struct Piece<'a> {
+    pub text: &'a str,
+    pub message_id: &'a str,
+    pub part: Option<&'a PartInfo>,
+}
+
 /// The encrypted entity of a changes mail (protected headers, RFC 3156 §6.2 payload).
-fn inner(out: &Outgoing<'_>, me: &Sender<'_>) -> Vec<u8> {
+fn inner(out: &Outgoing<'_>, me: &Sender<'_>, piece: &Piece<'_>) -> Vec<u8> {
     let from = me.address;
     let (what, kind) = if out.want {
         ("a request for the whole document", "want")
@@ -113,9 +128,15 @@ fn inner(out: &Outgoing<'_>, me: &Sender<'_>) -> Vec<u8> {
     );
     let mut head = format!(
         "Content-Type: multipart/mixed; boundary=\"{boundary}\"; protected-headers=\"v1\"\r\n\
-         From: <{from}>\r\nTo: <{}>\r\nSubject: minisync {what}: {}\r\nMessage-ID: {}\r\n",
-        out.peer, out.doc_name, out.message_id
+         From: <{from}>\r\nTo: <{}>\r\nSubject: minisync {what}: {}{}\r\nMessage-ID: {}\r\n",
+        out.peer,
+        out.doc_name,
+        part_note(piece.part),
+        piece.message_id
     );
+    if let Some(part) = piece.part {
+        head.push_str(&part.headers());
+    }
     if let Some(r) = out.in_reply_to {
         head.push_str(&format!("In-Reply-To: {r}\r\nReferences: {r}\r\n"));
     }
@@ -149,13 +170,19 @@ fn inner(out: &Outgoing<'_>, me: &Sender<'_>) -> Vec<u8> {
         )
         .as_bytes(),
     );
-    body.extend_from_slice(out.body.as_bytes());
+    body.extend_from_slice(piece.text.as_bytes());
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     body
 }
 
-/// Builds the PGP/MIME message for an outgoing changes object, encrypted to `out.peer_key` and
-/// to the sender's own key.
+/// " (part 2 of 5)" for a part mail's subject, "" for a whole one.
+fn part_note(part: Option<&PartInfo>) -> String {
+    part.map(|p| format!(" (part {} of {})", p.index, p.count))
+        .unwrap_or_default()
+}
+
+/// Builds the PGP/MIME message for an outgoing changes object, whole, encrypted to
+/// `out.peer_key` and to the sender's own key.
 ///
 /// # Errors
 ///
@@ -164,6 +191,25 @@ pub fn build(
     out: &Outgoing<'_>,
     me: &Sender<'_>,
 ) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
+    let whole = Piece {
+        text: out.body,
+        message_id: out.message_id,
+        part: None,
+    };
+    build_piece(out, me, &whole)
+}
+
+/// Builds the PGP/MIME message that carries `piece` of an outgoing changes object (the whole of
+/// it, or one part of a transfer), as [`build`] does.
+///
+/// # Errors
+///
+/// As [`build`].
+pub fn build_piece(
+    out: &Outgoing<'_>,
+    me: &Sender<'_>,
+    piece: &Piece<'_>,
+) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
     let (from_addr, to_addr) = addresses(me.address, out.peer)?;
     let peer_key = out
         .peer_key
@@ -171,8 +217,8 @@ pub fn build(
     let peer_key = openpgp::PublicKey::from_bytes(peer_key)
         .map_err(|e| format!("the key of {}: {e}", out.peer))?;
     let own = me.key.public();
-    let armored =
-        openpgp::seal(inner(out, me), me.key, &[&peer_key, &own]).map_err(|e| e.to_string())?;
+    let armored = openpgp::seal(inner(out, me, piece), me.key, &[&peer_key, &own])
+        .map_err(|e| e.to_string())?;
     let parts = MultiPart::encrypted("application/pgp-encrypted".to_string())
         .singlepart(
             SinglePart::builder()
@@ -192,8 +238,8 @@ pub fn build(
     let mut message = Message::builder()
         .from(Mailbox::new(me.name.map(str::to_string), from_addr))
         .to(Mailbox::new(None, to_addr))
-        .subject("minisync")
-        .message_id(Some(out.message_id.to_string()))
+        .subject(format!("minisync{}", part_note(piece.part)))
+        .message_id(Some(piece.message_id.to_string()))
         .multipart(parts)
         .map_err(|e| format!("building the message: {e}"))?;
     let public = own.to_bytes().map_err(|e| e.to_string())?;
@@ -338,6 +384,7 @@ pub fn parse(key: String, raw: &[u8], rx: &Receiver<'_>) -> Arrival {
         sealed: None,
         device: None,
         want: false,
+        split: Split::Whole,
     };
     let Some(m) = MessageParser::default().parse(raw) else {
         arrival.payloads = Err("the message cannot be parsed as MIME".into());
@@ -496,12 +543,25 @@ fn read_inner(
         arrival.want = true;
         return Ok(Vec::new());
     }
+    let piece = PartInfo::from_headers(|name| text_header(&m, name))?;
     let part = m
         .attachments()
         .find(|p| p.attachment_name() == Some(CHANGES_FILE))
         .ok_or("no minisync-changes.json attachment")?;
     let text = String::from_utf8(part.contents().to_vec())
         .map_err(|_| "the attachment is not UTF-8".to_string())?;
+    if let Some(info) = piece {
+        if text.is_empty() || text.len() as u64 > info.size {
+            return Err(format!(
+                "part {} of transfer {} carries {} bytes of a {}-byte transfer",
+                info.index,
+                info.transfer,
+                text.len(),
+                info.size
+            ));
+        }
+        arrival.split = Split::Part(info);
+    }
     Ok(vec![text])
 }
 

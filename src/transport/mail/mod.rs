@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod imap;
 pub mod net;
 pub mod openpgp;
+mod sending;
 pub mod setup;
 pub mod smtp;
 
@@ -709,17 +710,14 @@ impl Transport for MailTransport {
     }
 
     async fn send(&self, out: &Outgoing<'_>) -> Result<(), SendError> {
-        let device = self.device_tag().map_err(SendError::Temporary)?;
-        let (env, raw) =
-            envelope::build(out, &self.sender(&device)).map_err(SendError::Permanent)?;
-        self.smtp.send(&env, &raw).await
+        self.send_changes(out).await
     }
 
     async fn hello(&self, peer: &str, message_id: &str, wants_key: bool) -> Result<(), SendError> {
         let device = self.device_tag().map_err(SendError::Temporary)?;
         let (env, raw) = envelope::build_hello(peer, message_id, wants_key, &self.sender(&device))
             .map_err(SendError::Permanent)?;
-        self.smtp.send(&env, &raw).await
+        self.smtp.send(&env, &raw).await.map_err(|f| f.error)
     }
 
     async fn receive(&self, routes: &[Route]) -> Result<Vec<Arrival>, TransportError> {

@@ -167,13 +167,17 @@ impl Smtp {
     }
 
     /// Sends one formatted message.
+    ///
+    /// # Errors
+    ///
+    /// The send did not go through: see [`Failure`].
     pub async fn send(
         &self,
         envelope: &lettre::address::Envelope,
         raw: &[u8],
-    ) -> Result<(), SendError> {
+    ) -> Result<(), Failure> {
         let attempt = async {
-            let mut conn = self.connection().await?;
+            let mut conn = self.connection().await.map_err(Failure::from)?;
             match conn.send(envelope, raw).await {
                 Ok(_) => {
                     *self.idle.lock().await = Some(conn);
@@ -188,11 +192,16 @@ impl Smtp {
         tokio::time::timeout(STEP_TIMEOUT, attempt)
             .await
             .unwrap_or_else(|_| {
-                Err(SendError::Temporary(format!(
+                Err(Failure::from(SendError::Temporary(format!(
                     "SMTP {}:{} did not answer within {STEP_TIMEOUT:?}",
                     self.server.host, self.server.port
-                )))
+                ))))
             })
+    }
+
+    /// The server as `host:port`: what a size learned from its refusals is kept under.
+    pub fn server_name(&self) -> String {
+        format!("{}:{}", self.server.host, self.server.port)
     }
 
     /// Connects and authenticates (`agent check`), announcing each step to `progress`.
@@ -210,13 +219,41 @@ impl Smtp {
     }
 }
 
-/// A permanent (5xx) refusal is not retried; everything else is.
-fn classify(e: lettre::transport::smtp::Error) -> SendError {
-    if e.is_permanent() {
-        SendError::Permanent(describe(&e))
-    } else {
-        SendError::Temporary(describe(&e))
+/// A send that did not go through: why, and whether the server refused the message for its
+/// size (reply code 552, or the enhanced status code 5.3.4 "message too big for system" with
+/// any permanent reply), which a smaller message may pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub error: SendError,
+    pub too_large: bool,
+}
+
+impl From<SendError> for Failure {
+    fn from(error: SendError) -> Failure {
+        Failure {
+            error,
+            too_large: false,
+        }
     }
+}
+
+/// A permanent (5xx) refusal is not retried; everything else is.
+fn classify(e: lettre::transport::smtp::Error) -> Failure {
+    let text = describe(&e);
+    if e.is_permanent() {
+        let code = e.status().map(|c| c.to_string());
+        Failure {
+            too_large: too_large(code.as_deref(), &text),
+            error: SendError::Permanent(text),
+        }
+    } else {
+        Failure::from(SendError::Temporary(text))
+    }
+}
+
+/// Whether a permanent refusal (its reply code, its text) says the message is too large.
+fn too_large(code: Option<&str>, text: &str) -> bool {
+    code == Some("552") || text.contains("5.3.4")
 }
 
 /// The error and its causes, each said once (lettre's message often repeats its cause's).
@@ -232,4 +269,27 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_refusals_are_told_from_other_refusals() {
+        assert!(too_large(
+            Some("552"),
+            "permanent error (552): 5.3.4 Message size exceeds fixed limit"
+        ));
+        assert!(too_large(
+            Some("554"),
+            "permanent error (554): 5.3.4 Message too big for system"
+        ));
+        assert!(too_large(Some("552"), "Requested mail action aborted"));
+        assert!(!too_large(
+            Some("550"),
+            "permanent error (550): 5.1.1 User unknown"
+        ));
+        assert!(!too_large(None, "connection refused"));
+    }
 }

@@ -1,4 +1,4 @@
-//! Round trips of the format-3 envelope and the refusals of mail that is not what it claims.
+//! Round trips of the format-4 envelope and the refusals of mail that is not what it claims.
 
 use super::*;
 use crate::engine::ClientId;
@@ -78,7 +78,7 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         .unwrap();
         assert_eq!(env.to()[0].to_string(), "bob@example.test");
         let text = String::from_utf8_lossy(&raw);
-        assert!(text.contains("Minisync-Version: 3"), "{text}");
+        assert!(text.contains("Minisync-Version: 4"), "{text}");
         assert!(
             !text.contains("laptop") && !text.contains("dddddddddddddddd"),
             "{text}"
@@ -181,16 +181,16 @@ fn mail_for_another_key_unencrypted_or_old_is_refused_with_the_reason() {
     let got = read(&raw, &b);
     assert!(got.payloads.unwrap_err().contains("does not decrypt"));
     assert!(got.sealed.is_none());
-    let plain = b"Minisync-Version: 3\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
+    let plain = b"Minisync-Version: 4\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
     let e = read(plain, &b).payloads.unwrap_err();
     assert!(e.contains("Autocrypt header without addr"), "{e}");
-    let old = b"Minisync-Version: 2\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let old = b"Minisync-Version: 3\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     let e = read(old, &b).payloads.unwrap_err();
     assert!(
         e.contains("older minisync") && e.contains("upgrade minisync"),
         "{e}"
     );
-    let new = b"Minisync-Version: 4\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let new = b"Minisync-Version: 5\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     assert!(
         read(new, &b)
             .payloads
@@ -226,7 +226,12 @@ fn a_strangers_mail_is_not_decrypted_and_a_forged_inner_sender_is_refused() {
     assert!(got.payloads.unwrap_err().contains("not decrypted"));
     // Signed by alice's key, but the signed (inner) From is mallory's.
     let o = out("{}", None, &bob_pub);
-    let inner_mallory = inner(&o, &sender("mallory@example.test", &a));
+    let whole = Piece {
+        text: o.body,
+        message_id: o.message_id,
+        part: None,
+    };
+    let inner_mallory = inner(&o, &sender("mallory@example.test", &a), &whole);
     let armored = openpgp::seal(inner_mallory, &a, &[&b.public()]).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let start = text.find("-----BEGIN PGP MESSAGE-----").unwrap();
@@ -277,4 +282,66 @@ fn a_want_reads_only_from_the_own_address_and_device_headers_are_checked() {
     let (_, raw) = build(&out("{}", None, &own), &me).unwrap();
     let e = read(&raw, &a).payloads.unwrap_err();
     assert!(e.contains("is not a device id"), "{e}");
+}
+
+#[test]
+fn a_part_mail_round_trips_its_description_and_a_bad_one_is_refused() {
+    use crate::transport::parts::{PartInfo, hash};
+    let (a, b) = (
+        generate("alice@example.test").unwrap(),
+        generate("bob@example.test").unwrap(),
+    );
+    let bob_pub = b.public().to_bytes().unwrap();
+    let whole = "{\"minisync\":\"changes\"}";
+    let info = PartInfo {
+        transfer: "0123456789abcdef0123456789abcdef".into(),
+        index: 2,
+        count: 3,
+        size: 300,
+        hash: hash(whole.as_bytes()),
+        of: "<m1@example.test>".into(),
+    };
+    let o = out("", None, &bob_pub);
+    let me = sender("alice@example.test", &a);
+    let piece = |part: &PartInfo| {
+        let p = Piece {
+            text: "a piece of text",
+            message_id: "<part2.x@example.test>",
+            part: Some(part),
+        };
+        build_piece(&o, &me, &p).unwrap().1
+    };
+    let raw = piece(&info);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("Subject: minisync (part 2 of 3)"), "{text}");
+    // The description travels inside the encryption only.
+    assert!(!text.contains("Minisync-Transfer"), "{text}");
+    let got = read(&raw, &b);
+    assert_eq!(got.payloads, Ok(vec!["a piece of text".to_string()]));
+    assert_eq!(got.split, Split::Part(info.clone()));
+    assert_eq!(got.message_id.as_deref(), Some("<part2.x@example.test>"));
+    // A whole mail is no part.
+    let (_, raw) = build(&out("{}", None, &bob_pub), &me).unwrap();
+    assert_eq!(read(&raw, &b).split, Split::Whole);
+    // Hostile descriptions are refused with the reason, whatever the signature says.
+    let billion = PartInfo {
+        count: 1_000_000_000,
+        ..info.clone()
+    };
+    let e = read(&piece(&billion), &b).payloads.unwrap_err();
+    assert!(e.contains("1000000000 parts"), "{e}");
+    let beyond = PartInfo {
+        index: 4,
+        ..info.clone()
+    };
+    let e = read(&piece(&beyond), &b).payloads.unwrap_err();
+    assert!(e.contains("part 4 of 3"), "{e}");
+    let tiny = PartInfo {
+        size: 5,
+        count: 1,
+        index: 1,
+        ..info
+    };
+    let e = read(&piece(&tiny), &b).payloads.unwrap_err();
+    assert!(e.contains("carries 15 bytes of a 5-byte transfer"), "{e}");
 }
