@@ -111,6 +111,40 @@ fn the_proxy_hides_capabilities_and_finds_literals() {
     assert_eq!(literal(b"* OK done\r\n"), None);
 }
 
+/// Mail that arrives while the agent moves another message away is announced once, in the
+/// MOVE's reply (`* N EXISTS`); a running agent must read it at once, not at its next timed pass
+/// (minutes away here: resend 10m, IDLE renewed every 4 minutes, no idle check).
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn mail_announced_in_a_move_reply_is_read_at_once() {
+    let stack = Stack::get();
+    let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    let slow = proxy(
+        &stack,
+        Quirks {
+            hold: vec![("UID MOVE".into(), Duration::from_secs(2))],
+            ..Quirks::default()
+        },
+    );
+    set_port(&bob, "account.imap", slow.port);
+    bob.set_imap("idle-check = \"off\"");
+    let held = || slow.log().iter().filter(|l| l.starts_with("held:")).count();
+    alice.import("todo", &json!({"n": 0}));
+    let (_sa, _sb) = (alice.spawn(), bob.spawn());
+    wait_until(T, "bob receives the document", || bob.doc("todo").is_some());
+    std::thread::sleep(Duration::from_secs(3)); // the moves of that pass are done
+    let before = held();
+    alice.ok(&["doc", "set", "todo", "n", "1"]);
+    wait_until(T, "bob moves the first change away", || held() > before);
+    // While that MOVE is held, the second change reaches bob's inbox.
+    alice.ok(&["doc", "set", "todo", "n", "2"]);
+    wait_until(
+        Duration::from_secs(15),
+        "bob merges the change announced in the MOVE's reply",
+        || bob.doc("todo").is_some_and(|d| d["n"] == json!(2)),
+    );
+}
+
 #[test]
 #[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
 fn without_uidnext_in_select_agent_mail_is_still_received() {

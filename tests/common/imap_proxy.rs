@@ -32,6 +32,9 @@ pub struct Quirks {
     /// Commands (prefixes after the tag, e.g. `UID EXPUNGE`) answered with `BAD`.
     pub refuse: Vec<String>,
     pub header_search: HeaderSearch,
+    /// Commands (prefixes after the tag, e.g. `UID MOVE`) held this long before they reach the
+    /// server, as over a slow link: what the server has to say meanwhile comes in their reply.
+    pub hold: Vec<(String, std::time::Duration)>,
 }
 
 /// A running proxy; it lives as long as the test process.
@@ -209,6 +212,14 @@ async fn client_to_server(
                     return;
                 }
                 continue;
+            }
+            if let Some((_, how_long)) = quirks
+                .hold
+                .iter()
+                .find(|(h, _)| upper.starts_with(&h.to_ascii_uppercase()))
+            {
+                note(log, format!("held: {}", text.trim_end()));
+                tokio::time::sleep(*how_long).await;
             }
         }
         let mut out = rewrite_search(&text, quirks.header_search, log)

@@ -257,7 +257,8 @@ pub async fn older_than(
         format!("BEFORE {}", imap_date(std::time::SystemTime::now() - age))
     };
     let old = search(session, &format!("UID 1:* {when}"), 1).await?.items;
-    only_agent_mail(session, &old).await
+    // In the processed folder: what it announces is not news of the watched mailbox.
+    Ok(only_agent_mail(session, &old).await?.items)
 }
 
 /// `agent check`: whether `UID SEARCH HEADER Minisync-Version ""` answers only messages that
@@ -274,7 +275,7 @@ pub async fn check_header_search(session: &mut ImapSession) -> Result<(bool, Str
         }
     };
     let sample = &found[..found.len().min(FETCH_CHECK)];
-    let ours = only_agent_mail(session, sample).await?;
+    let ours = only_agent_mail(session, sample).await?.items;
     let wrong = sample.len() - ours.len();
     let text = match (sample.len(), wrong) {
         (0, _) => "nothing to try it on (no agent mail here); not needed: the agent reads every \
@@ -349,19 +350,40 @@ fn uid_set(uids: &[u32]) -> String {
         .join(",")
 }
 
-/// Runs a command that answers nothing the agent needs; fails unless it ends in OK.
-async fn command(session: &mut ImapSession, command: &str) -> Result<(), String> {
-    checked::<()>(session, command, |_, _| {}).await.map(|_| ())
+/// Runs a command that answers nothing the agent needs; fails unless it ends in OK. Returns
+/// whether the server announced new mail (EXISTS, RECENT) meanwhile: the server says so once,
+/// in whatever reply comes next, so dropping it would leave that mail unread until the next
+/// timed pass.
+async fn command(session: &mut ImapSession, command: &str) -> Result<bool, String> {
+    checked::<()>(session, command, |_, _| {})
+        .await
+        .map(|r| r.news)
+}
+
+/// What [`delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whether the messages were expunged (else they stay flagged `\Deleted`).
+    pub expunged: bool,
+    /// Whether the server announced new mail meanwhile (see [`command`]).
+    pub news: bool,
 }
 
 /// Of `uids`, those whose header the agent read itself (`BODY.PEEK`, nothing is marked read) and
 /// found to carry `Minisync-Version`. Whatever a search answered, nothing else is ever moved,
 /// flagged or deleted.
-pub async fn only_agent_mail(session: &mut ImapSession, uids: &[u32]) -> Result<Vec<u32>, String> {
-    let mut ours = Vec::with_capacity(uids.len());
+pub async fn only_agent_mail(
+    session: &mut ImapSession,
+    uids: &[u32],
+) -> Result<Replies<u32>, String> {
+    let mut ours = Replies {
+        items: Vec::with_capacity(uids.len()),
+        news: false,
+    };
     for batch in uids.chunks(500) {
         let got = fetch(session, batch, Part::Marker).await?;
-        ours.extend(
+        ours.news |= got.news;
+        ours.items.extend(
             got.items
                 .into_iter()
                 .filter(|(_, h)| envelope::is_agent_mail(h))
@@ -374,42 +396,57 @@ pub async fn only_agent_mail(session: &mut ImapSession, uids: &[u32]) -> Result<
 /// Flags agent mail deleted and expunges it: only those messages with UIDPLUS (`UID EXPUNGE`);
 /// without it, plain `EXPUNGE` removes every message flagged `\Deleted` in the folder, so it is
 /// sent only when each of them is agent mail. Otherwise the messages stay flagged (a later pass
-/// expunges them, and a flagged message is never read or copied again); returns false then.
+/// expunges them, and a flagged message is never read or copied again); `expunged` is false then.
 pub async fn delete(
     session: &mut ImapSession,
     uids: &[u32],
     uidplus: bool,
-) -> Result<bool, String> {
-    let mut expunged = true;
+) -> Result<Deleted, String> {
+    let mut out = Deleted {
+        expunged: true,
+        news: false,
+    };
     for batch in uids.chunks(500) {
         let set = uid_set(batch);
-        command(
+        out.news |= command(
             session,
             &format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
         )
         .await?;
-        expunged &= expunge(session, &set, uidplus).await?;
+        let e = expunge(session, &set, uidplus).await?;
+        out.expunged &= e.expunged;
+        out.news |= e.news;
     }
-    Ok(expunged)
+    Ok(out)
 }
 
-async fn expunge(session: &mut ImapSession, set: &str, uidplus: bool) -> Result<bool, String> {
+async fn expunge(session: &mut ImapSession, set: &str, uidplus: bool) -> Result<Deleted, String> {
     if uidplus {
-        command(session, &format!("UID EXPUNGE {set}")).await?;
-        return Ok(true);
+        let news = command(session, &format!("UID EXPUNGE {set}")).await?;
+        return Ok(Deleted {
+            expunged: true,
+            news,
+        });
     }
-    let flagged = search(session, "DELETED", 1).await?.items;
-    let ours = only_agent_mail(session, &flagged).await?;
-    if ours.len() < flagged.len() {
+    let flagged = search(session, "DELETED", 1).await?;
+    let ours = only_agent_mail(session, &flagged.items).await?;
+    let news = flagged.news || ours.news;
+    if ours.items.len() < flagged.items.len() {
         tracing::warn!(
-            others = flagged.len() - ours.len(),
+            others = flagged.items.len() - ours.items.len(),
             "the server has no UIDPLUS, and messages that are not agent mail are flagged \\Deleted \
              here: not expunging (EXPUNGE would remove them too); agent mail stays flagged until then"
         );
-        return Ok(false);
+        return Ok(Deleted {
+            expunged: false,
+            news,
+        });
     }
-    command(session, "EXPUNGE").await?;
-    Ok(true)
+    let more = command(session, "EXPUNGE").await?;
+    Ok(Deleted {
+        expunged: true,
+        news: news || more,
+    })
 }
 
 /// Every message from `from_uid` on: (UID, whether it is flagged `\Deleted`), from the index
@@ -516,27 +553,32 @@ pub async fn fetch(
     Ok(got)
 }
 
-/// Copies one message to a folder (`UID COPY`), leaving it where it is.
-pub async fn copy_message(session: &mut ImapSession, uid: u32, folder: &str) -> Result<(), String> {
+/// Copies one message to a folder (`UID COPY`), leaving it where it is. Returns whether the
+/// server announced new mail meanwhile.
+pub async fn copy_message(
+    session: &mut ImapSession,
+    uid: u32,
+    folder: &str,
+) -> Result<bool, String> {
     command(session, &format!("UID COPY {uid} {}", quoted(folder)?)).await
 }
 
 /// Moves one message to a folder: `UID MOVE` where the server announced MOVE; else `UID COPY`,
 /// then `\Deleted` and an expunge (see [`delete`]). A message flagged `\Deleted` is never listed
-/// for reading again, so a copy is made once even when the expunge cannot be done.
+/// for reading again, so a copy is made once even when the expunge cannot be done. Returns
+/// whether the server announced new mail meanwhile.
 pub async fn move_message(
     session: &mut ImapSession,
     uid: u32,
     folder: &str,
     caps: Caps,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let target = quoted(folder)?;
     if caps.r#move {
         return command(session, &format!("UID MOVE {uid} {target}")).await;
     }
-    command(session, &format!("UID COPY {uid} {target}")).await?;
-    delete(session, &[uid], caps.uidplus).await?;
-    Ok(())
+    let copied = command(session, &format!("UID COPY {uid} {target}")).await?;
+    Ok(copied || delete(session, &[uid], caps.uidplus).await?.news)
 }
 
 #[cfg(test)]

@@ -553,19 +553,24 @@ impl MailTransport {
     ) -> Result<(), TransportError> {
         self.folders(st).await?;
         let conn = st.conn()?;
+        let mut news = false;
         if quarantine {
-            imap::copy_message(&mut conn.session, uid, &self.account.imap.quarantine_folder)
-                .await
-                .map_err(err)?;
+            news |=
+                imap::copy_message(&mut conn.session, uid, &self.account.imap.quarantine_folder)
+                    .await
+                    .map_err(err)?;
         }
-        imap::move_message(
+        news |= imap::move_message(
             &mut conn.session,
             uid,
             &self.account.imap.processed_folder,
             conn.caps,
         )
         .await
-        .map_err(err)
+        .map_err(err)?;
+        // Mail that came while this one was moved is announced in the MOVE's reply, once.
+        st.news |= news;
+        Ok(())
     }
 
     /// Settles a message read from the processed folder: it stays there; one to be read again
