@@ -38,7 +38,7 @@ fn edit(d: &mut Document, i: u64) {
         }
         _ => {}
     }
-    if i % 40 == 0 {
+    if i.is_multiple_of(40) {
         let big: Vec<Value> = (0..300).map(|k| json!({"k": k, "i": i})).collect();
         d.set(&format!("big{}", i % 3), Value::Array(big)).unwrap();
     }
