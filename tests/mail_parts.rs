@@ -189,11 +189,7 @@ fn send_part(stack: &Stack, from: &Node, to: &Node, info: &PartInfo, chunk: &str
         peer_key: Some(&recipient),
         want: false,
     };
-    let device = minisync::transport::DeviceTag {
-        id: "tttttttttttttttt".into(),
-        name: Some("test".into()),
-        retired: Vec::new(),
-    };
+    let device = test_device();
     let me = minisync::transport::mail::envelope::Sender {
         address: &from.address,
         name: None,

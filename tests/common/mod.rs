@@ -426,6 +426,15 @@ pub fn node_key(node: &Node) -> minisync::transport::mail::openpgp::SecretKey {
     minisync::transport::mail::openpgp::SecretKey::from_armored(&text).unwrap()
 }
 
+/// The device tag of mail a test makes itself (no agent's device sent it).
+pub fn test_device() -> minisync::transport::DeviceTag {
+    minisync::transport::DeviceTag {
+        id: "tttttttttttttttt".into(),
+        name: Some("test".into()),
+        retired: Vec::new(),
+    }
+}
+
 /// Sends `body` (a changes object) as agent mail from `from` to `to`, signed with `signer` and
 /// encrypted to `recipient` (a genuine peer's mail when they are the real keys); returns its
 /// Message-ID.
@@ -459,11 +468,7 @@ pub fn send_sealed(
         peer_key: Some(&key),
         want: false,
     };
-    let device = minisync::transport::DeviceTag {
-        id: "tttttttttttttttt".into(),
-        name: Some("test".into()),
-        retired: Vec::new(),
-    };
+    let device = test_device();
     let me = minisync::transport::mail::envelope::Sender {
         address: from,
         name: None,
