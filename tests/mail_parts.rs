@@ -42,6 +42,14 @@ fn part_number(mail: &Path) -> Option<(u32, u32)> {
 
 /// Moves every mail out of `who`'s inbox into `stash`; returns them by part number.
 fn stash_inbox(stack: &Stack, who: &str, stash: &Path) -> Vec<(u32, u32, PathBuf)> {
+    // Postfix delivers the parts one by one after the send returned: wait for all of them.
+    wait_until(T, "every part mail in the inbox", || {
+        let inbox = messages(&stack.maildir(who), "");
+        inbox
+            .first()
+            .and_then(|m| part_number(m))
+            .is_some_and(|(_, n)| inbox.len() == n as usize)
+    });
     std::fs::create_dir_all(stash).unwrap();
     let mut out = Vec::new();
     for m in messages(&stack.maildir(who), "") {
