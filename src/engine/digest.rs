@@ -155,7 +155,12 @@ impl Document {
     /// The content digest (see the module documentation): equal on replicas that hold the same
     /// changes, whatever order they merged them in.
     pub fn digest(&self) -> u64 {
-        self.digest
+        if let Some(d) = self.digest.get() {
+            return d;
+        }
+        let d = self.subtree_sum(ROOT);
+        self.digest.set(Some(d));
+        d
     }
 
     /// The rank of a local slot value, as `wire_value_rank` gives it for a wire value.
@@ -220,7 +225,11 @@ impl Document {
 
     /// Takes slot `s` of node `n` out of the digest before it is rewritten, with the subtree
     /// it holds (which the rewrite makes unreachable).
+    /// Nothing to do while the digest is not known yet (it is then computed whole when asked).
     pub(crate) fn unhash(&mut self, n: Ix, s: u32) {
+        let Some(d) = self.digest.get() else {
+            return;
+        };
         let Some(h) = self.slot_hash(n, s) else {
             return;
         };
@@ -228,19 +237,25 @@ impl Document {
             Some(Val::Node(c)) => self.subtree_sum(*c),
             _ => 0,
         };
-        self.digest = self.digest.wrapping_sub(h).wrapping_sub(below);
+        self.digest.set(Some(d.wrapping_sub(h).wrapping_sub(below)));
     }
 
     /// Puts slot `s` of node `n` into the digest after it was written. A new nested node's own
     /// slots are added as they are written.
     pub(crate) fn rehash(&mut self, n: Ix, s: u32) {
-        if let Some(h) = self.slot_hash(n, s) {
-            self.digest = self.digest.wrapping_add(h);
+        if let Some(d) = self.digest.get()
+            && let Some(h) = self.slot_hash(n, s)
+        {
+            self.digest.set(Some(d.wrapping_add(h)));
         }
     }
 
-    /// Computes the digest from scratch (after a restore).
-    pub(crate) fn recompute_digest(&mut self) {
-        self.digest = self.subtree_sum(ROOT);
+    /// Moves the digest by the change of an edited text's characters (`before` and `after`:
+    /// the text's sums), when it is known.
+    pub(crate) fn move_digest(&mut self, before: u64, after: u64) {
+        if let Some(d) = self.digest.get() {
+            self.digest
+                .set(Some(d.wrapping_sub(before).wrapping_add(after)));
+        }
     }
 }

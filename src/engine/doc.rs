@@ -160,8 +160,10 @@ pub struct Document {
     /// Knowledge of changes objects merged only in part (a gap, or elements whose origin is
     /// missing): this replica may hold some changes beyond `knows` until `knows` covers it.
     pub(crate) partial: Knowledge,
-    /// Sum of the hashes of every live slot (see `digest.rs`), kept up to date with each write.
-    pub(crate) digest: u64,
+    /// Sum of the hashes of every live slot (see `digest.rs`), kept up to date with each write
+    /// once known; `None` after a restore until it is first asked for (a command that only
+    /// reads or edits a large replica never needs it).
+    pub(crate) digest: std::cell::Cell<Option<u64>>,
     pub(crate) wall: WallClock,
     /// Stamps further ahead of the wall clock than this (ms) are refused.
     pub(crate) max_skew_ms: u64,
@@ -229,7 +231,7 @@ impl Document {
             peers: BTreeMap::new(),
             knows: Knowledge::new(),
             partial: Knowledge::new(),
-            digest: 0,
+            digest: std::cell::Cell::new(Some(0)),
             wall: Arc::new(system_now_ms),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
         };

@@ -150,7 +150,7 @@ impl Document {
             partial: self.partial.clone(),
             client_states: self.client_states(),
             root,
-            digest: self.partial.is_empty().then_some(self.digest),
+            digest: self.partial.is_empty().then(|| self.digest()),
             repair: None,
         }
     }

@@ -185,7 +185,7 @@ impl Document {
         *self.slot_val_mut(n, s) = Val::Text(t);
         self.set_slot_u(n, s, u);
         if was_text {
-            self.digest = self.digest.wrapping_sub(before).wrapping_add(after);
+            self.move_digest(before, after);
         } else {
             self.rehash(n, s);
         }

@@ -348,13 +348,11 @@ impl Document {
             && self.partial.is_empty()
             && changes.partial.is_empty()
             && self.knows == changes.knows;
-        let verdict = if theirs == self.digest {
+        let ours = self.digest();
+        let verdict = if theirs == ours {
             Ok(())
         } else {
-            Err(Divergence {
-                ours: self.digest,
-                theirs,
-            })
+            Err(Divergence { ours, theirs })
         };
         comparable.then_some(verdict)
     }

@@ -912,7 +912,8 @@ impl Document {
             });
         }
         check_tree(&nodes)?;
-        let mut doc = Document {
+        // The content digest is computed when first asked for (a merge or a changes object).
+        Ok(Document {
             doc_id: snap.doc_id,
             client: snap.client,
             version: snap.doc_version,
@@ -938,12 +939,10 @@ impl Document {
                 .collect(),
             knows: snap.knows,
             partial: snap.partial,
-            digest: 0,
+            digest: std::cell::Cell::new(None),
             wall: Arc::new(system_now_ms),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
-        };
-        doc.recompute_digest();
-        Ok(doc)
+        })
     }
 }
 
@@ -987,6 +986,26 @@ mod parts_tests {
         assert_eq!(back.to_json(), d.to_json());
         assert_eq!(back.digest(), d.digest());
         assert_eq!(back.get("many.k").unwrap(), Some(serde_json::json!(11)));
+    }
+
+    /// A restored replica computes its digest when first asked; edits made before or after that
+    /// leave it equal to the digest of a replica that kept it all along.
+    #[test]
+    fn a_restored_replica_knows_its_digest_whenever_it_is_asked() {
+        let mut live =
+            Document::new(&serde_json::json!({"a": {"b": [1, 2]}, "t": "text"})).unwrap();
+        let p = live.save_parts(None);
+        let (mut early, _) = Document::restore_parts(&p.head, p.nodes.clone()).unwrap();
+        let (mut late, _) = Document::restore_parts(&p.head, p.nodes).unwrap();
+        assert_eq!(early.digest(), live.digest());
+        for d in [&mut live, &mut early, &mut late] {
+            d.set("a.b", serde_json::json!({"c": true})).unwrap();
+            d.splice_text("t", 4, 0, "s").unwrap();
+            d.remove("a").unwrap();
+            d.set("n", serde_json::json!([3])).unwrap();
+        }
+        assert_eq!(early.digest(), live.digest());
+        assert_eq!(late.digest(), live.digest());
     }
 
     #[test]
