@@ -603,39 +603,52 @@ impl Config {
                     f.display()
                 )));
             }
-            match d.transport {
-                TransportKind::Mail => {
-                    if self.account.is_none() {
-                        return Err(self.invalid(format!(
-                            "document {:?} uses the mail transport but there is no [account] table",
-                            d.name
-                        )));
-                    }
-                    if d.folder.is_some() {
-                        return Err(self.invalid(format!(
-                            "document {:?}: `folder` only applies to transport = \"folder\"",
-                            d.name
-                        )));
-                    }
-                    for p in &d.peers {
-                        if !self.peers.iter().any(|q| q.address.eq_ignore_ascii_case(p)) {
-                            return Err(self.invalid(format!(
-                                "document {:?} names peer {p:?}, which is not in [[peers]]: add it there",
-                                d.name
-                            )));
-                        }
-                    }
+            self.check_transport(d)?;
+        }
+        self.check_peers()?;
+        self.check_account()
+    }
+
+    /// A document's transport has what it needs: the account and known peers for mail, a
+    /// folder for the folder transport.
+    fn check_transport(&self, d: &DocumentConfig) -> Result<(), ConfigError> {
+        match d.transport {
+            TransportKind::Mail => {
+                if self.account.is_none() {
+                    return Err(self.invalid(format!(
+                        "document {:?} uses the mail transport but there is no [account] table",
+                        d.name
+                    )));
                 }
-                TransportKind::Folder => {
-                    if d.folder.is_none() {
+                if d.folder.is_some() {
+                    return Err(self.invalid(format!(
+                        "document {:?}: `folder` only applies to transport = \"folder\"",
+                        d.name
+                    )));
+                }
+                for p in &d.peers {
+                    if !self.peers.iter().any(|q| q.address.eq_ignore_ascii_case(p)) {
                         return Err(self.invalid(format!(
-                            "document {:?} uses the folder transport: set `folder = \"/path/to/shared/folder\"`",
+                            "document {:?} names peer {p:?}, which is not in [[peers]]: add it there",
                             d.name
                         )));
                     }
                 }
             }
+            TransportKind::Folder => {
+                if d.folder.is_none() {
+                    return Err(self.invalid(format!(
+                        "document {:?} uses the folder transport: set `folder = \"/path/to/shared/folder\"`",
+                        d.name
+                    )));
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Every peer is an e-mail address with, if pinned, a well-formed fingerprint.
+    fn check_peers(&self) -> Result<(), ConfigError> {
         for p in &self.peers {
             if !p.address.contains('@') {
                 return Err(self.invalid(format!("peer {:?} is not an e-mail address", p.address)));
@@ -650,6 +663,11 @@ impl Config {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The account's address, and folders apart from the watched mailbox.
+    fn check_account(&self) -> Result<(), ConfigError> {
         if let Some(a) = &self.account {
             if !a.address.contains('@') {
                 return Err(self.invalid(format!(

@@ -315,17 +315,20 @@ fn main() {
         }
         i += 1;
     }
+    // W4 first, each library in a child of its own, while the machine is quiet: run after the
+    // minutes of W1-W3 (and with their memory just freed), the first child measured up to half
+    // again slower than the same child alone.
+    let names = ["minisync", "automerge", "yrs", "loro", "diamond_types"];
+    let w4s: Vec<(&str, w4::W4)> = names
+        .iter()
+        .map(|n| (*n, w4::W4::from_json(&w4::in_child(n))))
+        .collect();
     let value = document(n);
     let (floor_ms, parse_ms) = floor(&value);
     let m = minisync(n, &value);
     drop(value);
     let am = automerge(n);
     let y = yrs(n);
-    let names = ["minisync", "automerge", "yrs", "loro", "diamond_types"];
-    let w4s: Vec<(&str, w4::W4)> = names
-        .iter()
-        .map(|n| (*n, w4::W4::from_json(&w4::in_child(n))))
-        .collect();
     let mut out = json!({
         "records": n, "floor_ms": round(floor_ms), "parse_ms": round(parse_ms),
         "minisync": m.json(), "automerge": am.json(), "yrs": y.json(),
