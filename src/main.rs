@@ -637,6 +637,12 @@ fn sync(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             report.sent,
             report.send_failures
         );
+        if report.hellos > 0 {
+            println!(
+                "hellos sent {} (the key exchange with peers new to each other: changes follow once both keys are known)",
+                report.hellos
+            );
+        }
         for h in &report.held_back {
             println!("{h}");
         }

@@ -96,6 +96,12 @@ fn agents_knowing_only_addresses_exchange_keys_converge_and_store_no_value_in_cl
         format!("marlin{:08x}", rand::random::<u32>()),
     );
     alice.import("todo", &json!({"secret": s1}));
+    // The first pass sends no changes yet, only a hello, and says so.
+    let first = alice.ok(&["sync"]);
+    assert!(
+        first.contains("sent 0") && first.contains("hellos sent 1"),
+        "{first}"
+    );
     in_step(&alice, &bob);
     bob.ok(&["doc", "set", "todo", "other", &format!("\"{s2}\"")]);
     in_step(&alice, &bob);

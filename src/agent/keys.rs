@@ -223,7 +223,10 @@ impl Agent {
             // Tried again after HELLO_EVERY either way: a refused hello is not hammered.
             self.store.hello_sent(&peer)?;
             match sent {
-                Ok(()) => tracing::info!(%peer, wants_key = lacking, "sent a hello with our key"),
+                Ok(()) => {
+                    report.hellos += 1;
+                    tracing::info!(%peer, wants_key = lacking, "sent a hello with our key");
+                }
                 Err(e) => self.hello_failed(&peer, &e, report)?,
             }
         }

@@ -72,6 +72,8 @@ pub struct PassReport {
     pub quarantined: usize,
     pub deferred: usize,
     pub sent: usize,
+    /// Hellos that went out (this account's key, to peers whose key it lacks or who asked).
+    pub hellos: usize,
     pub send_failures: usize,
     pub errors: Vec<String>,
     /// Mail waiting in the outbox for a retry after a failure: what, for whom, until when.
