@@ -129,6 +129,16 @@ fn edits_by_character_index_count_unicode_scalar_values() {
     assert!(err.contains("is not a string"), "{err}");
     d.set("t", json!("naive cafe")).unwrap();
     assert_eq!(d.get("t").unwrap(), Some(json!("naive cafe")));
+    // Nested plain paths find their string; a path the parser refuses is refused here too, even
+    // where an empty key would make it lead somewhere.
+    d.set("a", json!({"": {"b": "x"}, "c": {"d": "yz"}}))
+        .unwrap();
+    d.splice_text("a.c.d", 1, 0, "-").unwrap();
+    assert_eq!(d.get("a.c.d").unwrap(), Some(json!("y-z")));
+    for bad in ["a..b", ".a", "a.c.d."] {
+        assert!(d.splice_text(bad, 0, 0, "!").is_err(), "{bad}");
+    }
+    assert_eq!(d.get(r#"a[""].b"#).unwrap(), Some(json!("x")));
 }
 
 /// How `who` types `word` at `at`: forward (each character after the last) or backward (each at

@@ -117,7 +117,9 @@ impl Document {
     /// the path into owned segments: typing calls this once per keystroke. `None` when the path
     /// is not of that form or leads to no string (the full parse then reports why).
     fn plain_text_slot(&self, path_text: &str) -> Option<(Ix, u32)> {
-        if path_text.is_empty() || path_text.contains(['[', '"']) {
+        // Anything the full parser reads otherwise (brackets, quotes, an empty key it refuses)
+        // goes to it.
+        if path_text.contains(['[', '"']) || path_text.split('.').any(str::is_empty) {
             return None;
         }
         let mut n = ROOT;
