@@ -103,6 +103,19 @@ enum Command {
         #[command(subcommand)]
         command: DeviceCmd,
     },
+    /// Changes objects as files (mail carries them in a compact binary form): print one as JSON.
+    Changes {
+        #[command(subcommand)]
+        command: ChangesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChangesCmd {
+    /// Print a changes object (compact form or JSON, e.g. a mail's decrypted
+    /// `minisync-changes.bin`) as JSON and say whether it is valid, e.g.
+    /// `agent changes show minisync-changes.bin`; `-` reads standard input.
+    Show { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -530,6 +543,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Device { command } => device_command(load(&path)?, command),
+        Command::Changes {
+            command: ChangesCmd::Show { file },
+        } => changes_show(&file),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "agent", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -539,6 +555,38 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .render(&mut std::io::stdout())
                 .context("cannot write the man page")?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `agent changes show FILE`: the JSON of a changes object in either form; exit 1 when it is not
+/// a valid one (the JSON is still printed when it can be read, the reason on stderr).
+fn changes_show(file: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read standard input")?;
+    } else {
+        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let value = if minisync::engine::compact::is_compact(&bytes) {
+        minisync::engine::compact::decode(&bytes)?
+    } else {
+        serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is neither a changes object in the compact form nor JSON",
+                file.display()
+            )
+        })?
+    };
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    match minisync::engine::Changes::from_value(&value) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("not a valid changes object: {e}");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

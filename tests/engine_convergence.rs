@@ -170,7 +170,7 @@ fn random_edit(d: &mut Document, rng: &mut ChaCha8Rng) {
 #[derive(Default)]
 struct Disk {
     head: String,
-    nodes: std::collections::BTreeMap<u32, String>,
+    nodes: std::collections::BTreeMap<u32, Vec<u8>>,
     mark: Option<minisync::engine::SaveMark>,
 }
 

@@ -24,7 +24,7 @@ fn a_ten_megabyte_replica_round_trips_in_parts_at_under_twice_its_size() {
         saved <= 2 * json_len,
         "saved {saved} bytes for {json_len} bytes of JSON"
     );
-    let mut rows: std::collections::BTreeMap<u32, String> = parts.nodes.into_iter().collect();
+    let mut rows: std::collections::BTreeMap<u32, Vec<u8>> = parts.nodes.into_iter().collect();
     let (back, _) = Document::restore_parts(&parts.head, rows.clone()).unwrap();
     assert_eq!(back.save(), doc.save());
     drop(back);

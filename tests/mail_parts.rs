@@ -188,7 +188,7 @@ fn send_part(stack: &Stack, from: &Node, to: &Node, info: &PartInfo, chunk: &str
         peer: &to.address,
         message_id: &whole_id,
         in_reply_to: None,
-        body: "",
+        body: b"",
         ack_only: false,
         version: 1,
         base: None,
@@ -206,7 +206,7 @@ fn send_part(stack: &Stack, from: &Node, to: &Node, info: &PartInfo, chunk: &str
     };
     let mid = format!("<crafted{:08x}@example.test>", rand::random::<u32>());
     let piece = minisync::transport::mail::envelope::Piece {
-        text: chunk,
+        body: chunk.as_bytes(),
         message_id: &mid,
         part: Some(info),
     };

@@ -168,13 +168,13 @@ fn with_invitation_lines_no_document_mail_goes_unencrypted() {
             .find("\r\n\r\n")
             .or(text.find("\n\n"))
             .unwrap_or(text.len())];
-        assert!(head.contains("Minisync-Version: 4"), "{head}");
+        assert!(head.contains("Minisync-Version: 5"), "{head}");
         assert!(
             head.contains("multipart/encrypted") || head.contains("Minisync-Kind: hello"),
             "agent mail neither encrypted nor a hello: {head}"
         );
         assert!(
-            !text.contains(&value) && !text.contains("minisync-changes.json"),
+            !text.contains(&value) && !text.contains("minisync-changes.bin"),
             "{text}"
         );
     }
@@ -213,9 +213,9 @@ fn forged_unsigned_tampered_misaddressed_and_missigned_mail_is_quarantined_with_
         minisync::transport::mail::autocrypt::build(&a, &alice_key.public().to_bytes().unwrap());
     let body = change_n(&alice, 2).to_string();
     let plain = format!(
-        "From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <plain{:x}@example.test>\r\nMinisync-Version: 4\r\n\
+        "From: {a}\r\nTo: {b}\r\nSubject: x\r\nMessage-ID: <plain{:x}@example.test>\r\nMinisync-Version: 5\r\n\
          Autocrypt: {ac}\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: application/json\r\n\
-         Content-Disposition: attachment; filename=\"minisync-changes.json\"\r\n\r\n{body}\r\n--zz--\r\n",
+         Content-Disposition: attachment; filename=\"minisync-changes.bin\"\r\n\r\n{body}\r\n--zz--\r\n",
         rand::random::<u32>()
     );
     send_raw(&stack, &a, &b, plain.as_bytes());
@@ -252,14 +252,14 @@ fn forged_unsigned_tampered_misaddressed_and_missigned_mail_is_quarantined_with_
          From: <carol@example.test>\r\nTo: <{b}>\r\nMessage-ID: <inner{:x}@example.test>\r\n\
          Minisync-Document: todo\r\nMinisync-Kind: changes\r\n\r\n--in\r\n\
          Content-Type: application/json\r\n\
-         Content-Disposition: attachment; filename=\"minisync-changes.json\"\r\n\r\n\
+         Content-Disposition: attachment; filename=\"minisync-changes.bin\"\r\n\r\n\
          {body}\r\n--in--\r\n",
         rand::random::<u32>()
     );
     let armored = openpgp::seal(inner.into_bytes(), &alice_key, &[&bob_pub]).unwrap();
     let outer = format!(
         "From: {a}\r\nTo: {b}\r\nSubject: minisync\r\nMessage-ID: <outer{:x}@example.test>\r\n\
-         Minisync-Version: 4\r\nAutocrypt: {ac}\r\nMIME-Version: 1.0\r\n\
+         Minisync-Version: 5\r\nAutocrypt: {ac}\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/encrypted; protocol=\"application/pgp-encrypted\"; boundary=\"out\"\r\n\r\n\
          --out\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n\
          --out\r\nContent-Type: application/octet-stream\r\n\r\n{}\r\n--out--\r\n",
@@ -290,7 +290,8 @@ fn sealed_raw(
     recipient: &openpgp::PublicKey,
     body: &Value,
 ) -> Vec<u8> {
-    let text = body.to_string();
+    // In the compact form, as the agent writes it.
+    let bytes = minisync::engine::compact::encode(body);
     let peer_key = recipient.to_bytes().unwrap();
     let mid = format!("<t{:08x}@example.test>", rand::random::<u32>());
     let out = minisync::transport::Outgoing {
@@ -300,7 +301,7 @@ fn sealed_raw(
         peer: to,
         message_id: &mid,
         in_reply_to: None,
-        body: &text,
+        body: &bytes,
         ack_only: false,
         version: 100,
         base: None,

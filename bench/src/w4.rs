@@ -4,7 +4,8 @@
 //! two engines that lead the field natively, Loro and diamond-types, in the same run.
 //!
 //! Figures per library: `w4_ms` (replay), `w4_peak_mb` (resident high-water mark of the replay
-//! and what follows), `w4_saved_bytes`, `w4_load_ms`, `w4_sync_bytes` and `w4_sync_gz_bytes` (a
+//! and what follows), `w4_saved_bytes` (for minisync the records the agent stores: the head and
+//! each node, deflated when long), `w4_load_ms`, `w4_sync_bytes` and `w4_sync_gz_bytes` (a
 //! full sync to a new replica, raw and gzipped); for minisync also `w4_type_ms` and
 //! `w4_type_bytes`: one character typed into the finished text, its delta made for a peer that
 //! holds the rest, and merged there.
@@ -155,23 +156,25 @@ pub fn minisync(tr: &Trace) -> W4 {
     }
     f.ms = ms(t);
     assert_eq!(a.get("text").ok().flatten(), Some(json!(tr.end)));
-    let saved = a.save();
-    f.saved_bytes = saved.len();
+    let saved = a.save_parts(None);
+    f.saved_bytes = saved.head.len() + saved.nodes.iter().map(|(_, n)| n.len()).sum::<usize>();
     let t = Instant::now();
-    let back = Document::restore(&saved).expect("restores");
+    let (back, _) = Document::restore_parts(&saved.head, saved.nodes).expect("restores");
     f.load_ms = ms(t);
     assert_eq!(back.digest(), a.digest());
     drop(back);
-    let full = a.changes().to_json_string();
+    // In the compact form, as mail carries changes.
+    let full = a.changes().to_compact();
     f.sync_bytes = full.len();
-    f.sync_gz_bytes = gz_len(full.as_bytes());
-    let mut b = Document::from_changes(&Changes::parse(&full).expect("parses")).expect("creates");
+    f.sync_gz_bytes = gz_len(&full);
+    let mut b =
+        Document::from_changes(&Changes::from_bytes(&full).expect("reads")).expect("creates");
     a.apply(&b.changes_for(a.client_id())).expect("ack");
     let t = Instant::now();
     a.splice_text("text", tr.end.chars().count() / 2, 0, "x")
         .expect("type");
-    let delta = a.changes_for(b.client_id()).to_json_string();
-    b.apply(&Changes::parse(&delta).expect("parses"))
+    let delta = a.changes_for(b.client_id()).to_compact();
+    b.apply(&Changes::from_bytes(&delta).expect("reads"))
         .expect("merges");
     f.type_ms = Some(ms(t));
     f.type_bytes = Some(delta.len());

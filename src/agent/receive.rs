@@ -232,7 +232,7 @@ impl Agent {
             from: q.sender.clone(),
             doc: q.doc.clone(),
             in_reply_to: None,
-            payloads: Ok(q.payloads.clone()),
+            payloads: Ok(q.payloads.iter().map(|p| p.clone().into_bytes()).collect()),
             // Its signature verified when it came; the key must be the trusted one by now.
             sealed: q.signer.clone().map(|fingerprint| Sealed {
                 fingerprint,
@@ -308,10 +308,10 @@ impl Agent {
             }
             return Ok(None);
         }
-        let texts = a.payloads.clone().map_err(refuse)?;
+        let texts = a.payloads.as_ref().map_err(|e| refuse(e.clone()))?;
         let mut changes = Vec::with_capacity(texts.len());
-        for t in &texts {
-            changes.push(Changes::parse(t).map_err(|e| refuse(format!("bad changes: {e}")))?);
+        for t in texts {
+            changes.push(Changes::from_bytes(t).map_err(|e| refuse(format!("bad changes: {e}")))?);
         }
         let Some(first) = changes.first() else {
             return Err(refuse("no changes object in the message".into()));
@@ -338,7 +338,7 @@ impl Agent {
             memory.waiting.push(at);
             return Ok(None);
         }
-        if self.first_replica(&name, &peer_key, &changes, &texts[0], shared, refuse)? {
+        if self.first_replica(&name, &peer_key, &changes, shared, refuse)? {
             changes.remove(0);
         }
         if let Some(mid) = &a.message_id {
@@ -464,7 +464,6 @@ impl Agent {
         name: &str,
         peer: &str,
         changes: &[Changes],
-        text: &str,
         shared: bool,
         refuse: impl Fn(String) -> Refusal,
     ) -> std::result::Result<bool, Refusal> {
@@ -476,7 +475,7 @@ impl Agent {
                 .read_doc(name, |d| d.id().to_string())
                 .map_err(internal)?;
             if ours != first.doc_id() {
-                return Err(self.forked(name, peer, &ours, first, text));
+                return Err(self.forked(name, peer, &ours, first));
             }
         }
         if exists {
@@ -561,17 +560,11 @@ impl Agent {
     /// A peer's mail is for another document of the same name: both sides created it. Its
     /// changes are kept (when they hold the whole document) for `agent doc adopt`, and the mail
     /// is quarantined with a reason that says what to do.
-    fn forked(
-        &mut self,
-        name: &str,
-        peer: &str,
-        ours: &str,
-        first: &Changes,
-        text: &str,
-    ) -> Refusal {
+    fn forked(&mut self, name: &str, peer: &str, ours: &str, first: &Changes) -> Refusal {
         let theirs = first.doc_id();
         let whole = Document::from_changes(first).is_ok();
-        if whole && let Err(e) = self.store.record_fork(name, peer, theirs, text) {
+        let text = first.to_json_string();
+        if whole && let Err(e) = self.store.record_fork(name, peer, theirs, &text) {
             return Refusal::Retry(format!("internal: {e}"));
         }
         Refusal::Quarantine(format!(
@@ -733,7 +726,7 @@ pub(super) fn queue_ack(
         peer: peer.to_string(),
         message_id: new_message_id(address),
         in_reply_to: in_reply_to.map(str::to_string),
-        body: changes.to_json_string(),
+        body: changes.to_compact(),
         ack_only: !changes.has_changes(),
         version: doc.version(),
         attempts: 0,

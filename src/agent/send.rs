@@ -103,7 +103,7 @@ impl Agent {
             return Ok(());
         }
         let (body, version) = self.store.read_doc(&name, |d| {
-            (d.changes_since(d.version()).to_json_string(), d.version())
+            (d.changes_since(d.version()).to_compact(), d.version())
         })?;
         let item = OutItem {
             id: 0,
@@ -200,7 +200,7 @@ impl Agent {
         let repair = self.store.health(&cfg.name, peer)?.repair;
         let (body, has) = self.store.read_doc(&cfg.name, |d| {
             let ch = outgoing(d, &audience.clients, repair);
-            (ch.to_json_string(), ch.has_changes())
+            (ch.to_compact(), ch.has_changes())
         })?;
         if has {
             let item = OutItem {
@@ -281,7 +281,7 @@ impl Agent {
                 peer: &own,
                 message_id: &mid,
                 in_reply_to: None,
-                body: "",
+                body: b"",
                 ack_only: true,
                 version: 0,
                 base: None,
@@ -471,10 +471,10 @@ impl Agent {
             peer: "",
             message_id: "",
             in_reply_to: None,
-            body: &latest,
+            body: latest.as_bytes(),
             ack_only: false,
             version,
-            base: base.as_deref(),
+            base: base.as_deref().map(str::as_bytes),
             base_version,
             base_len,
             peer_key: None,

@@ -9,6 +9,9 @@ pub enum Error {
     /// The changes text is not JSON, or is truncated.
     #[error("changes are not valid JSON: {0}")]
     Json(String),
+    /// Bytes said to be a changes object in the compact form are not one.
+    #[error("changes in the compact form are unreadable: {0}")]
+    Compact(String),
     /// The changes object does not follow the format; `at` is a JSON path into the object.
     #[error("malformed changes at {at}: {msg}")]
     Malformed { at: String, msg: String },

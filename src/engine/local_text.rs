@@ -119,7 +119,15 @@ impl Document {
     fn plain_text_slot(&self, path_text: &str) -> Option<(Ix, u32)> {
         // Anything the full parser reads otherwise (brackets, quotes, an empty key it refuses)
         // goes to it.
-        if path_text.contains(['[', '"']) || path_text.split('.').any(str::is_empty) {
+        // One pass over the bytes: a key may not be empty (`.` first or last, `..`).
+        let mut prev = b'.';
+        for &c in path_text.as_bytes() {
+            if c == b'[' || c == b'"' || (c == b'.' && prev == b'.') {
+                return None;
+            }
+            prev = c;
+        }
+        if prev == b'.' {
             return None;
         }
         let mut n = ROOT;

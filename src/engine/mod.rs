@@ -4,6 +4,7 @@
 //! lacks comes out of [`Document::changes_for`] as a [`Changes`] object; [`Document::apply`] merges
 //! one in. The agent and the transports only call into this module; it knows nothing of them.
 
+pub mod compact;
 mod digest;
 mod doc;
 mod emit;
@@ -15,6 +16,7 @@ pub mod path;
 mod snapshot;
 mod stamp;
 mod text;
+mod text_cols;
 mod value_diff;
 mod wire;
 

@@ -11,6 +11,7 @@ use crate::engine::doc::{Arr, Body, Document, Elem, Field, Node, Obj, PeerState,
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::text::{Piece, Text};
+use crate::engine::text_cols::{self, TextCols};
 use crate::engine::wire::Knowledge;
 
 const SNAPSHOT_FORMAT: &str = "minisync-replica";
@@ -19,7 +20,8 @@ const SNAPSHOT_FORMAT: &str = "minisync-replica";
 /// and the record of partial merges. Older states are still restored: a peer's
 /// `last_confirmed` is then its `last_acknowledged`, and an element's right origin the array
 /// end (its place is kept; concurrent inserts next to it are ordered as if it had been appended).
-const SNAPSHOT_VERSION: u32 = 4;
+/// Version 5 saves a text's pieces as columns (see `text_cols`).
+const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Serialize, Deserialize)]
 struct Snap {
@@ -93,17 +95,21 @@ enum SnapVal {
     P(Value),
     N(u32),
     G,
-    T(SnapText),
+    T(Box<SnapText>),
 }
 
-/// A text: its id, initial run length, edits per client, and its pieces in document order.
+/// A text: its id, initial run length, edits per client, and its pieces in document order —
+/// as columns (`cols`, version 5 on) or one array per piece (`p`, versions 3 and 4).
 #[derive(Serialize, Deserialize)]
 struct SnapText {
     id: Stamp,
     i: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     c: Knowledge,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     p: Vec<SnapPiece>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cols: Option<TextCols>,
 }
 
 /// A piece: first id, length, left and right origins, version, characters (`None`: removed).
@@ -125,14 +131,6 @@ enum SnapStamp {
     Full(Stamp),
 }
 
-fn snap_stamp(base: Stamp, s: Stamp) -> SnapStamp {
-    if s.client == base.client && s.hlc >= base.hlc {
-        SnapStamp::Offset(s.hlc - base.hlc)
-    } else {
-        SnapStamp::Full(s)
-    }
-}
-
 fn stamp_of(base: Stamp, s: SnapStamp) -> Result<Stamp> {
     match s {
         SnapStamp::Full(s) => Ok(s),
@@ -149,23 +147,13 @@ fn stamp_of(base: Stamp, s: SnapStamp) -> Result<Stamp> {
 }
 
 fn snap_text(t: &Text) -> SnapText {
-    let st = |s: Stamp| snap_stamp(t.id, s);
+    let pieces: Vec<&Piece> = t.pieces().collect();
     SnapText {
         id: t.id,
         i: t.init,
         c: t.ops.clone(),
-        p: t.pieces()
-            .map(|p| {
-                SnapPiece(
-                    st(p.id),
-                    p.len,
-                    p.left.map(st),
-                    p.right.map(st),
-                    p.u,
-                    p.s.clone(),
-                )
-            })
-            .collect(),
+        p: Vec::new(),
+        cols: Some(text_cols::encode(t.id, &pieces)),
     }
 }
 
@@ -178,7 +166,7 @@ fn restore_val(v: SnapVal, count: u32) -> Result<Val> {
         SnapVal::N(n) if n > 0 && n < count => Val::Node(n),
         SnapVal::N(n) => return Err(bad(format!("slot refers to node {n} of {count}"))),
         SnapVal::G => Val::Gone,
-        SnapVal::T(t) => Val::Text(Box::new(restore_text(t)?)),
+        SnapVal::T(t) => Val::Text(Box::new(restore_text(*t)?)),
     })
 }
 
@@ -264,6 +252,16 @@ fn check_tree(nodes: &[Node]) -> Result<()> {
 }
 
 fn restore_text(t: SnapText) -> Result<Text> {
+    if let Some(cols) = t.cols {
+        if !t.p.is_empty() {
+            return Err(Error::Snapshot(format!(
+                "text {} has its pieces twice",
+                t.id
+            )));
+        }
+        let pieces = text_cols::decode(t.id, cols)?;
+        return Ok(Text::from_pieces(t.id, t.i, t.c, pieces));
+    }
     let mut pieces = Vec::with_capacity(t.p.len());
     for SnapPiece(id, len, left, right, u, s) in t.p {
         let id = stamp_of(t.id, id)?;
@@ -289,7 +287,7 @@ fn restore_text(t: SnapText) -> Result<Text> {
 fn snap_val(v: &Val) -> SnapVal {
     match v {
         Val::Prim(p) => SnapVal::P(p.clone()),
-        Val::Text(t) => SnapVal::T(snap_text(t)),
+        Val::Text(t) => SnapVal::T(Box::new(snap_text(t))),
         Val::Node(n) => SnapVal::N(*n),
         Val::Gone => SnapVal::G,
     }
@@ -663,7 +661,7 @@ fn node_of_row(ix: u32, row: RowNode<RowVal>) -> Result<SnapNode> {
             RowVal::Node(n) => {
                 SnapVal::N(u32::try_from(n).map_err(|_| bad("a child node index is out of range"))?)
             }
-            RowVal::Text(t) => SnapVal::T(*t),
+            RowVal::Text(t) => SnapVal::T(t),
             RowVal::Gone => SnapVal::G,
             RowVal::Prim(p) => SnapVal::P(p),
         })
@@ -730,13 +728,44 @@ pub struct SaveMark {
     nodes: u32,
 }
 
+/// Records of JSON longer than this are stored deflated.
+const DEFLATE_OVER: usize = 4096;
+
+/// A node's record: its JSON as it is, or deflated when long (a text of a long history, an
+/// array of thousands of elements), where it shrinks to a fraction.
+fn pack_row(json: Vec<u8>) -> Vec<u8> {
+    use std::io::Write;
+    if json.len() <= DEFLATE_OVER {
+        return json;
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    match z.write_all(&json).and_then(|()| z.finish()) {
+        Ok(packed) => packed,
+        Err(_) => json,
+    }
+}
+
+/// The JSON of a node's record: as it is when it starts as its JSON does (`[`), else inflated.
+fn unpack_row(row: &[u8]) -> std::result::Result<std::borrow::Cow<'_, [u8]>, String> {
+    use std::io::Read;
+    if matches!(row.first(), Some(b'[' | b'{')) {
+        return Ok(std::borrow::Cow::Borrowed(row));
+    }
+    let mut json = Vec::new();
+    flate2::read::ZlibDecoder::new(row)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("neither JSON nor a zlib stream of it ({e})"))?;
+    Ok(std::borrow::Cow::Owned(json))
+}
+
 /// A replica saved in parts ([`Document::save_parts`]).
 #[derive(Debug, Clone)]
 pub struct SavedParts {
     /// Everything but the nodes, with their count (JSON).
     pub head: String,
-    /// (index, JSON) of each node saved.
-    pub nodes: Vec<(u32, String)>,
+    /// (index, record) of each node saved: its JSON, or for JSON of more than 4 KiB that JSON
+    /// deflated (a zlib stream, RFC 1950; a record's first byte tells which).
+    pub nodes: Vec<(u32, Vec<u8>)>,
     /// Where this save leaves off.
     pub mark: SaveMark,
 }
@@ -809,8 +838,8 @@ impl Document {
                 .enumerate()
                 .filter(changed)
                 .map(|(ix, n)| {
-                    let text = serde_json::to_string(&row_node(n)).unwrap_or_default();
-                    (ix as u32, text)
+                    let text = serde_json::to_vec(&row_node(n)).unwrap_or_default();
+                    (ix as u32, pack_row(text))
                 })
                 .collect(),
             mark: self.save_mark(),
@@ -826,7 +855,7 @@ impl Document {
     /// order or unreadable, or the whole is inconsistent (as [`Document::restore`]).
     pub fn restore_parts(
         head: &str,
-        nodes: impl IntoIterator<Item = (u32, String)>,
+        nodes: impl IntoIterator<Item = (u32, Vec<u8>)>,
     ) -> Result<(Self, SaveMark)> {
         let mut snap: Snap =
             serde_json::from_str(head).map_err(|e| Error::Snapshot(e.to_string()))?;
@@ -843,7 +872,8 @@ impl Document {
                     list.len()
                 )));
             }
-            let row: RowNode<RowVal> = serde_json::from_str(&text)
+            let row: RowNode<RowVal> = unpack_row(&text)
+                .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()))
                 .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
             list.push(node_of_row(ix, row)?);
         }
@@ -951,6 +981,35 @@ mod parts_tests {
     use super::*;
     use serde_json::json;
 
+    /// A replica saved by version 4, its text as one array per piece, written by the agent
+    /// before texts were saved as columns.
+    const VERSION_4: &str = r#"{"format":"minisync-replica","version":4,"doc_id":"yhw6itvu5qp86uo2","client":"rwp28yu3jj7utit5","doc_version":3,"clock":117703859961200652,"knows":{"rwp28yu3jj7utit5":117703859961200652},"peers":{"hdl6tomcbrh7zcjp":{"last_received":1,"last_acknowledged":2,"last_confirmed":2,"knows":{"rwp28yu3jj7utit5":117703859961200651},"lists":["rwp28yu3jj7utit5"]}},"nodes":[{"id":"1a22b0979ae0000-rwp28yu3jj7utit5","parent":null,"u":3,"obj":[{"k":"text","v":{"T":{"id":"1a22b0979ae0000-rwp28yu3jj7utit5","i":11,"c":{"rwp28yu3jj7utit5":117703859961200652},"p":[[0,3,null,null,1,"hel"],[12,1,2,3,3,"x"],[3,2,2,null,1,"lo"],[11,1,4,5,2,","],[5,6,4,null,1," world"]]}},"t":"1a22b0979ae0000-rwp28yu3jj7utit5","u":3}]}]}"#;
+
+    #[test]
+    fn a_text_saved_by_version_4_loads_and_is_saved_again_as_columns() {
+        let old = Document::restore(VERSION_4).unwrap();
+        assert_eq!(old.get("text").unwrap(), Some(json!("helxlo, world")));
+        let saved = old.save();
+        assert!(
+            saved.contains("\"cols\"") && !saved.contains("\"p\""),
+            "{saved}"
+        );
+        let back = Document::restore(&saved).unwrap();
+        assert_eq!(back.digest(), old.digest());
+        assert_eq!(back.save(), saved);
+    }
+
+    #[test]
+    fn a_long_node_is_stored_deflated_and_restored() {
+        let mut d = Document::new(&json!({"t": "x".repeat(10_000)})).unwrap();
+        d.splice_text("t", 5, 0, "y").unwrap();
+        let p = d.save_parts(None);
+        assert!(p.nodes[0].1.len() < 1000, "{} bytes", p.nodes[0].1.len());
+        assert_ne!(p.nodes[0].1.first(), Some(&b'['));
+        let (back, _) = Document::restore_parts(&p.head, p.nodes).unwrap();
+        assert_eq!(back.save(), d.save());
+    }
+
     fn parts() -> SavedParts {
         let mut d = Document::new(&json!({"a": [1, {"b": "x"}], "t": "hello"})).unwrap();
         d.splice_text("t", 5, 0, " world").unwrap();
@@ -1047,7 +1106,7 @@ mod parts_tests {
         ];
         for (row, want) in cases {
             let mut nodes = p.nodes.clone();
-            nodes[1].1 = row.to_string();
+            nodes[1].1 = row.as_bytes().to_vec();
             let e = Document::restore_parts(&p.head, nodes)
                 .err()
                 .map(|e| e.to_string());
@@ -1056,6 +1115,16 @@ mod parts_tests {
                 "{row}: {e:?}"
             );
         }
+        let mut garbled = p.nodes.clone();
+        garbled[1].1 = vec![0x78, 0x9c, 1, 2, 3];
+        let e = Document::restore_parts(&p.head, garbled)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("neither JSON nor a zlib stream")),
+            "{e:?}"
+        );
         let mut missing = p.nodes.clone();
         missing.remove(1);
         assert!(Document::restore_parts(&p.head, missing).is_err());

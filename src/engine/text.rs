@@ -13,7 +13,7 @@
 //! moves little), and an insert moves at most one chunk's pieces.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, Stamp};
@@ -50,7 +50,7 @@ impl Piece {
     pub fn live(&self) -> bool {
         self.s.is_some()
     }
-    fn end(&self) -> u64 {
+    pub(crate) fn end(&self) -> u64 {
         self.id.hlc + u64::from(self.len)
     }
     fn item(&self, k: u32) -> Item {
@@ -121,7 +121,7 @@ pub(crate) struct Text {
     /// Highest clock value of any character id (at least `id`): local inserts take ids above it.
     top: u64,
     /// Ids held, per client: start → end (exclusive) of each range.
-    held: HashMap<ClientId, BTreeMap<u64, u64>>,
+    held: BTreeMap<ClientId, BTreeMap<u64, u64>>,
     /// (chunk, live characters before it) of the last position found.
     hint: Cell<(usize, usize)>,
 }
@@ -200,7 +200,7 @@ impl Text {
             len: 0,
             sum: 0,
             top: id.hlc + u64::from(init.saturating_sub(1)),
-            held: HashMap::new(),
+            held: BTreeMap::new(),
             hint: Cell::new((0, 0)),
         };
         for group in pieces.chunks(CHUNK) {

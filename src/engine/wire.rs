@@ -367,6 +367,28 @@ impl Changes {
     pub fn to_json_string(&self) -> String {
         self.to_value().to_string()
     }
+
+    /// This changes object in the compact form (what travels by mail; see
+    /// [`crate::engine::compact`]): the same JSON value in fewer bytes.
+    pub fn to_compact(&self) -> Vec<u8> {
+        crate::engine::compact::encode(&self.to_value())
+    }
+
+    /// Reads a changes object in either form: compact (it begins with
+    /// [`crate::engine::compact::MAGIC`]) or JSON text.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Compact`] for damaged compact bytes, [`Error::Json`] for text that is not UTF-8
+    /// JSON, and whatever [`Changes::from_value`] refuses.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if crate::engine::compact::is_compact(bytes) {
+            return Self::from_value(&crate::engine::compact::decode(bytes)?);
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| Error::Json(format!("neither the compact form nor UTF-8 text: {e}")))?;
+        Self::parse(text)
+    }
 }
 
 /// User keys that begin with `_` get one more `_` on the wire, so that `_s` is always ours.

@@ -89,7 +89,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     peer TEXT NOT NULL,
     message_id TEXT NOT NULL UNIQUE,
     in_reply_to TEXT,
-    body TEXT NOT NULL,
+    body BLOB NOT NULL,
     ack_only INTEGER NOT NULL,
     version INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',
@@ -148,7 +148,8 @@ pub struct OutItem {
     pub peer: String,
     pub message_id: String,
     pub in_reply_to: Option<String>,
-    pub body: String,
+    /// The changes object in the compact form (older versions queued JSON text; both are read).
+    pub body: Vec<u8>,
     pub ack_only: bool,
     pub version: u64,
     pub attempts: u32,
@@ -899,6 +900,14 @@ fn peer_row(r: &rusqlite::Row) -> rusqlite::Result<PeerRow> {
     })
 }
 
+/// The bytes of a column written as text by older versions and as a blob now.
+pub(crate) fn text_or_blob(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+    match v {
+        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => b.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
 fn out_row(r: &rusqlite::Row) -> rusqlite::Result<OutItem> {
     Ok(OutItem {
         id: r.get(0)?,
@@ -906,7 +915,7 @@ fn out_row(r: &rusqlite::Row) -> rusqlite::Result<OutItem> {
         peer: r.get(2)?,
         message_id: r.get(3)?,
         in_reply_to: r.get(4)?,
-        body: r.get(5)?,
+        body: text_or_blob(r.get_ref(5)?),
         ack_only: r.get::<_, i64>(6)? != 0,
         version: r.get::<_, i64>(7)? as u64,
         attempts: r.get::<_, i64>(8)? as u32,
@@ -981,7 +990,7 @@ mod tests {
             peer: "bob@example.test".into(),
             message_id: format!("<m{n}@x>"),
             in_reply_to: None,
-            body: "{}".into(),
+            body: b"{}".to_vec(),
             ack_only: ack,
             version: n,
             attempts: 0,
@@ -1015,7 +1024,7 @@ mod tests {
             peer: "bob@example.test".into(),
             message_id: format!("<m{n}@x>"),
             in_reply_to: None,
-            body: "{}".into(),
+            body: b"{}".to_vec(),
             ack_only: false,
             version: n,
             attempts: 0,

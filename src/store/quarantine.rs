@@ -75,13 +75,19 @@ impl Store {
         sender: &str,
         message_id: Option<&str>,
         reason: &str,
-        payloads: Option<&[String]>,
+        payloads: Option<&[Vec<u8>]>,
         signer: Option<&str>,
     ) -> Result<()> {
+        // Kept as JSON text (compact bytes decoded), for `agent quarantine show` and release.
+        let payloads: Option<Vec<String>> = payloads.map(|p| {
+            p.iter()
+                .map(|b| crate::engine::compact::json_view(b))
+                .collect()
+        });
         if let Some(mid) = message_id {
             conn.execute("DELETE FROM quarantine WHERE message_id = ?1", params![mid])?;
         }
-        let payloads = payloads.map(|p| serde_json::to_string(p).unwrap_or_default());
+        let payloads = payloads.map(|p| serde_json::to_string(&p).unwrap_or_default());
         conn.execute(
             "INSERT INTO quarantine (doc, sender, message_id, reason, at, payloads, signer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![doc, sender, message_id, reason, now_ms(), payloads, signer],

@@ -8,13 +8,13 @@
 use rusqlite::{Connection, params};
 
 use crate::engine::{Document, SaveMark};
-use crate::store::{Result, StoreError};
+use crate::store::{Result, StoreError, text_or_blob};
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS doc_nodes (
     name TEXT NOT NULL,
     ix INTEGER NOT NULL,
-    node TEXT NOT NULL,
+    node BLOB NOT NULL,
     PRIMARY KEY (name, ix)
 );
 "#;
@@ -60,7 +60,8 @@ pub(super) fn read(
         conn.prepare_cached("SELECT ix, node FROM doc_nodes WHERE name = ?1 ORDER BY ix")?;
     let rows = st
         .query_map([name], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
+            // Text as older versions wrote every node; a blob since nodes may be deflated.
+            Ok((r.get::<_, u32>(0)?, text_or_blob(r.get_ref(1)?)))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if rows.is_empty() {

@@ -6,7 +6,7 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::store::{Result, Store, now_ms};
+use crate::store::{Result, Store, now_ms, text_or_blob};
 use crate::transport::parts::{INCOMPLETE_TRANSFER_KEEP_MS, PartInfo};
 
 pub(super) const SCHEMA: &str = r#"
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS transfer_parts (
     sender TEXT NOT NULL,
     id TEXT NOT NULL,
     idx INTEGER NOT NULL,
-    chunk TEXT NOT NULL,
+    chunk BLOB NOT NULL,
     PRIMARY KEY (sender, id, idx)
 );
 -- The largest mail an SMTP server (`host:port`) took, learned from its refusal of a larger one.
@@ -52,7 +52,7 @@ pub struct IncomingPart<'a> {
     pub doc: &'a str,
     pub info: &'a PartInfo,
     /// This part's text.
-    pub chunk: &'a str,
+    pub chunk: &'a [u8],
     /// The fingerprint of the key whose signature verified on it.
     pub signer: &'a str,
     /// The sending device's id and name.
@@ -260,13 +260,13 @@ impl Store {
         Ok(all)
     }
 
-    /// The parts kept of one transfer: (index, text).
-    pub fn transfer_parts(&self, sender: &str, id: &str) -> Result<Vec<(u32, String)>> {
+    /// The parts kept of one transfer: (index, bytes).
+    pub fn transfer_parts(&self, sender: &str, id: &str) -> Result<Vec<(u32, Vec<u8>)>> {
         let mut st = self.conn.prepare(
             "SELECT idx, chunk FROM transfer_parts WHERE sender = ?1 AND id = ?2 ORDER BY idx",
         )?;
         let rows = st.query_map(params![sender, id], |r| {
-            Ok((r.get::<_, i64>(0)? as u32, r.get(1)?))
+            Ok((r.get::<_, i64>(0)? as u32, text_or_blob(r.get_ref(1)?)))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -352,7 +352,7 @@ mod tests {
         }
     }
 
-    fn part<'a>(info: &'a PartInfo, chunk: &'a str, mid: &'a str) -> IncomingPart<'a> {
+    fn part<'a>(info: &'a PartInfo, chunk: &'a [u8], mid: &'a str) -> IncomingPart<'a> {
         IncomingPart {
             sender: "bob@example.test",
             doc: "todo",
@@ -368,7 +368,7 @@ mod tests {
     fn parts_in_any_order_and_twice_make_one_complete_transfer_that_survives_reopening() {
         let (dir, mut s) = store();
         let text = "{\"a\":\"".to_string() + &"x".repeat(300) + "\"}";
-        let pieces = split(&text, 100);
+        let pieces = split(text.as_bytes(), 100);
         let base = infos(&text, pieces.len());
         let order = [3, 0, 3, 2];
         for (n, &i) in order.iter().enumerate() {
@@ -395,7 +395,7 @@ mod tests {
         );
         let t = &s.transfers().unwrap()[0];
         let chunks = s.transfer_parts(&t.sender, &t.id).unwrap();
-        assert_eq!(assemble(&t.info(), &chunks).unwrap(), text);
+        assert_eq!(assemble(&t.info(), &chunks).unwrap(), text.as_bytes());
         Store::drop_transfer(s.conn(), &t.sender, &t.id).unwrap();
         assert!(s.transfers().unwrap().is_empty());
         assert!(s.transfer_parts(&t.sender, &t.id).unwrap().is_empty());
@@ -406,7 +406,7 @@ mod tests {
         let (_dir, mut s) = store();
         let text = "y".repeat(300);
         let base = infos(&text, 3);
-        s.keep_part(&part(&base, &text[..100], "<a@x>"))
+        s.keep_part(&part(&base, &text.as_bytes()[..100], "<a@x>"))
             .unwrap()
             .unwrap();
         let other = PartInfo {
@@ -415,7 +415,7 @@ mod tests {
             ..base.clone()
         };
         let e = s
-            .keep_part(&part(&other, &text[..100], "<b@x>"))
+            .keep_part(&part(&other, &text.as_bytes()[..100], "<b@x>"))
             .unwrap()
             .unwrap_err();
         assert!(e.contains("count 5") && e.contains("disagree"), "{e}");
@@ -425,7 +425,7 @@ mod tests {
             ..base.clone()
         };
         let e = s
-            .keep_part(&part(&big, &"y".repeat(250), "<c@x>"))
+            .keep_part(&part(&big, &[b'y'; 250], "<c@x>"))
             .unwrap()
             .unwrap_err();
         assert!(e.contains("more than the 300 bytes"), "{e}");
@@ -433,7 +433,7 @@ mod tests {
             index: 3,
             ..base.clone()
         };
-        let mut from_other_key = part(&third, "z", "<d@x>");
+        let mut from_other_key = part(&third, b"z", "<d@x>");
         from_other_key.signer = "OTHER";
         let e = s.keep_part(&from_other_key).unwrap().unwrap_err();
         assert!(e.contains("key OTHER"), "{e}");
@@ -445,7 +445,7 @@ mod tests {
         let (_dir, mut s) = store();
         let text = "y".repeat(300);
         let base = infos(&text, 3);
-        s.keep_part(&part(&base, &text[..100], "<a@x>"))
+        s.keep_part(&part(&base, &text.as_bytes()[..100], "<a@x>"))
             .unwrap()
             .unwrap();
         assert_eq!(s.drop_stale_transfers(now_ms()).unwrap(), 0);

@@ -49,14 +49,15 @@ pub struct Outgoing<'a> {
     pub peer: &'a str,
     pub message_id: &'a str,
     pub in_reply_to: Option<&'a str>,
-    /// The changes object.
-    pub body: &'a str,
+    /// The changes object: in the compact form for mail, JSON text for a shared folder (see
+    /// [`crate::engine::compact`]).
+    pub body: &'a [u8],
     /// Whether it carries no changes (a pure acknowledgement).
     pub ack_only: bool,
     /// The sender's version it was made at.
     pub version: u64,
     /// Shared delivery: the full changes at `base_version`, when rewritten this time.
-    pub base: Option<&'a str>,
+    pub base: Option<&'a [u8]>,
     pub base_version: u64,
     pub base_len: u64,
     /// The peer's binary OpenPGP public key (mail: what the changes are encrypted to; the mail
@@ -103,7 +104,8 @@ pub struct Arrival {
     pub doc: String,
     pub in_reply_to: Option<String>,
     /// The changes objects in the order to apply them, or why they cannot be read.
-    pub payloads: Result<Vec<String>, String>,
+    /// Each in the compact form or JSON text ([`crate::engine::Changes::from_bytes`] reads both).
+    pub payloads: Result<Vec<Vec<u8>>, String>,
     /// Mail: the verified signer (None when unsigned, undecryptable, or not mail).
     pub sealed: Option<Sealed>,
     /// Mail: the sending device, from the signed headers (None for a hello or unreadable mail).

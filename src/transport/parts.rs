@@ -39,7 +39,7 @@ pub struct PartInfo {
     pub index: u32,
     /// How many parts the transfer has (1 to [`MAX_PARTS`]).
     pub count: u32,
-    /// The length in bytes of the whole changes object (UTF-8 JSON text).
+    /// The length in bytes of the whole changes object (in its compact form, or JSON text).
     pub size: u64,
     /// `sha256:` and 64 lower-case hex digits: the SHA-256 of the whole changes object.
     pub hash: String,
@@ -199,31 +199,18 @@ pub fn new_transfer_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Cuts `text` into consecutive pieces of at most `max` bytes each (at least one character
-/// each), never inside a UTF-8 character, so every piece is text of its own.
-pub fn split(text: &str, max: usize) -> Vec<&str> {
-    let max = max.max(4);
-    let mut out = Vec::with_capacity(text.len() / max + 1);
-    let mut rest = text;
-    while !rest.is_empty() {
-        let mut cut = max.min(rest.len());
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (piece, tail) = rest.split_at(cut);
-        out.push(piece);
-        rest = tail;
-    }
-    out
+/// Cuts `body` into consecutive pieces of at most `max` bytes each (at least one byte each).
+pub fn split(body: &[u8], max: usize) -> Vec<&[u8]> {
+    body.chunks(max.max(1)).collect()
 }
 
-/// Puts a complete transfer back together: `chunks` are the parts as (index, text) in any order.
+/// Puts a complete transfer back together: `chunks` are the parts as (index, bytes) in any order.
 ///
 /// # Errors
 ///
 /// A part missing or twice, an index out of range, a total length other than the announced
 /// size, or a hash that does not match: nothing is returned then.
-pub fn assemble(info: &PartInfo, chunks: &[(u32, String)]) -> Result<String, String> {
+pub fn assemble(info: &PartInfo, chunks: &[(u32, Vec<u8>)]) -> Result<Vec<u8>, String> {
     info.check()?;
     let t = &info.transfer;
     if chunks.len() != info.count as usize {
@@ -233,7 +220,7 @@ pub fn assemble(info: &PartInfo, chunks: &[(u32, String)]) -> Result<String, Str
             info.count
         ));
     }
-    let mut order: Vec<&(u32, String)> = chunks.iter().collect();
+    let mut order: Vec<&(u32, Vec<u8>)> = chunks.iter().collect();
     order.sort_by_key(|(i, _)| *i);
     for (want, (i, _)) in (1..=info.count).zip(&order) {
         if *i != want {
@@ -247,11 +234,11 @@ pub fn assemble(info: &PartInfo, chunks: &[(u32, String)]) -> Result<String, Str
             info.size
         ));
     }
-    let mut whole = String::with_capacity(total as usize);
+    let mut whole = Vec::with_capacity(total as usize);
     for (_, chunk) in order {
-        whole.push_str(chunk);
+        whole.extend_from_slice(chunk);
     }
-    let got = hash(whole.as_bytes());
+    let got = hash(&whole);
     if got != info.hash {
         return Err(format!(
             "transfer {t}: the {total} bytes put together hash to {got}, the parts announced {}; \
@@ -270,7 +257,7 @@ pub fn smaller_limit(refused: u64) -> Option<u64> {
 
 /// What [`plan`] asks its builder for: the whole changes object, or one part of it.
 pub struct Piece<'a> {
-    pub text: &'a str,
+    pub body: &'a [u8],
     pub part: Option<PartInfo>,
 }
 
@@ -286,15 +273,15 @@ pub struct Piece<'a> {
 /// `limit` leaves no room for content, more than [`MAX_PARTS`] parts would be needed, or
 /// `build` fails.
 pub fn plan<M>(
-    text: &str,
+    body: &[u8],
     of: &str,
     limit: u64,
     mut build: impl FnMut(Piece<'_>) -> Result<M, String>,
     size: impl Fn(&M) -> u64,
 ) -> Result<Vec<M>, String> {
-    let whole = build(Piece { text, part: None })?;
+    let whole = build(Piece { body, part: None })?;
     let whole_size = size(&whole);
-    if whole_size <= limit || text.is_empty() {
+    if whole_size <= limit || body.is_empty() {
         return Ok(vec![whole]);
     }
     drop(whole);
@@ -302,13 +289,13 @@ pub fn plan<M>(
         transfer: new_transfer_id(),
         index: 1,
         count: 1,
-        size: text.len() as u64,
-        hash: hash(text.as_bytes()),
+        size: body.len() as u64,
+        hash: hash(body),
         of: of.to_string(),
     };
-    // The fixed cost of a mail: one whose part carries a single character.
+    // The fixed cost of a mail: one whose part carries a single byte.
     let fixed = size(&build(Piece {
-        text: &text[..text.chars().next().map_or(0, char::len_utf8)],
+        body: &body[..1],
         part: Some(info.clone()),
     })?);
     let room = limit.saturating_sub(fixed);
@@ -318,18 +305,18 @@ pub fn plan<M>(
              any content"
         ));
     }
-    let per_byte = whole_size as f64 / text.len() as f64;
+    let per_byte = whole_size as f64 / body.len() as f64;
     let mut chunk = ((room as f64 / per_byte) * 0.95) as usize;
     for _ in 0..PLAN_ROUNDS {
         if chunk < MIN_CHUNK {
             break;
         }
-        let pieces = split(text, chunk);
+        let pieces = split(body, chunk);
         if pieces.len() > MAX_PARTS as usize {
             return Err(format!(
                 "{} bytes of changes would need {} parts at max-mail-size {limit} bytes (at \
                  most {MAX_PARTS}): raise max-mail-size",
-                text.len(),
+                body.len(),
                 pieces.len()
             ));
         }
@@ -345,13 +332,13 @@ pub fn plan<M>(
     }
     Err(format!(
         "cannot cut {} bytes of changes into mails of at most {limit} bytes",
-        text.len()
+        body.len()
     ))
 }
 
 /// Builds every part; `Ok(Err(size))` when one came out larger than `limit` (its size).
 fn build_all<M>(
-    pieces: &[&str],
+    pieces: &[&[u8]],
     info: &PartInfo,
     limit: u64,
     build: &mut impl FnMut(Piece<'_>) -> Result<M, String>,
@@ -364,7 +351,7 @@ fn build_all<M>(
             ..info.clone()
         };
         let mail = build(Piece {
-            text: piece,
+            body: piece,
             part: Some(part),
         })?;
         let s = size(&mail);

@@ -459,7 +459,7 @@ pub fn send_sealed(
         peer: to,
         message_id: &mid,
         in_reply_to: None,
-        body: &text,
+        body: text.as_bytes(),
         ack_only: body["changes"].is_null(),
         version: body["fromVersion"].as_u64().unwrap_or(0),
         base: None,

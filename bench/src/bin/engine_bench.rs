@@ -4,7 +4,8 @@
 //!
 //! Workloads on a document of N records (`title`, `done`, `n`, `owner`): build it; W1 full changes
 //! for a new peer and a replica made from them; W2 one field changed, delta made and applied;
-//! W3 1,000 fields changed, delta made and applied. Peak memory is the process's resident high-water
+//! W3 1,000 fields changed, delta made and applied (minisync's changes objects in the compact form
+//! that mail carries; `w1_json_bytes` the full one as JSON text). Peak memory is the process's resident high-water
 //! mark, reset before each library runs. For minisync also the replica saved in parts as the agent
 //! stores it (`saved_bytes`) and restored from them (`load_ms`, against `parse_ms`, serde_json's
 //! parse of the same JSON). W4 (`w4.rs`): a real editing trace replayed into one
@@ -32,6 +33,8 @@ struct Figures {
     saved_bytes: Option<usize>,
     /// minisync only: restoring the replica from those parts.
     load_ms: Option<f64>,
+    /// minisync only: W1's changes object as JSON text (`w1_bytes` is its compact form).
+    w1_json_bytes: Option<usize>,
 }
 
 impl Figures {
@@ -44,6 +47,9 @@ impl Figures {
         if let (Some(b), Some(l)) = (self.saved_bytes, self.load_ms) {
             v["saved_bytes"] = json!(b);
             v["load_ms"] = json!(round(l));
+        }
+        if let Some(b) = self.w1_json_bytes {
+            v["w1_json_bytes"] = json!(b);
         }
         v
     }
@@ -125,21 +131,24 @@ fn minisync(n: usize, value: &Value) -> Figures {
     let mut a = Document::new(value).expect("benchmark document is valid");
     f.build_ms = ms(t);
 
+    // In the compact form, as mail carries changes (`w1_json_bytes`: the same as JSON text).
     let t = Instant::now();
-    let text = a.changes().to_json_string();
-    let mut b = Document::from_changes(&Changes::parse(&text).expect("parses")).expect("creates");
+    let bytes = a.changes().to_compact();
+    let mut b =
+        Document::from_changes(&Changes::from_bytes(&bytes).expect("reads")).expect("creates");
     f.w1_ms = ms(t);
-    f.w1_bytes = text.len();
+    f.w1_bytes = bytes.len();
+    f.w1_json_bytes = Some(a.changes().to_json_string().len());
     a.apply(&b.changes_for(a.client_id())).expect("ack");
 
     let t = Instant::now();
     a.set(&format!("records[{}].done", n / 2), json!(true))
         .expect("set");
-    let text = a.changes_for(b.client_id()).to_json_string();
-    b.apply(&Changes::parse(&text).expect("parses"))
+    let bytes = a.changes_for(b.client_id()).to_compact();
+    b.apply(&Changes::from_bytes(&bytes).expect("reads"))
         .expect("applies");
     f.w2_ms = ms(t);
-    f.w2_bytes = text.len();
+    f.w2_bytes = bytes.len();
     a.apply(&b.changes_for(a.client_id())).expect("ack");
 
     let t = Instant::now();
@@ -147,11 +156,11 @@ fn minisync(n: usize, value: &Value) -> Figures {
         a.set(&format!("records[{i}].n"), json!(-(i as i64)))
             .expect("set");
     }
-    let text = a.changes_for(b.client_id()).to_json_string();
-    b.apply(&Changes::parse(&text).expect("parses"))
+    let bytes = a.changes_for(b.client_id()).to_compact();
+    b.apply(&Changes::from_bytes(&bytes).expect("reads"))
         .expect("applies");
     f.w3_ms = ms(t);
-    f.w3_bytes = text.len();
+    f.w3_bytes = bytes.len();
     assert_eq!(a.get("records[0].n").ok(), b.get("records[0].n").ok());
     f.peak_mb = peak_mb();
     drop(b);

@@ -65,7 +65,7 @@ impl FolderTransport {
         ids
     }
 
-    fn read_client(&self, dir: &Path, last_received: u64) -> Option<Result<Vec<String>, String>> {
+    fn read_client(&self, dir: &Path, last_received: u64) -> Option<Result<Vec<Vec<u8>>, String>> {
         let version_path = dir.join(VERSION_FILE);
         let text = match std::fs::read_to_string(&version_path) {
             Ok(t) => t,
@@ -87,9 +87,9 @@ impl FolderTransport {
         if v.version <= last_received {
             return None;
         }
-        let read = |name: &str, expected: u64| -> Result<String, String> {
+        let read = |name: &str, expected: u64| -> Result<Vec<u8>, String> {
             let p = dir.join(name);
-            let body = std::fs::read_to_string(&p).map_err(|e| {
+            let body = std::fs::read(&p).map_err(|e| {
                 format!(
                     "cannot read {}: {e} (not fully delivered yet?)",
                     p.display()
@@ -134,8 +134,8 @@ struct ChangesHead {
 /// Checks that a changes file is the one `version.json` names: a sync tool delivers the files of
 /// one write in any order, and an older file of the same size must not pass for the new one.
 /// A file that is not readable as changes at all is handed on for the engine to refuse by name.
-fn expect_versions(path: &Path, text: String, since: u64, to: u64) -> Result<String, String> {
-    match serde_json::from_str::<ChangesHead>(&text) {
+fn expect_versions(path: &Path, text: Vec<u8>, since: u64, to: u64) -> Result<Vec<u8>, String> {
+    match serde_json::from_slice::<ChangesHead>(&text) {
         Ok(h) if h.changes_since != since || h.from_version != to => Err(format!(
             "{} holds changes {}..{} but {VERSION_FILE} names {since}..{to}: the right file is not fully delivered yet",
             path.display(),
@@ -181,10 +181,9 @@ impl Transport for FolderTransport {
         };
         std::fs::create_dir_all(&dir).map_err(|e| fail("the directory", e))?;
         if let Some(base) = out.base {
-            write_atomic(&dir.join(BASE_FILE), base.as_bytes()).map_err(|e| fail(BASE_FILE, e))?;
+            write_atomic(&dir.join(BASE_FILE), base).map_err(|e| fail(BASE_FILE, e))?;
         }
-        write_atomic(&dir.join(LATEST_FILE), out.body.as_bytes())
-            .map_err(|e| fail(LATEST_FILE, e))?;
+        write_atomic(&dir.join(LATEST_FILE), out.body).map_err(|e| fail(LATEST_FILE, e))?;
         let v = VersionFile {
             version: out.version,
             base_version: out.base_version,

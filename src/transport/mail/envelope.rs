@@ -1,17 +1,18 @@
-//! The MIME envelope of agent mail (format 4): building it and reading it.
+//! The MIME envelope of agent mail (format 5): building it and reading it.
 //!
 //! A changes mail is PGP/MIME (RFC 3156 §4): `multipart/encrypted;
 //! protocol="application/pgp-encrypted"`, a `Version: 1` part and an `application/octet-stream`
 //! part holding one armored OpenPGP message, signed, compressed and encrypted to the peer and to
 //! ourselves (RFC 3156 §6.2, see [`super::openpgp`]). Outside it only what routing needs: `From`,
-//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 4`, `Auto-Submitted` and the
+//! `To`, `Date`, `Message-ID`, the marker `Minisync-Version: 5`, `Auto-Submitted` and the
 //! sender's key in `Autocrypt:` (Autocrypt Level 1). The encrypted entity is `multipart/mixed;
 //! protected-headers="v1"` with the real headers (document name, kind, Message-ID, the reply's
-//! In-Reply-To), a short text part and the changes object as `minisync-changes.json`; the
-//! receiver trusts only these inner headers.
+//! In-Reply-To), a short text part and the changes object in the compact form
+//! ([`crate::engine::compact`]) as `minisync-changes.bin` (`application/octet-stream`, binary:
+//! the entity is only ever carried encrypted); the receiver trusts only these inner headers.
 //!
 //! A changes object larger than the account's `max-mail-size` travels in several such mails
-//! (format 4): each carries one piece of its text as `minisync-changes.json` and, among the
+//! (format 4 on): each carries one piece of its bytes as `minisync-changes.bin` and, among the
 //! protected headers, `Minisync-Transfer`, `Minisync-Part` (index/count), the whole object's size,
 //! hash and Message-ID (see [`crate::transport::parts`]).
 //!
@@ -31,9 +32,9 @@ use crate::transport::{Arrival, DeviceTag, Outgoing, Sealed, Split};
 
 /// The envelope format version, in the `Minisync-Version` header. Format 1 (until minisync
 /// 0.1 without OpenPGP) was plaintext, format 2 named no device, format 3 had no part mails (a
-/// format-3 reader would take a part for a broken changes object); all are refused with a
-/// request to upgrade.
-pub const ENVELOPE_VERSION: &str = "4";
+/// format-3 reader would take a part for a broken changes object), format 4 carried changes
+/// as JSON text; all are refused with a request to upgrade.
+pub const ENVELOPE_VERSION: &str = "5";
 /// Header that marks agent mail.
 pub const VERSION_HEADER: &str = "Minisync-Version";
 /// Header that names the document (inside the encryption only).
@@ -54,7 +55,7 @@ const MIME_SLACK: u64 = 64 * 1024;
 /// The hello's signed text is a few lines.
 const MAX_HELLO_BYTES: u64 = 4096;
 /// The changes attachment's file name.
-const CHANGES_FILE: &str = "minisync-changes.json";
+const CHANGES_FILE: &str = "minisync-changes.bin";
 /// The hello's signed attachment.
 const HELLO_FILE: &str = "minisync-hello.asc";
 
@@ -106,7 +107,7 @@ fn mark(message: &mut Message, kind: Option<&str>, autocrypt: String) {
 /// What one mail carries of an outgoing changes object: the whole of it (`out.body`, under
 /// `out.message_id`), or one part of a transfer under a Message-ID of its own.
 pub struct Piece<'a> {
-    pub text: &'a str,
+    pub body: &'a [u8],
     pub message_id: &'a str,
     pub part: Option<&'a PartInfo>,
 }
@@ -164,13 +165,13 @@ fn inner(out: &Outgoing<'_>, me: &Sender<'_>, piece: &Piece<'_>) -> Vec<u8> {
         format!(
             "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\
              Content-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n--{boundary}\r\n\
-             Content-Type: application/json\r\n\
+             Content-Type: application/octet-stream\r\n\
              Content-Disposition: attachment; filename=\"{CHANGES_FILE}\"\r\n\
-             Content-Transfer-Encoding: 8bit\r\n\r\n"
+             Content-Transfer-Encoding: binary\r\n\r\n"
         )
         .as_bytes(),
     );
-    body.extend_from_slice(piece.text.as_bytes());
+    body.extend_from_slice(piece.body);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     body
 }
@@ -192,7 +193,7 @@ pub fn build(
     me: &Sender<'_>,
 ) -> Result<(lettre::address::Envelope, Vec<u8>), String> {
     let whole = Piece {
-        text: out.body,
+        body: out.body,
         message_id: out.message_id,
         part: None,
     };
@@ -401,14 +402,16 @@ fn read_outer(
     m: &mail_parser::Message<'_>,
     rx: &Receiver<'_>,
     arrival: &mut Arrival,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<Vec<u8>>, String> {
     let version = text_header(m, VERSION_HEADER);
     if version != ENVELOPE_VERSION {
-        let which = if version.as_str() < ENVELOPE_VERSION {
-            "older"
-        } else {
-            "newer"
-        };
+        // Compared as numbers ("10" is newer than "5"); anything else counts as older.
+        let newer = version
+            .parse::<u32>()
+            .ok()
+            .zip(ENVELOPE_VERSION.parse::<u32>().ok())
+            .is_some_and(|(theirs, ours)| theirs > ours);
+        let which = if newer { "newer" } else { "older" };
         return Err(format!(
             "unsupported {VERSION_HEADER} {version:?} (this agent reads {ENVELOPE_VERSION}): the \
              sender runs an {which} minisync; upgrade minisync so that both sides run the same version"
@@ -472,7 +475,7 @@ fn read_hello(
     sender: &openpgp::PublicKey,
     keydata: Vec<u8>,
     arrival: &mut Arrival,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<Vec<u8>>, String> {
     let part = m
         .attachments()
         .find(|p| p.attachment_name() == Some(HELLO_FILE))
@@ -505,7 +508,7 @@ fn read_inner(
     data: &[u8],
     rx: &Receiver<'_>,
     arrival: &mut Arrival,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<Vec<u8>>, String> {
     let m = MessageParser::default()
         .parse(data)
         .ok_or("the decrypted message cannot be parsed as MIME")?;
@@ -547,9 +550,8 @@ fn read_inner(
     let part = m
         .attachments()
         .find(|p| p.attachment_name() == Some(CHANGES_FILE))
-        .ok_or("no minisync-changes.json attachment")?;
-    let text = String::from_utf8(part.contents().to_vec())
-        .map_err(|_| "the attachment is not UTF-8".to_string())?;
+        .ok_or("no minisync-changes.bin attachment")?;
+    let text = part.contents().to_vec();
     if let Some(info) = piece {
         if text.is_empty() || text.len() as u64 > info.size {
             return Err(format!(

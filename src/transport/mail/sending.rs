@@ -94,7 +94,7 @@ fn plan_mails(
             None => out.message_id.to_string(),
         };
         let piece = envelope::Piece {
-            text: piece.text,
+            body: piece.body,
             message_id: &message_id,
             part: piece.part.as_ref(),
         };

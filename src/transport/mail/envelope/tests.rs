@@ -1,4 +1,4 @@
-//! Round trips of the format-4 envelope and the refusals of mail that is not what it claims.
+//! Round trips of the format-5 envelope and the refusals of mail that is not what it claims.
 
 use super::*;
 use crate::engine::ClientId;
@@ -12,7 +12,7 @@ fn out<'a>(body: &'a str, reply: Option<&'a str>, peer_key: &'a [u8]) -> Outgoin
         peer: "bob@example.test",
         message_id: "<m1@example.test>",
         in_reply_to: reply,
-        body,
+        body: body.as_bytes(),
         ack_only: false,
         version: 3,
         base: None,
@@ -78,7 +78,7 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         .unwrap();
         assert_eq!(env.to()[0].to_string(), "bob@example.test");
         let text = String::from_utf8_lossy(&raw);
-        assert!(text.contains("Minisync-Version: 4"), "{text}");
+        assert!(text.contains("Minisync-Version: 5"), "{text}");
         assert!(
             !text.contains("laptop") && !text.contains("dddddddddddddddd"),
             "{text}"
@@ -104,7 +104,7 @@ fn changes_round_trip_encrypted_with_nothing_of_them_outside() {
         let header_end = text.find("\r\n\r\n").unwrap();
         assert!(is_agent_mail(&raw[..header_end + 4]));
         let got = read(&raw, &b);
-        assert_eq!(got.payloads.unwrap(), vec![body.clone()]);
+        assert_eq!(got.payloads.unwrap(), vec![body.clone().into_bytes()]);
         assert_eq!(got.from, "alice@example.test");
         assert_eq!(got.doc, "todo");
         assert_eq!(got.message_id.as_deref(), Some("<m1@example.test>"));
@@ -133,7 +133,7 @@ fn a_hello_carries_the_key_and_no_document() {
     )
     .unwrap();
     let got = read(&raw, &b);
-    assert_eq!(got.payloads.unwrap(), Vec::<String>::new());
+    assert_eq!(got.payloads.unwrap(), Vec::<Vec<u8>>::new());
     let sealed = got.sealed.unwrap();
     assert_eq!(sealed.hello, Some(true));
     assert_eq!(sealed.fingerprint, a.fingerprint());
@@ -181,16 +181,16 @@ fn mail_for_another_key_unencrypted_or_old_is_refused_with_the_reason() {
     let got = read(&raw, &b);
     assert!(got.payloads.unwrap_err().contains("does not decrypt"));
     assert!(got.sealed.is_none());
-    let plain = b"Minisync-Version: 4\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
+    let plain = b"Minisync-Version: 5\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
     let e = read(plain, &b).payloads.unwrap_err();
     assert!(e.contains("Autocrypt header without addr"), "{e}");
-    let old = b"Minisync-Version: 3\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let old = b"Minisync-Version: 4\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     let e = read(old, &b).payloads.unwrap_err();
     assert!(
         e.contains("older minisync") && e.contains("upgrade minisync"),
         "{e}"
     );
-    let new = b"Minisync-Version: 5\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
+    let new = b"Minisync-Version: 10\r\nFrom: a@b.c\r\nMessage-ID: <x@y>\r\n\r\n";
     assert!(
         read(new, &b)
             .payloads
@@ -227,7 +227,7 @@ fn a_strangers_mail_is_not_decrypted_and_a_forged_inner_sender_is_refused() {
     // Signed by alice's key, but the signed (inner) From is mallory's.
     let o = out("{}", None, &bob_pub);
     let whole = Piece {
-        text: o.body,
+        body: o.body,
         message_id: o.message_id,
         part: None,
     };
@@ -259,7 +259,7 @@ fn a_want_reads_only_from_the_own_address_and_device_headers_are_checked() {
     let (_, raw) = build(&o, &sender("alice@example.test", &a)).unwrap();
     let got = read(&raw, &a);
     assert!(got.want);
-    assert_eq!(got.payloads.unwrap(), Vec::<String>::new());
+    assert_eq!(got.payloads.unwrap(), Vec::<Vec<u8>>::new());
     // The same request from someone else is refused.
     let m = generate("mallory@example.test").unwrap();
     let mut o2 = out("", None, &own);
@@ -305,7 +305,7 @@ fn a_part_mail_round_trips_its_description_and_a_bad_one_is_refused() {
     let me = sender("alice@example.test", &a);
     let piece = |part: &PartInfo| {
         let p = Piece {
-            text: "a piece of text",
+            body: b"a piece of text",
             message_id: "<part2.x@example.test>",
             part: Some(part),
         };
@@ -317,7 +317,7 @@ fn a_part_mail_round_trips_its_description_and_a_bad_one_is_refused() {
     // The description travels inside the encryption only.
     assert!(!text.contains("Minisync-Transfer"), "{text}");
     let got = read(&raw, &b);
-    assert_eq!(got.payloads, Ok(vec!["a piece of text".to_string()]));
+    assert_eq!(got.payloads, Ok(vec![b"a piece of text".to_vec()]));
     assert_eq!(got.split, Split::Part(info.clone()));
     assert_eq!(got.message_id.as_deref(), Some("<part2.x@example.test>"));
     // A whole mail is no part.

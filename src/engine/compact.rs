@@ -1,0 +1,524 @@
+//! The compact form of a changes object: the same JSON value, written in bytes that leave out
+//! what JSON text repeats — field names, client ids and the clock values of stamps.
+//!
+//! A typed character's changes object is ~550 bytes of JSON, nearly all of it envelope: field
+//! names of the design (`clientStates`, `lastAcknowledged`, …), 16-character client ids written
+//! up to seven times, and stamps as 32-character strings. The compact form keeps the JSON value
+//! exactly (decoding gives back the identical value, whatever it holds: nothing in it is
+//! interpreted, so user data that looks like a stamp is safe) but writes it as a tagged tree in
+//! which every string is written once and referred to by number after that (the table starts
+//! with the format's field names), a stamp-shaped string as its clock value's difference from
+//! the previous stamp's plus its client, and a hex clock value as a number. The idea is CBOR's
+//! (RFC 8949) with string references (the "stringref" extension, cbor.schmorp.de/stringref);
+//! the layout is our own so that stamps fit in a few bytes. Readable as JSON one command away:
+//! `agent changes show FILE`.
+//!
+//! Layout: the magic bytes `\0MSC`, the form's version (1), one value. A value is one tag byte:
+//!
+//! | tag | value |
+//! |---|---|
+//! | `0x00` `0x01` `0x02` | `null`, `false`, `true` |
+//! | `0x03` n | the integer n (a LEB128 unsigned varint) |
+//! | `0x04` n | the integer −1 − n |
+//! | `0x05` len bytes | any other number, as its JSON text |
+//! | `0x06` len bytes | a string (UTF-8), added to the table |
+//! | `0x07` i | the table's string i (for i ≥ 128) |
+//! | `0x80` + i | the table's string i (for i < 128) |
+//! | `0x08` d string | the stamp `{hlc:x}-{client}`: hlc = previous stamp's hlc + d (zigzag varint), client a string value |
+//! | `0x09` n | the string of n in lower-case hex without leading zeros |
+//! | `0x0a` 8 bytes | a string of 16 lower-case hex digits, as the big-endian 64-bit number |
+//! | `0x0b` count values | an array |
+//! | `0x0c` count (string value)* | an object: count pairs of a key (a string value) and a value |
+
+use serde_json::{Map, Number, Value};
+
+use crate::engine::error::{Error, Result};
+use crate::engine::wire::MAX_JSON_DEPTH;
+
+/// What a changes object in the compact form begins with (no JSON text begins with a zero byte).
+pub const MAGIC: &[u8; 4] = b"\0MSC";
+const VERSION: u8 = 1;
+
+/// The table's first strings: the changes object's field names and markers (docs/PROTOCOL.md).
+const SEED: [&str; 35] = [
+    "minisync",
+    "changes",
+    "formatVersion",
+    "id",
+    "sentBy",
+    "fromVersion",
+    "changesSince",
+    "knows",
+    "digest",
+    "clientStates",
+    "clientID",
+    "lastReceived",
+    "lastAcknowledged",
+    "partial",
+    "repair",
+    "request",
+    "reply",
+    "_s",
+    "_t",
+    "u",
+    "k",
+    "d",
+    "a",
+    "ri",
+    "v",
+    "e",
+    "o",
+    "ro",
+    "t",
+    "r",
+    "i",
+    "c",
+    "p",
+    "s",
+    "n",
+];
+
+const NULL: u8 = 0x00;
+const FALSE: u8 = 0x01;
+const TRUE: u8 = 0x02;
+const UINT: u8 = 0x03;
+const NEGINT: u8 = 0x04;
+const NUMBER: u8 = 0x05;
+const STRING: u8 = 0x06;
+const REF: u8 = 0x07;
+const STAMP: u8 = 0x08;
+const HEX: u8 = 0x09;
+const HEX16: u8 = 0x0a;
+const ARRAY: u8 = 0x0b;
+const OBJECT: u8 = 0x0c;
+const SMALL_REF: u8 = 0x80;
+
+/// Whether `bytes` are a changes object in the compact form (else they should be JSON text).
+pub fn is_compact(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// Changes bytes in either form as JSON text, for people and for the records kept of refused
+/// mail: compact bytes decoded, JSON text as it is, anything else as UTF-8 with replacements
+/// (what is unreadable stays so; reading it again gives the same error).
+pub fn json_view(bytes: &[u8]) -> String {
+    if is_compact(bytes)
+        && let Ok(v) = decode(bytes)
+    {
+        return v.to_string();
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `value` in the compact form.
+pub fn encode(value: &Value) -> Vec<u8> {
+    let mut w = Writer {
+        out: MAGIC.to_vec(),
+        table: SEED
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.to_string(), i as u64))
+            .collect(),
+        last_hlc: 0,
+    };
+    w.out.push(VERSION);
+    w.value(value);
+    w.out
+}
+
+struct Writer {
+    out: Vec<u8>,
+    table: std::collections::HashMap<String, u64>,
+    last_hlc: u64,
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// The number a canonical lower-case hex string (no leading zeros; "0" alone) stands for.
+fn canonical_hex(s: &str) -> Option<u64> {
+    let ok = !s.is_empty()
+        && s.len() <= 16
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && (s == "0" || !s.starts_with('0'));
+    ok.then(|| u64::from_str_radix(s, 16).ok()).flatten()
+}
+
+/// The (clock value, client) of a stamp-shaped string: canonical hex, `-`, 16 ASCII letters or
+/// digits.
+fn stamp_parts(s: &str) -> Option<(u64, &str)> {
+    let (hex, client) = s.split_once('-')?;
+    let client_ok = client.len() == 16 && client.bytes().all(|b| b.is_ascii_alphanumeric());
+    client_ok
+        .then(|| canonical_hex(hex).map(|h| (h, client)))
+        .flatten()
+}
+
+impl Writer {
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.out.push(NULL),
+            Value::Bool(false) => self.out.push(FALSE),
+            Value::Bool(true) => self.out.push(TRUE),
+            Value::Number(n) => self.number(n),
+            Value::String(s) => self.string(s),
+            Value::Array(items) => {
+                self.out.push(ARRAY);
+                varint(&mut self.out, items.len() as u64);
+                for item in items {
+                    self.value(item);
+                }
+            }
+            Value::Object(map) => {
+                self.out.push(OBJECT);
+                varint(&mut self.out, map.len() as u64);
+                for (k, item) in map {
+                    self.plain_string(k);
+                    self.value(item);
+                }
+            }
+        }
+    }
+
+    fn number(&mut self, n: &Number) {
+        // The text is the number as JSON wrote it (serde_json keeps it exactly); integers in
+        // their shortest form go as varints, anything else as that text.
+        let text = n.to_string();
+        if let Ok(u) = text.parse::<u64>()
+            && u.to_string() == text
+        {
+            self.out.push(UINT);
+            varint(&mut self.out, u);
+        } else if let Ok(i) = text.parse::<i64>()
+            && i < 0
+            && i.to_string() == text
+        {
+            self.out.push(NEGINT);
+            varint(&mut self.out, (-1 - i) as u64);
+        } else {
+            self.out.push(NUMBER);
+            varint(&mut self.out, text.len() as u64);
+            self.out.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        if s.len() == 16
+            && let Ok(n) = u64::from_str_radix(s, 16)
+            && format!("{n:016x}") == s
+        {
+            self.out.push(HEX16);
+            self.out.extend_from_slice(&n.to_be_bytes());
+        } else if let Some(n) = canonical_hex(s) {
+            self.out.push(HEX);
+            varint(&mut self.out, n);
+        } else if let Some((hlc, client)) = stamp_parts(s) {
+            self.out.push(STAMP);
+            let d = hlc.wrapping_sub(self.last_hlc) as i64;
+            varint(&mut self.out, ((d << 1) ^ (d >> 63)) as u64);
+            self.last_hlc = hlc;
+            self.plain_string(client);
+        } else {
+            self.plain_string(s);
+        }
+    }
+
+    /// A string as a table reference, or written out and added to the table.
+    fn plain_string(&mut self, s: &str) {
+        if let Some(&i) = self.table.get(s) {
+            if i < 128 {
+                self.out.push(SMALL_REF + i as u8);
+            } else {
+                self.out.push(REF);
+                varint(&mut self.out, i);
+            }
+            return;
+        }
+        self.out.push(STRING);
+        varint(&mut self.out, s.len() as u64);
+        self.out.extend_from_slice(s.as_bytes());
+        let next = self.table.len() as u64;
+        self.table.insert(s.to_string(), next);
+    }
+}
+
+/// The JSON value of a changes object in the compact form.
+///
+/// # Errors
+///
+/// [`Error::Compact`] naming what is wrong and where (byte offset): no magic, an unknown form
+/// version or tag, a reference past the table, a string that is not UTF-8, a number that is not
+/// a JSON number, nesting deeper than [`MAX_JSON_DEPTH`], a truncated value or bytes after it.
+pub fn decode(bytes: &[u8]) -> Result<Value> {
+    let Some(rest) = bytes.strip_prefix(MAGIC) else {
+        return Err(Error::Compact(
+            "it does not begin with the compact form's magic bytes".into(),
+        ));
+    };
+    let mut r = Reader {
+        bytes: rest,
+        at: 0,
+        table: SEED.iter().map(|s| s.to_string()).collect(),
+        last_hlc: 0,
+    };
+    let version = r.byte()?;
+    if version != VERSION {
+        return Err(Error::Compact(format!(
+            "compact form version {version}; this minisync reads version {VERSION}: upgrade minisync"
+        )));
+    }
+    let v = r.value(0)?;
+    if r.at != r.bytes.len() {
+        return Err(r.bad("bytes after the value"));
+    }
+    Ok(v)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    table: Vec<String>,
+    last_hlc: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn bad(&self, what: &str) -> Error {
+        Error::Compact(format!("{what} at byte {}", self.at + MAGIC.len()))
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let b = *self
+            .bytes
+            .get(self.at)
+            .ok_or_else(|| self.bad("it ends within a value"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                break;
+            }
+            n |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(self.bad("a number beyond 64 bits"))
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8]> {
+        let bytes: &'a [u8] = self.bytes;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| self.at.checked_add(l))
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or_else(|| self.bad("it ends within a value"))?;
+        let s = &bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    /// A count of items, each at least one byte, so never more than the bytes left.
+    fn count(&mut self) -> Result<usize> {
+        let n = self.varint()?;
+        usize::try_from(n)
+            .ok()
+            .filter(|n| *n <= self.bytes.len() - self.at)
+            .ok_or_else(|| self.bad("a count larger than the bytes left"))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value> {
+        if depth > MAX_JSON_DEPTH {
+            return Err(self.bad(&format!("nesting deeper than {MAX_JSON_DEPTH}")));
+        }
+        let tag = self.byte()?;
+        Ok(match tag {
+            NULL => Value::Null,
+            FALSE => Value::Bool(false),
+            TRUE => Value::Bool(true),
+            UINT => Value::Number(self.varint()?.into()),
+            NEGINT => {
+                let n = self.varint()?;
+                let i =
+                    i64::try_from(n).map_err(|_| self.bad("a negative integer beyond 64 bits"))?;
+                Value::Number((-1 - i).into())
+            }
+            NUMBER => {
+                let len = self.varint()?;
+                let text = std::str::from_utf8(self.take(len)?)
+                    .map_err(|_| self.bad("a number that is not text"))?;
+                let n: Number = text
+                    .parse()
+                    .map_err(|_| self.bad(&format!("{text:?}, which is not a JSON number")))?;
+                Value::Number(n)
+            }
+            HEX => Value::String(format!("{:x}", self.varint()?)),
+            HEX16 => {
+                let b: [u8; 8] = self
+                    .take(8)?
+                    .try_into()
+                    .map_err(|_| self.bad("a short 64-bit number"))?;
+                Value::String(format!("{:016x}", u64::from_be_bytes(b)))
+            }
+            STAMP => {
+                let z = self.varint()?;
+                let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+                self.last_hlc = self.last_hlc.wrapping_add(d as u64);
+                let tag = self.byte()?;
+                let client = self.plain_string(tag)?;
+                Value::String(format!("{:x}-{client}", self.last_hlc))
+            }
+            ARRAY => {
+                let count = self.count()?;
+                let mut items = Vec::with_capacity(count);
+                for _ in 0..count {
+                    items.push(self.value(depth + 1)?);
+                }
+                Value::Array(items)
+            }
+            OBJECT => {
+                let count = self.count()?;
+                let mut map = Map::new();
+                for _ in 0..count {
+                    let tag = self.byte()?;
+                    let key = self.plain_string(tag)?;
+                    let item = self.value(depth + 1)?;
+                    map.insert(key, item);
+                }
+                Value::Object(map)
+            }
+            STRING | REF | SMALL_REF.. => Value::String(self.plain_string(tag)?),
+            other => return Err(self.bad(&format!("unknown tag {other:#04x}"))),
+        })
+    }
+
+    /// A string written out (added to the table) or a table reference, after its tag.
+    fn plain_string(&mut self, tag: u8) -> Result<String> {
+        let i = match tag {
+            STRING => {
+                let len = self.varint()?;
+                let s = std::str::from_utf8(self.take(len)?)
+                    .map_err(|_| self.bad("a string that is not UTF-8"))?
+                    .to_string();
+                self.table.push(s.clone());
+                return Ok(s);
+            }
+            REF => self.varint()?,
+            SMALL_REF.. => u64::from(tag - SMALL_REF),
+            _ => return Err(self.bad(&format!("tag {tag:#04x} where a string was expected"))),
+        };
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.table.get(i))
+            .cloned()
+            .ok_or_else(|| self.bad(&format!("string {i} of a table of {}", self.table.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(v: &Value) -> Vec<u8> {
+        let bytes = encode(v);
+        assert_eq!(&decode(&bytes).unwrap(), v, "{v}");
+        bytes
+    }
+
+    #[test]
+    fn every_value_comes_back_exactly() {
+        let nasty: Value = serde_json::from_str(
+            r#"{"n": [0, 1, 127, 128, 18446744073709551615, 18446744073709551616, -1,
+                 -9223372036854775808, -9223372036854775809, 1.5, 1e+2, -0.0, 12345678901234567890123],
+                "s": ["", "x", "é🙂", "0", "00", "0a", "ff", "ffffffffffffffff", "0000000000000001",
+                      "10000000000000000", "1a2-aaaaaaaaaaaaaaaa", "01a2-aaaaaaaaaaaaaaaa",
+                      "1a2-aaaaaaaaaaaaaaa", "1a2-aaaaaaaaaaaaaa!a", "-aaaaaaaaaaaaaaaa", "A1"],
+                "t": [true, false, null, [], {}, [[[]]]],
+                "minisync": "minisync", "aaaaaaaaaaaaaaaa": "5-aaaaaaaaaaaaaaaa",
+                "again": "1-aaaaaaaaaaaaaaaa"}"#,
+        )
+        .unwrap();
+        round_trip(&nasty);
+        let many: Vec<Value> = (0..300).map(|i| json!(format!("k{i}"))).collect();
+        let twice = json!([many.clone(), many]);
+        round_trip(&twice);
+    }
+
+    #[test]
+    fn a_typed_characters_changes_object_is_small() {
+        let v = json!({"changes":{"_s":{"id":"1a22b0979ae0000-rwp28yu3jj7utit5"},"text":{"_t":{"c":{"rwp28yu3jj7utit5":"1a22b0979ae000c"},"i":11,"id":"1a22b0979ae0000-rwp28yu3jj7utit5","p":[{"e":12,"o":2,"ro":3,"s":"x"}]}}},"changesSince":2,"clientStates":[{"clientID":"hdl6tomcbrh7zcjp","knows":{"rwp28yu3jj7utit5":"1a22b0979ae000b"},"lastAcknowledged":2,"lastReceived":1}],"digest":"8f052006f2cb9cf2","formatVersion":3,"fromVersion":3,"id":"yhw6itvu5qp86uo2","knows":{"rwp28yu3jj7utit5":"1a22b0979ae000c"},"minisync":"changes","sentBy":"rwp28yu3jj7utit5"});
+        let bytes = round_trip(&v);
+        assert!(bytes.len() < 200, "{} bytes", bytes.len());
+    }
+
+    #[test]
+    fn damaged_bytes_are_refused_with_what_is_wrong() {
+        let good = encode(&json!({"a": ["x", 1, "5-aaaaaaaaaaaaaaaa"], "b": 1.5}));
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{}".to_vec(), "magic"),
+            ([&MAGIC[..], &[2]].concat(), "version 2"),
+            ([&MAGIC[..], &[1, 0x0f]].concat(), "unknown tag"),
+            (
+                [&MAGIC[..], &[1, 0xff]].concat(),
+                "string 127 of a table of 35",
+            ),
+            (
+                [
+                    &MAGIC[..],
+                    &[
+                        1, REF, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                    ],
+                ]
+                .concat(),
+                "beyond 64 bits",
+            ),
+            (
+                [&MAGIC[..], &[1, STRING, 2, 0xc3, 0x28]].concat(),
+                "not UTF-8",
+            ),
+            (
+                [&MAGIC[..], &[1, NUMBER, 2, b'1', b'x']].concat(),
+                "not a JSON number",
+            ),
+            (
+                [&MAGIC[..], &[1, ARRAY, 100, NULL]].concat(),
+                "count larger",
+            ),
+            (
+                [&MAGIC[..], &[1, OBJECT, 1, UINT, 1, NULL]].concat(),
+                "where a string was expected",
+            ),
+            ([&MAGIC[..], &[1, NULL, NULL]].concat(), "bytes after"),
+            (good[..good.len() - 3].to_vec(), "ends within"),
+            (
+                [
+                    &MAGIC[..],
+                    &[1],
+                    &[ARRAY, 1].repeat(MAX_JSON_DEPTH + 2),
+                    &[NULL],
+                ]
+                .concat(),
+                "nesting deeper",
+            ),
+        ];
+        for (bytes, says) in cases {
+            let e = decode(&bytes).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+}
