@@ -114,11 +114,7 @@ pub fn json_view(bytes: &[u8]) -> String {
 pub fn encode(value: &Value) -> Vec<u8> {
     let mut w = Writer {
         out: MAGIC.to_vec(),
-        table: SEED
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.to_string(), i as u64))
-            .collect(),
+        table: SEED.iter().enumerate().map(|(i, s)| (*s, i as u64)).collect(),
         last_hlc: 0,
     };
     w.out.push(VERSION);
@@ -126,9 +122,10 @@ pub fn encode(value: &Value) -> Vec<u8> {
     w.out
 }
 
-struct Writer {
+/// The table holds the strings it has written as borrowed from the value: no copies.
+struct Writer<'v> {
     out: Vec<u8>,
-    table: std::collections::HashMap<String, u64>,
+    table: std::collections::HashMap<&'v str, u64>,
     last_hlc: u64,
 }
 
@@ -163,8 +160,8 @@ fn stamp_parts(s: &str) -> Option<(u64, &str)> {
         .flatten()
 }
 
-impl Writer {
-    fn value(&mut self, v: &Value) {
+impl<'v> Writer<'v> {
+    fn value(&mut self, v: &'v Value) {
         match v {
             Value::Null => self.out.push(NULL),
             Value::Bool(false) => self.out.push(FALSE),
@@ -191,16 +188,21 @@ impl Writer {
 
     fn number(&mut self, n: &Number) {
         // The text is the number as JSON wrote it (serde_json keeps it exactly); integers in
-        // their shortest form go as varints, anything else as that text.
-        let text = n.to_string();
-        if let Ok(u) = text.parse::<u64>()
-            && u.to_string() == text
+        // their shortest form (digits, no leading zero) go as varints, anything else as that
+        // text.
+        let text = n.as_str();
+        let digits = |t: &str| {
+            !t.is_empty()
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && (t == "0" || !t.starts_with('0'))
+        };
+        if digits(text)
+            && let Ok(u) = text.parse::<u64>()
         {
             self.out.push(UINT);
             varint(&mut self.out, u);
-        } else if let Ok(i) = text.parse::<i64>()
-            && i < 0
-            && i.to_string() == text
+        } else if text.strip_prefix('-').is_some_and(|t| digits(t) && t != "0")
+            && let Ok(i) = text.parse::<i64>()
         {
             self.out.push(NEGINT);
             varint(&mut self.out, (-1 - i) as u64);
@@ -211,10 +213,9 @@ impl Writer {
         }
     }
 
-    fn string(&mut self, s: &str) {
-        if s.len() == 16
+    fn string(&mut self, s: &'v str) {
+        if s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && let Ok(n) = u64::from_str_radix(s, 16)
-            && format!("{n:016x}") == s
         {
             self.out.push(HEX16);
             self.out.extend_from_slice(&n.to_be_bytes());
@@ -233,7 +234,7 @@ impl Writer {
     }
 
     /// A string as a table reference, or written out and added to the table.
-    fn plain_string(&mut self, s: &str) {
+    fn plain_string(&mut self, s: &'v str) {
         if let Some(&i) = self.table.get(s) {
             if i < 128 {
                 self.out.push(SMALL_REF + i as u8);
@@ -247,7 +248,7 @@ impl Writer {
         varint(&mut self.out, s.len() as u64);
         self.out.extend_from_slice(s.as_bytes());
         let next = self.table.len() as u64;
-        self.table.insert(s.to_string(), next);
+        self.table.insert(s, next);
     }
 }
 
@@ -267,7 +268,7 @@ pub fn decode(bytes: &[u8]) -> Result<Value> {
     let mut r = Reader {
         bytes: rest,
         at: 0,
-        table: SEED.iter().map(|s| s.to_string()).collect(),
+        table: SEED.to_vec(),
         last_hlc: 0,
     };
     let version = r.byte()?;
@@ -283,10 +284,11 @@ pub fn decode(bytes: &[u8]) -> Result<Value> {
     Ok(v)
 }
 
+/// The table holds the strings read as borrowed from the input: no copies.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
-    table: Vec<String>,
+    table: Vec<&'a str>,
     last_hlc: u64,
 }
 
@@ -412,10 +414,9 @@ impl<'a> Reader<'a> {
             STRING => {
                 let len = self.varint()?;
                 let s = std::str::from_utf8(self.take(len)?)
-                    .map_err(|_| self.bad("a string that is not UTF-8"))?
-                    .to_string();
-                self.table.push(s.clone());
-                return Ok(s);
+                    .map_err(|_| self.bad("a string that is not UTF-8"))?;
+                self.table.push(s);
+                return Ok(s.to_string());
             }
             REF => self.varint()?,
             SMALL_REF.. => u64::from(tag - SMALL_REF),
@@ -424,7 +425,7 @@ impl<'a> Reader<'a> {
         usize::try_from(i)
             .ok()
             .and_then(|i| self.table.get(i))
-            .cloned()
+            .map(|s| s.to_string())
             .ok_or_else(|| self.bad(&format!("string {i} of a table of {}", self.table.len())))
     }
 }

@@ -138,7 +138,6 @@ fn minisync(n: usize, value: &Value) -> Figures {
         Document::from_changes(&Changes::from_bytes(&bytes).expect("reads")).expect("creates");
     f.w1_ms = ms(t);
     f.w1_bytes = bytes.len();
-    f.w1_json_bytes = Some(a.changes().to_json_string().len());
     a.apply(&b.changes_for(a.client_id())).expect("ack");
 
     let t = Instant::now();
@@ -164,6 +163,8 @@ fn minisync(n: usize, value: &Value) -> Figures {
     assert_eq!(a.get("records[0].n").ok(), b.get("records[0].n").ok());
     f.peak_mb = peak_mb();
     drop(b);
+    // After the peak is taken: the JSON text of W1's changes object, for comparison.
+    f.w1_json_bytes = Some(a.changes().to_json_string().len());
     let parts = a.save_parts(None);
     let rows: usize = parts.nodes.iter().map(|(_, row)| row.len()).sum();
     f.saved_bytes = Some(parts.head.len() + rows);
