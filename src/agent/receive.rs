@@ -308,28 +308,11 @@ impl Agent {
             }
             return Ok(None);
         }
-        let texts = a.payloads.as_ref().map_err(|e| refuse(e.clone()))?;
-        let mut changes = Vec::with_capacity(texts.len());
-        for t in texts {
-            changes.push(Changes::from_bytes(t).map_err(|e| refuse(format!("bad changes: {e}")))?);
-        }
-        let Some(first) = changes.first() else {
-            return Err(refuse("no changes object in the message".into()));
-        };
+        let mut changes = read_changes(a, shared).map_err(refuse)?;
+        let first = &changes[0];
         let sent_by = first.sent_by();
         // Mail that carries changes is acknowledged by reply; a pure acknowledgement never is.
         let wants_reply = !shared && changes.len() == 1 && first.has_changes();
-        if changes.iter().any(|c| c.sent_by() != sent_by) {
-            return Err(refuse(
-                "changes objects from different clients in one message".into(),
-            ));
-        }
-        if shared && a.from != sent_by.to_string() {
-            return Err(refuse(format!(
-                "the directory of client {} holds changes sent by {sent_by}",
-                a.from
-            )));
-        }
         if !shared && self.awaits_whole(&name, first)? {
             tracing::info!(
                 "a delta for a document not held here yet: left (the whole document comes from a \
@@ -734,4 +717,28 @@ pub(super) fn queue_ack(
     Store::enqueue(tx, &item)?;
     Store::touch_peer(tx, name, peer, PeerChange::Queued(doc.version()))?;
     Ok(())
+}
+
+/// The changes objects an arrival carries (at least one, all from one client; in a shared folder
+/// from the client whose directory holds them), or why they cannot be merged.
+fn read_changes(a: &Arrival, shared: bool) -> std::result::Result<Vec<Changes>, String> {
+    let payloads = a.payloads.as_ref().map_err(Clone::clone)?;
+    let mut changes = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        changes.push(Changes::from_bytes(p).map_err(|e| format!("bad changes: {e}"))?);
+    }
+    let sent_by = changes
+        .first()
+        .ok_or("no changes object in the message")?
+        .sent_by();
+    if changes.iter().any(|c| c.sent_by() != sent_by) {
+        return Err("changes objects from different clients in one message".into());
+    }
+    if shared && a.from != sent_by.to_string() {
+        return Err(format!(
+            "the directory of client {} holds changes sent by {sent_by}",
+            a.from
+        ));
+    }
+    Ok(changes)
 }

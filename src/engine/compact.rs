@@ -114,7 +114,11 @@ pub fn json_view(bytes: &[u8]) -> String {
 pub fn encode(value: &Value) -> Vec<u8> {
     let mut w = Writer {
         out: MAGIC.to_vec(),
-        table: SEED.iter().enumerate().map(|(i, s)| (*s, i as u64)).collect(),
+        table: SEED
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i as u64))
+            .collect(),
         last_hlc: 0,
     };
     w.out.push(VERSION);
@@ -201,7 +205,9 @@ impl<'v> Writer<'v> {
         {
             self.out.push(UINT);
             varint(&mut self.out, u);
-        } else if text.strip_prefix('-').is_some_and(|t| digits(t) && t != "0")
+        } else if text
+            .strip_prefix('-')
+            .is_some_and(|t| digits(t) && t != "0")
             && let Ok(i) = text.parse::<i64>()
         {
             self.out.push(NEGINT);
@@ -214,7 +220,8 @@ impl<'v> Writer<'v> {
     }
 
     fn string(&mut self, s: &'v str) {
-        if s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        if s.len() == 16
+            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
             && let Ok(n) = u64::from_str_radix(s, 16)
         {
             self.out.push(HEX16);

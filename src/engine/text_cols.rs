@@ -124,95 +124,122 @@ pub(crate) fn encode(id: Stamp, pieces: &[&Piece]) -> TextCols {
 /// number out of range, a zero length, a clock beyond the stamp range, a neighbour origin where
 /// there is no neighbour, or characters that do not add up to the live pieces' lengths.
 pub(crate) fn decode(id: Stamp, c: TextCols) -> Result<Vec<Piece>> {
-    let bad = |m: String| Error::Snapshot(format!("text {id}: {m}"));
     let count = c.k.len();
     let lens = [&c.h, &c.n, &c.ok, &c.oh, &c.rk, &c.rh, &c.u].map(Vec::len);
+    let cols = Cols { id, c: &c };
     if lens.iter().any(|l| *l != count) {
-        return Err(bad(format!(
+        return Err(cols.bad(format!(
             "its columns have different lengths ({count} and {lens:?})"
         )));
     }
-    let client = |k: i64| -> Result<ClientId> {
-        match usize::try_from(k) {
-            Ok(0) => Ok(id.client),
-            Ok(k) => c
-                .clients
-                .get(k - 1)
-                .copied()
-                .ok_or_else(|| bad(format!("client number {k} of {}", c.clients.len() + 1))),
-            Err(_) => Err(bad(format!("client number {k}"))),
-        }
-    };
-    let stamp = |client: ClientId, hlc: u64| -> Result<Stamp> {
-        if hlc >= MAX_HLC {
-            return Err(bad(format!("a clock value {hlc} beyond the stamp range")));
-        }
-        Ok(Stamp { hlc, client })
-    };
     // First the ids, lengths, versions and characters; then the origins, which may name the
     // piece after.
-    let mut pieces = Vec::with_capacity(count);
-    let (mut end, mut u) = (id.hlc, 0u64);
-    let mut rest = c.s.as_str();
+    let mut pieces = cols.pieces()?;
     for ix in 0..count {
-        let len = u32::try_from(c.n[ix].unsigned_abs())
-            .ok()
-            .filter(|l| *l > 0)
-            .ok_or_else(|| bad(format!("piece {ix} has length {}", c.n[ix])))?;
-        let first = stamp(
-            client(i64::from(c.k[ix]))?,
-            end.wrapping_add(c.h[ix] as u64),
-        )?;
-        end = stamp(first.client, first.hlc + u64::from(len) - 1)?.hlc + 1;
-        u = u.wrapping_add(c.u[ix] as u64);
-        let s = if c.n[ix] > 0 {
-            let at = rest
-                .char_indices()
-                .nth(len as usize)
-                .map_or(rest.len(), |(at, _)| at);
-            let (s, after) = rest.split_at(at);
-            if s.chars().count() != len as usize {
-                return Err(bad(format!("its characters end within piece {ix}")));
-            }
-            rest = after;
-            Some(s.to_string())
-        } else {
-            None
-        };
-        pieces.push(Piece {
-            id: first,
-            len,
-            left: None,
-            right: None,
-            u,
-            s,
-        });
+        let (left, right) = cols.origins(&pieces, ix)?;
+        pieces[ix].left = left;
+        pieces[ix].right = right;
     }
-    if !rest.is_empty() {
-        return Err(bad("it has characters beyond its pieces".into()));
+    Ok(pieces)
+}
+
+/// The columns of text `id` being read.
+struct Cols<'a> {
+    id: Stamp,
+    c: &'a TextCols,
+}
+
+impl Cols<'_> {
+    fn bad(&self, m: String) -> Error {
+        Error::Snapshot(format!("text {}: {m}", self.id))
     }
-    for ix in 0..count {
+
+    fn client(&self, k: i64) -> Result<ClientId> {
+        let others = &self.c.clients;
+        match usize::try_from(k) {
+            Ok(0) => Ok(self.id.client),
+            Ok(k) => others
+                .get(k - 1)
+                .copied()
+                .ok_or_else(|| self.bad(format!("client number {k} of {}", others.len() + 1))),
+            Err(_) => Err(self.bad(format!("client number {k}"))),
+        }
+    }
+
+    fn stamp(&self, client: ClientId, hlc: u64) -> Result<Stamp> {
+        if hlc >= MAX_HLC {
+            return Err(self.bad(format!("a clock value {hlc} beyond the stamp range")));
+        }
+        Ok(Stamp { hlc, client })
+    }
+
+    /// The pieces without their origins.
+    fn pieces(&self) -> Result<Vec<Piece>> {
+        let c = self.c;
+        let mut pieces = Vec::with_capacity(c.k.len());
+        let (mut end, mut u) = (self.id.hlc, 0u64);
+        let mut rest = c.s.as_str();
+        for ix in 0..c.k.len() {
+            let len = u32::try_from(c.n[ix].unsigned_abs())
+                .ok()
+                .filter(|l| *l > 0)
+                .ok_or_else(|| self.bad(format!("piece {ix} has length {}", c.n[ix])))?;
+            let client = self.client(i64::from(c.k[ix]))?;
+            let first = self.stamp(client, end.wrapping_add(c.h[ix] as u64))?;
+            end = self.stamp(client, first.hlc + u64::from(len) - 1)?.hlc + 1;
+            u = u.wrapping_add(c.u[ix] as u64);
+            let s = if c.n[ix] > 0 {
+                let at = rest
+                    .char_indices()
+                    .nth(len as usize)
+                    .map_or(rest.len(), |(at, _)| at);
+                let (s, after) = rest.split_at(at);
+                if s.chars().count() != len as usize {
+                    return Err(self.bad(format!("its characters end within piece {ix}")));
+                }
+                rest = after;
+                Some(s.to_string())
+            } else {
+                None
+            };
+            let (left, right) = (None, None);
+            pieces.push(Piece {
+                id: first,
+                len,
+                left,
+                right,
+                u,
+                s,
+            });
+        }
+        if !rest.is_empty() {
+            return Err(self.bad("it has characters beyond its pieces".into()));
+        }
+        Ok(pieces)
+    }
+
+    /// The left and right origins of piece `ix`.
+    fn origins(&self, pieces: &[Piece], ix: usize) -> Result<(Option<Stamp>, Option<Stamp>)> {
+        let c = self.c;
         let first = pieces[ix].id.hlc;
         let left = match c.ok[ix] {
             NONE => None,
             NEIGHBOUR => match ix.checked_sub(1) {
                 Some(b) => Some(pieces[b].last()),
-                None => return Err(bad("its first piece follows a piece before it".into())),
+                None => return Err(self.bad("its first piece follows a piece before it".into())),
             },
-            k => Some(stamp(client(k)?, first.wrapping_sub(c.oh[ix] as u64))?),
+            k => Some(self.stamp(self.client(k)?, first.wrapping_sub(c.oh[ix] as u64))?),
         };
         let right = match c.rk[ix] {
             NONE => None,
             NEIGHBOUR => match pieces.get(ix + 1) {
                 Some(a) => Some(a.id),
-                None => return Err(bad("its last piece precedes a piece after it".into())),
+                None => return Err(self.bad("its last piece precedes a piece after it".into())),
             },
-            k => Some(stamp(client(k)?, first.wrapping_add(c.rh[ix] as u64))?),
+            k => Some(self.stamp(self.client(k)?, first.wrapping_add(c.rh[ix] as u64))?),
         };
-        pieces[ix].left = left;
-        pieces[ix].right = right;
+        Ok((left, right))
     }
-    Ok(pieces)
 }
 
 #[cfg(test)]

@@ -237,28 +237,7 @@ impl Changes {
         let top = value
             .as_object()
             .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
-        match top.get("minisync") {
-            Some(Value::String(s)) if s == FORMAT_MARKER => {}
-            _ => {
-                return Err(Error::malformed(
-                    "$.minisync",
-                    format!("missing the marker \"minisync\": \"{FORMAT_MARKER}\""),
-                ));
-            }
-        }
-        let version = get_u64(top, "formatVersion", "$")?;
-        if version > FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if version < FORMAT_VERSION {
-            return Err(Error::OlderVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
+        check_marker_and_version(top)?;
         let doc_id = match top.get("id") {
             Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
             _ => {
@@ -391,6 +370,33 @@ impl Changes {
     }
 }
 
+/// The marker `"minisync": "changes"` and this build's `formatVersion`.
+fn check_marker_and_version(top: &Map<String, Value>) -> Result<()> {
+    match top.get("minisync") {
+        Some(Value::String(s)) if s == FORMAT_MARKER => {}
+        _ => {
+            return Err(Error::malformed(
+                "$.minisync",
+                format!("missing the marker \"minisync\": \"{FORMAT_MARKER}\""),
+            ));
+        }
+    }
+    let version = get_u64(top, "formatVersion", "$")?;
+    if version > FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version < FORMAT_VERSION {
+        return Err(Error::OlderVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// User keys that begin with `_` get one more `_` on the wire, so that `_s` is always ours.
 pub(crate) fn escape_key(key: &str) -> String {
     if key.starts_with('_') {
@@ -418,95 +424,101 @@ fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
     if node.u != parent_u {
         s.insert("u".into(), node.u.into());
     }
-    let mut out = Map::new();
-    match &node.body {
-        WBody::Obj(fields) => {
-            let mut k = Map::new();
-            let mut d = Map::new();
-            for f in fields {
-                match &f.val {
-                    None => {
-                        d.insert(f.key.clone(), f.stamp.to_string().into());
-                    }
-                    Some(WVal::Prim(v)) => {
-                        if f.stamp != node.id {
-                            k.insert(f.key.clone(), f.stamp.to_string().into());
-                        }
-                        out.insert(escape_key(&f.key), v.clone());
-                    }
-                    Some(WVal::Text(t)) => {
-                        out.insert(escape_key(&f.key), text_value(t, None));
-                    }
-                    Some(WVal::Node(child)) => {
-                        out.insert(escape_key(&f.key), node_value(child, None, node.u));
-                    }
-                }
-            }
-            if !k.is_empty() {
-                s.insert("k".into(), Value::Object(k));
-            }
-            if !d.is_empty() {
-                s.insert("d".into(), Value::Object(d));
-            }
-        }
-        WBody::Arr(elems) => {
-            s.insert("a".into(), true.into());
-            let mut live = Vec::new();
-            let mut removed = Vec::new();
-            let (mut prev_live, mut prev_removed) = (None, None);
-            let (mut prev_live_right, mut prev_removed_right) = (None, None);
-            for e in elems {
-                let mut m = Map::new();
-                let prev = if e.removed.is_some() {
-                    &mut prev_removed
-                } else {
-                    &mut prev_live
-                };
-                if prev.and_then(next_stamp) != Some(e.id) {
-                    m.insert("e".into(), e.id.to_string().into());
-                }
-                if e.origin != *prev {
-                    m.insert("o".into(), stamp_or_null(e.origin));
-                }
-                let prev_right = if e.removed.is_some() {
-                    &mut prev_removed_right
-                } else {
-                    &mut prev_live_right
-                };
-                if e.right != *prev_right {
-                    m.insert("ro".into(), stamp_or_null(e.right));
-                }
-                *prev_right = e.right;
-                *prev = Some(e.id);
-                if let Some(r) = e.removed {
-                    m.insert("r".into(), r.to_string().into());
-                    removed.push(Value::Object(m));
-                } else if let Some((v, vs)) = &e.val {
-                    match v {
-                        WVal::Prim(p) => {
-                            if *vs != e.id {
-                                m.insert("t".into(), vs.to_string().into());
-                            }
-                            m.insert("v".into(), p.clone());
-                        }
-                        WVal::Node(n) => {
-                            m.insert("v".into(), node_value(n, Some(e.id), node.u));
-                        }
-                        WVal::Text(t) => {
-                            m.insert("v".into(), text_value(t, Some(e.id)));
-                        }
-                    }
-                    live.push(Value::Object(m));
-                }
-            }
-            if !removed.is_empty() {
-                s.insert("ri".into(), Value::Array(removed));
-            }
-            out.insert("v".into(), Value::Array(live));
-        }
-    }
+    let mut out = match &node.body {
+        WBody::Obj(fields) => obj_value(node, fields, &mut s),
+        WBody::Arr(elems) => arr_value(node, elems, &mut s),
+    };
     out.insert("_s".into(), Value::Object(s));
     Value::Object(out)
+}
+
+/// An object node's written keys; the stamps that differ from its id (`k`) and its tombstones
+/// (`d`) go into its `_s`.
+fn obj_value(node: &WNode, fields: &[WField], s: &mut Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut k = Map::new();
+    let mut d = Map::new();
+    for f in fields {
+        match &f.val {
+            None => {
+                d.insert(f.key.clone(), f.stamp.to_string().into());
+            }
+            Some(WVal::Prim(v)) => {
+                if f.stamp != node.id {
+                    k.insert(f.key.clone(), f.stamp.to_string().into());
+                }
+                out.insert(escape_key(&f.key), v.clone());
+            }
+            Some(WVal::Text(t)) => {
+                out.insert(escape_key(&f.key), text_value(t, None));
+            }
+            Some(WVal::Node(child)) => {
+                out.insert(escape_key(&f.key), node_value(child, None, node.u));
+            }
+        }
+    }
+    if !k.is_empty() {
+        s.insert("k".into(), Value::Object(k));
+    }
+    if !d.is_empty() {
+        s.insert("d".into(), Value::Object(d));
+    }
+    out
+}
+
+/// An array node's live elements (`v`); its mark `a` and its removed elements (`ri`) go into
+/// its `_s`.
+fn arr_value(node: &WNode, elems: &[WElem], s: &mut Map<String, Value>) -> Map<String, Value> {
+    s.insert("a".into(), true.into());
+    let (mut live, mut removed) = (Vec::new(), Vec::new());
+    // Per list (live, removed): the previous entry's id and right origin, which imply the next's.
+    let mut prev = [(None, None); 2];
+    for e in elems {
+        let m = elem_value(node, e, &mut prev[usize::from(e.removed.is_some())]);
+        if e.removed.is_some() {
+            removed.push(m);
+        } else if e.val.is_some() {
+            live.push(m);
+        }
+    }
+    if !removed.is_empty() {
+        s.insert("ri".into(), Value::Array(removed));
+    }
+    let mut out = Map::new();
+    out.insert("v".into(), Value::Array(live));
+    out
+}
+
+/// One element, leaving out what the previous entry of its list implies (see docs/PROTOCOL.md,
+/// "Nodes"); `prev` is that entry's (id, right origin), updated to this one's.
+fn elem_value(node: &WNode, e: &WElem, prev: &mut (Option<Stamp>, Option<Stamp>)) -> Value {
+    let mut m = Map::new();
+    if prev.0.and_then(next_stamp) != Some(e.id) {
+        m.insert("e".into(), e.id.to_string().into());
+    }
+    if e.origin != prev.0 {
+        m.insert("o".into(), stamp_or_null(e.origin));
+    }
+    if e.right != prev.1 {
+        m.insert("ro".into(), stamp_or_null(e.right));
+    }
+    *prev = (Some(e.id), e.right);
+    if let Some(r) = e.removed {
+        m.insert("r".into(), r.to_string().into());
+    } else if let Some((v, vs)) = &e.val {
+        let value = match v {
+            WVal::Prim(p) => {
+                if *vs != e.id {
+                    m.insert("t".into(), vs.to_string().into());
+                }
+                p.clone()
+            }
+            WVal::Node(n) => node_value(n, Some(e.id), node.u),
+            WVal::Text(t) => text_value(t, Some(e.id)),
+        };
+        m.insert("v".into(), value);
+    }
+    Value::Object(m)
 }
 
 /// The sender's table of other clients.
@@ -848,85 +860,100 @@ fn parse_elems(
     parent_u: u64,
     out: &mut Vec<WElem>,
 ) -> Result<()> {
-    let mut prev: Option<Stamp> = None;
-    let mut prev_right: Option<Stamp> = None;
+    // The previous entry's id and right origin, which an entry may leave implied.
+    let mut prev: (Option<Stamp>, Option<Stamp>) = (None, None);
     for (i, item) in list.iter().enumerate() {
         let e_at = format!("{at}[{i}]");
         let m = item
             .as_object()
             .ok_or_else(|| Error::malformed(&e_at, "an element must be an object"))?;
-        for key in m.keys() {
-            let ok = if removed {
-                matches!(key.as_str(), "e" | "o" | "ro" | "r")
-            } else {
-                matches!(key.as_str(), "e" | "o" | "ro" | "t" | "v")
-            };
-            if !ok {
-                return Err(Error::malformed(
-                    &e_at,
-                    format!("unknown element field {key:?}"),
-                ));
-            }
-        }
-        let id = match (m.get("e"), prev) {
-            (None, Some(p)) => next_stamp(p).ok_or_else(|| {
-                Error::malformed(&e_at, "an element id after the last possible stamp")
-            })?,
-            (None, None) => {
-                return Err(Error::malformed(
-                    format!("{e_at}.e"),
-                    "the first element of a list needs its id \"e\"",
-                ));
-            }
-            (Some(e), _) => stamp_of(Some(e), &format!("{e_at}.e"))?,
-        };
-        let origin = match m.get("o") {
-            None => prev,
-            Some(Value::Null) => None,
-            Some(o) => Some(stamp_of(Some(o), &format!("{e_at}.o"))?),
-        };
-        let right = match m.get("ro") {
-            None => prev_right,
-            Some(Value::Null) => None,
-            Some(r) => Some(stamp_of(Some(r), &format!("{e_at}.ro"))?),
-        };
-        prev = Some(id);
-        prev_right = right;
-        if removed {
-            out.push(WElem {
-                id,
-                origin,
-                right,
-                val: None,
-                removed: Some(stamp_of(m.get("r"), &format!("{e_at}.r"))?),
-            });
+        let (id, origin, right) = elem_place(m, &e_at, removed, prev)?;
+        prev = (Some(id), right);
+        let (val, removed) = if removed {
+            (None, Some(stamp_of(m.get("r"), &format!("{e_at}.r"))?))
         } else {
-            let raw = m
-                .get("v")
-                .ok_or_else(|| Error::malformed(&e_at, "a live element needs its value \"v\""))?;
-            let (val, node_id) =
-                parse_value(raw, &format!("{e_at}.v"), budget, Some(id), parent_u)?;
-            let vstamp = match (node_id, m.get("t")) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::malformed(
-                        &e_at,
-                        "an element holding a node takes the node's id as its stamp; \"t\" is not allowed",
-                    ));
-                }
-                (Some(n), None) => n,
-                (None, Some(t)) => stamp_of(Some(t), &format!("{e_at}.t"))?,
-                (None, None) => id,
-            };
-            out.push(WElem {
-                id,
-                origin,
-                right,
-                val: Some((val, vstamp)),
-                removed: None,
-            });
-        }
+            (Some(live_value(m, &e_at, id, budget, parent_u)?), None)
+        };
+        out.push(WElem {
+            id,
+            origin,
+            right,
+            val,
+            removed,
+        });
     }
     Ok(())
+}
+
+/// An element's fields checked, and its id, left origin and right origin, the absent ones
+/// implied by the previous entry of its list (`prev`: that entry's id and right origin).
+fn elem_place(
+    m: &Map<String, Value>,
+    e_at: &str,
+    removed: bool,
+    prev: (Option<Stamp>, Option<Stamp>),
+) -> Result<(Stamp, Option<Stamp>, Option<Stamp>)> {
+    for key in m.keys() {
+        let ok = if removed {
+            matches!(key.as_str(), "e" | "o" | "ro" | "r")
+        } else {
+            matches!(key.as_str(), "e" | "o" | "ro" | "t" | "v")
+        };
+        if !ok {
+            return Err(Error::malformed(
+                e_at,
+                format!("unknown element field {key:?}"),
+            ));
+        }
+    }
+    let id = match (m.get("e"), prev.0) {
+        (None, Some(p)) => next_stamp(p)
+            .ok_or_else(|| Error::malformed(e_at, "an element id after the last possible stamp"))?,
+        (None, None) => {
+            return Err(Error::malformed(
+                format!("{e_at}.e"),
+                "the first element of a list needs its id \"e\"",
+            ));
+        }
+        (Some(e), _) => stamp_of(Some(e), &format!("{e_at}.e"))?,
+    };
+    let origin = match m.get("o") {
+        None => prev.0,
+        Some(Value::Null) => None,
+        Some(o) => Some(stamp_of(Some(o), &format!("{e_at}.o"))?),
+    };
+    let right = match m.get("ro") {
+        None => prev.1,
+        Some(Value::Null) => None,
+        Some(r) => Some(stamp_of(Some(r), &format!("{e_at}.ro"))?),
+    };
+    Ok((id, origin, right))
+}
+
+/// A live element's value and the stamp of that value.
+fn live_value(
+    m: &Map<String, Value>,
+    e_at: &str,
+    id: Stamp,
+    budget: &mut usize,
+    parent_u: u64,
+) -> Result<(WVal, Stamp)> {
+    let raw = m
+        .get("v")
+        .ok_or_else(|| Error::malformed(e_at, "a live element needs its value \"v\""))?;
+    let (val, node_id) = parse_value(raw, &format!("{e_at}.v"), budget, Some(id), parent_u)?;
+    let vstamp = match (node_id, m.get("t")) {
+        (Some(_), Some(_)) => {
+            return Err(Error::malformed(
+                e_at,
+                "an element holding a node takes the node's id as its stamp; \"t\" is not allowed",
+            ));
+        }
+        (Some(n), None) => n,
+        (None, Some(t)) => stamp_of(Some(t), &format!("{e_at}.t"))?,
+        (None, None) => id,
+    };
+    Ok((val, vstamp))
 }
 
 /// Scans JSON text for its nesting depth without building anything, so that hostile input nested

@@ -128,6 +128,17 @@ impl Smtp {
                 .await
                 .map_err(SendError::Temporary)?;
         }
+        self.log_in(conn, progress).await
+    }
+
+    /// Authenticates an open connection (bounded by the server's `timeout`); a refused login is
+    /// an account error that names what to check.
+    async fn log_in(
+        &self,
+        mut conn: AsyncSmtpConnection,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<AsyncSmtpConnection, SendError> {
+        let s = &self.server;
         progress(&format!("SMTP: logging in as {}", self.login));
         let auth = conn.auth(&[Mechanism::Plain, Mechanism::Login], &self.credentials);
         let refused = match tokio::time::timeout(s.timeout, auth).await {
