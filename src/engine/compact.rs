@@ -33,7 +33,12 @@
 use serde_json::{Map, Number, Value};
 
 use crate::engine::error::{Error, Result};
-use crate::engine::wire::MAX_JSON_DEPTH;
+use crate::engine::wire::{MAX_ITEMS, MAX_JSON_DEPTH};
+
+/// The most values one changes object may hold: four per item it may carry (an element is an
+/// object of a few values). Counted while decoding, so that hostile bytes of nulls cannot make
+/// the reader build an array of hundreds of millions of values before the item check.
+const MAX_VALUES: usize = 4 * MAX_ITEMS;
 
 /// What a changes object in the compact form begins with (no JSON text begins with a zero byte).
 pub const MAGIC: &[u8; 4] = b"\0MSC";
@@ -265,8 +270,14 @@ impl<'v> Writer<'v> {
 ///
 /// [`Error::Compact`] naming what is wrong and where (byte offset): no magic, an unknown form
 /// version or tag, a reference past the table, a string that is not UTF-8, a number that is not
-/// a JSON number, nesting deeper than [`MAX_JSON_DEPTH`], a truncated value or bytes after it.
+/// a JSON number, nesting deeper than [`MAX_JSON_DEPTH`], more than 4 × [`MAX_ITEMS`] values, a
+/// truncated value or bytes after it.
 pub fn decode(bytes: &[u8]) -> Result<Value> {
+    decode_within(bytes, MAX_VALUES)
+}
+
+/// [`decode`] refusing more than `max_values` values.
+fn decode_within(bytes: &[u8], max_values: usize) -> Result<Value> {
     let Some(rest) = bytes.strip_prefix(MAGIC) else {
         return Err(Error::Compact(
             "it does not begin with the compact form's magic bytes".into(),
@@ -277,6 +288,8 @@ pub fn decode(bytes: &[u8]) -> Result<Value> {
         at: 0,
         table: SEED.to_vec(),
         last_hlc: 0,
+        values: 0,
+        max_values,
     };
     let version = r.byte()?;
     if version != VERSION {
@@ -297,6 +310,9 @@ struct Reader<'a> {
     at: usize,
     table: Vec<&'a str>,
     last_hlc: u64,
+    /// Values read so far, and how many may be (see [`MAX_VALUES`]).
+    values: usize,
+    max_values: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -354,6 +370,11 @@ impl<'a> Reader<'a> {
         if depth > MAX_JSON_DEPTH {
             return Err(self.bad(&format!("nesting deeper than {MAX_JSON_DEPTH}")));
         }
+        self.values += 1;
+        if self.values > self.max_values {
+            let max = self.max_values;
+            return Err(self.bad(&format!("more than {max} values")));
+        }
         let tag = self.byte()?;
         Ok(match tag {
             NULL => Value::Null,
@@ -393,7 +414,8 @@ impl<'a> Reader<'a> {
             }
             ARRAY => {
                 let count = self.count()?;
-                let mut items = Vec::with_capacity(count);
+                // A count is a claim: room grows as the values really come.
+                let mut items = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
                 }
@@ -512,6 +534,10 @@ mod tests {
                 "where a string was expected",
             ),
             ([&MAGIC[..], &[1, NULL, NULL]].concat(), "bytes after"),
+            (
+                [&MAGIC[..], &[1, ARRAY, 0xcc, 0x08], &[NULL; 1100]].concat(),
+                "more than 1000 values",
+            ),
             (good[..good.len() - 3].to_vec(), "ends within"),
             (
                 [
@@ -525,7 +551,7 @@ mod tests {
             ),
         ];
         for (bytes, says) in cases {
-            let e = decode(&bytes).unwrap_err().to_string();
+            let e = decode_within(&bytes, 1000).unwrap_err().to_string();
             assert!(e.contains(says), "{says}: {e}");
         }
     }
