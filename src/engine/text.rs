@@ -19,7 +19,7 @@ use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, Stamp};
 use crate::engine::wire::Knowledge;
 
-const CHUNK: usize = 32;
+const CHUNK: usize = 16;
 
 /// A run of characters (or of removed characters).
 #[derive(Debug, Clone, PartialEq)]
