@@ -202,12 +202,12 @@ impl Cols<'_> {
             } else {
                 None
             };
-            let (left, right) = (None, None);
+            // The origins come in a second pass (see `origins`).
             pieces.push(Piece {
                 id: first,
                 len,
-                left,
-                right,
+                left: None,
+                right: None,
                 u,
                 s,
             });
