@@ -30,7 +30,13 @@
 //! | `0x0b` count values | an array |
 //! | `0x0c` count (string value)* | an object: count pairs of a key (a string value) and a value |
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Number, Value};
+
+use crate::engine::HashMap;
+use crate::engine::stamp::{ClientId, Stamp};
+use crate::engine::wire_out::Tree;
 
 use crate::engine::error::{Error, Result};
 use crate::engine::wire::{MAX_ITEMS, MAX_JSON_DEPTH};
@@ -117,24 +123,25 @@ pub fn json_view(bytes: &[u8]) -> String {
 
 /// `value` in the compact form.
 pub fn encode(value: &Value) -> Vec<u8> {
-    let mut w = Writer {
-        out: MAGIC.to_vec(),
-        table: SEED
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (*s, i as u64))
-            .collect(),
-        last_hlc: 0,
-    };
-    w.out.push(VERSION);
+    let mut w = Writer::new();
     w.value(value);
     w.out
 }
 
-/// The table holds the strings it has written as borrowed from the value: no copies.
+/// A changes object written as a [`Tree`] in the compact form: the same bytes as its JSON
+/// value would give, up to the order of an object's keys.
+pub(crate) fn encode_tree(tree: &Tree<'_>) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.tree(tree);
+    w.out
+}
+
+/// The table holds the strings it has written as borrowed from the value (no copies), except
+/// the client ids of stamps held as stamps, made once per client (`clients`).
 struct Writer<'v> {
     out: Vec<u8>,
-    table: std::collections::HashMap<&'v str, u64>,
+    table: HashMap<Cow<'v, str>, u64>,
+    clients: HashMap<ClientId, u64>,
     last_hlc: u64,
 }
 
@@ -170,6 +177,51 @@ fn stamp_parts(s: &str) -> Option<(u64, &str)> {
 }
 
 impl<'v> Writer<'v> {
+    fn new() -> Self {
+        let mut out = MAGIC.to_vec();
+        out.push(VERSION);
+        Writer {
+            out,
+            table: SEED
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (Cow::Borrowed(*s), i as u64))
+                .collect(),
+            clients: HashMap::default(),
+            last_hlc: 0,
+        }
+    }
+
+    fn tree(&mut self, t: &'v Tree<'v>) {
+        match t {
+            Tree::Null => self.out.push(NULL),
+            Tree::Bool(false) => self.out.push(FALSE),
+            Tree::Bool(true) => self.out.push(TRUE),
+            Tree::Uint(n) => {
+                self.out.push(UINT);
+                varint(&mut self.out, *n);
+            }
+            Tree::Prim(v) => self.value(v),
+            Tree::Str(s) => self.string(s),
+            Tree::Stamp(s) => self.stamp_of(*s),
+            Tree::Arr(items) => {
+                self.out.push(ARRAY);
+                varint(&mut self.out, items.len() as u64);
+                for item in items {
+                    self.tree(item);
+                }
+            }
+            Tree::Obj(entries) => {
+                self.out.push(OBJECT);
+                varint(&mut self.out, entries.len() as u64);
+                for (k, item) in entries {
+                    self.plain_string(k);
+                    self.tree(item);
+                }
+            }
+        }
+    }
+
     fn value(&mut self, v: &'v Value) {
         match v {
             Value::Null => self.out.push(NULL),
@@ -235,32 +287,70 @@ impl<'v> Writer<'v> {
             self.out.push(HEX);
             varint(&mut self.out, n);
         } else if let Some((hlc, client)) = stamp_parts(s) {
-            self.out.push(STAMP);
-            let d = hlc.wrapping_sub(self.last_hlc) as i64;
-            varint(&mut self.out, ((d << 1) ^ (d >> 63)) as u64);
-            self.last_hlc = hlc;
-            self.plain_string(client);
+            self.stamp(hlc, client);
         } else {
             self.plain_string(s);
         }
     }
 
-    /// A string as a table reference, or written out and added to the table.
-    fn plain_string(&mut self, s: &'v str) {
-        if let Some(&i) = self.table.get(s) {
-            if i < 128 {
-                self.out.push(SMALL_REF + i as u8);
-            } else {
-                self.out.push(REF);
-                varint(&mut self.out, i);
-            }
+    /// A stamp: its clock value's difference from the previous stamp's, then its client.
+    fn stamp(&mut self, hlc: u64, client: &'v str) {
+        self.stamp_clock(hlc);
+        self.plain_string(client);
+    }
+
+    /// A stamp held as one: its client's string is made once per client, not per stamp.
+    fn stamp_of(&mut self, s: Stamp) {
+        self.stamp_clock(s.hlc);
+        if let Some(&i) = self.clients.get(&s.client) {
+            self.reference(i);
             return;
         }
+        let text = s.client.to_string();
+        let i = match self.table.get(text.as_str()) {
+            Some(&i) => {
+                self.reference(i);
+                i
+            }
+            None => self.add_string(Cow::Owned(text)),
+        };
+        self.clients.insert(s.client, i);
+    }
+
+    fn stamp_clock(&mut self, hlc: u64) {
+        self.out.push(STAMP);
+        let d = hlc.wrapping_sub(self.last_hlc) as i64;
+        varint(&mut self.out, ((d << 1) ^ (d >> 63)) as u64);
+        self.last_hlc = hlc;
+    }
+
+    /// A string as a table reference, or written out and added to the table.
+    fn plain_string(&mut self, s: &'v str) {
+        match self.table.get(s) {
+            Some(&i) => self.reference(i),
+            None => {
+                self.add_string(Cow::Borrowed(s));
+            }
+        }
+    }
+
+    fn reference(&mut self, i: u64) {
+        if i < 128 {
+            self.out.push(SMALL_REF + i as u8);
+        } else {
+            self.out.push(REF);
+            varint(&mut self.out, i);
+        }
+    }
+
+    /// Writes `s` out and adds it to the table; returns its number there.
+    fn add_string(&mut self, s: Cow<'v, str>) -> u64 {
         self.out.push(STRING);
         varint(&mut self.out, s.len() as u64);
         self.out.extend_from_slice(s.as_bytes());
         let next = self.table.len() as u64;
         self.table.insert(s, next);
+        next
     }
 }
 

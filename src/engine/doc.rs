@@ -5,7 +5,9 @@
 //! version without walking the document (see `emit.rs`), so a delta costs what the change costs.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -226,7 +228,7 @@ impl Document {
                 u: 0,
                 body: Body::Obj(Obj::default()),
             }],
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             index: BTreeSet::new(),
             peers: BTreeMap::new(),
             knows: Knowledge::new(),

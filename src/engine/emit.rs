@@ -4,7 +4,9 @@
 //! to what changed since, not to the document. Slots whose every stamp the peer is known to hold
 //! (from its own word or relayed by a third replica) are left out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use crate::engine::HashMap;
 
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
 use crate::engine::stamp::Stamp;
@@ -110,8 +112,8 @@ impl Document {
     }
 
     fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
-        let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::new();
-        let mut attached = HashMap::new();
+        let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::default();
+        let mut attached = HashMap::default();
         for &(_, n, s) in self.index.range((since + 1, 0, 0)..) {
             if knows.is_some_and(|k| self.known_to(k, n, s)) || !self.attached(n, &mut attached) {
                 continue;
@@ -164,7 +166,7 @@ impl Document {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
-        let mut attached = HashMap::new();
+        let mut attached = HashMap::default();
         let mut upto = self.version;
         for &(v, n, s) in self.index.range((p.last_acknowledged + 1, 0, 0)..) {
             if !self.known_to(&p.knows, n, s) && self.attached(n, &mut attached) {

@@ -65,9 +65,9 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn malformed(at: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub(crate) fn malformed(at: impl std::fmt::Display, msg: impl Into<String>) -> Self {
         Error::Malformed {
-            at: at.into(),
+            at: at.to_string(),
             msg: msg.into(),
         }
     }

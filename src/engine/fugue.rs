@@ -10,7 +10,7 @@
 //! tree order given in josephg/reference-crdts (`integrateYjsMod`, checked there against
 //! `fugue-max-simple.ts`): scan the items between the two origins and stop by the rule below.
 
-use std::collections::HashMap;
+use crate::engine::HashMap;
 
 use crate::engine::stamp::Stamp;
 

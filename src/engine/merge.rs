@@ -12,7 +12,7 @@
 //! inside a node that is no longer reachable (its key was overwritten or removed, its element
 //! removed) are dropped: removal wins over concurrent edits inside the removed object.
 
-use std::collections::{HashMap, HashSet};
+use crate::engine::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -161,11 +161,11 @@ impl Document {
         self.check_clocks(changes)?;
         let mut check = Check {
             changes,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             max_hlc: 0,
             trail: Vec::new(),
-            skip: HashSet::new(),
-            skip_text: HashSet::new(),
+            skip: HashSet::default(),
+            skip_text: HashSet::default(),
         };
         if let Some(root) = &changes.root {
             self.check_node(root, Loc::Root, 1, &mut check)?;
@@ -788,7 +788,7 @@ impl Document {
             })?;
         }
         let init_end = w.id.hlc + u64::from(w.init);
-        let mut ranges: HashMap<ClientId, Vec<(u64, u64)>> = HashMap::new();
+        let mut ranges: HashMap<ClientId, Vec<(u64, u64)>> = HashMap::default();
         for p in &w.pieces {
             let end = p.id.hlc + u64::from(p.len);
             let initial = p.id.client == w.id.client && p.id.hlc >= w.id.hlc && end <= init_end;

@@ -19,6 +19,7 @@ mod text;
 mod text_cols;
 mod value_diff;
 mod wire;
+mod wire_out;
 
 pub use doc::{Document, PeerState, WallClock, json_order, random_doc_id};
 pub use error::{Error, Result};
@@ -30,3 +31,10 @@ pub use wire::{
     Changes, ClientState, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,
     RepairKind,
 };
+
+/// The engine's hash maps: foldhash, seeded at random per process (hashbrown's own default),
+/// instead of the standard library's SipHash. Keys are stamps and small numbers, hashed millions
+/// of times in a full sync; the random seed keeps crafted stamps from colliding on purpose.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A set hashed as [`HashMap`].
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

@@ -5,12 +5,14 @@
 //! it changes anything. See docs/PROTOCOL.md for the format.
 
 use std::collections::BTreeMap;
+use std::fmt::{self, Display};
 
 use serde_json::{Map, Value};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
 use crate::engine::text::Piece;
+use crate::engine::wire_out::next_stamp;
 
 /// Value of the `minisync` marker field.
 pub const FORMAT_MARKER: &str = "changes";
@@ -263,7 +265,7 @@ impl Changes {
         let root = match top.get("changes") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let node = parse_node(v, "$.changes", &mut budget, None, from_version)?;
+                let node = parse_node(v, &At::Path("$.changes"), &mut budget, None, from_version)?;
                 if node.is_array() {
                     return Err(Error::malformed(
                         "$.changes",
@@ -296,50 +298,7 @@ impl Changes {
 
     /// The JSON form of this changes object.
     pub fn to_value(&self) -> Value {
-        let mut top = Map::new();
-        top.insert("minisync".into(), FORMAT_MARKER.into());
-        top.insert("formatVersion".into(), FORMAT_VERSION.into());
-        top.insert("id".into(), self.doc_id.clone().into());
-        top.insert("sentBy".into(), self.sent_by.to_string().into());
-        top.insert("fromVersion".into(), self.from_version.into());
-        top.insert("changesSince".into(), self.changes_since.into());
-        top.insert("knows".into(), knowledge_value(&self.knows));
-        if !self.partial.is_empty() {
-            top.insert("partial".into(), knowledge_value(&self.partial));
-        }
-        if let Some(d) = self.digest {
-            top.insert("digest".into(), format!("{d:016x}").into());
-        }
-        match self.repair {
-            Some(RepairKind::Request) => {
-                top.insert("repair".into(), "request".into());
-            }
-            Some(RepairKind::Reply) => {
-                top.insert("repair".into(), "reply".into());
-            }
-            None => {}
-        }
-        let rows = self
-            .client_states
-            .iter()
-            .map(|c| {
-                let mut m = Map::new();
-                m.insert("clientID".into(), c.client_id.to_string().into());
-                m.insert("lastReceived".into(), c.last_received.into());
-                m.insert("lastAcknowledged".into(), c.last_acknowledged.into());
-                m.insert("knows".into(), knowledge_value(&c.knows));
-                Value::Object(m)
-            })
-            .collect();
-        top.insert("clientStates".into(), Value::Array(rows));
-        top.insert(
-            "changes".into(),
-            self.root
-                .as_ref()
-                .map(|r| node_value(r, None, self.from_version))
-                .unwrap_or(Value::Null),
-        );
-        Value::Object(top)
+        self.tree().into_value()
     }
 
     /// The JSON text of this changes object.
@@ -350,7 +309,7 @@ impl Changes {
     /// This changes object in the compact form (what travels by mail; see
     /// [`crate::engine::compact`]): the same JSON value in fewer bytes.
     pub fn to_compact(&self) -> Vec<u8> {
-        crate::engine::compact::encode(&self.to_value())
+        crate::engine::compact::encode_tree(&self.tree())
     }
 
     /// Reads a changes object in either form: compact (it begins with
@@ -397,130 +356,6 @@ fn check_marker_and_version(top: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-/// User keys that begin with `_` get one more `_` on the wire, so that `_s` is always ours.
-pub(crate) fn escape_key(key: &str) -> String {
-    if key.starts_with('_') {
-        format!("_{key}")
-    } else {
-        key.to_string()
-    }
-}
-
-/// The stamp right after `s` from the same client: what an absent element id means.
-fn next_stamp(s: Stamp) -> Option<Stamp> {
-    (s.hlc + 1 < MAX_HLC).then_some(Stamp {
-        hlc: s.hlc + 1,
-        client: s.client,
-    })
-}
-
-/// Writes a node. `implied_id` is the id a reader assumes when `_s.id` is absent (the enclosing
-/// element's id), `parent_u` the `u` it assumes when `_s.u` is absent.
-fn node_value(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Value {
-    let mut s = Map::new();
-    if implied_id != Some(node.id) {
-        s.insert("id".into(), node.id.to_string().into());
-    }
-    if node.u != parent_u {
-        s.insert("u".into(), node.u.into());
-    }
-    let mut out = match &node.body {
-        WBody::Obj(fields) => obj_value(node, fields, &mut s),
-        WBody::Arr(elems) => arr_value(node, elems, &mut s),
-    };
-    out.insert("_s".into(), Value::Object(s));
-    Value::Object(out)
-}
-
-/// An object node's written keys; the stamps that differ from its id (`k`) and its tombstones
-/// (`d`) go into its `_s`.
-fn obj_value(node: &WNode, fields: &[WField], s: &mut Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
-    let mut k = Map::new();
-    let mut d = Map::new();
-    for f in fields {
-        match &f.val {
-            None => {
-                d.insert(f.key.clone(), f.stamp.to_string().into());
-            }
-            Some(WVal::Prim(v)) => {
-                if f.stamp != node.id {
-                    k.insert(f.key.clone(), f.stamp.to_string().into());
-                }
-                out.insert(escape_key(&f.key), v.clone());
-            }
-            Some(WVal::Text(t)) => {
-                out.insert(escape_key(&f.key), text_value(t, None));
-            }
-            Some(WVal::Node(child)) => {
-                out.insert(escape_key(&f.key), node_value(child, None, node.u));
-            }
-        }
-    }
-    if !k.is_empty() {
-        s.insert("k".into(), Value::Object(k));
-    }
-    if !d.is_empty() {
-        s.insert("d".into(), Value::Object(d));
-    }
-    out
-}
-
-/// An array node's live elements (`v`); its mark `a` and its removed elements (`ri`) go into
-/// its `_s`.
-fn arr_value(node: &WNode, elems: &[WElem], s: &mut Map<String, Value>) -> Map<String, Value> {
-    s.insert("a".into(), true.into());
-    let (mut live, mut removed) = (Vec::new(), Vec::new());
-    // Per list (live, removed): the previous entry's id and right origin, which imply the next's.
-    let mut prev = [(None, None); 2];
-    for e in elems {
-        let m = elem_value(node, e, &mut prev[usize::from(e.removed.is_some())]);
-        if e.removed.is_some() {
-            removed.push(m);
-        } else if e.val.is_some() {
-            live.push(m);
-        }
-    }
-    if !removed.is_empty() {
-        s.insert("ri".into(), Value::Array(removed));
-    }
-    let mut out = Map::new();
-    out.insert("v".into(), Value::Array(live));
-    out
-}
-
-/// One element, leaving out what the previous entry of its list implies (see docs/PROTOCOL.md,
-/// "Nodes"); `prev` is that entry's (id, right origin), updated to this one's.
-fn elem_value(node: &WNode, e: &WElem, prev: &mut (Option<Stamp>, Option<Stamp>)) -> Value {
-    let mut m = Map::new();
-    if prev.0.and_then(next_stamp) != Some(e.id) {
-        m.insert("e".into(), e.id.to_string().into());
-    }
-    if e.origin != prev.0 {
-        m.insert("o".into(), stamp_or_null(e.origin));
-    }
-    if e.right != prev.1 {
-        m.insert("ro".into(), stamp_or_null(e.right));
-    }
-    *prev = (Some(e.id), e.right);
-    if let Some(r) = e.removed {
-        m.insert("r".into(), r.to_string().into());
-    } else if let Some((v, vs)) = &e.val {
-        let value = match v {
-            WVal::Prim(p) => {
-                if *vs != e.id {
-                    m.insert("t".into(), vs.to_string().into());
-                }
-                p.clone()
-            }
-            WVal::Node(n) => node_value(n, Some(e.id), node.u),
-            WVal::Text(t) => text_value(t, Some(e.id)),
-        };
-        m.insert("v".into(), value);
-    }
-    Value::Object(m)
-}
-
 /// The sender's table of other clients.
 fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
     let rows = match v {
@@ -531,14 +366,15 @@ fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
     if rows.len() > 100_000 {
         return Err(Error::malformed("$.clientStates", "more than 100000 rows"));
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = crate::engine::HashSet::default();
     let mut out = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
-        let at = format!("$.clientStates[{i}]");
+        let states = At::Path("$.clientStates");
+        let at = states.i(i);
         let obj = row
             .as_object()
             .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
-        let client_id = client_of(obj.get("clientID"), &format!("{at}.clientID"))?;
+        let client_id = client_of(obj.get("clientID"), &at.f("clientID"))?;
         if !seen.insert(client_id) {
             return Err(Error::malformed(
                 &at,
@@ -549,7 +385,7 @@ fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
             client_id,
             last_received: get_u64(obj, "lastReceived", &at)?,
             last_acknowledged: get_u64(obj, "lastAcknowledged", &at)?,
-            knows: knowledge_of(obj.get("knows"), &format!("{at}.knows"))?,
+            knows: knowledge_of(obj.get("knows"), &at.f("knows"))?,
         });
     }
     Ok(out)
@@ -582,15 +418,7 @@ fn extras_of(top: &Map<String, Value>) -> Result<(Option<u64>, Option<RepairKind
     Ok((digest, repair))
 }
 
-fn knowledge_value(k: &Knowledge) -> Value {
-    Value::Object(
-        k.iter()
-            .map(|(c, h)| (c.to_string(), Value::String(format!("{h:x}"))))
-            .collect(),
-    )
-}
-
-fn knowledge_of(v: Option<&Value>, at: &str) -> Result<Knowledge> {
+fn knowledge_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<Knowledge> {
     let mut out = Knowledge::new();
     match v {
         None => {}
@@ -618,7 +446,7 @@ fn knowledge_of(v: Option<&Value>, at: &str) -> Result<Knowledge> {
     Ok(out)
 }
 
-fn get_u64(obj: &Map<String, Value>, key: &str, at: &str) -> Result<u64> {
+fn get_u64(obj: &Map<String, Value>, key: &str, at: &(impl Display + ?Sized)) -> Result<u64> {
     obj.get(key)
         .and_then(Value::as_u64)
         .filter(|n| *n < (1 << 53))
@@ -630,21 +458,50 @@ fn get_u64(obj: &Map<String, Value>, key: &str, at: &str) -> Result<u64> {
         })
 }
 
-fn client_of(v: Option<&Value>, at: &str) -> Result<ClientId> {
+fn client_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<ClientId> {
     let s = v
         .and_then(Value::as_str)
         .ok_or_else(|| Error::malformed(at, "must be a client id string"))?;
     ClientId::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
 }
 
-fn stamp_of(v: Option<&Value>, at: &str) -> Result<Stamp> {
+fn stamp_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<Stamp> {
     let s = v
         .and_then(Value::as_str)
         .ok_or_else(|| Error::malformed(at, "must be a stamp string"))?;
     Stamp::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
 }
 
-fn spend(budget: &mut usize, n: usize, at: &str) -> Result<()> {
+/// Where a reader is in a changes object, for error messages: made as the reader descends and
+/// rendered (`$.changes.items.v[3].e`) only when something is refused, so that reading a large
+/// object builds no path strings.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Path(&'a str),
+    Field(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl<'a> At<'a> {
+    fn f(&'a self, name: &'a str) -> At<'a> {
+        At::Field(self, name)
+    }
+    fn i(&'a self, i: usize) -> At<'a> {
+        At::Index(self, i)
+    }
+}
+
+impl Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Path(p) => f.write_str(p),
+            At::Field(up, name) => write!(f, "{up}.{name}"),
+            At::Index(up, i) => write!(f, "{up}[{i}]"),
+        }
+    }
+}
+
+fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<()> {
     if n > *budget {
         return Err(Error::malformed(
             at,
@@ -659,7 +516,7 @@ fn spend(budget: &mut usize, n: usize, at: &str) -> Result<()> {
 /// `implied_id` and `parent_u` stand in for an absent `_s.id` and `_s.u`.
 fn parse_node(
     v: &Value,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
     parent_u: u64,
@@ -667,7 +524,7 @@ fn parse_node(
     let obj = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a node must be a JSON object"))?;
-    let s_at = format!("{at}._s");
+    let s_at = at.f("_s");
     let s = obj
         .get("_s")
         .and_then(Value::as_object)
@@ -675,7 +532,7 @@ fn parse_node(
     only_fields(s, &["id", "u", "a", "k", "d", "ri"], &s_at, "state")?;
     let id = match (s.get("id"), implied_id) {
         (None, Some(id)) => id,
-        (v, _) => stamp_of(v, &format!("{s_at}.id"))?,
+        (v, _) => stamp_of(v, &s_at.f("id"))?,
     };
     let u = match s.get("u") {
         None => parent_u,
@@ -699,11 +556,11 @@ fn parse_node(
 fn parse_array_body(
     obj: &Map<String, Value>,
     s: &Map<String, Value>,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     u: u64,
 ) -> Result<WBody> {
-    let s_at = format!("{at}._s");
+    let s_at = at.f("_s");
     if s.contains_key("k") || s.contains_key("d") {
         return Err(Error::malformed(
             &s_at,
@@ -732,8 +589,8 @@ fn parse_array_body(
     };
     spend(budget, live.len() + removed.len(), at)?;
     let mut elems = Vec::with_capacity(live.len() + removed.len());
-    parse_elems(live, false, &format!("{at}.v"), budget, u, &mut elems)?;
-    parse_elems(removed, true, &format!("{s_at}.ri"), budget, u, &mut elems)?;
+    parse_elems(live, false, &at.f("v"), budget, u, &mut elems)?;
+    parse_elems(removed, true, &s_at.f("ri"), budget, u, &mut elems)?;
     Ok(WBody::Arr(elems))
 }
 
@@ -742,12 +599,12 @@ fn parse_array_body(
 fn parse_object_body(
     obj: &Map<String, Value>,
     s: &Map<String, Value>,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     id: Stamp,
     u: u64,
 ) -> Result<WBody> {
-    let s_at = format!("{at}._s");
+    let s_at = at.f("_s");
     if s.contains_key("ri") {
         return Err(Error::malformed(&s_at, "an object node cannot have \"ri\""));
     }
@@ -757,13 +614,12 @@ fn parse_object_body(
         Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
     };
     spend(budget, obj.len(), at)?;
-    let mut fields = Vec::with_capacity(obj.len());
-    let mut written = std::collections::HashSet::with_capacity(obj.len());
+    let mut fields: Vec<WField> = Vec::with_capacity(obj.len());
     for (wire_key, val) in obj.iter().filter(|(k, _)| *k != "_s") {
         let key = user_key(wire_key, at)?;
-        let f_at = format!("{at}.{wire_key}");
+        let f_at = at.f(wire_key);
         let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
-        let stamp = match (&val, stamps.and_then(|m| m.get(&key))) {
+        let stamp = match (&val, stamps.and_then(|m| m.get(key))) {
             (WVal::Node(_) | WVal::Text(_), Some(_)) => {
                 return Err(Error::malformed(
                     format!("{s_at}.k"),
@@ -771,17 +627,24 @@ fn parse_object_body(
                 ));
             }
             (WVal::Node(_) | WVal::Text(_), None) => stamp.unwrap_or(id),
-            (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &format!("{s_at}.k.{key}"))?,
+            (WVal::Prim(_), Some(k)) => stamp_of(Some(k), &s_at.f("k").f(key))?,
             (WVal::Prim(_), None) => id,
         };
-        written.insert(key.clone());
         fields.push(WField {
-            key,
+            key: key.to_string(),
             val: Some(val),
             stamp,
         });
     }
-    if let Some(key) = stamps.and_then(|m| m.keys().find(|k| !written.contains(*k))) {
+    // The written keys, looked up in `fields` while few (a record), in a set when many.
+    let written_count = fields.len();
+    let set: Option<crate::engine::HashSet<&str>> = (written_count > 16)
+        .then(|| fields.iter().map(|f| f.key.as_str()).collect());
+    let is_written = |fields: &[WField], k: &str| match &set {
+        Some(set) => set.contains(k),
+        None => fields[..written_count].iter().any(|f| f.key == k),
+    };
+    if let Some(key) = stamps.and_then(|m| m.keys().find(|k| !is_written(&fields, k))) {
         return Err(Error::malformed(
             format!("{s_at}.k"),
             format!("stamp for key {key:?}, which is not in the node"),
@@ -791,19 +654,22 @@ fn parse_object_body(
         None => {}
         Some(Value::Object(m)) => {
             spend(budget, m.len(), at)?;
+            let mut removed = Vec::with_capacity(m.len());
             for (key, st) in m {
-                if written.contains(key) {
+                if is_written(&fields, key) {
                     return Err(Error::malformed(
                         format!("{s_at}.d"),
                         format!("key {key:?} is both written and removed"),
                     ));
                 }
-                fields.push(WField {
+                removed.push(WField {
                     key: key.clone(),
                     val: None,
-                    stamp: stamp_of(Some(st), &format!("{s_at}.d.{key}"))?,
+                    stamp: stamp_of(Some(st), &s_at.f("d").f(key))?,
                 });
             }
+            drop(set);
+            fields.extend(removed);
         }
         Some(_) => return Err(Error::malformed(format!("{s_at}.d"), "must be an object")),
     }
@@ -812,23 +678,23 @@ fn parse_object_body(
 
 /// The user's key for a key on the wire (`__x` → `_x`); any other key starting with `_` is ours
 /// and unknown.
-fn user_key(wire_key: &str, at: &str) -> Result<String> {
+fn user_key<'k>(wire_key: &'k str, at: &(impl Display + ?Sized)) -> Result<&'k str> {
     match wire_key.strip_prefix('_') {
-        Some(rest) if rest.starts_with('_') => Ok(rest.to_string()),
+        Some(rest) if rest.starts_with('_') => Ok(rest),
         Some(_) => Err(Error::malformed(
             at,
             format!(
                 "unknown metadata key {wire_key:?} (user keys starting with '_' are written with one more '_')"
             ),
         )),
-        None => Ok(wire_key.to_string()),
+        None => Ok(wire_key),
     }
 }
 
 /// Reads a value: a primitive, or a node (then the returned stamp is the node's id).
 fn parse_value(
     v: &Value,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
     parent_u: u64,
@@ -855,7 +721,7 @@ fn parse_value(
 fn parse_elems(
     list: &[Value],
     removed: bool,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     parent_u: u64,
     out: &mut Vec<WElem>,
@@ -863,14 +729,14 @@ fn parse_elems(
     // The previous entry's id and right origin, which an entry may leave implied.
     let mut prev: (Option<Stamp>, Option<Stamp>) = (None, None);
     for (i, item) in list.iter().enumerate() {
-        let e_at = format!("{at}[{i}]");
+        let e_at = at.i(i);
         let m = item
             .as_object()
             .ok_or_else(|| Error::malformed(&e_at, "an element must be an object"))?;
         let (id, origin, right) = elem_place(m, &e_at, removed, prev)?;
         prev = (Some(id), right);
         let (val, removed) = if removed {
-            (None, Some(stamp_of(m.get("r"), &format!("{e_at}.r"))?))
+            (None, Some(stamp_of(m.get("r"), &e_at.f("r"))?))
         } else {
             (Some(live_value(m, &e_at, id, budget, parent_u)?), None)
         };
@@ -889,7 +755,7 @@ fn parse_elems(
 /// implied by the previous entry of its list (`prev`: that entry's id and right origin).
 fn elem_place(
     m: &Map<String, Value>,
-    e_at: &str,
+    e_at: &At<'_>,
     removed: bool,
     prev: (Option<Stamp>, Option<Stamp>),
 ) -> Result<(Stamp, Option<Stamp>, Option<Stamp>)> {
@@ -915,17 +781,17 @@ fn elem_place(
                 "the first element of a list needs its id \"e\"",
             ));
         }
-        (Some(e), _) => stamp_of(Some(e), &format!("{e_at}.e"))?,
+        (Some(e), _) => stamp_of(Some(e), &e_at.f("e"))?,
     };
     let origin = match m.get("o") {
         None => prev.0,
         Some(Value::Null) => None,
-        Some(o) => Some(stamp_of(Some(o), &format!("{e_at}.o"))?),
+        Some(o) => Some(stamp_of(Some(o), &e_at.f("o"))?),
     };
     let right = match m.get("ro") {
         None => prev.1,
         Some(Value::Null) => None,
-        Some(r) => Some(stamp_of(Some(r), &format!("{e_at}.ro"))?),
+        Some(r) => Some(stamp_of(Some(r), &e_at.f("ro"))?),
     };
     Ok((id, origin, right))
 }
@@ -933,7 +799,7 @@ fn elem_place(
 /// A live element's value and the stamp of that value.
 fn live_value(
     m: &Map<String, Value>,
-    e_at: &str,
+    e_at: &At<'_>,
     id: Stamp,
     budget: &mut usize,
     parent_u: u64,
@@ -941,7 +807,7 @@ fn live_value(
     let raw = m
         .get("v")
         .ok_or_else(|| Error::malformed(e_at, "a live element needs its value \"v\""))?;
-    let (val, node_id) = parse_value(raw, &format!("{e_at}.v"), budget, Some(id), parent_u)?;
+    let (val, node_id) = parse_value(raw, &e_at.f("v"), budget, Some(id), parent_u)?;
     let vstamp = match (node_id, m.get("t")) {
         (Some(_), Some(_)) => {
             return Err(Error::malformed(
@@ -950,7 +816,7 @@ fn live_value(
             ));
         }
         (Some(n), None) => n,
-        (None, Some(t)) => stamp_of(Some(t), &format!("{e_at}.t"))?,
+        (None, Some(t)) => stamp_of(Some(t), &e_at.f("t"))?,
         (None, None) => id,
     };
     Ok((val, vstamp))
@@ -1030,70 +896,14 @@ pub(crate) fn value_depth(v: &Value) -> usize {
     max
 }
 
-fn stamp_or_null(s: Option<Stamp>) -> Value {
-    s.map(|s| s.to_string().into()).unwrap_or(Value::Null)
-}
-
-/// Writes a text: `{"_t": {"id", "i", "c", "p"}}` (see docs/PROTOCOL.md, "Text"). Each piece
-/// leaves out what follows from the piece before it: `e` when it starts where that one ended,
-/// `o` when its left origin is the character before its own id, `ro` when its right origin is
-/// that piece's.
-fn text_value(t: &WText, implied_id: Option<Stamp>) -> Value {
-    let mut m = Map::new();
-    if implied_id != Some(t.id) {
-        m.insert("id".into(), t.id.to_string().into());
-    }
-    if t.init != 0 {
-        m.insert("i".into(), t.init.into());
-    }
-    if !t.ops.is_empty() {
-        m.insert("c".into(), knowledge_value(&t.ops));
-    }
-    // Stamps of the text's own client are written as their clock's offset from its id.
-    let st = |s: Option<Stamp>| match s {
-        Some(s) if s.client == t.id.client && s.hlc >= t.id.hlc => Value::from(s.hlc - t.id.hlc),
-        other => stamp_or_null(other),
-    };
-    let mut prev: Option<&Piece> = None;
-    let mut list = Vec::with_capacity(t.pieces.len());
-    for p in &t.pieces {
-        let mut pm = Map::new();
-        let follows = prev
-            .is_some_and(|q| q.id.client == p.id.client && q.id.hlc + u64::from(q.len) == p.id.hlc);
-        if !follows {
-            pm.insert("e".into(), st(Some(p.id)));
-        }
-        let implied_left = p.id.hlc.checked_sub(1).map(|h| Stamp {
-            hlc: h,
-            client: p.id.client,
-        });
-        if p.left != implied_left {
-            pm.insert("o".into(), st(p.left));
-        }
-        if p.right != prev.and_then(|q| q.right) {
-            pm.insert("ro".into(), st(p.right));
-        }
-        match &p.s {
-            Some(s) => pm.insert("s".into(), s.clone().into()),
-            None => pm.insert("n".into(), p.len.into()),
-        };
-        list.push(Value::Object(pm));
-        prev = Some(p);
-    }
-    m.insert("p".into(), Value::Array(list));
-    let mut out = Map::new();
-    out.insert("_t".into(), Value::Object(m));
-    Value::Object(out)
-}
-
-/// Reads a text written by `text_value`.
+/// Reads a text written by `wire_out::text_tree`.
 fn parse_text(
     obj: &Map<String, Value>,
-    at: &str,
+    at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
 ) -> Result<WText> {
-    let t_at = format!("{at}._t");
+    let t_at = at.f("_t");
     if obj.len() != 1 {
         return Err(Error::malformed(at, "a text object holds only \"_t\""));
     }
@@ -1104,7 +914,7 @@ fn parse_text(
     only_fields(t, &["id", "i", "c", "p"], &t_at, "text")?;
     let id = match (t.get("id"), implied_id) {
         (None, Some(id)) => id,
-        (v, _) => stamp_of(v, &format!("{t_at}.id"))?,
+        (v, _) => stamp_of(v, &t_at.f("id"))?,
     };
     let init = match t.get("i") {
         None => 0,
@@ -1114,7 +924,7 @@ fn parse_text(
             .ok_or_else(|| Error::malformed(format!("{t_at}.i"), "must be a character count"))?
             as u32,
     };
-    let ops = knowledge_of(t.get("c"), &format!("{t_at}.c"))?;
+    let ops = knowledge_of(t.get("c"), &t_at.f("c"))?;
     let list = match t.get("p") {
         Some(Value::Array(a)) => a.as_slice(),
         _ => {
@@ -1127,7 +937,7 @@ fn parse_text(
     spend(budget, list.len(), at)?;
     let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
-        let p = parse_piece(item, &format!("{t_at}.p[{i}]"), pieces.last(), id)?;
+        let p = parse_piece(item, &t_at.f("p").i(i), pieces.last(), id)?;
         pieces.push(p);
     }
     Ok(WText {
@@ -1140,7 +950,7 @@ fn parse_text(
 
 /// A stamp in a text: a string, or a number (the clock's offset from the text's id `base`,
 /// with its client).
-fn text_stamp(v: &Value, at: &str, base: Stamp) -> Result<Stamp> {
+fn text_stamp(v: &Value, at: &(impl Display + ?Sized), base: Stamp) -> Result<Stamp> {
     match v.as_u64() {
         Some(o) => base
             .hlc
@@ -1155,13 +965,13 @@ fn text_stamp(v: &Value, at: &str, base: Stamp) -> Result<Stamp> {
     }
 }
 
-fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result<Piece> {
+fn parse_piece(v: &Value, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Result<Piece> {
     let m = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a piece must be an object"))?;
     only_fields(m, &["e", "o", "ro", "s", "n"], at, "piece")?;
     let id = match (m.get("e"), prev) {
-        (Some(e), _) => text_stamp(e, &format!("{at}.e"), base)?,
+        (Some(e), _) => text_stamp(e, &at.f("e"), base)?,
         (None, Some(q)) => Stamp {
             hlc: q.id.hlc + u64::from(q.len),
             client: q.id.client,
@@ -1199,12 +1009,12 @@ fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result
             client: id.client,
         }),
         Some(Value::Null) => None,
-        Some(o) => Some(text_stamp(o, &format!("{at}.o"), base)?),
+        Some(o) => Some(text_stamp(o, &at.f("o"), base)?),
     };
     let right = match m.get("ro") {
         None => prev.and_then(|q| q.right),
         Some(Value::Null) => None,
-        Some(r) => Some(text_stamp(r, &format!("{at}.ro"), base)?),
+        Some(r) => Some(text_stamp(r, &at.f("ro"), base)?),
     };
     Ok(Piece {
         id,
@@ -1217,7 +1027,7 @@ fn parse_piece(v: &Value, at: &str, prev: Option<&Piece>, base: Stamp) -> Result
 }
 
 /// Refuses a field of `m` not in `allowed`, naming it (`what`: "state", "text", "piece").
-fn only_fields(m: &Map<String, Value>, allowed: &[&str], at: &str, what: &str) -> Result<()> {
+fn only_fields(m: &Map<String, Value>, allowed: &[&str], at: &(impl Display + ?Sized), what: &(impl Display + ?Sized)) -> Result<()> {
     match m.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(key) => Err(Error::malformed(
             at,

@@ -1,0 +1,342 @@
+//! Writing a changes object: first as a [`Tree`], the JSON value's shape with nothing copied,
+//! then as a `serde_json::Value` (JSON text) or straight as the compact form.
+//!
+//! A full sync of a large document writes millions of values. Building them as a
+//! `serde_json::Value` first costs a map per object, a `String` per key and per stamp, and a
+//! copy of every user value; the compact form then parsed each stamp back out of its string.
+//! The tree borrows keys and user values from the changes object, holds stamps as stamps, and
+//! keeps an object's entries in a vector, so the compact writer (see `compact.rs`) goes from the
+//! changes object to bytes at the cost of one small allocation per object. The layout written
+//! (which keys, what each leaves out) is the one docs/PROTOCOL.md describes under "Nodes" and
+//! "Text"; `wire.rs` reads it back.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use crate::engine::stamp::{MAX_HLC, Stamp};
+use crate::engine::text::Piece;
+use crate::engine::wire::{
+    Changes, FORMAT_MARKER, FORMAT_VERSION, Knowledge, RepairKind, WBody, WElem, WField, WNode,
+    WText, WVal,
+};
+
+/// A JSON value as written: borrowed where the changes object holds it already.
+#[derive(Debug)]
+pub(crate) enum Tree<'a> {
+    Null,
+    Bool(bool),
+    Uint(u64),
+    /// A user value (number, boolean, null or string), as the document holds it.
+    Prim(&'a Value),
+    Str(Cow<'a, str>),
+    /// A stamp, written as the string `{hlc:x}-{client}`.
+    Stamp(Stamp),
+    Arr(Vec<Tree<'a>>),
+    /// An object's entries, each key once.
+    Obj(Vec<(Cow<'a, str>, Tree<'a>)>),
+}
+
+impl Tree<'_> {
+    /// The same value as a `serde_json::Value`.
+    pub fn into_value(self) -> Value {
+        match self {
+            Tree::Null => Value::Null,
+            Tree::Bool(b) => Value::Bool(b),
+            Tree::Uint(n) => n.into(),
+            Tree::Prim(v) => v.clone(),
+            Tree::Str(s) => Value::String(s.into_owned()),
+            Tree::Stamp(s) => Value::String(s.to_string()),
+            Tree::Arr(items) => Value::Array(items.into_iter().map(Tree::into_value).collect()),
+            Tree::Obj(entries) => Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.into_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+        }
+    }
+}
+
+fn key(k: &'static str) -> Cow<'static, str> {
+    Cow::Borrowed(k)
+}
+
+impl Changes {
+    /// This changes object as a [`Tree`].
+    pub(crate) fn tree(&self) -> Tree<'_> {
+        let mut top = vec![
+            (key("minisync"), Tree::Str(key(FORMAT_MARKER))),
+            (key("formatVersion"), Tree::Uint(FORMAT_VERSION)),
+            (key("id"), Tree::Str(Cow::Borrowed(&self.doc_id))),
+            (key("sentBy"), Tree::Str(self.sent_by.to_string().into())),
+            (key("fromVersion"), Tree::Uint(self.from_version)),
+            (key("changesSince"), Tree::Uint(self.changes_since)),
+            (key("knows"), knowledge_tree(&self.knows)),
+        ];
+        if !self.partial.is_empty() {
+            top.push((key("partial"), knowledge_tree(&self.partial)));
+        }
+        if let Some(d) = self.digest {
+            top.push((key("digest"), Tree::Str(format!("{d:016x}").into())));
+        }
+        match self.repair {
+            Some(RepairKind::Request) => top.push((key("repair"), Tree::Str(key("request")))),
+            Some(RepairKind::Reply) => top.push((key("repair"), Tree::Str(key("reply")))),
+            None => {}
+        }
+        let rows = self
+            .client_states
+            .iter()
+            .map(|c| {
+                Tree::Obj(vec![
+                    (key("clientID"), Tree::Str(c.client_id.to_string().into())),
+                    (key("lastReceived"), Tree::Uint(c.last_received)),
+                    (key("lastAcknowledged"), Tree::Uint(c.last_acknowledged)),
+                    (key("knows"), knowledge_tree(&c.knows)),
+                ])
+            })
+            .collect();
+        top.push((key("clientStates"), Tree::Arr(rows)));
+        let changes = match &self.root {
+            Some(r) => node_tree(r, None, self.from_version),
+            None => Tree::Null,
+        };
+        top.push((key("changes"), changes));
+        Tree::Obj(top)
+    }
+}
+
+/// User keys that begin with `_` get one more `_` on the wire, so that `_s` is always ours.
+pub(crate) fn escape_key(key: &str) -> Cow<'_, str> {
+    if key.starts_with('_') {
+        Cow::Owned(format!("_{key}"))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// The stamp right after `s` from the same client: what an absent element id means.
+pub(crate) fn next_stamp(s: Stamp) -> Option<Stamp> {
+    (s.hlc + 1 < MAX_HLC).then_some(Stamp {
+        hlc: s.hlc + 1,
+        client: s.client,
+    })
+}
+
+/// Writes a node. `implied_id` is the id a reader assumes when `_s.id` is absent (the enclosing
+/// element's id), `parent_u` the `u` it assumes when `_s.u` is absent.
+fn node_tree(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Tree<'_> {
+    let mut s = Vec::new();
+    if implied_id != Some(node.id) {
+        s.push((key("id"), Tree::Stamp(node.id)));
+    }
+    if node.u != parent_u {
+        s.push((key("u"), Tree::Uint(node.u)));
+    }
+    let mut out = match &node.body {
+        WBody::Obj(fields) => obj_tree(node, fields, &mut s),
+        WBody::Arr(elems) => arr_tree(node, elems, &mut s),
+    };
+    out.push((key("_s"), Tree::Obj(s)));
+    Tree::Obj(out)
+}
+
+type Entries<'a> = Vec<(Cow<'a, str>, Tree<'a>)>;
+
+/// An object node's written keys; the stamps that differ from its id (`k`) and its tombstones
+/// (`d`) go into its `_s`.
+fn obj_tree<'a>(node: &'a WNode, fields: &'a [WField], s: &mut Entries<'a>) -> Entries<'a> {
+    let mut out = Vec::with_capacity(fields.len() + 1);
+    let mut k = Vec::new();
+    let mut d = Vec::new();
+    for f in fields {
+        match &f.val {
+            None => d.push((Cow::Borrowed(f.key.as_str()), Tree::Stamp(f.stamp))),
+            Some(WVal::Prim(v)) => {
+                if f.stamp != node.id {
+                    k.push((Cow::Borrowed(f.key.as_str()), Tree::Stamp(f.stamp)));
+                }
+                out.push((escape_key(&f.key), Tree::Prim(v)));
+            }
+            Some(WVal::Text(t)) => out.push((escape_key(&f.key), text_tree(t, None))),
+            Some(WVal::Node(child)) => {
+                out.push((escape_key(&f.key), node_tree(child, None, node.u)))
+            }
+        }
+    }
+    if !k.is_empty() {
+        s.push((key("k"), Tree::Obj(k)));
+    }
+    if !d.is_empty() {
+        s.push((key("d"), Tree::Obj(d)));
+    }
+    out
+}
+
+/// An array node's live elements (`v`); its mark `a` and its removed elements (`ri`) go into
+/// its `_s`.
+fn arr_tree<'a>(node: &'a WNode, elems: &'a [WElem], s: &mut Entries<'a>) -> Entries<'a> {
+    s.push((key("a"), Tree::Bool(true)));
+    let (mut live, mut removed) = (Vec::with_capacity(elems.len()), Vec::new());
+    // Per list (live, removed): the previous entry's id and right origin, which imply the next's.
+    let mut prev = [(None, None); 2];
+    for e in elems {
+        let m = elem_tree(node, e, &mut prev[usize::from(e.removed.is_some())]);
+        if e.removed.is_some() {
+            removed.push(m);
+        } else if e.val.is_some() {
+            live.push(m);
+        }
+    }
+    if !removed.is_empty() {
+        s.push((key("ri"), Tree::Arr(removed)));
+    }
+    vec![(key("v"), Tree::Arr(live))]
+}
+
+/// One element, leaving out what the previous entry of its list implies (see docs/PROTOCOL.md,
+/// "Nodes"); `prev` is that entry's (id, right origin), updated to this one's.
+fn elem_tree<'a>(
+    node: &'a WNode,
+    e: &'a WElem,
+    prev: &mut (Option<Stamp>, Option<Stamp>),
+) -> Tree<'a> {
+    let mut m = Vec::new();
+    if prev.0.and_then(next_stamp) != Some(e.id) {
+        m.push((key("e"), Tree::Stamp(e.id)));
+    }
+    if e.origin != prev.0 {
+        m.push((key("o"), stamp_or_null(e.origin)));
+    }
+    if e.right != prev.1 {
+        m.push((key("ro"), stamp_or_null(e.right)));
+    }
+    *prev = (Some(e.id), e.right);
+    if let Some(r) = e.removed {
+        m.push((key("r"), Tree::Stamp(r)));
+    } else if let Some((v, vs)) = &e.val {
+        let value = match v {
+            WVal::Prim(p) => {
+                if *vs != e.id {
+                    m.push((key("t"), Tree::Stamp(*vs)));
+                }
+                Tree::Prim(p)
+            }
+            WVal::Node(n) => node_tree(n, Some(e.id), node.u),
+            WVal::Text(t) => text_tree(t, Some(e.id)),
+        };
+        m.push((key("v"), value));
+    }
+    Tree::Obj(m)
+}
+
+fn stamp_or_null(s: Option<Stamp>) -> Tree<'static> {
+    s.map_or(Tree::Null, Tree::Stamp)
+}
+
+/// A version vector: client id → its clock value in hex.
+pub(crate) fn knowledge_tree(k: &Knowledge) -> Tree<'static> {
+    Tree::Obj(
+        k.iter()
+            .map(|(c, h)| (Cow::Owned(c.to_string()), Tree::Str(format!("{h:x}").into())))
+            .collect(),
+    )
+}
+
+/// Writes a text: `{"_t": {"id", "i", "c", "p"}}` (see docs/PROTOCOL.md, "Text"). Each piece
+/// leaves out what follows from the piece before it: `e` when it starts where that one ended,
+/// `o` when its left origin is the character before its own id, `ro` when its right origin is
+/// that piece's.
+fn text_tree(t: &WText, implied_id: Option<Stamp>) -> Tree<'_> {
+    let mut m = Vec::new();
+    if implied_id != Some(t.id) {
+        m.push((key("id"), Tree::Stamp(t.id)));
+    }
+    if t.init != 0 {
+        m.push((key("i"), Tree::Uint(u64::from(t.init))));
+    }
+    if !t.ops.is_empty() {
+        m.push((key("c"), knowledge_tree(&t.ops)));
+    }
+    // Stamps of the text's own client are written as their clock's offset from its id.
+    let st = |s: Option<Stamp>| match s {
+        Some(s) if s.client == t.id.client && s.hlc >= t.id.hlc => Tree::Uint(s.hlc - t.id.hlc),
+        other => stamp_or_null(other),
+    };
+    let mut prev: Option<&Piece> = None;
+    let mut list = Vec::with_capacity(t.pieces.len());
+    for p in &t.pieces {
+        let mut pm = Vec::new();
+        let follows = prev
+            .is_some_and(|q| q.id.client == p.id.client && q.id.hlc + u64::from(q.len) == p.id.hlc);
+        if !follows {
+            pm.push((key("e"), st(Some(p.id))));
+        }
+        let implied_left = p.id.hlc.checked_sub(1).map(|h| Stamp {
+            hlc: h,
+            client: p.id.client,
+        });
+        if p.left != implied_left {
+            pm.push((key("o"), st(p.left)));
+        }
+        if p.right != prev.and_then(|q| q.right) {
+            pm.push((key("ro"), st(p.right)));
+        }
+        match &p.s {
+            Some(s) => pm.push((key("s"), Tree::Str(Cow::Borrowed(s.as_str())))),
+            None => pm.push((key("n"), Tree::Uint(u64::from(p.len)))),
+        }
+        list.push(Tree::Obj(pm));
+        prev = Some(p);
+    }
+    m.push((key("p"), Tree::Arr(list)));
+    Tree::Obj(vec![(key("_t"), Tree::Obj(m))])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::engine::compact;
+    use crate::engine::{Changes, Document, RepairKind};
+
+    /// Every way of writing a changes object gives the same JSON value, and reads back as an
+    /// object that writes that value again (reading orders removed elements last and leaves
+    /// the pieces' local versions out, so the objects themselves may differ).
+    fn same_every_way(c: &Changes) {
+        let value = c.to_value();
+        let bytes = c.to_compact();
+        assert_eq!(compact::decode(&bytes).unwrap(), value);
+        assert_eq!(Changes::from_bytes(&bytes).unwrap().to_value(), value);
+        assert_eq!(Changes::parse(&c.to_json_string()).unwrap().to_value(), value);
+        assert_eq!(Changes::from_value(&value).unwrap().to_value(), value);
+    }
+
+    #[test]
+    fn the_tree_writes_what_the_reader_reads() {
+        let start = json!({
+            "title": "a list", "_hidden": {"__deeper": [1, "2-aaaaaaaaaaaaaaaa"]},
+            "items": [{"what": "milk", "n": 1.50}, {"what": "eggs"}, [true, null]],
+            "big": 18446744073709551616u128.to_string(), "neg": -7,
+        });
+        let mut a = Document::new(&start).unwrap();
+        let mut b = Document::from_changes(&a.changes()).unwrap();
+        a.apply(&b.changes_for(a.client_id())).unwrap();
+        a.set("items[0].n", json!(2)).unwrap();
+        a.remove("title").unwrap();
+        a.remove_at("items", 1).unwrap();
+        a.insert("items", 0, json!({"what": "bread"})).unwrap();
+        a.splice_text("_hidden.__deeper[1]", 1, 3, "xyz").unwrap();
+        b.set("items[1].what", json!("oat milk")).unwrap();
+        b.push("items", json!("tea")).unwrap();
+        a.apply(&b.changes_for(a.client_id())).unwrap();
+        same_every_way(&a.changes());
+        same_every_way(&a.changes_for(b.client_id()));
+        same_every_way(&b.changes_for(a.client_id()));
+        same_every_way(&a.changes().into_repair(RepairKind::Request));
+        let fresh = Document::from_changes(&Changes::from_bytes(&a.changes().to_compact()).unwrap())
+            .unwrap();
+        assert_eq!(fresh.to_json(), a.to_json());
+    }
+}
