@@ -32,9 +32,10 @@
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 use crate::engine::HashMap;
+use crate::engine::json::{Json, JsonObj};
 use crate::engine::stamp::{ClientId, Stamp};
 use crate::engine::wire_out::Tree;
 
@@ -363,11 +364,17 @@ impl<'v> Writer<'v> {
 /// a JSON number, nesting deeper than [`MAX_JSON_DEPTH`], more than 4 × [`MAX_ITEMS`] values, a
 /// truncated value or bytes after it.
 pub fn decode(bytes: &[u8]) -> Result<Value> {
+    Ok(decode_json(bytes)?.to_value())
+}
+
+/// [`decode`] without building a `serde_json::Value`: strings borrowed from `bytes` (see
+/// `json.rs`).
+pub(crate) fn decode_json(bytes: &[u8]) -> Result<Json<'_>> {
     decode_within(bytes, MAX_VALUES)
 }
 
-/// [`decode`] refusing more than `max_values` values.
-fn decode_within(bytes: &[u8], max_values: usize) -> Result<Value> {
+/// [`decode_json`] refusing more than `max_values` values.
+fn decode_within(bytes: &[u8], max_values: usize) -> Result<Json<'_>> {
     let Some(rest) = bytes.strip_prefix(MAGIC) else {
         return Err(Error::Compact(
             "it does not begin with the compact form's magic bytes".into(),
@@ -456,7 +463,7 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.bad("a count larger than the bytes left"))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value> {
+    fn value(&mut self, depth: usize) -> Result<Json<'a>> {
         if depth > MAX_JSON_DEPTH {
             return Err(self.bad(&format!("nesting deeper than {MAX_JSON_DEPTH}")));
         }
@@ -467,15 +474,15 @@ impl<'a> Reader<'a> {
         }
         let tag = self.byte()?;
         Ok(match tag {
-            NULL => Value::Null,
-            FALSE => Value::Bool(false),
-            TRUE => Value::Bool(true),
-            UINT => Value::Number(self.varint()?.into()),
+            NULL => Json::Null,
+            FALSE => Json::Bool(false),
+            TRUE => Json::Bool(true),
+            UINT => Json::Num(Cow::Owned(self.varint()?.into())),
             NEGINT => {
                 let n = self.varint()?;
                 let i =
                     i64::try_from(n).map_err(|_| self.bad("a negative integer beyond 64 bits"))?;
-                Value::Number((-1 - i).into())
+                Json::Num(Cow::Owned((-1 - i).into()))
             }
             NUMBER => {
                 let len = self.varint()?;
@@ -484,15 +491,15 @@ impl<'a> Reader<'a> {
                 let n: Number = text
                     .parse()
                     .map_err(|_| self.bad(&format!("{text:?}, which is not a JSON number")))?;
-                Value::Number(n)
+                Json::Num(Cow::Owned(n))
             }
-            HEX => Value::String(format!("{:x}", self.varint()?)),
+            HEX => Json::Str(Cow::Owned(format!("{:x}", self.varint()?))),
             HEX16 => {
                 let b: [u8; 8] = self
                     .take(8)?
                     .try_into()
                     .map_err(|_| self.bad("a short 64-bit number"))?;
-                Value::String(format!("{:016x}", u64::from_be_bytes(b)))
+                Json::Str(Cow::Owned(format!("{:016x}", u64::from_be_bytes(b))))
             }
             STAMP => {
                 let z = self.varint()?;
@@ -500,7 +507,7 @@ impl<'a> Reader<'a> {
                 self.last_hlc = self.last_hlc.wrapping_add(d as u64);
                 let tag = self.byte()?;
                 let client = self.plain_string(tag)?;
-                Value::String(format!("{:x}-{client}", self.last_hlc))
+                Json::Str(Cow::Owned(format!("{:x}-{client}", self.last_hlc)))
             }
             ARRAY => {
                 let count = self.count()?;
@@ -509,33 +516,33 @@ impl<'a> Reader<'a> {
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
                 }
-                Value::Array(items)
+                Json::Arr(items)
             }
             OBJECT => {
                 let count = self.count()?;
-                let mut map = Map::new();
+                let mut entries = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
                     let tag = self.byte()?;
                     let key = self.plain_string(tag)?;
                     let item = self.value(depth + 1)?;
-                    map.insert(key, item);
+                    entries.push((Cow::Borrowed(key), item));
                 }
-                Value::Object(map)
+                Json::Obj(JsonObj::from_entries(entries))
             }
-            STRING | REF | SMALL_REF.. => Value::String(self.plain_string(tag)?),
+            STRING | REF | SMALL_REF.. => Json::Str(Cow::Borrowed(self.plain_string(tag)?)),
             other => return Err(self.bad(&format!("unknown tag {other:#04x}"))),
         })
     }
 
     /// A string written out (added to the table) or a table reference, after its tag.
-    fn plain_string(&mut self, tag: u8) -> Result<String> {
+    fn plain_string(&mut self, tag: u8) -> Result<&'a str> {
         let i = match tag {
             STRING => {
                 let len = self.varint()?;
                 let s = std::str::from_utf8(self.take(len)?)
                     .map_err(|_| self.bad("a string that is not UTF-8"))?;
                 self.table.push(s);
-                return Ok(s.to_string());
+                return Ok(s);
             }
             REF => self.varint()?,
             SMALL_REF.. => u64::from(tag - SMALL_REF),
@@ -544,7 +551,7 @@ impl<'a> Reader<'a> {
         usize::try_from(i)
             .ok()
             .and_then(|i| self.table.get(i))
-            .map(|s| s.to_string())
+            .copied()
             .ok_or_else(|| self.bad(&format!("string {i} of a table of {}", self.table.len())))
     }
 }

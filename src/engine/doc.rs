@@ -157,6 +157,11 @@ pub struct Document {
     pub(crate) by_id: HashMap<Stamp, Ix>,
     /// (u, node, slot) for every slot: what changed after a version, in version order.
     pub(crate) index: BTreeSet<(u64, Ix, u32)>,
+    /// While true, slots' versions are not entered in `index` as they are written: a replica
+    /// built in one go (from a value, or from a full changes object) enters every slot at the
+    /// end, in one sorted pass ([`Document::index_all`]), which costs a fraction of an insert
+    /// per slot. Nothing reads the index meanwhile.
+    pub(crate) index_later: bool,
     pub(crate) peers: BTreeMap<ClientId, PeerState>,
     pub(crate) knows: Knowledge,
     /// Knowledge of changes objects merged only in part (a gap, or elements whose origin is
@@ -210,7 +215,9 @@ impl Document {
         let id = doc.tick();
         doc.nodes.clear();
         doc.by_id.clear();
+        doc.index_later = true;
         doc.new_node(value, id, None, u);
+        doc.index_all();
         Ok(doc)
     }
 
@@ -230,6 +237,7 @@ impl Document {
             }],
             by_id: HashMap::default(),
             index: BTreeSet::new(),
+            index_later: false,
             peers: BTreeMap::new(),
             knows: Knowledge::new(),
             partial: Knowledge::new(),
@@ -715,9 +723,24 @@ impl Document {
         self.reindex(n, s, old_u, u);
     }
 
+    /// Enters every slot in the change index, which must be empty (see `index_later`).
+    pub(crate) fn index_all(&mut self) {
+        let mut entries = Vec::new();
+        for (ix, node) in self.nodes.iter().enumerate() {
+            let ix = ix as Ix;
+            match &node.body {
+                Body::Obj(o) => entries.extend(o.slots.iter().zip(0..).map(|(f, s)| (f.u, ix, s))),
+                Body::Arr(a) => entries.extend(a.slots.iter().zip(0..).map(|(e, s)| (e.u, ix, s))),
+            }
+        }
+        entries.sort_unstable();
+        self.index = BTreeSet::from_iter(entries);
+        self.index_later = false;
+    }
+
     /// Moves a slot's entry in the change index to version `u`.
     pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
-        if old_u != u {
+        if old_u != u && !self.index_later {
             // Inserting first keeps a one-entry index from freeing and reallocating its node.
             self.index.insert((u, n, slot));
             self.index.remove(&(old_u, n, slot));
@@ -809,7 +832,9 @@ impl Document {
             a.order.insert(pos, slot);
             a.by_id.insert(id, slot);
             a.last_pos = Some(pos);
-            self.index.insert((u, n, slot));
+            if !self.index_later {
+                self.index.insert((u, n, slot));
+            }
             self.rehash(n, slot);
             let node = &mut self.nodes[n as usize];
             node.u = node.u.max(u);

@@ -15,7 +15,9 @@ use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WText
 /// What a changes object carries: the slots chosen per node, and for texts what the receiver is
 /// known to hold (`knows`) or the version after which changes are wanted (`since`).
 struct Pick<'a> {
-    include: &'a HashMap<Ix, BTreeSet<u32>>,
+    /// `None`: every slot of every node reached from the root (everything, for a reader that
+    /// holds nothing: no index walk and no set per node).
+    include: Option<&'a HashMap<Ix, BTreeSet<u32>>>,
     knows: Option<&'a Knowledge>,
     since: u64,
 }
@@ -112,6 +114,44 @@ impl Document {
     }
 
     fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
+        let everything = since == 0 && knows.is_none();
+        let include = if everything {
+            HashMap::default()
+        } else {
+            self.changed_slots(since, knows)
+        };
+        let nothing = if everything {
+            self.node_len(ROOT) == 0
+        } else {
+            include.is_empty()
+        };
+        let root = if nothing && !full {
+            None
+        } else {
+            let pick = Pick {
+                include: (!everything).then_some(&include),
+                knows,
+                since,
+            };
+            Some(self.wire_node(ROOT, &pick))
+        };
+        Changes {
+            doc_id: self.doc_id.clone(),
+            sent_by: self.client,
+            from_version: self.version,
+            changes_since: since,
+            knows: self.knows.clone(),
+            partial: self.partial.clone(),
+            client_states: self.client_states(),
+            root,
+            digest: self.partial.is_empty().then(|| self.digest()),
+            repair: None,
+        }
+    }
+
+    /// The slots changed after `since` that a reader with knowledge `knows` may lack, with the
+    /// slots that lead to them from the root: per node, its slot numbers.
+    fn changed_slots(&self, since: u64, knows: Option<&Knowledge>) -> HashMap<Ix, BTreeSet<u32>> {
         let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::default();
         let mut attached = HashMap::default();
         for &(_, n, s) in self.index.range((since + 1, 0, 0)..) {
@@ -133,27 +173,14 @@ impl Document {
                 }
             }
         }
-        let root = if include.is_empty() && !full {
-            None
-        } else {
-            let pick = Pick {
-                include: &include,
-                knows,
-                since,
-            };
-            Some(self.wire_node(ROOT, &pick))
-        };
-        Changes {
-            doc_id: self.doc_id.clone(),
-            sent_by: self.client,
-            from_version: self.version,
-            changes_since: since,
-            knows: self.knows.clone(),
-            partial: self.partial.clone(),
-            client_states: self.client_states(),
-            root,
-            digest: self.partial.is_empty().then(|| self.digest()),
-            repair: None,
+        include
+    }
+
+    /// How many slots node `n` has.
+    fn node_len(&self, n: Ix) -> usize {
+        match &self.nodes[n as usize].body {
+            Body::Obj(o) => o.slots.len(),
+            Body::Arr(a) => a.slots.len(),
         }
     }
 
@@ -223,14 +250,18 @@ impl Document {
     fn wire_node(&self, n: Ix, pick: &Pick) -> WNode {
         let node = &self.nodes[n as usize];
         let empty = BTreeSet::new();
-        let slots = pick.include.get(&n).unwrap_or(&empty);
+        let chosen = pick.include.map(|i| i.get(&n).unwrap_or(&empty));
+        let all = 0..self.node_len(n) as u32;
+        let slots: Box<dyn Iterator<Item = u32>> = match chosen {
+            Some(set) => Box::new(set.iter().copied()),
+            None => Box::new(all),
+        };
         let wval = |v: &Val| self.emit_val(v, pick);
         let body = match &node.body {
             Body::Obj(o) => WBody::Obj(
                 slots
-                    .iter()
                     .map(|s| {
-                        let f = &o.slots[*s as usize];
+                        let f = &o.slots[s as usize];
                         WField {
                             key: f.key.clone(),
                             val: (f.val != Val::Gone).then(|| wval(&f.val)),
@@ -241,9 +272,8 @@ impl Document {
             ),
             Body::Arr(a) => {
                 let mut elems: Vec<WElem> = slots
-                    .iter()
                     .map(|s| {
-                        let e = &a.slots[*s as usize];
+                        let e = &a.slots[s as usize];
                         WElem {
                             id: e.id,
                             origin: e.origin,
@@ -262,5 +292,39 @@ impl Document {
             u: node.u,
             body,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::engine::{Document, Knowledge};
+
+    /// A full changes object made by walking the tree is the one the index gives for a reader
+    /// known to hold nothing: overwritten nodes, removed elements, tombstones and texts alike.
+    #[test]
+    fn everything_walked_is_everything_indexed() {
+        let mut a =
+            Document::new(&json!({"a": {"x": 1}, "list": [1, 2, {"y": "text"}], "t": "hello"}))
+                .unwrap();
+        let mut b = Document::from_changes(&a.changes()).unwrap();
+        a.set("a", json!({"replaced": true})).unwrap();
+        a.remove_at("list", 0).unwrap();
+        a.remove("t").unwrap();
+        a.set("t2", json!("long text here")).unwrap();
+        a.splice_text("t2", 5, 0, "er").unwrap();
+        b.set("list[2].y", json!("theirs")).unwrap();
+        b.push("list", json!([[]])).unwrap();
+        a.apply(&b.changes_for(a.client_id())).unwrap();
+        let none = Knowledge::new();
+        for full in [true, false] {
+            let walked = a.make_changes(0, None, full);
+            let indexed = a.make_changes(0, Some(&none), full);
+            assert_eq!(walked.to_value(), indexed.to_value());
+        }
+        let empty = Document::new(&json!({})).unwrap();
+        assert!(empty.make_changes(0, None, false).root.is_none());
+        assert!(empty.make_changes(0, None, true).root.is_some());
     }
 }

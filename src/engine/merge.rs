@@ -134,6 +134,7 @@ impl Document {
             ));
         }
         let mut doc = Document::empty(changes.doc_id.clone(), client, Some(root.id));
+        doc.index_later = true;
         doc.apply(changes)?;
         Ok(doc)
     }
@@ -184,6 +185,9 @@ impl Document {
         };
         if let Some(root) = &changes.root {
             self.integrate(root, ROOT, &mut merging);
+        }
+        if self.index_later {
+            self.index_all();
         }
         let changed = merging.changed;
         if changed {

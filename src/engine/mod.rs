@@ -10,6 +10,7 @@ mod doc;
 mod emit;
 mod error;
 mod fugue;
+mod json;
 mod local_text;
 mod merge;
 pub mod path;

@@ -953,6 +953,7 @@ impl Document {
             nodes,
             by_id,
             index: BTreeSet::from_iter(index),
+            index_later: false,
             peers: snap
                 .peers
                 .into_iter()

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::fmt::{self, Display};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::engine::error::{Error, Result};
+use crate::engine::json::{Json, JsonObj};
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
 use crate::engine::text::Piece;
 use crate::engine::wire_out::next_stamp;
@@ -236,12 +237,17 @@ impl Changes {
     /// Reads a changes object from JSON already parsed by the caller.
     pub fn from_value(value: &Value) -> Result<Self> {
         check_value_depth(value)?;
+        Self::from_json(&Json::borrow(value))
+    }
+
+    /// Reads a changes object from a JSON value whose depth is bounded.
+    fn from_json(value: &Json<'_>) -> Result<Self> {
         let top = value
             .as_object()
             .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
         check_marker_and_version(top)?;
         let doc_id = match top.get("id") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
+            Some(Json::Str(s)) if !s.is_empty() && s.len() <= 128 => s.to_string(),
             _ => {
                 return Err(Error::malformed(
                     "$.id",
@@ -263,7 +269,7 @@ impl Changes {
         let client_states = client_states_of(top.get("clientStates"))?;
         let mut budget = MAX_ITEMS;
         let root = match top.get("changes") {
-            None | Some(Value::Null) => None,
+            None | Some(Json::Null) => None,
             Some(v) => {
                 let node = parse_node(v, &At::Path("$.changes"), &mut budget, None, from_version)?;
                 if node.is_array() {
@@ -321,7 +327,7 @@ impl Changes {
     /// JSON, and whatever [`Changes::from_value`] refuses.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if crate::engine::compact::is_compact(bytes) {
-            return Self::from_value(&crate::engine::compact::decode(bytes)?);
+            return Self::from_json(&crate::engine::compact::decode_json(bytes)?);
         }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Error::Json(format!("neither the compact form nor UTF-8 text: {e}")))?;
@@ -330,9 +336,9 @@ impl Changes {
 }
 
 /// The marker `"minisync": "changes"` and this build's `formatVersion`.
-fn check_marker_and_version(top: &Map<String, Value>) -> Result<()> {
+fn check_marker_and_version(top: &JsonObj<'_>) -> Result<()> {
     match top.get("minisync") {
-        Some(Value::String(s)) if s == FORMAT_MARKER => {}
+        Some(Json::Str(s)) if s == FORMAT_MARKER => {}
         _ => {
             return Err(Error::malformed(
                 "$.minisync",
@@ -357,10 +363,10 @@ fn check_marker_and_version(top: &Map<String, Value>) -> Result<()> {
 }
 
 /// The sender's table of other clients.
-fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
+fn client_states_of(v: Option<&Json<'_>>) -> Result<Vec<ClientState>> {
     let rows = match v {
         None => return Ok(Vec::new()),
-        Some(Value::Array(rows)) => rows,
+        Some(Json::Arr(rows)) => rows,
         Some(_) => return Err(Error::malformed("$.clientStates", "must be an array")),
     };
     if rows.len() > 100_000 {
@@ -392,7 +398,7 @@ fn client_states_of(v: Option<&Value>) -> Result<Vec<ClientState>> {
 }
 
 /// The optional fields of format 2: `digest` and `repair`.
-fn extras_of(top: &Map<String, Value>) -> Result<(Option<u64>, Option<RepairKind>)> {
+fn extras_of(top: &JsonObj<'_>) -> Result<(Option<u64>, Option<RepairKind>)> {
     let digest = match top.get("digest") {
         None => None,
         Some(v) => Some(
@@ -406,8 +412,8 @@ fn extras_of(top: &Map<String, Value>) -> Result<(Option<u64>, Option<RepairKind
     };
     let repair = match top.get("repair") {
         None => None,
-        Some(Value::String(s)) if s == "request" => Some(RepairKind::Request),
-        Some(Value::String(s)) if s == "reply" => Some(RepairKind::Reply),
+        Some(Json::Str(s)) if s == "request" => Some(RepairKind::Request),
+        Some(Json::Str(s)) if s == "reply" => Some(RepairKind::Reply),
         Some(_) => {
             return Err(Error::malformed(
                 "$.repair",
@@ -418,15 +424,15 @@ fn extras_of(top: &Map<String, Value>) -> Result<(Option<u64>, Option<RepairKind
     Ok((digest, repair))
 }
 
-fn knowledge_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<Knowledge> {
+fn knowledge_of(v: Option<&Json<'_>>, at: &(impl Display + ?Sized)) -> Result<Knowledge> {
     let mut out = Knowledge::new();
     match v {
         None => {}
-        Some(Value::Object(m)) => {
+        Some(Json::Obj(m)) => {
             if m.len() > 100_000 {
                 return Err(Error::malformed(at, "more than 100000 clients"));
             }
-            for (c, h) in m {
+            for (c, h) in m.iter() {
                 let client = ClientId::parse(c).map_err(|e| Error::malformed(at, e.to_string()))?;
                 let hlc = h
                     .as_str()
@@ -446,9 +452,9 @@ fn knowledge_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<Knowl
     Ok(out)
 }
 
-fn get_u64(obj: &Map<String, Value>, key: &str, at: &(impl Display + ?Sized)) -> Result<u64> {
+fn get_u64(obj: &JsonObj<'_>, key: &str, at: &(impl Display + ?Sized)) -> Result<u64> {
     obj.get(key)
-        .and_then(Value::as_u64)
+        .and_then(Json::as_u64)
         .filter(|n| *n < (1 << 53))
         .ok_or_else(|| {
             Error::malformed(
@@ -458,16 +464,16 @@ fn get_u64(obj: &Map<String, Value>, key: &str, at: &(impl Display + ?Sized)) ->
         })
 }
 
-fn client_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<ClientId> {
+fn client_of(v: Option<&Json<'_>>, at: &(impl Display + ?Sized)) -> Result<ClientId> {
     let s = v
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .ok_or_else(|| Error::malformed(at, "must be a client id string"))?;
     ClientId::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
 }
 
-fn stamp_of(v: Option<&Value>, at: &(impl Display + ?Sized)) -> Result<Stamp> {
+fn stamp_of(v: Option<&Json<'_>>, at: &(impl Display + ?Sized)) -> Result<Stamp> {
     let s = v
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .ok_or_else(|| Error::malformed(at, "must be a stamp string"))?;
     Stamp::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
 }
@@ -515,7 +521,7 @@ fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<(
 /// Reads a node. Depth is already bounded by `check_value_depth`, so recursion is safe.
 /// `implied_id` and `parent_u` stand in for an absent `_s.id` and `_s.u`.
 fn parse_node(
-    v: &Value,
+    v: &Json<'_>,
     at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
@@ -527,7 +533,7 @@ fn parse_node(
     let s_at = at.f("_s");
     let s = obj
         .get("_s")
-        .and_then(Value::as_object)
+        .and_then(Json::as_object)
         .ok_or_else(|| Error::malformed(&s_at, "a node needs its \"_s\" state object"))?;
     only_fields(s, &["id", "u", "a", "k", "d", "ri"], &s_at, "state")?;
     let id = match (s.get("id"), implied_id) {
@@ -540,8 +546,8 @@ fn parse_node(
     };
     spend(budget, 1, at)?;
     let body = match s.get("a") {
-        None | Some(Value::Bool(false)) => parse_object_body(obj, s, at, budget, id, u)?,
-        Some(Value::Bool(true)) => parse_array_body(obj, s, at, budget, u)?,
+        None | Some(Json::Bool(false)) => parse_object_body(obj, s, at, budget, id, u)?,
+        Some(Json::Bool(true)) => parse_array_body(obj, s, at, budget, u)?,
         Some(_) => {
             return Err(Error::malformed(
                 format!("{s_at}.a"),
@@ -554,8 +560,8 @@ fn parse_node(
 
 /// The elements of an array node: live ones in `v`, removed ones in `_s.ri`.
 fn parse_array_body(
-    obj: &Map<String, Value>,
-    s: &Map<String, Value>,
+    obj: &JsonObj<'_>,
+    s: &JsonObj<'_>,
     at: &At<'_>,
     budget: &mut usize,
     u: u64,
@@ -574,7 +580,7 @@ fn parse_array_body(
         ));
     }
     let live = match obj.get("v") {
-        Some(Value::Array(a)) => a.as_slice(),
+        Some(Json::Arr(a)) => a.as_slice(),
         _ => {
             return Err(Error::malformed(
                 format!("{at}.v"),
@@ -584,7 +590,7 @@ fn parse_array_body(
     };
     let removed = match s.get("ri") {
         None => &[][..],
-        Some(Value::Array(a)) => a.as_slice(),
+        Some(Json::Arr(a)) => a.as_slice(),
         Some(_) => return Err(Error::malformed(format!("{s_at}.ri"), "must be an array")),
     };
     spend(budget, live.len() + removed.len(), at)?;
@@ -597,8 +603,8 @@ fn parse_array_body(
 /// The fields of an object node: written keys (with `_s.k` stamps where they differ from the
 /// node's id) and removed ones (`_s.d`).
 fn parse_object_body(
-    obj: &Map<String, Value>,
-    s: &Map<String, Value>,
+    obj: &JsonObj<'_>,
+    s: &JsonObj<'_>,
     at: &At<'_>,
     budget: &mut usize,
     id: Stamp,
@@ -610,7 +616,7 @@ fn parse_object_body(
     }
     let stamps = match s.get("k") {
         None => None,
-        Some(Value::Object(m)) => Some(m),
+        Some(Json::Obj(m)) => Some(m),
         Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
     };
     spend(budget, obj.len(), at)?;
@@ -638,8 +644,8 @@ fn parse_object_body(
     }
     // The written keys, looked up in `fields` while few (a record), in a set when many.
     let written_count = fields.len();
-    let set: Option<crate::engine::HashSet<&str>> = (written_count > 16)
-        .then(|| fields.iter().map(|f| f.key.as_str()).collect());
+    let set: Option<crate::engine::HashSet<&str>> =
+        (written_count > 16).then(|| fields.iter().map(|f| f.key.as_str()).collect());
     let is_written = |fields: &[WField], k: &str| match &set {
         Some(set) => set.contains(k),
         None => fields[..written_count].iter().any(|f| f.key == k),
@@ -652,10 +658,10 @@ fn parse_object_body(
     }
     match s.get("d") {
         None => {}
-        Some(Value::Object(m)) => {
+        Some(Json::Obj(m)) => {
             spend(budget, m.len(), at)?;
             let mut removed = Vec::with_capacity(m.len());
-            for (key, st) in m {
+            for (key, st) in m.iter() {
                 if is_written(&fields, key) {
                     return Err(Error::malformed(
                         format!("{s_at}.d"),
@@ -663,7 +669,7 @@ fn parse_object_body(
                     ));
                 }
                 removed.push(WField {
-                    key: key.clone(),
+                    key: key.to_string(),
                     val: None,
                     stamp: stamp_of(Some(st), &s_at.f("d").f(key))?,
                 });
@@ -693,33 +699,33 @@ fn user_key<'k>(wire_key: &'k str, at: &(impl Display + ?Sized)) -> Result<&'k s
 
 /// Reads a value: a primitive, or a node (then the returned stamp is the node's id).
 fn parse_value(
-    v: &Value,
+    v: &Json<'_>,
     at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
     parent_u: u64,
 ) -> Result<(WVal, Option<Stamp>)> {
     match v {
-        Value::Object(m) if m.contains_key("_t") => {
+        Json::Obj(m) if m.contains_key("_t") => {
             let t = parse_text(m, at, budget, implied_id)?;
             let id = t.id;
             Ok((WVal::Text(Box::new(t)), Some(id)))
         }
-        Value::Object(_) => {
+        Json::Obj(_) => {
             let n = parse_node(v, at, budget, implied_id, parent_u)?;
             let id = n.id;
             Ok((WVal::Node(Box::new(n)), Some(id)))
         }
-        Value::Array(_) => Err(Error::malformed(
+        Json::Arr(_) => Err(Error::malformed(
             at,
             "a bare array is not allowed: arrays travel as nodes with \"_s\" and \"v\"",
         )),
-        p => Ok((WVal::Prim(p.clone()), None)),
+        p => Ok((WVal::Prim(p.to_value()), None)),
     }
 }
 
 fn parse_elems(
-    list: &[Value],
+    list: &[Json<'_>],
     removed: bool,
     at: &At<'_>,
     budget: &mut usize,
@@ -754,16 +760,16 @@ fn parse_elems(
 /// An element's fields checked, and its id, left origin and right origin, the absent ones
 /// implied by the previous entry of its list (`prev`: that entry's id and right origin).
 fn elem_place(
-    m: &Map<String, Value>,
+    m: &JsonObj<'_>,
     e_at: &At<'_>,
     removed: bool,
     prev: (Option<Stamp>, Option<Stamp>),
 ) -> Result<(Stamp, Option<Stamp>, Option<Stamp>)> {
     for key in m.keys() {
         let ok = if removed {
-            matches!(key.as_str(), "e" | "o" | "ro" | "r")
+            matches!(key, "e" | "o" | "ro" | "r")
         } else {
-            matches!(key.as_str(), "e" | "o" | "ro" | "t" | "v")
+            matches!(key, "e" | "o" | "ro" | "t" | "v")
         };
         if !ok {
             return Err(Error::malformed(
@@ -785,12 +791,12 @@ fn elem_place(
     };
     let origin = match m.get("o") {
         None => prev.0,
-        Some(Value::Null) => None,
+        Some(Json::Null) => None,
         Some(o) => Some(stamp_of(Some(o), &e_at.f("o"))?),
     };
     let right = match m.get("ro") {
         None => prev.1,
-        Some(Value::Null) => None,
+        Some(Json::Null) => None,
         Some(r) => Some(stamp_of(Some(r), &e_at.f("ro"))?),
     };
     Ok((id, origin, right))
@@ -798,7 +804,7 @@ fn elem_place(
 
 /// A live element's value and the stamp of that value.
 fn live_value(
-    m: &Map<String, Value>,
+    m: &JsonObj<'_>,
     e_at: &At<'_>,
     id: Stamp,
     budget: &mut usize,
@@ -898,7 +904,7 @@ pub(crate) fn value_depth(v: &Value) -> usize {
 
 /// Reads a text written by `wire_out::text_tree`.
 fn parse_text(
-    obj: &Map<String, Value>,
+    obj: &JsonObj<'_>,
     at: &At<'_>,
     budget: &mut usize,
     implied_id: Option<Stamp>,
@@ -909,7 +915,7 @@ fn parse_text(
     }
     let t = obj
         .get("_t")
-        .and_then(Value::as_object)
+        .and_then(Json::as_object)
         .ok_or_else(|| Error::malformed(&t_at, "must be an object"))?;
     only_fields(t, &["id", "i", "c", "p"], &t_at, "text")?;
     let id = match (t.get("id"), implied_id) {
@@ -926,7 +932,7 @@ fn parse_text(
     };
     let ops = knowledge_of(t.get("c"), &t_at.f("c"))?;
     let list = match t.get("p") {
-        Some(Value::Array(a)) => a.as_slice(),
+        Some(Json::Arr(a)) => a.as_slice(),
         _ => {
             return Err(Error::malformed(
                 format!("{t_at}.p"),
@@ -950,7 +956,7 @@ fn parse_text(
 
 /// A stamp in a text: a string, or a number (the clock's offset from the text's id `base`,
 /// with its client).
-fn text_stamp(v: &Value, at: &(impl Display + ?Sized), base: Stamp) -> Result<Stamp> {
+fn text_stamp(v: &Json<'_>, at: &(impl Display + ?Sized), base: Stamp) -> Result<Stamp> {
     match v.as_u64() {
         Some(o) => base
             .hlc
@@ -965,7 +971,7 @@ fn text_stamp(v: &Value, at: &(impl Display + ?Sized), base: Stamp) -> Result<St
     }
 }
 
-fn parse_piece(v: &Value, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Result<Piece> {
+fn parse_piece(v: &Json<'_>, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Result<Piece> {
     let m = v
         .as_object()
         .ok_or_else(|| Error::malformed(at, "a piece must be an object"))?;
@@ -984,8 +990,8 @@ fn parse_piece(v: &Value, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Res
         }
     };
     let (s, len) = match (m.get("s"), m.get("n")) {
-        (Some(Value::String(s)), None) if !s.is_empty() => {
-            (Some(s.clone()), s.chars().count() as u64)
+        (Some(Json::Str(s)), None) if !s.is_empty() => {
+            (Some(s.to_string()), s.chars().count() as u64)
         }
         (None, Some(n)) => (
             None,
@@ -1008,12 +1014,12 @@ fn parse_piece(v: &Value, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Res
             hlc: h,
             client: id.client,
         }),
-        Some(Value::Null) => None,
+        Some(Json::Null) => None,
         Some(o) => Some(text_stamp(o, &at.f("o"), base)?),
     };
     let right = match m.get("ro") {
         None => prev.and_then(|q| q.right),
-        Some(Value::Null) => None,
+        Some(Json::Null) => None,
         Some(r) => Some(text_stamp(r, &at.f("ro"), base)?),
     };
     Ok(Piece {
@@ -1027,8 +1033,13 @@ fn parse_piece(v: &Value, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> Res
 }
 
 /// Refuses a field of `m` not in `allowed`, naming it (`what`: "state", "text", "piece").
-fn only_fields(m: &Map<String, Value>, allowed: &[&str], at: &(impl Display + ?Sized), what: &(impl Display + ?Sized)) -> Result<()> {
-    match m.keys().find(|k| !allowed.contains(&k.as_str())) {
+fn only_fields(
+    m: &JsonObj<'_>,
+    allowed: &[&str],
+    at: &(impl Display + ?Sized),
+    what: &(impl Display + ?Sized),
+) -> Result<()> {
+    match m.keys().find(|k| !allowed.contains(&k)) {
         Some(key) => Err(Error::malformed(
             at,
             format!("unknown {what} field {key:?}"),

@@ -239,7 +239,12 @@ fn stamp_or_null(s: Option<Stamp>) -> Tree<'static> {
 pub(crate) fn knowledge_tree(k: &Knowledge) -> Tree<'static> {
     Tree::Obj(
         k.iter()
-            .map(|(c, h)| (Cow::Owned(c.to_string()), Tree::Str(format!("{h:x}").into())))
+            .map(|(c, h)| {
+                (
+                    Cow::Owned(c.to_string()),
+                    Tree::Str(format!("{h:x}").into()),
+                )
+            })
             .collect(),
     )
 }
@@ -309,7 +314,10 @@ mod tests {
         let bytes = c.to_compact();
         assert_eq!(compact::decode(&bytes).unwrap(), value);
         assert_eq!(Changes::from_bytes(&bytes).unwrap().to_value(), value);
-        assert_eq!(Changes::parse(&c.to_json_string()).unwrap().to_value(), value);
+        assert_eq!(
+            Changes::parse(&c.to_json_string()).unwrap().to_value(),
+            value
+        );
         assert_eq!(Changes::from_value(&value).unwrap().to_value(), value);
     }
 
@@ -335,8 +343,9 @@ mod tests {
         same_every_way(&a.changes_for(b.client_id()));
         same_every_way(&b.changes_for(a.client_id()));
         same_every_way(&a.changes().into_repair(RepairKind::Request));
-        let fresh = Document::from_changes(&Changes::from_bytes(&a.changes().to_compact()).unwrap())
-            .unwrap();
+        let fresh =
+            Document::from_changes(&Changes::from_bytes(&a.changes().to_compact()).unwrap())
+                .unwrap();
         assert_eq!(fresh.to_json(), a.to_json());
     }
 }

@@ -1,0 +1,158 @@
+//! A JSON value as the changes reader takes it in: borrowed from a `serde_json::Value`, or read
+//! straight from the compact form without building one.
+//!
+//! A full changes object of a 10 MB document holds hundreds of thousands of small objects. As a
+//! `serde_json::Value` each is a B-tree map with a `String` per key, built only to be looked
+//! through once and dropped: a third of the time of a full sync went to building and freeing
+//! them. Here an object is a vector of entries sorted by key, its keys borrowed from the compact
+//! bytes' string table (or from the `Value`), so reading allocates one vector per object.
+//! The semantics are the `Value`'s: each key once (the last written wins), keys in byte order,
+//! numbers kept exactly as serde_json holds them.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Number, Value};
+
+/// A JSON value (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Json<'a> {
+    Null,
+    Bool(bool),
+    Num(Cow<'a, Number>),
+    Str(Cow<'a, str>),
+    Arr(Vec<Json<'a>>),
+    Obj(JsonObj<'a>),
+}
+
+/// An object: its entries sorted by key, each key once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct JsonObj<'a> {
+    entries: Vec<(Cow<'a, str>, Json<'a>)>,
+}
+
+/// Objects up to this many keys are searched from the start; larger ones by bisection.
+const SCAN: usize = 8;
+
+impl<'a> JsonObj<'a> {
+    /// The object of these entries, in any order; of two entries with one key the later wins.
+    pub fn from_entries(mut entries: Vec<(Cow<'a, str>, Json<'a>)>) -> Self {
+        if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+            // Stable: of equal keys the one written last stays last, and is the one kept.
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut unique: Vec<(Cow<'a, str>, Json<'a>)> = Vec::with_capacity(entries.len());
+            for e in entries {
+                match unique.last_mut() {
+                    Some(last) if last.0 == e.0 => *last = e,
+                    _ => unique.push(e),
+                }
+            }
+            entries = unique;
+        }
+        JsonObj { entries }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+        if self.entries.len() <= SCAN {
+            return self.entries.iter().find(|e| e.0 == key).map(|e| &e.1);
+        }
+        self.entries
+            .binary_search_by(|e| e.0.as_ref().cmp(key))
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.0.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Json<'a>)> {
+        self.entries.iter().map(|e| (e.0.as_ref(), &e.1))
+    }
+}
+
+impl<'a> Json<'a> {
+    /// `v` borrowed. Recursive: the caller bounds `v`'s depth first.
+    pub fn borrow(v: &'a Value) -> Self {
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Num(Cow::Borrowed(n)),
+            Value::String(s) => Json::Str(Cow::Borrowed(s)),
+            Value::Array(items) => Json::Arr(items.iter().map(Json::borrow).collect()),
+            Value::Object(m) => Json::Obj(JsonObj::from_entries(
+                m.iter()
+                    .map(|(k, v)| (Cow::Borrowed(k.as_str()), Json::borrow(v)))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The same value as a `serde_json::Value`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Num(n) => Value::Number(n.as_ref().clone()),
+            Json::Str(s) => Value::String(s.to_string()),
+            Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            Json::Obj(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_value()))
+                    .collect::<Map<String, Value>>(),
+            ),
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&JsonObj<'a>> {
+        match self {
+            Json::Obj(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Num(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_keeps_each_key_once_in_order_the_last_winning() {
+        let e = |k: &'static str, n: u64| (Cow::Borrowed(k), Json::Num(Cow::Owned(n.into())));
+        let many: Vec<_> = (0..20u64)
+            .rev()
+            .map(|i| (Cow::Owned(format!("k{i:02}")), Json::Null))
+            .collect();
+        let big = JsonObj::from_entries(many);
+        assert_eq!(big.keys().next(), Some("k00"));
+        assert!(big.contains_key("k13") && !big.contains_key("k20"));
+        let o = JsonObj::from_entries(vec![e("b", 1), e("a", 2), e("b", 3)]);
+        assert_eq!(o.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(o.get("b").and_then(Json::as_u64), Some(3));
+        let v: Value =
+            serde_json::from_str(r#"{"z": [1, -2, 1.5, "s", null, true, {"y": {}}], "a": 1e400}"#)
+                .unwrap();
+        assert_eq!(Json::borrow(&v).to_value(), v);
+    }
+}
