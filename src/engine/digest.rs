@@ -179,6 +179,9 @@ impl Document {
         match &node.body {
             Body::Obj(o) => {
                 let f = &o.slots[s as usize];
+                if matches!(f.val, Val::Gone) {
+                    return None;
+                }
                 let mut h = SlotHasher::new(b'f');
                 h.stamp(node.id);
                 h.field(f.key.as_bytes());

@@ -75,11 +75,17 @@ enum Loc<'a> {
     Elem(Option<Ix>, Stamp),
 }
 
+/// One step of the path to where `check` is, rendered only for an error message.
+enum Step<'c> {
+    Key(&'c str),
+    Elem(Stamp),
+}
+
 struct Check<'c> {
     changes: &'c Changes,
     seen: HashSet<Stamp>,
     max_hlc: u64,
-    trail: Vec<String>,
+    trail: Vec<Step<'c>>,
     /// Elements left out because what they follow is not held here (nor merged with them).
     skip: HashSet<Stamp>,
     /// Texts left out because a piece's origin is neither held here nor in the changes.
@@ -90,7 +96,13 @@ impl Check<'_> {
     fn at(&self) -> String {
         let mut s = String::from("$.changes");
         for t in &self.trail {
-            s.push_str(t);
+            match t {
+                Step::Key(k) => {
+                    s.push('.');
+                    s.push_str(k);
+                }
+                Step::Elem(id) => s.push_str(&format!("[{id}]")),
+            }
         }
         s
     }
@@ -361,7 +373,13 @@ impl Document {
         comparable.then_some(verdict)
     }
 
-    fn check_node(&self, w: &WNode, loc: Loc, depth: usize, c: &mut Check) -> Result<()> {
+    fn check_node<'c>(
+        &self,
+        w: &'c WNode,
+        loc: Loc,
+        depth: usize,
+        c: &mut Check<'c>,
+    ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::TooDeep {
                 what: "document in changes",
@@ -427,16 +445,16 @@ impl Document {
         }
     }
 
-    fn check_fields(
+    fn check_fields<'c>(
         &self,
-        fields: &[WField],
+        fields: &'c [WField],
         lo: Option<&Obj>,
         local: Option<Ix>,
         depth: usize,
-        c: &mut Check,
+        c: &mut Check<'c>,
     ) -> Result<()> {
         for f in fields {
-            c.trail.push(format!(".{}", f.key));
+            c.trail.push(Step::Key(&f.key));
             c.stamp(f.stamp)?;
             let lf = lo.and_then(|o| o.slot_of(&f.key).map(|s| &o.slots[s as usize]));
             if let Some(lf) = lf
@@ -463,13 +481,13 @@ impl Document {
         Ok(())
     }
 
-    fn check_elems(
+    fn check_elems<'c>(
         &self,
-        elems: &[WElem],
+        elems: &'c [WElem],
         la: Option<&Arr>,
         local: Option<Ix>,
         depth: usize,
-        c: &mut Check,
+        c: &mut Check<'c>,
     ) -> Result<()> {
         let ids: HashSet<Stamp> = elems.iter().map(|e| e.id).collect();
         if ids.len() != elems.len() {
@@ -479,7 +497,7 @@ impl Document {
         let mut sorted: Vec<&WElem> = elems.iter().collect();
         sorted.sort_by_key(|e| e.id);
         for e in sorted {
-            c.trail.push(format!("[{}]", e.id));
+            c.trail.push(Step::Elem(e.id));
             self.check_elem(e, la, &ids, c)?;
             match &e.val {
                 Some((WVal::Node(child), _)) if !c.skip.contains(&e.id) => {
