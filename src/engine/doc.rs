@@ -35,10 +35,29 @@ pub(crate) enum Val {
     Gone,
 }
 
+/// An object key's name, shared by every object that has that key (100,000 records with the
+/// same four keys hold four strings, not 400,000).
+pub(crate) type Key = Arc<str>;
+
+/// The names of keys, each held once (see [`Key`]).
+pub(crate) type KeyTable = crate::engine::HashSet<Key>;
+
+/// The shared name for `k`, added to `table` if it is new.
+pub(crate) fn intern(table: &mut KeyTable, k: &str) -> Key {
+    match table.get(k) {
+        Some(key) => key.clone(),
+        None => {
+            let key: Key = Arc::from(k);
+            table.insert(key.clone());
+            key
+        }
+    }
+}
+
 /// An object key.
 #[derive(Debug, Clone)]
 pub(crate) struct Field {
-    pub key: String,
+    pub key: Key,
     pub val: Val,
     pub stamp: Stamp,
     pub u: u64,
@@ -64,7 +83,7 @@ pub(crate) struct Obj {
     /// Key → slot, kept only once the object has more than `SMALL_OBJ` slots: a small object
     /// (a record of a few fields, the common case) is searched in `slots`, which saves a map
     /// and a copy of every key per object (memory and load time of large documents).
-    keys: Option<BTreeMap<String, u32>>,
+    keys: Option<BTreeMap<Key, u32>>,
 }
 
 /// Most slots an object has without a key map.
@@ -75,7 +94,7 @@ impl Obj {
     pub fn slot_of(&self, k: &str) -> Option<u32> {
         match &self.keys {
             Some(m) => m.get(k).copied(),
-            None => self.slots.iter().position(|f| f.key == k).map(|s| s as u32),
+            None => self.slots.iter().position(|f| &*f.key == k).map(|s| s as u32),
         }
     }
 
@@ -155,6 +174,8 @@ pub struct Document {
     pub(crate) clock: Hlc,
     pub(crate) nodes: Vec<Node>,
     pub(crate) by_id: HashMap<Stamp, Ix>,
+    /// The names of the objects' keys (see [`Key`]).
+    pub(crate) keys: KeyTable,
     /// (u, node, slot) for every slot: what changed after a version, in version order.
     pub(crate) index: BTreeSet<(u64, Ix, u32)>,
     /// While true, slots' versions are not entered in `index` as they are written: a replica
@@ -236,6 +257,7 @@ impl Document {
                 body: Body::Obj(Obj::default()),
             }],
             by_id: HashMap::default(),
+            keys: KeyTable::default(),
             index: BTreeSet::new(),
             index_later: false,
             peers: BTreeMap::new(),
@@ -336,7 +358,7 @@ impl Document {
                 let mut m = Map::new();
                 for f in &o.slots {
                     if f.val != Val::Gone {
-                        m.insert(f.key.clone(), self.val_json(&f.val));
+                        m.insert(f.key.to_string(), self.val_json(&f.val));
                     }
                 }
                 Value::Object(m)
@@ -656,8 +678,12 @@ impl Document {
         if let Some(s) = o.slot_of(k) {
             return s;
         }
+        let key = intern(&mut self.keys, k);
+        let Body::Obj(o) = &mut self.nodes[n as usize].body else {
+            unreachable!("node {n} checked to be an object")
+        };
         o.push(Field {
-            key: k.to_string(),
+            key,
             val: Val::Gone,
             stamp: Stamp::ZERO,
             u: 0,

@@ -429,7 +429,7 @@ impl Document {
             (_, Some(ix)) => {
                 let at_same_place = match (loc, self.nodes[ix as usize].parent) {
                     (Loc::Key(Some(p), k), Some((lp, ls))) if *p == lp => {
-                        matches!(&self.nodes[lp as usize].body, Body::Obj(o) if o.slots[ls as usize].key == *k)
+                        matches!(&self.nodes[lp as usize].body, Body::Obj(o) if &*o.slots[ls as usize].key == *k)
                     }
                     (Loc::Elem(Some(p), e), Some((lp, ls))) if *p == lp => {
                         matches!(&self.nodes[lp as usize].body, Body::Arr(a) if a.slots[ls as usize].id == *e)

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::engine::doc::{Arr, Body, Document, Elem, Field, Node, Obj, PeerState, Val};
+use crate::engine::doc::{
+    Arr, Body, Document, Elem, Field, KeyTable, Node, Obj, PeerState, Val, intern,
+};
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::text::{Piece, Text};
@@ -178,6 +180,7 @@ fn restore_obj(
     fields: Vec<SnapField>,
     count: u32,
     index: &mut Vec<(u64, u32, u32)>,
+    keys: &mut KeyTable,
 ) -> Result<Obj> {
     let mut o = Obj::default();
     for (s, f) in fields.into_iter().enumerate() {
@@ -189,7 +192,7 @@ fn restore_obj(
             )));
         }
         o.push(Field {
-            key: f.k,
+            key: intern(keys, &f.k),
             val: restore_val(f.v, count)?,
             stamp: f.t,
             u: f.u,
@@ -305,7 +308,7 @@ fn snap_node(n: &Node) -> SnapNode {
                 o.slots
                     .iter()
                     .map(|f| SnapField {
-                        k: f.key.clone(),
+                        k: f.key.to_string(),
                         v: snap_val(&f.val),
                         t: f.stamp,
                         u: f.u,
@@ -610,7 +613,7 @@ fn row_node(n: &Node) -> RowNode<Value> {
                 .map(|f| {
                     let plain = f.stamp == n.id && f.u == n.u;
                     let rest = (!plain).then(|| (w.stamp(f.stamp), f.u));
-                    RowField(f.key.clone(), w.val(&f.val), rest)
+                    RowField(f.key.to_string(), w.val(&f.val), rest)
                 })
                 .collect(),
         ),
@@ -921,6 +924,7 @@ impl Document {
         }
         let mut nodes = Vec::with_capacity(snap.nodes.len());
         let mut by_id = HashMap::default();
+        let mut keys = KeyTable::default();
         // Collected, then built in one go (sorting beats 400,000 single inserts).
         let mut index = Vec::new();
         for (ix, n) in snap.nodes.into_iter().enumerate() {
@@ -932,7 +936,7 @@ impl Document {
                 return Err(bad(format!("node {ix} has an impossible parent")));
             }
             let body = match (n.obj, n.arr) {
-                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index)?),
+                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index, &mut keys)?),
                 (None, Some(sa)) => Body::Arr(restore_arr(ix, sa, count, &mut index)?),
                 _ => return Err(bad(format!("node {ix} is neither object nor array"))),
             };
@@ -952,6 +956,7 @@ impl Document {
             clock: Hlc::at(snap.clock),
             nodes,
             by_id,
+            keys,
             index: BTreeSet::from_iter(index),
             index_later: false,
             peers: snap

@@ -9,6 +9,7 @@ use std::fmt::{self, Display};
 
 use serde_json::Value;
 
+use crate::engine::doc::{Key, KeyTable, intern};
 use crate::engine::error::{Error, Result};
 use crate::engine::json::{Json, JsonObj};
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
@@ -94,7 +95,7 @@ pub(crate) enum WBody {
 /// A written object key: its value (`None` when the key was removed) and the stamp of the write.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct WField {
-    pub key: String,
+    pub key: Key,
     pub val: Option<WVal>,
     pub stamp: Stamp,
 }
@@ -186,7 +187,7 @@ impl Changes {
                         if out.len() >= max {
                             return;
                         }
-                        let seg = crate::engine::path::Segment::Key(f.key.clone());
+                        let seg = crate::engine::path::Segment::Key(f.key.to_string());
                         let key = crate::engine::path::render(std::slice::from_ref(&seg));
                         let p = match (prefix.is_empty(), key.starts_with('[')) {
                             (true, _) | (false, true) => format!("{prefix}{key}"),
@@ -267,11 +268,14 @@ impl Changes {
         let knows = knowledge_of(top.get("knows"), "$.knows")?;
         let partial = knowledge_of(top.get("partial"), "$.partial")?;
         let client_states = client_states_of(top.get("clientStates"))?;
-        let mut budget = MAX_ITEMS;
+        let mut r = Reading {
+            budget: MAX_ITEMS,
+            keys: KeyTable::default(),
+        };
         let root = match top.get("changes") {
             None | Some(Json::Null) => None,
             Some(v) => {
-                let node = parse_node(v, &At::Path("$.changes"), &mut budget, None, from_version)?;
+                let node = parse_node(v, &At::Path("$.changes"), &mut r, None, from_version)?;
                 if node.is_array() {
                     return Err(Error::malformed(
                         "$.changes",
@@ -507,6 +511,13 @@ impl Display for At<'_> {
     }
 }
 
+/// What reading a changes object keeps: how many more items it may hold, and the names of the
+/// keys read so far (each held once: see `doc::Key`).
+struct Reading {
+    budget: usize,
+    keys: KeyTable,
+}
+
 fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<()> {
     if n > *budget {
         return Err(Error::malformed(
@@ -523,7 +534,7 @@ fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<(
 fn parse_node(
     v: &Json<'_>,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     implied_id: Option<Stamp>,
     parent_u: u64,
 ) -> Result<WNode> {
@@ -544,10 +555,10 @@ fn parse_node(
         None => parent_u,
         Some(_) => get_u64(s, "u", &s_at)?,
     };
-    spend(budget, 1, at)?;
+    spend(&mut r.budget, 1, at)?;
     let body = match s.get("a") {
-        None | Some(Json::Bool(false)) => parse_object_body(obj, s, at, budget, id, u)?,
-        Some(Json::Bool(true)) => parse_array_body(obj, s, at, budget, u)?,
+        None | Some(Json::Bool(false)) => parse_object_body(obj, s, at, r, id, u)?,
+        Some(Json::Bool(true)) => parse_array_body(obj, s, at, r, u)?,
         Some(_) => {
             return Err(Error::malformed(
                 format!("{s_at}.a"),
@@ -563,7 +574,7 @@ fn parse_array_body(
     obj: &JsonObj<'_>,
     s: &JsonObj<'_>,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     u: u64,
 ) -> Result<WBody> {
     let s_at = at.f("_s");
@@ -593,10 +604,10 @@ fn parse_array_body(
         Some(Json::Arr(a)) => a.as_slice(),
         Some(_) => return Err(Error::malformed(format!("{s_at}.ri"), "must be an array")),
     };
-    spend(budget, live.len() + removed.len(), at)?;
+    spend(&mut r.budget, live.len() + removed.len(), at)?;
     let mut elems = Vec::with_capacity(live.len() + removed.len());
-    parse_elems(live, false, &at.f("v"), budget, u, &mut elems)?;
-    parse_elems(removed, true, &s_at.f("ri"), budget, u, &mut elems)?;
+    parse_elems(live, false, &at.f("v"), r, u, &mut elems)?;
+    parse_elems(removed, true, &s_at.f("ri"), r, u, &mut elems)?;
     Ok(WBody::Arr(elems))
 }
 
@@ -606,7 +617,7 @@ fn parse_object_body(
     obj: &JsonObj<'_>,
     s: &JsonObj<'_>,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     id: Stamp,
     u: u64,
 ) -> Result<WBody> {
@@ -619,12 +630,12 @@ fn parse_object_body(
         Some(Json::Obj(m)) => Some(m),
         Some(_) => return Err(Error::malformed(format!("{s_at}.k"), "must be an object")),
     };
-    spend(budget, obj.len(), at)?;
+    spend(&mut r.budget, obj.len(), at)?;
     let mut fields: Vec<WField> = Vec::with_capacity(obj.len());
     for (wire_key, val) in obj.iter().filter(|(k, _)| *k != "_s") {
         let key = user_key(wire_key, at)?;
         let f_at = at.f(wire_key);
-        let (val, stamp) = parse_value(val, &f_at, budget, None, u)?;
+        let (val, stamp) = parse_value(val, &f_at, r, None, u)?;
         let stamp = match (&val, stamps.and_then(|m| m.get(key))) {
             (WVal::Node(_) | WVal::Text(_), Some(_)) => {
                 return Err(Error::malformed(
@@ -637,7 +648,7 @@ fn parse_object_body(
             (WVal::Prim(_), None) => id,
         };
         fields.push(WField {
-            key: key.to_string(),
+            key: intern(&mut r.keys, key),
             val: Some(val),
             stamp,
         });
@@ -645,10 +656,10 @@ fn parse_object_body(
     // The written keys, looked up in `fields` while few (a record), in a set when many.
     let written_count = fields.len();
     let set: Option<crate::engine::HashSet<&str>> =
-        (written_count > 16).then(|| fields.iter().map(|f| f.key.as_str()).collect());
+        (written_count > 16).then(|| fields.iter().map(|f| &*f.key).collect());
     let is_written = |fields: &[WField], k: &str| match &set {
         Some(set) => set.contains(k),
-        None => fields[..written_count].iter().any(|f| f.key == k),
+        None => fields[..written_count].iter().any(|f| &*f.key == k),
     };
     if let Some(key) = stamps.and_then(|m| m.keys().find(|k| !is_written(&fields, k))) {
         return Err(Error::malformed(
@@ -659,7 +670,7 @@ fn parse_object_body(
     match s.get("d") {
         None => {}
         Some(Json::Obj(m)) => {
-            spend(budget, m.len(), at)?;
+            spend(&mut r.budget, m.len(), at)?;
             let mut removed = Vec::with_capacity(m.len());
             for (key, st) in m.iter() {
                 if is_written(&fields, key) {
@@ -669,7 +680,7 @@ fn parse_object_body(
                     ));
                 }
                 removed.push(WField {
-                    key: key.to_string(),
+                    key: intern(&mut r.keys, key),
                     val: None,
                     stamp: stamp_of(Some(st), &s_at.f("d").f(key))?,
                 });
@@ -701,18 +712,18 @@ fn user_key<'k>(wire_key: &'k str, at: &(impl Display + ?Sized)) -> Result<&'k s
 fn parse_value(
     v: &Json<'_>,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     implied_id: Option<Stamp>,
     parent_u: u64,
 ) -> Result<(WVal, Option<Stamp>)> {
     match v {
         Json::Obj(m) if m.contains_key("_t") => {
-            let t = parse_text(m, at, budget, implied_id)?;
+            let t = parse_text(m, at, r, implied_id)?;
             let id = t.id;
             Ok((WVal::Text(Box::new(t)), Some(id)))
         }
         Json::Obj(_) => {
-            let n = parse_node(v, at, budget, implied_id, parent_u)?;
+            let n = parse_node(v, at, r, implied_id, parent_u)?;
             let id = n.id;
             Ok((WVal::Node(Box::new(n)), Some(id)))
         }
@@ -728,7 +739,7 @@ fn parse_elems(
     list: &[Json<'_>],
     removed: bool,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     parent_u: u64,
     out: &mut Vec<WElem>,
 ) -> Result<()> {
@@ -744,7 +755,7 @@ fn parse_elems(
         let (val, removed) = if removed {
             (None, Some(stamp_of(m.get("r"), &e_at.f("r"))?))
         } else {
-            (Some(live_value(m, &e_at, id, budget, parent_u)?), None)
+            (Some(live_value(m, &e_at, id, r, parent_u)?), None)
         };
         out.push(WElem {
             id,
@@ -807,13 +818,13 @@ fn live_value(
     m: &JsonObj<'_>,
     e_at: &At<'_>,
     id: Stamp,
-    budget: &mut usize,
+    r: &mut Reading,
     parent_u: u64,
 ) -> Result<(WVal, Stamp)> {
     let raw = m
         .get("v")
         .ok_or_else(|| Error::malformed(e_at, "a live element needs its value \"v\""))?;
-    let (val, node_id) = parse_value(raw, &e_at.f("v"), budget, Some(id), parent_u)?;
+    let (val, node_id) = parse_value(raw, &e_at.f("v"), r, Some(id), parent_u)?;
     let vstamp = match (node_id, m.get("t")) {
         (Some(_), Some(_)) => {
             return Err(Error::malformed(
@@ -906,7 +917,7 @@ pub(crate) fn value_depth(v: &Value) -> usize {
 fn parse_text(
     obj: &JsonObj<'_>,
     at: &At<'_>,
-    budget: &mut usize,
+    r: &mut Reading,
     implied_id: Option<Stamp>,
 ) -> Result<WText> {
     let t_at = at.f("_t");
@@ -940,7 +951,7 @@ fn parse_text(
             ));
         }
     };
-    spend(budget, list.len(), at)?;
+    spend(&mut r.budget, list.len(), at)?;
     let mut pieces: Vec<Piece> = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let p = parse_piece(item, &t_at.f("p").i(i), pieces.last(), id)?;

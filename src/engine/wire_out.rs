@@ -152,10 +152,10 @@ fn obj_tree<'a>(node: &'a WNode, fields: &'a [WField], s: &mut Entries<'a>) -> E
     let mut d = Vec::new();
     for f in fields {
         match &f.val {
-            None => d.push((Cow::Borrowed(f.key.as_str()), Tree::Stamp(f.stamp))),
+            None => d.push((Cow::Borrowed(&*f.key), Tree::Stamp(f.stamp))),
             Some(WVal::Prim(v)) => {
                 if f.stamp != node.id {
-                    k.push((Cow::Borrowed(f.key.as_str()), Tree::Stamp(f.stamp)));
+                    k.push((Cow::Borrowed(&*f.key), Tree::Stamp(f.stamp)));
                 }
                 out.push((escape_key(&f.key), Tree::Prim(v)));
             }
