@@ -125,10 +125,12 @@ pub(crate) struct Arr {
     pub last_pos: Option<usize>,
 }
 
+/// An array's state is several times an object's (its order, its id map); boxed so that the
+/// far more numerous objects (records) do not carry its size.
 #[derive(Debug, Clone)]
 pub(crate) enum Body {
     Obj(Obj),
-    Arr(Arr),
+    Arr(Box<Arr>),
 }
 
 /// An object or array in the document.
@@ -795,7 +797,7 @@ impl Document {
     fn new_node(&mut self, value: &Value, id: Stamp, parent: Option<(Ix, u32)>, u: u64) -> Ix {
         let ix = self.nodes.len() as Ix;
         let body = if value.is_array() {
-            Body::Arr(Arr::default())
+            Body::Arr(Box::default())
         } else {
             Body::Obj(Obj::default())
         };

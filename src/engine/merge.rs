@@ -410,7 +410,7 @@ impl Document {
             }
             (WBody::Arr(elems), la) => {
                 let la = match la {
-                    Some(Body::Arr(a)) => Some(a),
+                    Some(Body::Arr(a)) => Some(&**a),
                     _ => None,
                 };
                 self.check_elems(elems, la, local, depth, c)
@@ -868,7 +868,7 @@ impl Document {
             parent: Some(parent),
             u,
             body: if w.is_array() {
-                Body::Arr(Arr::default())
+                Body::Arr(Box::default())
             } else {
                 Body::Obj(Obj::default())
             },

@@ -937,7 +937,7 @@ impl Document {
             }
             let body = match (n.obj, n.arr) {
                 (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index, &mut keys)?),
-                (None, Some(sa)) => Body::Arr(restore_arr(ix, sa, count, &mut index)?),
+                (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut index)?)),
                 _ => return Err(bad(format!("node {ix} is neither object nor array"))),
             };
             nodes.push(Node {
