@@ -83,7 +83,7 @@ pub(crate) struct Obj {
     /// Key → slot, kept only once the object has more than `SMALL_OBJ` slots: a small object
     /// (a record of a few fields, the common case) is searched in `slots`, which saves a map
     /// and a copy of every key per object (memory and load time of large documents).
-    keys: Option<BTreeMap<Key, u32>>,
+    keys: Option<Box<BTreeMap<Key, u32>>>,
 }
 
 /// Most slots an object has without a key map.
@@ -94,7 +94,11 @@ impl Obj {
     pub fn slot_of(&self, k: &str) -> Option<u32> {
         match &self.keys {
             Some(m) => m.get(k).copied(),
-            None => self.slots.iter().position(|f| &*f.key == k).map(|s| s as u32),
+            None => self
+                .slots
+                .iter()
+                .position(|f| &*f.key == k)
+                .map(|s| s as u32),
         }
     }
 
@@ -107,7 +111,9 @@ impl Obj {
         self.slots.push(f);
         if self.keys.is_none() && self.slots.len() > SMALL_OBJ {
             let m = self.slots.iter().enumerate();
-            self.keys = Some(m.map(|(i, f)| (f.key.clone(), i as u32)).collect());
+            self.keys = Some(Box::new(
+                m.map(|(i, f)| (f.key.clone(), i as u32)).collect(),
+            ));
         }
         s
     }

@@ -936,7 +936,9 @@ impl Document {
                 return Err(bad(format!("node {ix} has an impossible parent")));
             }
             let body = match (n.obj, n.arr) {
-                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index, &mut keys)?),
+                (Some(fields), None) => {
+                    Body::Obj(restore_obj(ix, fields, count, &mut index, &mut keys)?)
+                }
                 (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut index)?)),
                 _ => return Err(bad(format!("node {ix} is neither object nor array"))),
             };
