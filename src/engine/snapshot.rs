@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::doc::{
-    Arr, Body, Document, Elem, Field, KeyTable, Node, Obj, PeerState, Val, intern,
+    Arr, Body, Document, Elem, Field, Key, KeyTable, Node, Obj, PeerState, Val, intern,
 };
 use crate::engine::error::{Error, Result};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
@@ -70,7 +70,7 @@ struct SnapNode {
 
 #[derive(Serialize, Deserialize)]
 struct SnapField {
-    k: String,
+    k: Key,
     v: SnapVal,
     t: Stamp,
     u: u64,
@@ -180,7 +180,6 @@ fn restore_obj(
     fields: Vec<SnapField>,
     count: u32,
     index: &mut Vec<(u64, u32, u32)>,
-    keys: &mut KeyTable,
 ) -> Result<Obj> {
     let mut o = Obj::default();
     for (s, f) in fields.into_iter().enumerate() {
@@ -192,7 +191,7 @@ fn restore_obj(
             )));
         }
         o.push(Field {
-            key: intern(keys, &f.k),
+            key: f.k,
             val: restore_val(f.v, count)?,
             stamp: f.t,
             u: f.u,
@@ -308,7 +307,7 @@ fn snap_node(n: &Node) -> SnapNode {
                 o.slots
                     .iter()
                     .map(|f| SnapField {
-                        k: f.key.to_string(),
+                        k: f.key.clone(),
                         v: snap_val(&f.val),
                         t: f.stamp,
                         u: f.u,
@@ -345,19 +344,54 @@ fn snap_node(n: &Node) -> SnapNode {
 /// after); values are JSON as they are, a child node `{"n": index}`, a removed value `{}`, a
 /// text `{"t": text}`.
 #[derive(Serialize, Deserialize)]
-struct RowNode<V>(Vec<ClientId>, u64, Option<(u32, u32)>, u64, RowBody<V>);
+struct RowNode<'a, V>(
+    Vec<ClientId>,
+    u64,
+    Option<(u32, u32)>,
+    u64,
+    #[serde(borrow)] RowBody<'a, V>,
+);
 
 #[derive(Serialize, Deserialize)]
-enum RowBody<V> {
-    O(Vec<RowField<V>>),
+enum RowBody<'a, V> {
+    O(#[serde(borrow)] Vec<RowField<'a, V>>),
     A(Vec<RowElem<V>>, Vec<u32>),
+}
+
+/// A key as a record holds it: borrowed from the record's bytes when it has no escapes (the
+/// replica keeps one shared name per key, so a copy per record would only be dropped).
+struct RowKey<'a>(std::borrow::Cow<'a, str>);
+
+impl Serialize for RowKey<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RowKey<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RowKey<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(RowKey(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
+                Ok(RowKey(std::borrow::Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 type RowStamp = (u32, i64);
 
 /// A field: `[key, value]` when written with the node (its stamp the node's id, its version the
 /// node's), else `[key, value, stamp, version]`.
-struct RowField<V>(String, V, Option<(RowStamp, u64)>);
+struct RowField<'a, V>(RowKey<'a>, V, Option<(RowStamp, u64)>);
 
 /// How serde_json (with `arbitrary_precision`) presents a number to a visitor.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
@@ -442,7 +476,7 @@ struct RowElemRest(
     u64,
 );
 
-impl<V: Serialize> Serialize for RowField<V> {
+impl<V: Serialize> Serialize for RowField<'_, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut t = s.serialize_tuple(if self.2.is_some() { 4 } else { 2 })?;
@@ -559,7 +593,7 @@ impl<'de> RestOf<'de> for RowElemRest {
     }
 }
 
-impl<'de, V: Deserialize<'de>> Deserialize<'de> for RowField<V> {
+impl<'de: 'a, 'a, V: Deserialize<'de>> Deserialize<'de> for RowField<'a, V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let ShortOrLong(k, v, rest) = ShortOrLong::deserialize(d)?;
         Ok(RowField(k, v, rest))
@@ -601,7 +635,7 @@ impl RowWriter {
     }
 }
 
-fn row_node(n: &Node) -> RowNode<Value> {
+fn row_node(n: &Node) -> RowNode<'_, Value> {
     let mut w = RowWriter {
         base: n.id.hlc,
         clients: vec![n.id.client],
@@ -613,7 +647,11 @@ fn row_node(n: &Node) -> RowNode<Value> {
                 .map(|f| {
                     let plain = f.stamp == n.id && f.u == n.u;
                     let rest = (!plain).then(|| (w.stamp(f.stamp), f.u));
-                    RowField(f.key.to_string(), w.val(&f.val), rest)
+                    RowField(
+                        RowKey(std::borrow::Cow::Borrowed(&f.key)),
+                        w.val(&f.val),
+                        rest,
+                    )
                 })
                 .collect(),
         ),
@@ -648,7 +686,7 @@ fn row_node(n: &Node) -> RowNode<Value> {
 }
 
 /// A node record read back as the snapshot's node form.
-fn node_of_row(ix: u32, row: RowNode<RowVal>) -> Result<SnapNode> {
+fn node_of_row(ix: u32, row: RowNode<'_, RowVal>, keys: &mut KeyTable) -> Result<SnapNode> {
     let RowNode(clients, base, parent, u, body) = row;
     let bad = |what: &str| Error::Snapshot(format!("saved node {ix}: {what}"));
     let stamp = |(ci, off): RowStamp| -> Result<Stamp> {
@@ -681,7 +719,7 @@ fn node_of_row(ix: u32, row: RowNode<RowVal>) -> Result<SnapNode> {
                     None => (id, u),
                 };
                 out.push(SnapField {
-                    k,
+                    k: intern(keys, &k.0),
                     v: val(v)?,
                     t,
                     u,
@@ -870,6 +908,7 @@ impl Document {
             ));
         };
         let mut list = Vec::with_capacity(count as usize);
+        let mut keys = KeyTable::default();
         for (ix, text) in nodes {
             if ix != list.len() as u32 || ix >= count {
                 return Err(Error::Snapshot(format!(
@@ -877,10 +916,11 @@ impl Document {
                     list.len()
                 )));
             }
-            let row: RowNode<RowVal> = unpack_row(&text)
-                .and_then(|json| serde_json::from_slice(&json).map_err(|e| e.to_string()))
+            let json =
+                unpack_row(&text).map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
+            let row: RowNode<'_, RowVal> = serde_json::from_slice(&json)
                 .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
-            list.push(node_of_row(ix, row)?);
+            list.push(node_of_row(ix, row, &mut keys)?);
         }
         if list.len() as u32 != count {
             return Err(Error::Snapshot(format!(
@@ -889,7 +929,7 @@ impl Document {
             )));
         }
         snap.nodes = list;
-        let doc = Self::from_snap(snap)?;
+        let doc = Self::from_snap(snap, keys)?;
         let mark = doc.save_mark();
         Ok((doc, mark))
     }
@@ -907,10 +947,11 @@ impl Document {
                 "the saved head keeps its nodes apart".into(),
             ));
         }
-        Self::from_snap(snap)
+        Self::from_snap(snap, KeyTable::default())
     }
 
-    fn from_snap(snap: Snap) -> Result<Self> {
+    /// `keys`: the table the nodes' keys were read into (their shared names).
+    fn from_snap(snap: Snap, keys: KeyTable) -> Result<Self> {
         if snap.format != SNAPSHOT_FORMAT || !(1..=SNAPSHOT_VERSION).contains(&snap.version) {
             return Err(Error::Snapshot(format!(
                 "unknown saved format {:?} version {}",
@@ -924,7 +965,6 @@ impl Document {
         }
         let mut nodes = Vec::with_capacity(snap.nodes.len());
         let mut by_id = HashMap::default();
-        let mut keys = KeyTable::default();
         // Collected, then built in one go (sorting beats 400,000 single inserts).
         let mut index = Vec::new();
         for (ix, n) in snap.nodes.into_iter().enumerate() {
@@ -936,9 +976,7 @@ impl Document {
                 return Err(bad(format!("node {ix} has an impossible parent")));
             }
             let body = match (n.obj, n.arr) {
-                (Some(fields), None) => {
-                    Body::Obj(restore_obj(ix, fields, count, &mut index, &mut keys)?)
-                }
+                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index)?),
                 (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut index)?)),
                 _ => return Err(bad(format!("node {ix} is neither object nor array"))),
             };
