@@ -83,6 +83,10 @@ pub(crate) struct Obj {
     /// Key → slot, kept only once the object has more than `SMALL_OBJ` slots: a small object
     /// (a record of a few fields, the common case) is searched in `slots`, which saves a map
     /// and a copy of every key per object (memory and load time of large documents).
+    #[allow(
+        clippy::box_collection,
+        reason = "boxed, the absent map of the common small object costs 8 bytes, not 24"
+    )]
     keys: Option<Box<BTreeMap<Key, u32>>>,
 }
 

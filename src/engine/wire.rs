@@ -383,11 +383,11 @@ fn client_states_of(v: Option<&Json<'_>>) -> Result<Vec<ClientState>> {
         let at = states.i(i);
         let obj = row
             .as_object()
-            .ok_or_else(|| Error::malformed(&at, "must be an object"))?;
+            .ok_or_else(|| Error::malformed(at, "must be an object"))?;
         let client_id = client_of(obj.get("clientID"), &at.f("clientID"))?;
         if !seen.insert(client_id) {
             return Err(Error::malformed(
-                &at,
+                at,
                 format!("client {client_id} listed twice"),
             ));
         }
@@ -545,7 +545,7 @@ fn parse_node(
     let s = obj
         .get("_s")
         .and_then(Json::as_object)
-        .ok_or_else(|| Error::malformed(&s_at, "a node needs its \"_s\" state object"))?;
+        .ok_or_else(|| Error::malformed(s_at, "a node needs its \"_s\" state object"))?;
     only_fields(s, &["id", "u", "a", "k", "d", "ri"], &s_at, "state")?;
     let id = match (s.get("id"), implied_id) {
         (None, Some(id)) => id,
@@ -580,7 +580,7 @@ fn parse_array_body(
     let s_at = at.f("_s");
     if s.contains_key("k") || s.contains_key("d") {
         return Err(Error::malformed(
-            &s_at,
+            s_at,
             "an array node cannot have \"k\" or \"d\"",
         ));
     }
@@ -623,7 +623,7 @@ fn parse_object_body(
 ) -> Result<WBody> {
     let s_at = at.f("_s");
     if s.contains_key("ri") {
-        return Err(Error::malformed(&s_at, "an object node cannot have \"ri\""));
+        return Err(Error::malformed(s_at, "an object node cannot have \"ri\""));
     }
     let stamps = match s.get("k") {
         None => None,
@@ -749,7 +749,7 @@ fn parse_elems(
         let e_at = at.i(i);
         let m = item
             .as_object()
-            .ok_or_else(|| Error::malformed(&e_at, "an element must be an object"))?;
+            .ok_or_else(|| Error::malformed(e_at, "an element must be an object"))?;
         let (id, origin, right) = elem_place(m, &e_at, removed, prev)?;
         prev = (Some(id), right);
         let (val, removed) = if removed {
@@ -927,7 +927,7 @@ fn parse_text(
     let t = obj
         .get("_t")
         .and_then(Json::as_object)
-        .ok_or_else(|| Error::malformed(&t_at, "must be an object"))?;
+        .ok_or_else(|| Error::malformed(t_at, "must be an object"))?;
     only_fields(t, &["id", "i", "c", "p"], &t_at, "text")?;
     let id = match (t.get("id"), implied_id) {
         (None, Some(id)) => id,
@@ -1050,7 +1050,7 @@ fn only_fields(
     at: &(impl Display + ?Sized),
     what: &(impl Display + ?Sized),
 ) -> Result<()> {
-    match m.keys().find(|k| !allowed.contains(&k)) {
+    match m.keys().find(|k| !allowed.contains(k)) {
         Some(key) => Err(Error::malformed(
             at,
             format!("unknown {what} field {key:?}"),
