@@ -6,12 +6,11 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::engine::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::engine::HashMap;
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};

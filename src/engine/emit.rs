@@ -2,12 +2,12 @@
 //!
 //! The slot index is read from the peer's `lastAcknowledged` onwards, so the work is proportional
 //! to what changed since, not to the document. Slots whose every stamp the peer is known to hold
-//! (from its own word or relayed by a third replica) are left out.
+//! (from its own word or relayed by a third replica) are left out. Everything, for a reader that
+//! holds nothing (a full sync), is a walk of the tree from the root instead.
 
 use std::collections::BTreeSet;
 
 use crate::engine::HashMap;
-
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
 use crate::engine::stamp::Stamp;
 use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WText, WVal};
@@ -114,22 +114,17 @@ impl Document {
     }
 
     fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
-        let everything = since == 0 && knows.is_none();
-        let include = if everything {
-            HashMap::default()
-        } else {
-            self.changed_slots(since, knows)
-        };
-        let nothing = if everything {
-            self.node_len(ROOT) == 0
-        } else {
-            include.is_empty()
+        // For a reader that holds nothing, everything: walked from the root, no index.
+        let include = (since != 0 || knows.is_some()).then(|| self.changed_slots(since, knows));
+        let nothing = match &include {
+            None => self.node_len(ROOT) == 0,
+            Some(i) => i.is_empty(),
         };
         let root = if nothing && !full {
             None
         } else {
             let pick = Pick {
-                include: (!everything).then_some(&include),
+                include: include.as_ref(),
                 knows,
                 since,
             };

@@ -2,13 +2,12 @@
 //! slot with its stamp and version. The form is flat (a list of nodes), so restoring never recurses.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::engine::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::HashMap;
 use crate::engine::doc::{
     Arr, Body, Document, Elem, Field, Key, KeyTable, Node, Obj, PeerState, Val, intern,
 };
