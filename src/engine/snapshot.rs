@@ -181,6 +181,7 @@ fn restore_obj(
     index: &mut Vec<(u64, u32, u32)>,
 ) -> Result<Obj> {
     let mut o = Obj::default();
+    o.slots.reserve_exact(fields.len());
     for (s, f) in fields.into_iter().enumerate() {
         index.push((f.u, ix, s as u32));
         if o.slot_of(&f.k).is_some() {
@@ -203,6 +204,8 @@ fn restore_obj(
 fn restore_arr(ix: u32, sa: SnapArr, count: u32, index: &mut Vec<(u64, u32, u32)>) -> Result<Arr> {
     let broken = || Error::Snapshot(format!("array node {ix} has a broken order"));
     let mut a = Arr::default();
+    a.slots.reserve_exact(sa.slots.len());
+    a.by_id.reserve(sa.slots.len());
     for (s, e) in sa.slots.into_iter().enumerate() {
         index.push((e.u, ix, s as u32));
         a.by_id.insert(e.e, s as u32);
@@ -963,7 +966,7 @@ impl Document {
             return Err(bad("no root node".into()));
         }
         let mut nodes = Vec::with_capacity(snap.nodes.len());
-        let mut by_id = HashMap::default();
+        let mut by_id = HashMap::with_capacity_and_hasher(nodes.capacity(), Default::default());
         // Collected, then built in one go (sorting beats 400,000 single inserts).
         let mut index = Vec::new();
         for (ix, n) in snap.nodes.into_iter().enumerate() {
