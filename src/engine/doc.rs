@@ -5,12 +5,13 @@
 //! version without walking the document (see `emit.rs`), so a delta costs what the change costs.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::engine::HashMap;
+use crate::engine::change_index::ChangeIndex;
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
@@ -188,7 +189,7 @@ pub struct Document {
     /// The names of the objects' keys (see [`Key`]).
     pub(crate) keys: KeyTable,
     /// (u, node, slot) for every slot: what changed after a version, in version order.
-    pub(crate) index: BTreeSet<(u64, Ix, u32)>,
+    pub(crate) index: ChangeIndex,
     /// While true, slots' versions are not entered in `index` as they are written: a replica
     /// built in one go (from a value, or from a full changes object) enters every slot at the
     /// end, in one sorted pass ([`Document::index_all`]), which costs a fraction of an insert
@@ -269,7 +270,7 @@ impl Document {
             }],
             by_id: HashMap::default(),
             keys: KeyTable::default(),
-            index: BTreeSet::new(),
+            index: ChangeIndex::default(),
             index_later: false,
             peers: BTreeMap::new(),
             knows: Knowledge::new(),
@@ -760,7 +761,8 @@ impl Document {
         self.reindex(n, s, old_u, u);
     }
 
-    /// Enters every slot in the change index, which must be empty (see `index_later`).
+    /// Enters every slot in the change index afresh: for a replica built in one go (see
+    /// `index_later`), and when stale entries outnumber live ones.
     pub(crate) fn index_all(&mut self) {
         let mut entries = Vec::new();
         for (ix, node) in self.nodes.iter().enumerate() {
@@ -770,17 +772,18 @@ impl Document {
                 Body::Arr(a) => entries.extend(a.slots.iter().zip(0..).map(|(e, s)| (e.u, ix, s))),
             }
         }
-        entries.sort_unstable();
-        self.index = BTreeSet::from_iter(entries);
+        self.index = ChangeIndex::from_entries(entries);
         self.index_later = false;
     }
 
     /// Moves a slot's entry in the change index to version `u`.
     pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
         if old_u != u && !self.index_later {
-            // Inserting first keeps a one-entry index from freeing and reallocating its node.
-            self.index.insert((u, n, slot));
-            self.index.remove(&(old_u, n, slot));
+            // Version 0 is a slot never written (an empty placeholder): no entry to leave.
+            self.index.enter((u, n, slot), old_u != 0);
+            if self.index.wants_rebuild() {
+                self.index_all();
+            }
         }
         let node = &mut self.nodes[n as usize];
         node.u = node.u.max(u);
@@ -870,7 +873,7 @@ impl Document {
             a.by_id.insert(id, slot);
             a.last_pos = Some(pos);
             if !self.index_later {
-                self.index.insert((u, n, slot));
+                self.index.enter((u, n, slot), false);
             }
             self.rehash(n, slot);
             let node = &mut self.nodes[n as usize];

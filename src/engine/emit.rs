@@ -149,8 +149,11 @@ impl Document {
     fn changed_slots(&self, since: u64, knows: Option<&Knowledge>) -> HashMap<Ix, BTreeSet<u32>> {
         let mut include: HashMap<Ix, BTreeSet<u32>> = HashMap::default();
         let mut attached = HashMap::default();
-        for &(_, n, s) in self.index.range((since + 1, 0, 0)..) {
-            if knows.is_some_and(|k| self.known_to(k, n, s)) || !self.attached(n, &mut attached) {
+        for &(u, n, s) in self.index.after(since) {
+            if self.slot_u(n, s) != u
+                || knows.is_some_and(|k| self.known_to(k, n, s))
+                || !self.attached(n, &mut attached)
+            {
                 continue;
             }
             let mut node = n;
@@ -190,8 +193,11 @@ impl Document {
         };
         let mut attached = HashMap::default();
         let mut upto = self.version;
-        for &(v, n, s) in self.index.range((p.last_acknowledged + 1, 0, 0)..) {
-            if !self.known_to(&p.knows, n, s) && self.attached(n, &mut attached) {
+        for &(v, n, s) in self.index.after(p.last_acknowledged) {
+            if self.slot_u(n, s) == v
+                && !self.known_to(&p.knows, n, s)
+                && self.attached(n, &mut attached)
+            {
                 upto = v - 1;
                 break;
             }

@@ -4,6 +4,7 @@
 //! lacks comes out of [`Document::changes_for`] as a [`Changes`] object; [`Document::apply`] merges
 //! one in. The agent and the transports only call into this module; it knows nothing of them.
 
+mod change_index;
 pub mod compact;
 mod digest;
 mod doc;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::engine::HashMap;
+use crate::engine::change_index::ChangeIndex;
 use crate::engine::doc::{
     Arr, Body, Document, Elem, Field, Key, KeyTable, Node, Obj, PeerState, Val, intern,
 };
@@ -999,7 +1000,7 @@ impl Document {
             nodes,
             by_id,
             keys,
-            index: BTreeSet::from_iter(index),
+            index: ChangeIndex::from_entries(index),
             index_later: false,
             peers: snap
                 .peers
