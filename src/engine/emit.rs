@@ -328,4 +328,34 @@ mod tests {
         assert!(empty.make_changes(0, None, false).root.is_none());
         assert!(empty.make_changes(0, None, true).root.is_some());
     }
+
+    /// A slot rewritten many times leaves stale entries in the change index, which is rebuilt
+    /// when they outnumber the rest; deltas made across rebuilds still carry exactly what the
+    /// peer lacks.
+    #[test]
+    fn deltas_are_right_across_stale_entries_and_rebuilds() {
+        let mut a = Document::new(&json!({"a": 0, "b": "x", "list": [1, 2, 3]})).unwrap();
+        let mut b = Document::from_changes(&a.changes()).unwrap();
+        a.apply(&b.changes_for(a.client_id())).unwrap();
+        for i in 1..=300 {
+            a.set("a", json!(i)).unwrap();
+            if i % 7 == 0 {
+                a.set("list[1]", json!(i)).unwrap();
+            }
+            if i % 50 == 0 {
+                b.apply(&a.changes_for(b.client_id())).unwrap();
+                a.apply(&b.changes_for(a.client_id())).unwrap();
+                assert_eq!(b.to_json(), a.to_json(), "after {i} writes");
+            }
+        }
+        // Nothing left to send, and a delta from an old version carries only the live slots.
+        assert!(!a.changes_for(b.client_id()).has_changes());
+        let d = a.changes_since(1).to_value();
+        assert_eq!(d["changes"]["a"], json!(300));
+        assert!(
+            a.index.after(0).len() < 64 + 6,
+            "{} entries",
+            a.index.after(0).len()
+        );
+    }
 }
