@@ -28,6 +28,32 @@ fn peer(shared: &Path) -> Peer {
     Peer { dir, cfg, agent }
 }
 
+/// A replica of the folder's document with no file bound.
+fn unbound(shared: &Path) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[agent]\nstate-dir = \"state\"\npoll-interval = \"1s\"\n\n[[documents]]\nname = \"notes\"\n\
+         transport = \"folder\"\nfolder = \"{}\"\nsend-delay = \"0s\"\n",
+        shared.display()
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let agent = Some(Agent::new(cfg.clone()).unwrap());
+    Peer { dir, cfg, agent }
+}
+
+/// The same replica, its config now binding `notes.json` (the agent restarted).
+fn rebound(mut p: Peer) -> Peer {
+    drop(p.agent.take());
+    let path = p.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap() + "file = \"notes.json\"\n";
+    std::fs::write(&path, text).unwrap();
+    p.cfg = Config::load(&path).unwrap();
+    p.agent = Some(Agent::new(p.cfg.clone()).unwrap());
+    p
+}
+
 impl Peer {
     fn file(&self) -> PathBuf {
         self.dir.path().join("notes.json")
@@ -161,6 +187,78 @@ async fn three_replicas_saving_the_same_key_end_with_identical_files() {
         ["alice", "bob", "carol"].contains(&a["count"].as_str().unwrap()),
         "{a}"
     );
+}
+
+/// Two machines that each bind a file they already have: each imports its own, and the two are
+/// one document (its id comes from the name), so the files merge key by key instead of standing
+/// as two documents created apart.
+#[tokio::test]
+async fn two_files_imported_apart_become_one_document_merged_key_by_key() {
+    let shared = tempfile::tempdir().unwrap();
+    let mut alice = peer(shared.path());
+    let mut bob = peer(shared.path());
+    alice.save_by_rename(
+        "{\n  \"theme\": \"dark\",\n  \"tabs\": 4,\n  \"recent\": [\"a.txt\"]\n}\n",
+    );
+    bob.save_by_rename("{\"tabs\": 2, \"wrap\": true, \"font\": {\"size\": 12}}");
+    alice.sync().await;
+    bob.sync().await;
+    settle(&mut [&mut alice, &mut bob]).await;
+    let a = alice.value();
+    assert_eq!(bob.value(), a);
+    assert_eq!(bob.doc(), a);
+    assert_eq!(a["theme"], json!("dark"), "{a}");
+    assert_eq!(a["recent"], json!(["a.txt"]), "{a}");
+    assert_eq!(a["wrap"], json!(true), "{a}");
+    assert_eq!(a["font"], json!({"size": 12}), "{a}");
+    assert!(a["tabs"] == json!(4) || a["tabs"] == json!(2), "{a}");
+    assert_eq!(a.as_object().unwrap().len(), 5, "{a}");
+    // Each file keeps its own style.
+    assert!(
+        alice.text().starts_with("{\n  \"theme\": \"dark\""),
+        "{}",
+        alice.text()
+    );
+    assert!(!bob.text().contains('\n'), "{}", bob.text());
+    for st in [alice.status(), bob.status()] {
+        assert!(!st.failing, "{st}");
+        assert!(!st.to_string().contains("CREATED TWICE"), "{st}");
+    }
+    // From then on it is one document like any other.
+    let mut b = bob.value();
+    b["theme"] = json!("light");
+    bob.save_in_place(&serde_json::to_string(&b).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    assert_eq!(alice.value()["theme"], json!("light"));
+}
+
+/// A file bound to a document the replica already holds from a peer (`file =` added to the
+/// config later): the file's keys and the document's are both kept, the file's value taken
+/// where both have a key, and objects both have merged key by key.
+#[tokio::test]
+async fn a_file_bound_later_to_a_document_from_a_peer_keeps_both_sides_keys() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    // Carol holds the document without a file, then binds a file of hers with other content.
+    let mut carol = unbound(shared.path());
+    settle(&mut [&mut alice, &mut carol]).await;
+    assert_eq!(carol.doc()["count"], json!(1));
+    std::fs::write(
+        carol.dir.path().join("notes.json"),
+        "{\"count\": 5, \"mine\": {\"x\": 1}, \"title\": \"the quick brown fox\"}",
+    )
+    .unwrap();
+    let mut carol = rebound(carol);
+    settle(&mut [&mut alice, &mut bob, &mut carol]).await;
+    let want = json!({
+        "title": "the quick brown fox",
+        "items": ["apples", "bread", "cheese"],
+        "count": 5,
+        "mine": {"x": 1},
+    });
+    assert_eq!(carol.value(), want);
+    assert_eq!(alice.value(), want);
+    assert_eq!(bob.value(), want);
 }
 
 #[tokio::test]

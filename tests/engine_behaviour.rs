@@ -472,3 +472,52 @@ fn one_changes_object_serves_every_device_of_an_address() {
     assert!(!c.news_for_all(&[a.client_id()], &[b.client_id()]));
     assert!(c.news_for_all(&[a.client_id()], &[]));
 }
+
+#[test]
+fn replicas_started_apart_under_one_name_are_one_document_merged_key_by_key() {
+    let mut a =
+        Document::common("settings", &json!({"a": 1, "both": "x", "same": [1, 2]})).unwrap();
+    let mut b = Document::common(
+        "settings",
+        &json!({"b": {"c": true}, "both": "y", "same": [1, 2]}),
+    )
+    .unwrap();
+    assert_eq!(a.id(), b.id(), "one name, one document id");
+    assert_ne!(a.client_id(), b.client_id());
+    assert_ne!(
+        Document::common("other", &json!({})).unwrap().id(),
+        a.id(),
+        "another name is another document"
+    );
+    // Each receives the other's whole content as a full changes object, both ways, in JSON and
+    // in the compact form.
+    let to_b = Changes::from_bytes(&a.changes().to_compact()).unwrap();
+    let to_a = b.changes_for(a.client_id());
+    b.apply(&to_b).unwrap();
+    a.apply(&Changes::parse(&to_a.to_json_string()).unwrap())
+        .unwrap();
+    assert_eq!(a.to_json(), b.to_json());
+    let v = a.to_json();
+    assert_eq!(v["a"], json!(1));
+    assert_eq!(v["b"], json!({"c": true}));
+    assert_eq!(
+        v["same"],
+        json!([1, 2]),
+        "an equal array under one key stays one array"
+    );
+    assert!(v["both"] == json!("x") || v["both"] == json!("y"), "{v}");
+    // A third replica created from either one's changes holds the same; saved and restored, it
+    // still is the same document.
+    let c = Document::from_changes(&a.changes()).unwrap();
+    assert_eq!(c.to_json(), v);
+    let restored = Document::restore(&c.save()).unwrap();
+    assert_eq!(restored.id(), a.id());
+    assert_eq!(restored.to_json(), v);
+    assert_eq!(
+        a.digest(),
+        b.digest(),
+        "replicas that agree have one digest"
+    );
+    // A bad start is refused.
+    assert!(Document::common("x", &json!([1])).is_err());
+}

@@ -43,6 +43,10 @@ fn objects(
             continue;
         }
         let merged = match (s.get(k), f.get(k), d.get(k)) {
+            // Added on both sides as objects: both sets of keys are kept.
+            (None, Some(fv @ Value::Object(_)), Some(dv @ Value::Object(_))) => {
+                Some(merge3(&Value::Object(Map::new()), fv, dv))
+            }
             (base, Some(fv), Some(dv)) => Some(merge3(base.unwrap_or(&Value::Null), fv, dv)),
             // Removed on one side: gone, unless the other side changed it (that edit is kept).
             (Some(sv), None, Some(dv)) | (Some(sv), Some(dv), None) => {
@@ -127,6 +131,16 @@ mod tests {
         assert_eq!(
             merge3(&json!("ab"), &json!("aXb"), &json!("aYb")),
             json!("aXb")
+        );
+        // An object both added under one key: both sets of keys, the save's value where both
+        // have one (a file first bound to a document that came from a peer: shadow `{}`).
+        assert_eq!(
+            merge3(
+                &json!({}),
+                &json!({"o": {"x": 1, "y": 1}, "f": 1}),
+                &json!({"o": {"y": 2, "z": 2}, "d": 2})
+            ),
+            json!({"o": {"x": 1, "y": 1, "z": 2}, "f": 1, "d": 2})
         );
     }
 }

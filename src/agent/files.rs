@@ -233,7 +233,9 @@ fn import(
     st: &mut FileState,
     file: FileText,
 ) -> Result<()> {
-    let doc = Document::new(&file.value)?;
+    // The common document of this name: another machine that imports its own file under the
+    // same name starts the same document, and the two files merge key by key when they meet.
+    let doc = Document::common(name, &file.value)?;
     store.create_doc(name, &doc, true)?;
     Store::log_change(
         store.conn(),
@@ -333,10 +335,11 @@ fn apply_save(
                     .shadow
                     .as_deref()
                     .and_then(|s| serde_json::from_str(s).ok());
-                let target = match &shadow {
-                    Some(s) => merge3(s, value, &now),
-                    None => value.clone(),
-                };
+                // Never read nor written (a file bound to a replica that came from a peer): the
+                // file and the document are merged as two sides of an empty object, so that
+                // neither's keys are lost.
+                let empty = Value::Object(serde_json::Map::new());
+                let target = merge3(shadow.as_ref().unwrap_or(&empty), value, &now);
                 crate::engine::diff(&[], &now, &target)
             }
         };

@@ -221,6 +221,29 @@ impl std::fmt::Debug for Document {
 
 pub(crate) const ROOT: Ix = 0;
 
+/// The document id and root stamp that [`Document::common`] derives from a document's name:
+/// SHA-256 of `"minisync common document\0"` and the name's UTF-8 bytes; its first 16 bytes,
+/// each taken modulo 36 into `0-9a-z`, are the document id, the next 16 the root's client id (the
+/// root's clock is 0). Every implementation must derive them the same way (docs/PROTOCOL.md).
+pub fn common_ids(name: &str) -> (String, Stamp) {
+    use sha2::{Digest, Sha256};
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let hash = Sha256::new()
+        .chain_update(b"minisync common document\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let id = |bytes: &[u8]| -> String {
+        bytes
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .collect()
+    };
+    let doc_id = id(&hash[..16]);
+    let client = ClientId::parse(&id(&hash[16..32]))
+        .unwrap_or_else(|_| unreachable!("16 letters and digits are a client id"));
+    (doc_id, Stamp { hlc: 0, client })
+}
+
 /// A fresh random document id.
 pub fn random_doc_id() -> String {
     ClientId::random().to_string()
@@ -250,6 +273,42 @@ impl Document {
         doc.by_id.clear();
         doc.index_later = true;
         doc.new_node(value, id, None, u);
+        doc.index_all();
+        Ok(doc)
+    }
+
+    /// Creates a replica of the document every replica started this way under `name` shares,
+    /// holding `value` as this replica's own edits (a random client id).
+    ///
+    /// The document id and the root object's stamp are derived from `name` (see
+    /// [`common_ids`]), so two replicas started apart from their own content — two bound files
+    /// imported on two machines — are one document: when they meet, each top-level key merges as
+    /// concurrent writes do (one value wins a key both set; a key one of them set is kept), where
+    /// two documents of [`Document::new`] would refuse each other as different documents.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Value`] when `value` is not an object, [`Error::TooDeep`].
+    pub fn common(name: &str, value: &Value) -> Result<Self> {
+        let Value::Object(map) = value else {
+            return Err(Error::Value("a document must be a JSON object".into()));
+        };
+        if value_depth(value) > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                what: "document",
+                limit: MAX_DEPTH,
+            });
+        }
+        let (doc_id, root) = common_ids(name);
+        let mut doc = Self::empty(doc_id, ClientId::random(), Some(root));
+        doc.index_later = true;
+        let u = doc.begin();
+        for (key, v) in map {
+            let stamp = doc.tick();
+            let slot = doc.field_slot(ROOT, key);
+            let val = doc.make_val(v, stamp, (ROOT, slot), u);
+            doc.write_field(ROOT, slot, val, stamp, u);
+        }
         doc.index_all();
         Ok(doc)
     }

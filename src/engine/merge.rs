@@ -389,7 +389,11 @@ impl Document {
         if !c.seen.insert(w.id) {
             return c.fail(format!("node id {} appears twice", w.id));
         }
-        c.stamp(w.id)?;
+        // The root of a common document (`Document::common`) has clock 0: made by no client, so
+        // no client's knowledge covers it.
+        if !(matches!(loc, Loc::Root) && w.id.hlc == 0) {
+            c.stamp(w.id)?;
+        }
         let local = self.by_id.get(&w.id).copied();
         self.check_place(w, &loc, local, c)?;
         match (&w.body, local.map(|ix| &self.nodes[ix as usize].body)) {
