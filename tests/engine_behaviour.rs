@@ -521,3 +521,90 @@ fn replicas_started_apart_under_one_name_are_one_document_merged_key_by_key() {
     // A bad start is refused.
     assert!(Document::common("x", &json!([1])).is_err());
 }
+
+#[test]
+fn writes_to_tags_travel_in_both_forms_and_bad_ones_are_refused() {
+    let a = doc(json!({"x": 1}));
+    let mut ch = a.changes();
+    assert!(ch.writes_to().is_empty());
+    ch.set_writes_to(vec![
+        "0123456789abcdef".into(),
+        "fedcba9876543210".into(),
+        String::new(),
+    ]);
+    let want = [
+        "0123456789abcdef".to_string(),
+        "fedcba9876543210".to_string(),
+    ];
+    assert_eq!(ch.writes_to(), want, "an empty tag is dropped");
+    let by_json = Changes::parse(&ch.to_json_string()).unwrap();
+    assert_eq!(by_json.writes_to(), want);
+    let by_bytes = Changes::from_bytes(&ch.to_compact()).unwrap();
+    assert_eq!(by_bytes.writes_to(), want);
+    let mut v: serde_json::Value = serde_json::from_str(&ch.to_json_string()).unwrap();
+    for bad in [json!("x"), json!([1]), json!([""]), json!(["a".repeat(65)])] {
+        v["writesTo"] = bad.clone();
+        let e = Changes::parse(&v.to_string()).unwrap_err().to_string();
+        assert!(e.contains("$.writesTo"), "{bad}: {e}");
+    }
+}
+
+/// An acknowledgement leaves out what the receivers get from its author, and claims none of it:
+/// a receiver that merged it still takes the author's own mail (or its resend) for that change.
+#[test]
+fn an_acknowledgement_leaves_out_and_does_not_claim_what_its_authors_deliver() {
+    let mut a = doc(json!({"list": [1], "note": "x"}));
+    let mut b = replica_of(&a); // a's sibling
+    let mut c = replica_of(&a); // the peer
+    send(&a, &mut b);
+    send(&a, &mut c);
+    send(&b, &mut a);
+    send(&c, &mut a);
+    send(&b, &mut c);
+    send(&c, &mut b);
+    // A changes something, inside an object and an array; its mail reaches C but not B (lost).
+    a.set("note", json!("changed by a")).unwrap();
+    a.insert("list", 1, json!({"k": 1})).unwrap();
+    send(&a, &mut c);
+    // C's acknowledgement to A's address (devices A and B) leaves out A's changes.
+    c.set("c", json!(true)).unwrap();
+    let ack = c.changes_for_all_beyond(
+        &[a.client_id(), b.client_id()],
+        &[a.client_id(), b.client_id()],
+    );
+    let text = ack.to_json_string();
+    assert!(!text.contains("changed by a"), "{text}");
+    assert!(text.contains("\"c\""), "C's own change is carried: {text}");
+    let ack = Changes::parse(&text).unwrap();
+    b.apply(&ack).unwrap();
+    assert_eq!(b.get("note").unwrap(), Some(json!("x")));
+    assert_eq!(b.get("c").unwrap(), Some(json!(true)));
+    // B does not believe it holds A's change: told what B holds, A's next changes for B (its
+    // resend) still carry it.
+    send(&b, &mut a);
+    let resend = a.changes_for(b.client_id());
+    assert!(resend.to_json_string().contains("changed by a"));
+    // Once A's mail (or its resend) arrives, everyone agrees.
+    b.apply(&Changes::parse(&resend.to_json_string()).unwrap())
+        .unwrap();
+    send(&c, &mut a);
+    send(&a, &mut b);
+    send(&b, &mut c);
+    send(&c, &mut b);
+    assert_eq!(b.to_json(), a.to_json());
+    assert_eq!(c.to_json(), a.to_json());
+    assert_eq!(a.digest(), b.digest());
+    // With nothing of C's own, the acknowledgement carries no changes at all.
+    a.set("again", json!(1)).unwrap();
+    send(&a, &mut c);
+    let bare = c.changes_for_all_beyond(
+        &[a.client_id(), b.client_id()],
+        &[a.client_id(), b.client_id()],
+    );
+    assert!(!bare.has_changes(), "{}", bare.to_json_string());
+    // Unknown clients: everything, as for a new replica.
+    let unknown = ClientId::random();
+    assert!(
+        Document::from_changes(&c.changes_for_all_beyond(&[unknown], &[a.client_id()])).is_ok()
+    );
+}

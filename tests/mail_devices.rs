@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::imap_proxy::{ImapProxy, Quirks};
 use common::*;
 use serde_json::{Value, json};
 
@@ -472,4 +473,59 @@ fn removal_goes_out_at_the_next_pass(dev_a: &Node, dev_b: &Node, dev_c: &Node) {
         let d = n.doc("todo").unwrap();
         assert!(d.get("late").is_none(), "{}: {d}", n.address);
     }
+}
+
+/// Two devices of one address read the same new mail; the one whose MOVE reaches the server
+/// second finds the message gone (Dovecot answers `NO [EXPUNGEISSUED]`). That is the design —
+/// whichever device reads first moves it, and every device reads the processed folder too — so
+/// it is not an error: `agent sync` succeeds on both, and both merge the change.
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_mail_another_device_moved_first_is_not_an_error() {
+    let stack = Stack::get();
+    let (dev_a, dev_b, dev_c) = alice_twice_and_bob("10m");
+    let a = dev_a.address.clone();
+    introduce(&[&dev_a, &dev_c]);
+    join(&dev_a, &dev_b);
+    dev_c.import("todo", &json!({"n": 0}));
+    let all = [&dev_a, &dev_b, &dev_c];
+    sync_until(&all, "every device holds the document", || {
+        same(&all, "todo")
+    });
+    let slow = ImapProxy::start(
+        stack.var("IMAP_PORT").parse().unwrap(),
+        Quirks {
+            hold: vec![("UID MOVE".into(), Duration::from_secs(3))],
+            ..Quirks::default()
+        },
+    );
+    dev_a.set_imap_port(slow.port);
+    dev_c.ok(&["doc", "set", "todo", "n", "1"]);
+    dev_c.sync();
+    wait_until(T, "bob's change lands in alice's inbox", || {
+        !messages(&stack.maildir(&a), "").is_empty()
+    });
+    let out = std::thread::scope(|s| {
+        let held = s.spawn(|| dev_a.cmd(&["sync"]));
+        wait_until(T, "A's move is held on its way", || {
+            slow.log().iter().any(|l| l.starts_with("held:"))
+        });
+        let first = dev_b.cmd(&["sync"]);
+        assert!(
+            first.status.success(),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        held.join().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dev_a.doc("todo").unwrap()["n"], json!(1));
+    assert_eq!(dev_b.doc("todo").unwrap()["n"], json!(1));
+    assert!(messages(&stack.maildir(&a), "").is_empty());
+    assert_eq!(dev_a.status()["quarantined"], json!([]));
 }

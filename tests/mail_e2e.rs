@@ -688,3 +688,62 @@ fn a_burst_of_1000_edits_goes_out_as_at_most_two_mails() {
     let mails = messages(&stack.maildir(&b), "").len() - 1;
     assert!((1..=2).contains(&mails), "{mails} mails for 1000 edits");
 }
+
+/// Three peers who all share a document: the one who starts it writes it to both others itself
+/// and says so (`writesTo`), so neither of them relays it to the other — a document started
+/// among N costs N − 1 full syncs, not (N − 1)² — and later edits still reach everyone.
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_document_started_among_three_is_not_relayed_by_those_who_received_it() {
+    let stack = Stack::get();
+    let (a, b, c) = (address("alice"), address("bob"), address("carol"));
+    let alice = sharing_todo(&stack, &a, &[&b, &c], Security::Plain);
+    let bob = sharing_todo(&stack, &b, &[&a, &c], Security::Plain);
+    let carol = sharing_todo(&stack, &c, &[&a, &b], Security::Plain);
+    introduce(&[&alice, &bob, &carol]);
+    alice.import("todo", &json!({"from": "alice"}));
+    alice.sync();
+    wait_until(T, "bob and carol get alice's document", || {
+        bob.sync();
+        carol.sync();
+        bob.doc("todo").is_some() && carol.doc("todo").is_some()
+    });
+    for _ in 0..3 {
+        for n in [&alice, &bob, &carol] {
+            n.sync();
+        }
+    }
+    let changes_mails = |from: &Node, to: &str| {
+        let store = store_of(from);
+        let n: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM outbox WHERE doc = 'todo' AND peer = ?1 AND NOT ack_only",
+                [to],
+                |r| r.get(0),
+            )
+            .unwrap();
+        n
+    };
+    assert_eq!(changes_mails(&bob, &c), 0, "bob relayed alice's document");
+    assert_eq!(
+        changes_mails(&carol, &b),
+        0,
+        "carol relayed alice's document"
+    );
+    assert_eq!(changes_mails(&alice, &b), 1);
+    assert_eq!(changes_mails(&alice, &c), 1);
+    // Bob's own edit goes to both; carol, never heard from by bob, gets it whole.
+    bob.ok(&["doc", "set", "todo", "bob", "true"]);
+    carol.ok(&["doc", "set", "todo", "carol", "true"]);
+    wait_until(T, "all three converge", || {
+        for n in [&alice, &bob, &carol] {
+            n.sync();
+        }
+        let x = alice.doc("todo");
+        x.as_ref()
+            .is_some_and(|v| v["bob"] == json!(true) && v["carol"] == json!(true))
+            && bob.doc("todo") == x
+            && carol.doc("todo") == x
+    });
+}

@@ -492,7 +492,12 @@ fn adopt(cfg: &Config, store: &mut Store, name: &str, from: &str) -> Result<Stri
             &who,
             &format!("adopt {peer}'s document (id {theirs})"),
         )?;
-        super::receive::queue_ack(tx, &doc, name, &peer, &[sent_by], None, address)
+        let route = super::receive::Route {
+            name,
+            address,
+            peers: &doc_cfg.peers,
+        };
+        super::receive::queue_ack(tx, &doc, &route, &peer, &[sent_by], None)
     })?;
     out.push_str(&format!(
         "{name}: now {peer}'s document (id {theirs}); a running agent acknowledges it to them\n"

@@ -159,17 +159,50 @@ impl Findings {
 }
 
 /// The changes object for the devices behind one address (`clients`, one per device): what
-/// any of them lacks, or the whole document (also when none is known yet), marked as the repair
-/// half this replica owes them.
+/// any of them lacks apart from the changes of `delivered` (clients that write to them
+/// themselves; see [`Document::changes_for_all_beyond`]), or the whole document (also when none
+/// is known yet), marked as the repair half this replica owes them, and listing the addresses
+/// this replica writes the document to itself (`writes_to`, as [`address_tag`]s), so that their
+/// receivers do not relay it there.
 pub(super) fn outgoing(
     doc: &Document,
-    clients: &[ClientId],
+    (clients, delivered): (&[ClientId], &[ClientId]),
     repair: Option<RepairKind>,
+    writes_to: &[String],
 ) -> Changes {
-    match repair {
+    let mut changes = match repair {
         Some(kind) => doc.changes().into_repair(kind),
-        None => doc.changes_for_all(clients),
-    }
+        None if delivered.is_empty() => doc.changes_for_all(clients),
+        None => doc.changes_for_all_beyond(clients, delivered),
+    };
+    let tags = writes_to.iter().map(|a| address_tag(doc.id(), a));
+    changes.set_writes_to(tags.collect());
+    changes
+}
+
+/// An acknowledgement carrying no changes (the replica's knowledge and client table only),
+/// listing the addresses this replica writes the document to (as [`outgoing`]), in the
+/// compact form.
+pub(super) fn bare_ack(doc: &Document, writes_to: &[String]) -> Vec<u8> {
+    let mut changes = doc.changes_since(doc.version());
+    let tags = writes_to.iter().map(|a| address_tag(doc.id(), a));
+    changes.set_writes_to(tags.collect());
+    changes.to_compact()
+}
+
+/// The tag that stands for mail address `address` in the `writesTo` list of document
+/// `doc_id`'s changes objects: the first 8 bytes of SHA-256 of `minisync writes-to`, a zero
+/// byte, the document id, a zero byte and the address in lower case, in hex (16 digits). Only
+/// a reader who knows the address can tell it is there (docs/PROTOCOL.md, "Traffic").
+pub(super) fn address_tag(doc_id: &str, address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::new()
+        .chain_update(b"minisync writes-to\0")
+        .chain_update(doc_id.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(address.to_lowercase().as_bytes())
+        .finalize();
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Up to five paths where our content and the content of a peer's full changes differ.

@@ -38,6 +38,9 @@ struct Ready {
     /// Put together from a transfer of mail parts: (sender address, transfer id), dropped with
     /// the merge.
     transfer: Option<(String, String)>,
+    /// The `writesTo` tags of the newest changes object (kept apart: the first one may have
+    /// built the replica and left `changes`).
+    writes_to: Vec<String>,
 }
 
 /// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
@@ -321,6 +324,10 @@ impl Agent {
             memory.waiting.push(at);
             return Ok(None);
         }
+        let writes_to = changes
+            .last()
+            .map(|c| c.writes_to().to_vec())
+            .unwrap_or_default();
         if self.first_replica(&name, &peer_key, &changes, shared, refuse)? {
             changes.remove(0);
         }
@@ -341,6 +348,7 @@ impl Agent {
                 Split::Assembled(id) => Some((a.from.clone(), id.clone())),
                 Split::Whole | Split::Part(_) => None,
             },
+            writes_to,
         }))
     }
 
@@ -486,7 +494,17 @@ impl Agent {
         spans: &[tracing::Span],
         report: &mut PassReport,
     ) -> Vec<(usize, std::result::Result<(), Refusal>)> {
-        let address = self.cfg.address();
+        let peers = self
+            .docs
+            .iter()
+            .find(|d| d.cfg.name == name)
+            .map(|d| d.cfg.peers.clone())
+            .unwrap_or_default();
+        let route = Route {
+            name,
+            address: self.cfg.address(),
+            peers: &peers,
+        };
         let merged = self.store.update_doc::<_, AgentError>(name, |doc, tx| {
             let mut outcomes = Vec::with_capacity(items.len());
             // The last mail of each sender address that asked for a reply: its Message-ID (one
@@ -513,15 +531,7 @@ impl Agent {
             }
             for (peer, message_id) in &replies {
                 let clients = Store::clients_of(tx, name, peer)?;
-                queue_ack(
-                    tx,
-                    doc,
-                    name,
-                    peer,
-                    &clients,
-                    message_id.as_deref(),
-                    address,
-                )?;
+                queue_ack(tx, doc, &route, peer, &clients, message_id.as_deref())?;
             }
             let save = if any { Save::Merged } else { Save::No };
             Ok((outcomes, save))
@@ -633,6 +643,7 @@ fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: b
         };
         Store::heard_device(tx, name, &item.peer, device, device_name, &client)?;
         Store::clear_want(tx, name, device)?;
+        Store::set_writes_to(tx, name, &client, &item.writes_to)?;
     }
     let pin = PeerChange::Pin(client);
     Store::touch_peer(tx, name, &item.peer, pin)?;
@@ -688,18 +699,30 @@ pub(super) fn arrival_spans(transport: &str, arrivals: &[Arrival]) -> Vec<tracin
         .collect()
 }
 
+/// Where this replica writes a document: its name, our own address (for Message-IDs) and the
+/// peers' addresses (listed in each changes object as `writesTo`).
+pub(super) struct Route<'a> {
+    pub name: &'a str,
+    pub address: &'a str,
+    pub peers: &'a [String],
+}
+
 /// Puts the reply that acknowledges a peer's mail in the outbox (inside the merge's transaction).
 pub(super) fn queue_ack(
     tx: &rusqlite::Connection,
     doc: &Document,
-    name: &str,
+    route: &Route<'_>,
     peer: &str,
     clients: &[ClientId],
     in_reply_to: Option<&str>,
-    address: &str,
 ) -> Result<()> {
+    let (name, address) = (route.name, route.address);
     let repair = health(tx, name, peer)?.repair;
-    let changes = outgoing(doc, clients, repair);
+    // An acknowledgement goes out anyway: it does not carry again what reaches the address from
+    // its authors (a sibling's change, a peer's that wrote to it too).
+    let reaching = (doc.id(), doc.authors_reaching(clients));
+    let delivered = super::send::delivered_to(tx, reaching, route, peer, clients)?;
+    let changes = outgoing(doc, (clients, &delivered), repair, route.peers);
     if repair == Some(RepairKind::Reply) {
         Store::set_health(tx, name, peer, HealthChange::Repair(None))?;
     }

@@ -3,7 +3,8 @@
 //! Shared media get a publication instead: a base rewritten when the latest file grows past 30 %
 //! of it, and a latest file rewritten whenever the replica changed.
 
-use crate::agent::health::outgoing;
+use crate::agent::health::{address_tag, bare_ack, outgoing};
+use crate::agent::receive::Route;
 use crate::agent::{Agent, PassReport, Result, backoff_delay, new_message_id};
 use crate::engine::ClientId;
 use crate::store::{OutItem, PeerChange, Published, Store, now_ms};
@@ -11,6 +12,51 @@ use crate::transport::{Delivery, Outgoing, SendError};
 
 /// The latest file is folded into a new base once it passes this share of the base's size.
 const REBASE_RATIO: f64 = 0.3;
+
+/// The clients whose changes reach address `peer` (whose devices are `clients`) without us:
+/// the address's own devices (each writes its own changes to its siblings through their
+/// mailbox); for the own address, the devices of the document's peers (they write to it
+/// themselves); for a peer, our sibling devices (each writes its own changes to every address it
+/// shares the document with), every other replica known to share the document with that peer's
+/// devices (the same), and those that said they write to the address (`writesTo`), even before
+/// anyone heard from it.
+///
+/// # Errors
+///
+/// A database error.
+/// `reaching` is the document's [`Document::authors_reaching`] for `clients`.
+///
+/// [`Document::authors_reaching`]: crate::engine::Document::authors_reaching
+pub(super) fn delivered_to(
+    conn: &rusqlite::Connection,
+    (doc_id, reaching): (&str, Vec<ClientId>),
+    route: &Route<'_>,
+    peer: &str,
+    clients: &[ClientId],
+) -> Result<Vec<ClientId>> {
+    let mut delivered = clients.to_vec();
+    let mut add = |more: Vec<ClientId>| {
+        for c in more {
+            if !delivered.contains(&c) {
+                delivered.push(c);
+            }
+        }
+    };
+    if peer.eq_ignore_ascii_case(route.address) {
+        for p in route.peers {
+            add(Store::clients_of(conn, route.name, p)?);
+        }
+        return Ok(delivered);
+    }
+    add(Store::clients_of(conn, route.name, route.address)?);
+    add(reaching);
+    add(Store::writers_to(
+        conn,
+        route.name,
+        &address_tag(doc_id, peer),
+    )?);
+    Ok(delivered)
+}
 
 /// Who a mail to one address is for, and whose changes reach that address without us.
 struct Audience {
@@ -102,9 +148,10 @@ impl Agent {
         {
             return Ok(());
         }
-        let (body, version) = self.store.read_doc(&name, |d| {
-            (d.changes_since(d.version()).to_compact(), d.version())
-        })?;
+        let peers = cfg.peers.clone();
+        let (body, version) = self
+            .store
+            .read_doc(&name, |d| (bare_ack(d, &peers), d.version()))?;
         let item = OutItem {
             id: 0,
             doc: name.clone(),
@@ -129,32 +176,25 @@ impl Agent {
     /// other replica known to share the document with that peer's devices (the same). An empty
     /// list of clients while a sibling asked for the whole document: everything is sent.
     fn audience(&mut self, name: &str, peer: &str, peers: &[String]) -> Result<Audience> {
-        let conn = self.store.conn();
         let own = self.cfg.address();
         let me = self.store.this_device()?;
-        if peer.eq_ignore_ascii_case(own) {
-            let mut delivered = Vec::new();
-            for p in peers {
-                delivered.extend(Store::clients_of(conn, name, p)?);
-            }
-            let wanted = !self.store.wanting(name, own, &me.id)?.is_empty();
-            let clients = if wanted {
-                Vec::new()
-            } else {
-                Store::clients_of(conn, name, own)?
-            };
-            return Ok(Audience { clients, delivered });
+        if peer.eq_ignore_ascii_case(own) && !self.store.wanting(name, own, &me.id)?.is_empty() {
+            return Ok(Audience {
+                clients: Vec::new(),
+                delivered: Vec::new(),
+            });
         }
-        let clients = Store::clients_of(conn, name, peer)?;
-        let mut delivered = Store::clients_of(conn, name, own)?;
-        let authors = self
+        let clients = Store::clients_of(self.store.conn(), name, peer)?;
+        let (doc_id, reaching) = self
             .store
-            .read_doc(name, |d| d.authors_reaching(&clients))?;
-        for c in authors {
-            if !delivered.contains(&c) {
-                delivered.push(c);
-            }
-        }
+            .read_doc(name, |d| (d.id().to_string(), d.authors_reaching(&clients)))?;
+        let route = Route {
+            name,
+            address: own,
+            peers,
+        };
+        let conn = self.store.conn();
+        let delivered = delivered_to(conn, (&doc_id, reaching), &route, peer, &clients)?;
         Ok(Audience { clients, delivered })
     }
 
@@ -185,7 +225,10 @@ impl Agent {
                 d.news_for_all(&audience.clients, &audience.delivered)
             })?;
             let held = self.store.deferred_since(&cfg.name, peer)?;
-            if !news && held.is_none_or(|since| t < since + resend) {
+            // An address never heard from lacks only what its authors said they write to it
+            // themselves: their resends cover a lost mail, so it is not forwarded later either.
+            let unheard = audience.clients.is_empty();
+            if !news && (unheard || held.is_none_or(|since| t < since + resend)) {
                 self.store.set_deferred(&cfg.name, peer, true)?;
                 return Ok(true);
             }
@@ -199,7 +242,9 @@ impl Agent {
         self.store.set_deferred(&cfg.name, peer, false)?;
         let repair = self.store.health(&cfg.name, peer)?.repair;
         let (body, has) = self.store.read_doc(&cfg.name, |d| {
-            let ch = outgoing(d, &audience.clients, repair);
+            // Everything the address lacks: this mail may be the forwarding of others'
+            // changes held back until the resend interval.
+            let ch = outgoing(d, (&audience.clients, &[]), repair, &cfg.peers);
             (ch.to_compact(), ch.has_changes())
         })?;
         if has {

@@ -49,6 +49,49 @@ impl Document {
         }
     }
 
+    /// As [`Self::changes_for_all`], but leaving out the changes of the clients in `delivered`
+    /// (those that write to these devices themselves): for an acknowledgement, which goes out
+    /// anyway and should not carry again what its authors deliver. The object does not claim
+    /// what it leaves out: for each client of `delivered`, its `knows` says only what all of
+    /// `clients` are known to hold, and the rest goes to `partial`, which covers the stamps
+    /// carried on the way to other changes but from which a receiver learns nothing (so a
+    /// receiver still takes the author's own mail as the source of those changes, and the
+    /// author, seeing them unacknowledged, resends). Empty `clients`, or one never heard from:
+    /// everything.
+    pub fn changes_for_all_beyond(
+        &self,
+        clients: &[crate::engine::ClientId],
+        delivered: &[crate::engine::ClientId],
+    ) -> Changes {
+        let Some((since, common)) = self.common_knowledge(clients) else {
+            return self.changes();
+        };
+        // Our own changes are never left to anyone else.
+        let delivered: Vec<_> = delivered.iter().filter(|d| **d != self.client).collect();
+        let mut filter = common.clone();
+        for d in &delivered {
+            filter.insert(**d, u64::MAX);
+        }
+        let mut changes = self.make_changes(since, Some(&filter), false);
+        for d in delivered {
+            let Some(&ours) = changes.knows.get(d) else {
+                continue;
+            };
+            let held = common.get(d).copied();
+            if held.is_some_and(|h| h >= ours) {
+                continue;
+            }
+            match held {
+                Some(h) => changes.knows.insert(*d, h),
+                None => changes.knows.remove(d),
+            };
+            let p = changes.partial.entry(*d).or_insert(0);
+            *p = (*p).max(ours);
+            changes.digest = None;
+        }
+        changes
+    }
+
     /// Whether `clients` lack changes beyond those of the clients in `delivered`: the changes
     /// of clients that mail these devices themselves (a person's other devices write to every
     /// address they share a document with) are not a reason to write now.
@@ -57,8 +100,12 @@ impl Document {
         clients: &[crate::engine::ClientId],
         delivered: &[crate::engine::ClientId],
     ) -> bool {
-        let Some((since, mut knows)) = self.common_knowledge(clients) else {
-            return true;
+        let (since, mut knows) = match self.common_knowledge(clients) {
+            Some(known) => known,
+            // Never heard from: they lack everything, but what only `delivered` wrote reaches
+            // them anyway.
+            None if clients.is_empty() && !delivered.is_empty() => (0, Knowledge::new()),
+            None => return true,
         };
         for c in delivered {
             knows.insert(*c, u64::MAX);
@@ -141,6 +188,7 @@ impl Document {
             root,
             digest: self.partial.is_empty().then(|| self.digest()),
             repair: None,
+            writes_to: Vec::new(),
         }
     }
 

@@ -67,6 +67,9 @@ pub struct Changes {
     /// Half of a full exchange after a divergence: same-stamp conflicts are settled by rank, and
     /// a request is answered with the receiver's full changes.
     pub(crate) repair: Option<RepairKind>,
+    /// Opaque tags of the places the sender writes its own changes of this document to itself
+    /// (the agent: hashed mail addresses), so that a receiver does not relay them there at once.
+    pub(crate) writes_to: Vec<String>,
 }
 
 /// The two halves of a repair's full exchange.
@@ -163,6 +166,21 @@ impl Changes {
     pub fn client_states(&self) -> &[ClientState] {
         &self.client_states
     }
+    /// The tags the sender listed as the places it writes this document to itself (`writesTo`;
+    /// empty when it listed none). Opaque to the engine: the agent's hashed mail addresses.
+    pub fn writes_to(&self) -> &[String] {
+        &self.writes_to
+    }
+
+    /// Lists `tags` as the places the sender writes this document to itself (see
+    /// [`Changes::writes_to`]); at most [`MAX_WRITES_TO`] of at most 64 bytes each are kept, as
+    /// a reader refuses more.
+    pub fn set_writes_to(&mut self, mut tags: Vec<String>) {
+        tags.retain(|t| !t.is_empty() && t.len() <= MAX_WRITES_TO_LEN);
+        tags.truncate(MAX_WRITES_TO);
+        self.writes_to = tags;
+    }
+
     /// The sender's content digest, if it sent one (see docs/PROTOCOL.md, "Digest").
     pub fn digest(&self) -> Option<u64> {
         self.digest
@@ -286,6 +304,7 @@ impl Changes {
             }
         };
         let (digest, repair) = extras_of(top)?;
+        let writes_to = writes_to_of(top.get("writesTo"))?;
         if repair.is_some() && (changes_since != 0 || root.is_none()) {
             return Err(Error::malformed(
                 "$.repair",
@@ -303,6 +322,7 @@ impl Changes {
             root,
             digest,
             repair,
+            writes_to,
         })
     }
 
@@ -399,6 +419,39 @@ fn client_states_of(v: Option<&Json<'_>>) -> Result<Vec<ClientState>> {
         });
     }
     Ok(out)
+}
+
+/// How many `writesTo` tags a changes object may carry, and how long each may be.
+pub(crate) const MAX_WRITES_TO: usize = 10_000;
+pub(crate) const MAX_WRITES_TO_LEN: usize = 64;
+
+/// The optional `writesTo`: a list of at most [`MAX_WRITES_TO`] strings of 1 to
+/// [`MAX_WRITES_TO_LEN`] bytes.
+fn writes_to_of(v: Option<&Json<'_>>) -> Result<Vec<String>> {
+    let Some(v) = v else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        Error::malformed(
+            "$.writesTo",
+            format!(
+                "must be a list of at most {MAX_WRITES_TO} strings of 1 to {MAX_WRITES_TO_LEN} bytes"
+            ),
+        )
+    };
+    let Json::Arr(items) = v else {
+        return Err(bad());
+    };
+    if items.len() > MAX_WRITES_TO {
+        return Err(bad());
+    }
+    items
+        .iter()
+        .map(|t| match t {
+            Json::Str(s) if !s.is_empty() && s.len() <= MAX_WRITES_TO_LEN => Ok(s.to_string()),
+            _ => Err(bad()),
+        })
+        .collect()
 }
 
 /// The optional fields of format 2: `digest` and `repair`.

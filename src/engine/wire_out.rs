@@ -85,6 +85,10 @@ impl Changes {
             Some(RepairKind::Reply) => top.push((key("repair"), Tree::Str(key("reply")))),
             None => {}
         }
+        if !self.writes_to.is_empty() {
+            let tags = self.writes_to.iter().map(|t| Tree::Str(Cow::Borrowed(t)));
+            top.push((key("writesTo"), Tree::Arr(tags.collect())));
+        }
         let rows = self
             .client_states
             .iter()

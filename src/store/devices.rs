@@ -51,6 +51,15 @@ CREATE TABLE IF NOT EXISTS announced (
     doc TEXT PRIMARY KEY,
     at INTEGER NOT NULL
 );
+-- The addresses each client says it writes a document to itself (the `writesTo` tags of its
+-- newest changes object, see `agent::health::address_tag`): its changes are not relayed there
+-- at once.
+CREATE TABLE IF NOT EXISTS writes_to (
+    doc TEXT NOT NULL,
+    client TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (doc, client, tag)
+);
 -- Forwarding of others' changes held back until the resend interval (see `agent::send`).
 CREATE TABLE IF NOT EXISTS deferrals (
     doc TEXT NOT NULL,
@@ -435,6 +444,49 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Records the tags `client` listed as the addresses it writes document `doc` to itself
+    /// (its newest changes object's `writesTo`), replacing what it listed before.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn set_writes_to(
+        conn: &Connection,
+        doc: &str,
+        client: &str,
+        tags: &[String],
+    ) -> Result<()> {
+        conn.execute(
+            "DELETE FROM writes_to WHERE doc = ?1 AND client = ?2",
+            params![doc, client],
+        )?;
+        let mut insert = conn.prepare_cached(
+            "INSERT OR IGNORE INTO writes_to (doc, client, tag) VALUES (?1, ?2, ?3)",
+        )?;
+        for tag in tags {
+            insert.execute(params![doc, client, tag])?;
+        }
+        Ok(())
+    }
+
+    /// The clients that listed `tag` as an address they write document `doc` to themselves.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn writers_to(conn: &Connection, doc: &str, tag: &str) -> Result<Vec<ClientId>> {
+        let mut q =
+            conn.prepare_cached("SELECT client FROM writes_to WHERE doc = ?1 AND tag = ?2")?;
+        let rows = q.query_map(params![doc, tag], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for client in rows {
+            if let Ok(c) = ClientId::parse(&client?) {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     /// Starts holding forwarding back (keeping an earlier start), or ends it (`on` false).

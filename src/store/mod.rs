@@ -783,6 +783,7 @@ impl Store {
         clear("DELETE FROM peers WHERE doc = ?1")?;
         clear("DELETE FROM outbox WHERE doc = ?1")?;
         clear("DELETE FROM forks WHERE doc = ?1")?;
+        clear("DELETE FROM writes_to WHERE doc = ?1")?;
         clear(&format!(
             "DELETE FROM quarantine WHERE doc = ?1 AND reason LIKE '{}'",
             quarantine::FORKED

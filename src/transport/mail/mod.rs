@@ -555,19 +555,19 @@ impl MailTransport {
         let conn = st.conn()?;
         let mut news = false;
         if quarantine {
-            news |=
-                imap::copy_message(&mut conn.session, uid, &self.account.imap.quarantine_folder)
-                    .await
-                    .map_err(err)?;
+            let folder = &self.account.imap.quarantine_folder;
+            match imap::copy_message(&mut conn.session, uid, folder).await {
+                Ok(n) => news |= n,
+                Err(e) if gone(conn, uid).await? => return Ok(taken(uid, &e)),
+                Err(e) => return Err(err(e)),
+            }
         }
-        news |= imap::move_message(
-            &mut conn.session,
-            uid,
-            &self.account.imap.processed_folder,
-            conn.caps,
-        )
-        .await
-        .map_err(err)?;
+        let folder = &self.account.imap.processed_folder;
+        match imap::move_message(&mut conn.session, uid, folder, conn.caps).await {
+            Ok(n) => news |= n,
+            Err(e) if gone(conn, uid).await? => taken(uid, &e),
+            Err(e) => return Err(err(e)),
+        }
         // Mail that came while this one was moved is announced in the MOVE's reply, once.
         st.news |= news;
         Ok(())
@@ -885,4 +885,19 @@ async fn check_imap(
         ),
         line("header search", search_right, search),
     ])
+}
+
+/// Whether message `uid` is no longer in the selected mailbox: another device of the account
+/// moved it to the processed folder first (a server answers a MOVE or COPY of it with `NO
+/// [EXPUNGEISSUED]` or the like). Nothing is lost: every device reads that folder too.
+async fn gone(conn: &mut Conn, uid: u32) -> Result<bool, TransportError> {
+    let got = imap::fetch(&mut conn.session, &[uid], imap::Part::Marker)
+        .await
+        .map_err(err)?;
+    Ok(got.items.is_empty())
+}
+
+/// Logs that another device took message `uid` first (what the server answered: `said`).
+fn taken(uid: u32, said: &str) {
+    tracing::debug!(uid, %said, "moved away by another device of the account meanwhile");
 }
