@@ -33,7 +33,7 @@ pub(super) fn delivered_to(
     route: &Route<'_>,
     peer: &str,
     clients: &[ClientId],
-) -> Result<Vec<ClientId>> {
+) -> crate::store::Result<Vec<ClientId>> {
     let mut delivered = clients.to_vec();
     let mut add = |more: Vec<ClientId>| {
         for c in more {
@@ -234,8 +234,13 @@ impl Agent {
             }
             fresh = news || held.is_some();
         }
+        // A resend recovers what the address lacks of ours (or what we forward); what its
+        // authors write to it themselves, they resend.
         let resend_due = row.last_sent_at.is_some_and(|s| t >= s + resend)
-            && self.store.pending_for(&cfg.name, peer)? == 0;
+            && self.store.pending_for(&cfg.name, peer)? == 0
+            && self.store.read_doc(&cfg.name, |d| {
+                d.news_for_all(&audience.clients, &audience.delivered)
+            })?;
         if !fresh && !resend_due && !now {
             return Ok(true);
         }

@@ -262,7 +262,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         keys.sort();
         keys.dedup();
         for key in keys {
-            let p = peer_status(store, d, key, exists, &quarantined)?;
+            let p = peer_status(store, (d, cfg.address()), key, exists, &quarantined)?;
             failing |= p.failing
                 || p.other_document.is_some()
                 || p.problem.is_some()
@@ -302,7 +302,7 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
 /// One peer of one document, from the store (`exists`: whether we hold a replica).
 fn peer_status(
     store: &mut Store,
-    d: &DocumentConfig,
+    (d, own): (&DocumentConfig, &str),
     key: String,
     exists: bool,
     quarantined: &[Quarantined],
@@ -319,6 +319,22 @@ fn peer_status(
             .collect(),
     };
     // The least any of them holds: the address is in step when every device is.
+    // Pending: what the address lacks of ours (or to be forwarded), not what its authors write
+    // to it themselves (see `agent::send`).
+    let delivered = match (exists, d.transport) {
+        (true, TransportKind::Mail) => {
+            let (id, reaching) = store.read_doc(&d.name, |doc| {
+                (doc.id().to_string(), doc.authors_reaching(&clients))
+            })?;
+            let route = super::receive::Route {
+                name: &d.name,
+                address: own,
+                peers: &d.peers,
+            };
+            super::send::delivered_to(store.conn(), (&id, reaching), &route, &key, &clients)?
+        }
+        _ => Vec::new(),
+    };
     let (last_received, last_acknowledged, pending_changes) = match (exists, clients.is_empty()) {
         (true, false) => store.read_doc(&d.name, |doc| {
             let states: Vec<_> = clients
@@ -332,7 +348,7 @@ fn peer_status(
                     .map(|p| p.last_acknowledged)
                     .min()
                     .unwrap_or(0),
-                doc.changes_for_all(&clients).has_changes(),
+                doc.news_for_all(&clients, &delivered),
             )
         })?,
         (true, true) => (0, 0, true),
