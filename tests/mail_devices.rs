@@ -540,3 +540,32 @@ fn a_mail_another_device_moved_first_is_not_an_error() {
     assert!(messages(&stack.maildir(&a), "").is_empty());
     assert_eq!(dev_a.status()["quarantined"], json!([]));
 }
+
+/// A device that joins after its sibling and a peer have exchanged mail reads that mail in the
+/// processed folder before it holds the document: the peer's acknowledgement there (which holds
+/// no document) is left, not quarantined, and the document still comes.
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_new_device_leaves_a_peers_acknowledgement_for_a_document_it_does_not_hold_yet() {
+    let (dev_a, dev_b, dev_c) = alice_twice_and_bob("10m");
+    let b = dev_c.address.clone();
+    introduce(&[&dev_a, &dev_c]);
+    dev_a.import("todo", &json!({"n": 1}));
+    sync_until(
+        &[&dev_a, &dev_c],
+        "bob's acknowledgement reaches alice",
+        || dev_c.doc("todo").is_some() && dev_a.acks("todo", &b).1 == dev_a.version("todo"),
+    );
+    join(&dev_a, &dev_b);
+    sync_until(&[&dev_b, &dev_a], "B gets the document", || {
+        dev_b.doc("todo").is_some()
+    });
+    let status = dev_b.status();
+    assert_eq!(status["quarantined"], json!([]), "{status}");
+    let out = dev_b.cmd(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

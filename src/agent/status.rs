@@ -351,7 +351,12 @@ fn peer_status(
                 doc.news_for_all(&clients, &delivered),
             )
         })?,
-        (true, true) => (0, 0, true),
+        // Never heard from: it lacks everything but what its authors write to it.
+        (true, true) => (
+            0,
+            0,
+            store.read_doc(&d.name, |doc| doc.news_for_all(&[], &delivered))?,
+        ),
         _ => (0, 0, false),
     };
     let health = store.health(&d.name, &key)?;
