@@ -467,13 +467,22 @@ fn a_device_that_got_a_shared_document_from_the_peer_keeps_it_in_step_with_its_s
 
 /// `device remove` on A, then one `agent sync` without any edit: bob learns the removal at once
 /// and refuses the removed device's edits from then on.
+/// The removed device, as long as it has not heard of its removal (the notice to the own
+/// address lost here), still sends: its mail is refused, not quarantined, and counted in `agent
+/// device list`. Told again (`device remove` once more), it learns it and stops sending.
 fn removal_goes_out_at_the_next_pass(dev_a: &Node, dev_b: &Node, dev_c: &Node) {
+    let stack = Stack::get();
     let b_id = store_of(dev_b).this_device().unwrap().id;
     dev_a.ok(&["device", "remove", &b_id]);
     dev_a.sync();
     sync_until(&[dev_c], "bob learns of the removal", || {
         store_of(dev_c).is_retired(&dev_a.address, &b_id).unwrap()
     });
+    for folder in ["", "Minisync"] {
+        for m in messages(&stack.maildir(&dev_a.address), folder) {
+            std::fs::remove_file(m).unwrap();
+        }
+    }
     dev_b.ok(&["doc", "set", "todo", "late", "1"]);
     for _ in 0..3 {
         for n in [dev_b, dev_c, dev_a] {
@@ -483,7 +492,33 @@ fn removal_goes_out_at_the_next_pass(dev_a: &Node, dev_b: &Node, dev_c: &Node) {
     for n in [dev_a, dev_c] {
         let d = n.doc("todo").unwrap();
         assert!(d.get("late").is_none(), "{}: {d}", n.address);
+        assert_eq!(n.status()["quarantined"], json!([]), "{}", n.address);
+        let listed = n.ok(&["device", "list"]);
+        assert!(
+            listed.contains("still sends mail: "),
+            "{}: {listed}",
+            n.address
+        );
     }
+    dev_a.ok(&["device", "remove", &b_id]);
+    dev_a.sync();
+    sync_until(&[dev_b], "B learns that it was removed", || {
+        !dev_b.cmd(&["sync"]).status.success()
+    });
+    let out = dev_b.cmd(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("was removed from"), "{said}");
+    let status = dev_b.cmd(&["status"]);
+    assert_eq!(status.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("REMOVED"));
+    let before = outbox(dev_b, "todo").len();
+    dev_b.ok(&["doc", "set", "todo", "later", "2"]);
+    dev_b.cmd(&["sync"]);
+    assert_eq!(
+        outbox(dev_b, "todo").len(),
+        before,
+        "a removed device sends nothing"
+    );
 }
 
 /// Two devices of one address read the same new mail; the one whose MOVE reaches the server

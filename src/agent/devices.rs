@@ -225,6 +225,13 @@ pub struct DeviceDoc {
     pub last_heard: Option<String>,
 }
 
+/// Mail of a removed device, refused: how many, and when the last came.
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    pub count: u64,
+    pub last: Option<String>,
+}
+
 /// One device behind an address (the account's own, or a peer's).
 #[derive(Debug, Serialize)]
 pub struct DeviceStatus {
@@ -232,8 +239,11 @@ pub struct DeviceStatus {
     pub device: String,
     pub name: Option<String>,
     pub this_device: bool,
-    /// When it was removed (`agent device remove`), if it was.
+    /// When it was removed (`agent device remove`), if it was; for this device, when another
+    /// device of the account removed it (then nothing is sent from here).
     pub removed: Option<String>,
+    /// The mail a removed device still sent, refused here.
+    pub refused: Option<Refused>,
     pub last_heard: Option<String>,
     pub documents: Vec<DeviceDoc>,
 }
@@ -262,18 +272,29 @@ pub fn device_status(cfg: &Config, store: &mut Store) -> crate::store::Result<Ve
                 });
             }
         }
+        // Removed by another device of the account (heard in its mail).
+        let removed = store
+            .devices(&a.address)?
+            .into_iter()
+            .find(|r| r.device == me.id)
+            .and_then(|r| super::status::when(r.retired_at));
         out.push(DeviceStatus {
             address: a.address.clone(),
             device: me.id,
             name: Some(me.name),
             this_device: true,
-            removed: None,
+            removed,
+            refused: None,
             last_heard: None,
             documents,
         });
     }
+    let me = store.this_device()?;
     for address in addresses {
         for row in store.devices(&address)? {
+            if row.device == me.id {
+                continue;
+            }
             let mut documents = Vec::new();
             for d in &cfg.documents {
                 for c in store.device_clients(&d.name, &address)? {
@@ -282,11 +303,18 @@ pub fn device_status(cfg: &Config, store: &mut Store) -> crate::store::Result<Ve
                     }
                 }
             }
+            let refused = store
+                .refused_of(&row.address, &row.device)?
+                .map(|(count, at)| Refused {
+                    count,
+                    last: super::status::when(Some(at)),
+                });
             out.push(DeviceStatus {
                 address: row.address,
                 device: row.device,
                 name: row.name,
                 this_device: false,
+                refused,
                 removed: super::status::when(row.retired_at),
                 last_heard: super::status::when(row.last_heard),
                 documents,
@@ -331,16 +359,28 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default(),
             if d.this_device { ", this device" } else { "" },
-            d.removed
-                .as_deref()
-                .map(|r| format!(", REMOVED {r}"))
-                .unwrap_or_default(),
+            match (&d.removed, d.this_device) {
+                (Some(r), true) => format!(
+                    ", REMOVED {r} by another device of the account: nothing is sent from here"
+                ),
+                (Some(r), false) => format!(", REMOVED {r}"),
+                (None, _) => String::new(),
+            },
             if d.this_device {
                 "now"
             } else {
                 d.last_heard.as_deref().unwrap_or("never")
             }
         )?;
+        if let Some(r) = &d.refused {
+            writeln!(
+                f,
+                "  still sends mail: {} refused, the last {} (if it was lost or stolen, change \
+                 the mail account's password)",
+                r.count,
+                r.last.as_deref().unwrap_or("?")
+            )?;
+        }
         for doc in &d.documents {
             if d.this_device {
                 writeln!(f, "  {}: client {}", doc.doc, doc.client_id)?;
@@ -361,7 +401,7 @@ pub fn fmt_devices(devices: &[DeviceStatus], f: &mut dyn std::fmt::Write) -> std
 }
 
 /// Puts in the outbox, for every mail document held here, an acknowledgement (no changes) to
-/// each of its peers and to the own address when a sibling holds it: every mail names the
+/// each of its peers and to the own address: every mail names the
 /// removed devices (`Minisync-Retired`), so the removal goes out with the next pass instead of
 /// waiting for the next edit.
 fn queue_removal_notices(cfg: &Config, store: &mut Store, own: &str) -> Result<()> {
@@ -373,10 +413,10 @@ fn queue_removal_notices(cfg: &Config, store: &mut Store, own: &str) -> Result<(
         if !store.has_doc(&d.name)? {
             continue;
         }
+        // The own address too: the other devices learn it, and so does the removed one, which
+        // then stops sending.
         let mut to = d.peers.clone();
-        if !Store::clients_of(store.conn(), &d.name, own)?.is_empty() {
-            to.push(own.to_string());
-        }
+        to.push(own.to_string());
         let (body, version) = store.read_doc(&d.name, |doc| {
             (super::health::bare_ack(doc, &d.peers), doc.version())
         })?;
@@ -429,7 +469,11 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
         )));
     };
     if row.retired_at.is_some() {
-        return Ok(format!("device {id} was removed already"));
+        queue_removal_notices(cfg, &mut store, &account.address)?;
+        return Ok(format!(
+            "device {id} was removed already; your other devices, your peers and the removed \
+             device itself are told again with the next pass"
+        ));
     }
     Store::retire_devices(store.conn(), &account.address, &[id.to_string()])?;
     queue_removal_notices(cfg, &mut store, &account.address)?;
@@ -443,4 +487,25 @@ pub fn device_remove(cfg: &Config, id: &str) -> Result<String> {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
     ))
+}
+
+impl super::Agent {
+    /// When another device of the account removed this one (`agent device remove`, heard in
+    /// its mail to the own address): the error a pass reports instead of sending, since every
+    /// other replica refuses this device's mail.
+    pub(super) fn removed_from_account(&self) -> crate::store::Result<Option<String>> {
+        let Some(own) = self.cfg.account.as_ref().map(|a| a.address.as_str()) else {
+            return Ok(None);
+        };
+        let me = self.store.this_device()?;
+        Ok(self.store.is_retired(own, &me.id)?.then(|| {
+            format!(
+                "this device ({}) was removed from {own} by another of its devices (`agent \
+                 device remove`): its mail is refused, so nothing is sent. Its documents stay \
+                 here (`agent doc export`); to use this machine again, start a new state and \
+                 join it with `agent device add` / `agent device join`",
+                me.id
+            )
+        }))
+    }
 }

@@ -32,7 +32,8 @@ use crate::transport::mail::MailTransport;
 use crate::transport::{Route, Transport, TransportError};
 
 pub use devices::{
-    DeviceDoc, DeviceStatus, device_add, device_join, device_remove, device_status, fmt_devices,
+    DeviceDoc, DeviceStatus, Refused, device_add, device_join, device_remove, device_status,
+    fmt_devices,
 };
 pub use docs::{DocCommand, changed_paths, doc_command};
 pub use keys::account_key;
@@ -242,21 +243,11 @@ impl Agent {
         }
         // What was merged lands in the bound files.
         self.sync_files(&mut report);
-        if let Err(e) = self.schedule(&mut report).await {
-            tracing::warn!(error = %e, "scheduling sends failed");
-            report.errors.push(e.to_string());
-        }
-        if let Err(e) = self.send_hellos(&mut report).await {
-            tracing::warn!(error = %e, "sending hellos failed");
-            report.errors.push(e.to_string());
-        }
-        if let Err(e) = self.send_wants(&mut report).await {
-            tracing::warn!(error = %e, "asking the account's other devices failed");
-            report.errors.push(e.to_string());
-        }
-        if let Err(e) = self.flush(&mut report, None).await {
-            tracing::warn!(error = %e, "sending failed");
-            report.errors.push(e.to_string());
+        match self.removed_from_account() {
+            // Its mail is refused everywhere: nothing is sent (see `agent device list`).
+            Ok(Some(e)) => report.errors.push(e),
+            Ok(None) => self.send_due(&mut report).await,
+            Err(e) => report.errors.push(e.to_string()),
         }
         if self.last_tidy.is_none_or(|t| t.elapsed() >= TIDY_EVERY) {
             self.last_tidy = Some(std::time::Instant::now());
@@ -273,6 +264,27 @@ impl Agent {
             Err(e) => report.errors.push(e.to_string()),
         }
         report
+    }
+
+    /// The sending half of a pass: what is due queued, hellos and requests to the account's
+    /// other devices, then the outbox sent.
+    async fn send_due(&mut self, report: &mut PassReport) {
+        if let Err(e) = self.schedule(report).await {
+            tracing::warn!(error = %e, "scheduling sends failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.send_hellos(report).await {
+            tracing::warn!(error = %e, "sending hellos failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.send_wants(report).await {
+            tracing::warn!(error = %e, "asking the account's other devices failed");
+            report.errors.push(e.to_string());
+        }
+        if let Err(e) = self.flush(report, None).await {
+            tracing::warn!(error = %e, "sending failed");
+            report.errors.push(e.to_string());
+        }
     }
 
     /// Clears away processed mail past `keep-processed` and state rows no longer needed. A failure

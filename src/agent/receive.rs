@@ -362,26 +362,31 @@ impl Agent {
         };
         let me = self.store.this_device().map_err(internal)?;
         let own = a.from.eq_ignore_ascii_case(self.cfg.address());
+        // A sibling may name this device: it learns that it was removed (and stops sending).
         let retired: Vec<String> = tag
             .retired
             .iter()
-            .filter(|d| !(own && **d == me.id) && **d != tag.id)
+            .filter(|d| **d != tag.id)
             .cloned()
             .collect();
         let newly =
             Store::retire_devices(self.store.conn(), &a.from, &retired).map_err(internal)?;
         if newly > 0 {
             tracing::info!(address = %a.from, devices = ?retired, "devices removed by their owner");
+            if own && retired.contains(&me.id) {
+                tracing::warn!(by = %tag.id, "this device was removed from the account");
+            }
         }
         if own && tag.id == me.id {
             tracing::debug!("our own mail to our address: nothing to merge");
             return Ok(true);
         }
+        // Refused, but not quarantined: its owner removed it on purpose. `agent device list`
+        // counts what it still sends (a lost device that still runs).
         if self.store.is_retired(&a.from, &tag.id).map_err(internal)? {
-            return Err(Refusal::Quarantine(format!(
-                "device {} of {} was removed (`agent device remove`): its mail is not merged",
-                tag.id, a.from
-            )));
+            Store::note_refused(self.store.conn(), &a.from, &tag.id).map_err(internal)?;
+            tracing::warn!(device = %tag.id, address = %a.from, "mail of a removed device refused");
+            return Ok(true);
         }
         if own {
             Store::heard_of_device(self.store.conn(), &a.from, &tag.id, tag.name.as_deref())

@@ -287,6 +287,8 @@ pub fn status(cfg: &Config, store: &mut Store) -> crate::store::Result<Status> {
         });
     }
     let devices = super::device_status(cfg, store)?;
+    // Removed by another device of the account: nothing is sent from here.
+    failing |= devices.iter().any(|d| d.this_device && d.removed.is_some());
     let mail = mail_status(cfg, store)?;
     Ok(Status {
         mail,

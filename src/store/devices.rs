@@ -24,6 +24,15 @@ CREATE TABLE IF NOT EXISTS devices (
     retired_at INTEGER,
     PRIMARY KEY (address, device)
 );
+-- Mail of removed devices, refused (not quarantined: their owner removed them): how much and
+-- when last, for `agent device list` (a lost device that still runs).
+CREATE TABLE IF NOT EXISTS refused_devices (
+    address TEXT NOT NULL COLLATE NOCASE,
+    device TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    PRIMARY KEY (address, device)
+);
 -- The client id a device uses for a document (one replica per device and document).
 CREATE TABLE IF NOT EXISTS device_clients (
     doc TEXT NOT NULL,
@@ -311,6 +320,36 @@ impl Store {
             )?;
         }
         Ok(n)
+    }
+
+    /// Counts a refused mail of removed device `device` of `address`.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn note_refused(conn: &Connection, address: &str, device: &str) -> Result<()> {
+        conn.execute(
+            "INSERT INTO refused_devices (address, device, count, last_at) VALUES (?1, ?2, 1, ?3) \
+             ON CONFLICT(address, device) DO UPDATE SET count = count + 1, last_at = ?3",
+            params![address, device, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// How many mails of removed device `device` of `address` were refused, and when last.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn refused_of(&self, address: &str, device: &str) -> Result<Option<(u64, i64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT count, last_at FROM refused_devices WHERE address = ?1 AND device = ?2",
+                params![address, device],
+                |r| Ok((r.get::<_, i64>(0)?.max(0).unsigned_abs(), r.get(1)?)),
+            )
+            .optional()?)
     }
 
     /// The removed devices of `address`.
