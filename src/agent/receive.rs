@@ -41,6 +41,8 @@ struct Ready {
     /// The `writesTo` tags of the newest changes object (kept apart: the first one may have
     /// built the replica and left `changes`).
     writes_to: Vec<String>,
+    /// When the sender says it sent it (see [`Arrival::sent_at`]).
+    sent_at: Option<i64>,
 }
 
 /// Message-IDs that earlier arrivals of the same pass carry: a copy delivered twice is a
@@ -245,6 +247,7 @@ impl Agent {
             device: None,
             want: false,
             split: crate::transport::Split::Whole,
+            sent_at: None,
         };
         let ti = self.docs[slot].transport;
         let spans = arrival_spans("quarantine", std::slice::from_ref(&arrival));
@@ -349,6 +352,7 @@ impl Agent {
                 Split::Whole | Split::Part(_) => None,
             },
             writes_to,
+            sent_at: a.sent_at,
         }))
     }
 
@@ -389,8 +393,8 @@ impl Agent {
             return Ok(true);
         }
         if own {
-            Store::heard_of_device(self.store.conn(), &a.from, &tag.id, tag.name.as_deref())
-                .map_err(internal)?;
+            let heard = (tag.name.as_deref(), a.sent_at);
+            Store::heard_of_device(self.store.conn(), &a.from, &tag.id, heard).map_err(internal)?;
         }
         if a.want {
             Store::set_want(self.store.conn(), &a.doc, &tag.id, now_ms()).map_err(internal)?;
@@ -648,7 +652,8 @@ fn record_merged(tx: &rusqlite::Connection, name: &str, item: &Ready, changed: b
             Some(t) => (t.id.as_str(), t.name.as_deref()),
             None => (client.as_str(), None),
         };
-        Store::heard_device(tx, name, &item.peer, device, device_name, &client)?;
+        let heard = (client.as_str(), item.sent_at);
+        Store::heard_device(tx, name, &item.peer, device, device_name, heard)?;
         Store::clear_want(tx, name, device)?;
         Store::set_writes_to(tx, name, &client, &item.writes_to)?;
     }

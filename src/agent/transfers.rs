@@ -127,6 +127,7 @@ impl Agent {
             }),
             want: false,
             split: Split::Assembled(t.id.clone()),
+            sent_at: None,
         })
     }
 }

@@ -78,6 +78,13 @@ CREATE TABLE IF NOT EXISTS deferrals (
 );
 "#;
 
+/// When a device was heard from: when its mail says it was sent (`at`, its `Date`), never later
+/// than now (a clock ahead), or now when the mail does not say.
+fn heard_at(at: Option<i64>) -> i64 {
+    let now = now_ms();
+    at.map_or(now, |t| t.min(now))
+}
+
 /// This installation, as its mail names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThisDevice {
@@ -161,17 +168,19 @@ impl Store {
         address: &str,
         device: &str,
         name: Option<&str>,
-        client: &str,
+        (client, at): (&str, Option<i64>),
     ) -> Result<()> {
-        let now = now_ms();
+        let now = heard_at(at);
         conn.execute(
             "INSERT INTO devices (address, device, name, first_seen, last_heard) VALUES (?1, ?2, ?3, ?4, ?4) \
-             ON CONFLICT(address, device) DO UPDATE SET last_heard = ?4, name = COALESCE(?3, name)",
+             ON CONFLICT(address, device) DO UPDATE SET last_heard = MAX(COALESCE(last_heard, 0), ?4), \
+             name = COALESCE(?3, name)",
             params![address, device, name, now],
         )?;
         conn.execute(
             "INSERT INTO device_clients (doc, address, device, client_id, last_heard) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(doc, address, client_id) DO UPDATE SET device = ?3, last_heard = ?5",
+             ON CONFLICT(doc, address, client_id) DO UPDATE SET device = ?3, \
+             last_heard = MAX(last_heard, ?5)",
             params![doc, address, device, client, now],
         )?;
         Ok(())
@@ -187,12 +196,13 @@ impl Store {
         conn: &Connection,
         address: &str,
         device: &str,
-        name: Option<&str>,
+        (name, at): (Option<&str>, Option<i64>),
     ) -> Result<()> {
         conn.execute(
             "INSERT INTO devices (address, device, name, first_seen, last_heard) VALUES (?1, ?2, ?3, ?4, ?4) \
-             ON CONFLICT(address, device) DO UPDATE SET last_heard = ?4, name = COALESCE(?3, name)",
-            params![address, device, name, now_ms()],
+             ON CONFLICT(address, device) DO UPDATE SET last_heard = MAX(COALESCE(last_heard, 0), ?4), \
+             name = COALESCE(?3, name)",
+            params![address, device, name, heard_at(at)],
         )?;
         Ok(())
     }
@@ -554,6 +564,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_device_is_heard_from_when_its_mail_was_sent_never_later_than_now_nor_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        let conn = store.conn();
+        let c = ClientId::random().to_string();
+        let heard = |store: &Store| store.device_clients("todo", "bob@x").unwrap()[0].last_heard;
+        let day_ago = now_ms() - 86_400_000;
+        Store::heard_device(conn, "todo", "bob@x", "d1", None, (&c, Some(day_ago))).unwrap();
+        assert_eq!(heard(&store), day_ago);
+        assert_eq!(store.devices("bob@x").unwrap()[0].last_heard, Some(day_ago));
+        // An older mail read later does not move it back.
+        Store::heard_device(conn, "todo", "bob@x", "d1", None, (&c, Some(day_ago - 5))).unwrap();
+        assert_eq!(heard(&store), day_ago);
+        // A date in the future counts as now.
+        let before = now_ms();
+        Store::heard_device(conn, "todo", "bob@x", "d1", None, (&c, Some(i64::MAX))).unwrap();
+        assert!((before..=now_ms()).contains(&heard(&store)));
+    }
+
+    #[test]
     fn devices_clients_and_removals_are_kept_per_address() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite")).unwrap();
@@ -562,8 +592,16 @@ mod tests {
         assert_eq!(me.id.len(), 16);
         let (c1, c2) = (ClientId::random(), ClientId::random());
         let conn = store.conn();
-        Store::heard_device(conn, "todo", "bob@x", "d1", Some("phone"), &c1.to_string()).unwrap();
-        Store::heard_device(conn, "todo", "bob@x", "d2", None, &c2.to_string()).unwrap();
+        Store::heard_device(
+            conn,
+            "todo",
+            "bob@x",
+            "d1",
+            Some("phone"),
+            (&c1.to_string(), None),
+        )
+        .unwrap();
+        Store::heard_device(conn, "todo", "bob@x", "d2", None, (&c2.to_string(), None)).unwrap();
         let mut both = vec![c1, c2];
         both.sort();
         assert_eq!(Store::clients_of(conn, "todo", "BOB@x").unwrap(), both);

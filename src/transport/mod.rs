@@ -114,6 +114,9 @@ pub struct Arrival {
     pub want: bool,
     /// A whole changes object, one part of a transfer, or a transfer put together.
     pub split: Split,
+    /// Mail: when the sender says it sent it (its `Date`, ms since the epoch): what `agent
+    /// device list` shows as "last heard", rather than when this device got to read it.
+    pub sent_at: Option<i64>,
 }
 
 /// Whether an arrival carries a whole changes object, one part of a larger one (mail format 4:

@@ -234,6 +234,7 @@ impl Transport for FolderTransport {
                             device: None,
                             want: false,
                             split: crate::transport::Split::Whole,
+                            sent_at: None,
                         });
                     }
                 }

@@ -386,12 +386,14 @@ pub fn parse(key: String, raw: &[u8], rx: &Receiver<'_>) -> Arrival {
         device: None,
         want: false,
         split: Split::Whole,
+        sent_at: None,
     };
     let Some(m) = MessageParser::default().parse(raw) else {
         arrival.payloads = Err("the message cannot be parsed as MIME".into());
         return arrival;
     };
     arrival.message_id = m.message_id().map(|s| format!("<{s}>"));
+    arrival.sent_at = m.date().map(|d| d.to_timestamp().saturating_mul(1000));
     arrival.from = from_of(&m);
     arrival.payloads = read_outer(&m, rx, &mut arrival);
     arrival
@@ -459,8 +461,17 @@ fn read_outer(
         })
         .map(|p| p.contents())
         .ok_or("no application/octet-stream part with the encrypted message")?;
-    let data = openpgp::open(armored, rx.key, &sender, MAX_CHANGES_BYTES + MIME_SLACK)
-        .map_err(|e| e.to_string())?;
+    let data =
+        openpgp::open(armored, rx.key, &sender, MAX_CHANGES_BYTES + MIME_SLACK).map_err(|e| {
+            if arrival.from.eq_ignore_ascii_case(rx.own) {
+                format!(
+                    "{e} (mail from another device of this account: if this device is new, run \
+                     `agent device join` with the code `agent device add` printed there)"
+                )
+            } else {
+                e.to_string()
+            }
+        })?;
     arrival.sealed = Some(Sealed {
         fingerprint: sender.fingerprint(),
         key: keydata,

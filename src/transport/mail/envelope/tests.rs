@@ -179,8 +179,21 @@ fn mail_for_another_key_unencrypted_or_old_is_refused_with_the_reason() {
     )
     .unwrap();
     let got = read(&raw, &b);
-    assert!(got.payloads.unwrap_err().contains("does not decrypt"));
+    let e = got.payloads.unwrap_err();
+    assert!(e.contains("does not decrypt"), "{e}");
+    // From the own address (the reader's `own` here): the hint for a device not joined yet.
+    assert!(e.contains("agent device join"), "{e}");
     assert!(got.sealed.is_none());
+    let (_, raw) = build(
+        &out("{}", None, &carol_pub),
+        &sender("bob@example.test", &b),
+    )
+    .unwrap();
+    let e = read(&raw, &a).payloads.unwrap_err();
+    assert!(
+        e.contains("does not decrypt") && !e.contains("device join"),
+        "{e}"
+    );
     let plain = b"Minisync-Version: 5\r\nFrom: alice@example.test\r\nMessage-ID: <x@y>\r\nContent-Type: text/plain\r\n\r\n{}";
     let e = read(plain, &b).payloads.unwrap_err();
     assert!(e.contains("Autocrypt header without addr"), "{e}");
