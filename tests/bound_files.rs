@@ -15,26 +15,18 @@ struct Peer {
 }
 
 fn peer(shared: &Path) -> Peer {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[agent]\nstate-dir = \"state\"\npoll-interval = \"1s\"\n\n[[documents]]\nname = \"notes\"\n\
-         transport = \"folder\"\nfolder = \"{}\"\nsend-delay = \"0s\"\nfile = \"notes.json\"\n",
-        shared.display()
-    );
-    let path = dir.path().join("agent.toml");
-    std::fs::write(&path, &text).unwrap();
-    let cfg = Config::load(&path).unwrap();
-    let agent = Some(Agent::new(cfg.clone()).unwrap());
-    Peer { dir, cfg, agent }
+    peer_binding(shared, Some("notes.json"))
 }
 
-/// A replica of the folder's document with no file bound.
-fn unbound(shared: &Path) -> Peer {
+/// A replica of the folder's document, its config binding `file` (None: no file bound).
+fn peer_binding(shared: &Path, file: Option<&str>) -> Peer {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "[agent]\nstate-dir = \"state\"\npoll-interval = \"1s\"\n\n[[documents]]\nname = \"notes\"\n\
-         transport = \"folder\"\nfolder = \"{}\"\nsend-delay = \"0s\"\n",
-        shared.display()
+         transport = \"folder\"\nfolder = \"{}\"\nsend-delay = \"0s\"\n{}",
+        shared.display(),
+        file.map(|f| format!("file = \"{f}\"\n"))
+            .unwrap_or_default()
     );
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, &text).unwrap();
@@ -240,7 +232,7 @@ async fn a_file_bound_later_to_a_document_from_a_peer_keeps_both_sides_keys() {
     let shared = tempfile::tempdir().unwrap();
     let (mut alice, mut bob) = started(shared.path()).await;
     // Carol holds the document without a file, then binds a file of hers with other content.
-    let mut carol = unbound(shared.path());
+    let mut carol = peer_binding(shared.path(), None);
     settle(&mut [&mut alice, &mut carol]).await;
     assert_eq!(carol.doc()["count"], json!(1));
     std::fs::write(

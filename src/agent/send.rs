@@ -49,7 +49,14 @@ pub(super) fn delivered_to(
         return Ok(delivered);
     }
     add(Store::clients_of(conn, route.name, route.address)?);
-    add(reaching);
+    // A client's `writesTo` says exactly where it writes; the client table it lists (which may
+    // hold clients it only heard of through others) counts only for a client that never sent one
+    // (an older agent).
+    let listing = Store::listing_writers(conn, route.name)?;
+    add(reaching
+        .into_iter()
+        .filter(|c| !listing.contains(c))
+        .collect());
     add(Store::writers_to(
         conn,
         route.name,

@@ -538,6 +538,23 @@ impl Store {
         Ok(out)
     }
 
+    /// The clients that listed where they write document `doc` (`writesTo`).
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    pub fn listing_writers(conn: &Connection, doc: &str) -> Result<Vec<ClientId>> {
+        let mut q = conn.prepare_cached("SELECT DISTINCT client FROM writes_to WHERE doc = ?1")?;
+        let rows = q.query_map(params![doc], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for client in rows {
+            if let Ok(c) = ClientId::parse(&client?) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
     /// Starts holding forwarding back (keeping an earlier start), or ends it (`on` false).
     ///
     /// # Errors
