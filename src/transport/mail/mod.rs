@@ -58,6 +58,9 @@ struct ImapState {
     /// The outer Message-ID of each agent mail read from the watched mailbox in this pass, by
     /// UID: recorded as handled when it is settled.
     inbox_ids: std::collections::HashMap<u32, String>,
+    /// The processed folder's (UIDVALIDITY, UIDNEXT) when this device last looked at it: grown
+    /// since, another device may have moved mail there that this one never saw in the inbox.
+    processed_seen: Option<(u32, u32)>,
 }
 
 impl ImapState {
@@ -306,6 +309,26 @@ impl MailTransport {
         format!("processed:{}", self.account.imap.processed_folder)
     }
 
+    /// Whether the processed folder grew since this device last looked at it (`seen`, updated;
+    /// `STATUS (UIDNEXT UIDVALIDITY)`): mail another device moved away, or this device's own
+    /// (skipped when read). A server that does not say is never taken for news.
+    async fn processed_grew(
+        &self,
+        session: &mut ImapSession,
+        seen: &mut Option<(u32, u32)>,
+    ) -> Result<bool, TransportError> {
+        let folder = &self.account.imap.processed_folder;
+        let status = self
+            .step("STATUS", session.status(folder, "(UIDNEXT UIDVALIDITY)"))
+            .await?;
+        let (Some(validity), Some(next)) = (status.uid_validity, status.uid_next) else {
+            return Ok(false);
+        };
+        let grew = seen.is_some_and(|s| s != (validity, next));
+        *seen = Some((validity, next));
+        Ok(grew)
+    }
+
     /// Agent mail the account's other devices moved to the processed folder since this device
     /// last looked there (its own cursor on that folder), except what this device settled
     /// itself: every device reads every agent mail, whichever device moved it out of the inbox.
@@ -329,6 +352,9 @@ impl MailTransport {
             )));
         };
         let uid_next = mb.uid_next;
+        if let Some(next) = uid_next {
+            st.processed_seen = Some((validity, next));
+        }
         let name = self.processed_cursor();
         let cursor = self.with_store(|s| s.cursor(&name))?;
         let from = match cursor {
@@ -558,7 +584,10 @@ impl MailTransport {
             let folder = &self.account.imap.quarantine_folder;
             match imap::copy_message(&mut conn.session, uid, folder).await {
                 Ok(n) => news |= n,
-                Err(e) if gone(conn, uid).await? => return Ok(taken(uid, &e)),
+                Err(e) if gone(conn, uid).await? => {
+                    taken(uid, &e);
+                    return Ok(());
+                }
                 Err(e) => return Err(err(e)),
             }
         }
@@ -648,6 +677,14 @@ impl MailTransport {
                 r,
                 UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
             );
+        }
+        // Mail that another device of the account moved to the processed folder before this one
+        // saw it in the inbox was announced here, if at all, while this session was busy
+        // elsewhere: the folder having grown past this device's cursor is news too.
+        if !news && folders_ready {
+            news = self
+                .processed_grew(&mut session, &mut st.processed_seen)
+                .await?;
         }
         if news {
             st.conn = Some(keep(session));
