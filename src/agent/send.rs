@@ -19,12 +19,12 @@ const REBASE_RATIO: f64 = 0.3;
 /// themselves); for a peer, our sibling devices (each writes its own changes to every address it
 /// shares the document with), every other replica known to share the document with that peer's
 /// devices (the same), and those that said they write to the address (`writesTo`), even before
-/// anyone heard from it.
+/// anyone heard from it. `reaching` is the document's [`Document::authors_reaching`] for
+/// `clients`.
 ///
 /// # Errors
 ///
 /// A database error.
-/// `reaching` is the document's [`Document::authors_reaching`] for `clients`.
 ///
 /// [`Document::authors_reaching`]: crate::engine::Document::authors_reaching
 pub(super) fn delivered_to(
@@ -177,11 +177,8 @@ impl Agent {
     }
 
     /// The client ids behind `peer` for document `name` (every device behind the address), and
-    /// the clients whose changes reach `peer` without us: for the own address, the devices of
-    /// the document's peers (they write to it themselves); for a peer, our sibling devices
-    /// (each writes its own changes to every address it shares the document with) and every
-    /// other replica known to share the document with that peer's devices (the same). An empty
-    /// list of clients while a sibling asked for the whole document: everything is sent.
+    /// the clients whose changes reach `peer` without us (see [`delivered_to`]). An empty list
+    /// of clients while a sibling asked for the whole document: everything is sent.
     fn audience(&mut self, name: &str, peer: &str, peers: &[String]) -> Result<Audience> {
         let own = self.cfg.address();
         let me = self.store.this_device()?;
