@@ -469,8 +469,14 @@ fn one_changes_object_serves_every_device_of_an_address() {
     b.set("b", json!(true)).unwrap();
     send(&b, &mut c);
     assert!(c.changes_for_all(&[a.client_id()]).has_changes());
-    assert!(!c.news_for_all(&[a.client_id()], &[b.client_id()]));
-    assert!(c.news_for_all(&[a.client_id()], &[]));
+    assert!(!c.news_for_all(&[a.client_id()], &[b.client_id()], 0));
+    assert!(c.news_for_all(&[a.client_id()], &[], 0));
+    // What was sent already (up to c's version then) is on its way: not news again; a change of
+    // c's own after that is.
+    let sent = c.version();
+    assert!(!c.news_for_all(&[a.client_id()], &[], sent));
+    c.set("c", json!(1)).unwrap();
+    assert!(c.news_for_all(&[a.client_id()], &[b.client_id()], sent));
 }
 
 #[test]

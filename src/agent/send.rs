@@ -226,7 +226,7 @@ impl Agent {
         let audience = self.audience(&cfg.name, peer, &cfg.peers)?;
         if fresh && !now {
             let news = self.store.read_doc(&cfg.name, |d| {
-                d.news_for_all(&audience.clients, &audience.delivered)
+                d.news_for_all(&audience.clients, &audience.delivered, row.sent_version)
             })?;
             let held = self.store.deferred_since(&cfg.name, peer)?;
             // An address never heard from lacks only what its authors said they write to it
@@ -243,7 +243,7 @@ impl Agent {
         let resend_due = row.last_sent_at.is_some_and(|s| t >= s + resend)
             && self.store.pending_for(&cfg.name, peer)? == 0
             && self.store.read_doc(&cfg.name, |d| {
-                d.news_for_all(&audience.clients, &audience.delivered)
+                d.news_for_all(&audience.clients, &audience.delivered, 0)
             })?;
         if !fresh && !resend_due && !now {
             return Ok(true);

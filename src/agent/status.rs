@@ -350,14 +350,14 @@ fn peer_status(
                     .map(|p| p.last_acknowledged)
                     .min()
                     .unwrap_or(0),
-                doc.news_for_all(&clients, &delivered),
+                doc.news_for_all(&clients, &delivered, 0),
             )
         })?,
         // Never heard from: it lacks everything but what its authors write to it.
         (true, true) => (
             0,
             0,
-            store.read_doc(&d.name, |doc| doc.news_for_all(&[], &delivered))?,
+            store.read_doc(&d.name, |doc| doc.news_for_all(&[], &delivered, 0))?,
         ),
         _ => (0, 0, false),
     };

@@ -94,11 +94,14 @@ impl Document {
 
     /// Whether `clients` lack changes beyond those of the clients in `delivered`: the changes
     /// of clients that mail these devices themselves (a person's other devices write to every
-    /// address they share a document with) are not a reason to write now.
+    /// address they share a document with) are not a reason to write now. Only changes after
+    /// this replica's version `after` count (what was sent to them up to then is on its way;
+    /// 0: everything they have not confirmed).
     pub fn news_for_all(
         &self,
         clients: &[crate::engine::ClientId],
         delivered: &[crate::engine::ClientId],
+        after: u64,
     ) -> bool {
         let (since, mut knows) = match self.common_knowledge(clients) {
             Some(known) => known,
@@ -110,7 +113,8 @@ impl Document {
         for c in delivered {
             knows.insert(*c, u64::MAX);
         }
-        self.make_changes(since, Some(&knows), false).has_changes()
+        self.make_changes(since.max(after), Some(&knows), false)
+            .has_changes()
     }
 
     /// The clients that send their own changes to every one of `clients` themselves: those
