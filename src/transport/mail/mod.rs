@@ -431,6 +431,14 @@ impl MailTransport {
     }
 
     /// The sending device's tag: this device and the removed devices of the account.
+    /// Whether this device knows of other devices of its account.
+    fn has_siblings(&self) -> Result<bool, TransportError> {
+        self.with_store(|s| {
+            let me = s.this_device()?;
+            s.knows_siblings(&self.account.address, &me.id)
+        })
+    }
+
     fn device_tag(&self) -> Result<crate::transport::DeviceTag, String> {
         self.with_store(|s| {
             let me = s.this_device()?;
@@ -680,8 +688,9 @@ impl MailTransport {
         }
         // Mail that another device of the account moved to the processed folder before this one
         // saw it in the inbox was announced here, if at all, while this session was busy
-        // elsewhere: the folder having grown past this device's cursor is news too.
-        if !news && folders_ready {
+        // elsewhere: the folder having grown since this device looked is news too. Only another
+        // device can do that: a device alone on its account does not ask.
+        if !news && folders_ready && self.has_siblings()? {
             news = self
                 .processed_grew(&mut session, &mut st.processed_seen)
                 .await?;
