@@ -78,6 +78,19 @@ CREATE TABLE IF NOT EXISTS deferrals (
 );
 "#;
 
+/// The client ids a query's first column lists (a row that is not one is skipped).
+fn client_ids(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ClientId>> {
+    let mut q = conn.prepare_cached(sql)?;
+    let rows = q.query_map(args, |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for client in rows {
+        if let Ok(c) = ClientId::parse(&client?) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
 /// When a device was heard from: when its mail says it was sent (`at`, its `Date`), never later
 /// than now (a clock ahead), or now when the mail does not say.
 fn heard_at(at: Option<i64>) -> i64 {
@@ -254,19 +267,13 @@ impl Store {
     ///
     /// A database error.
     pub fn clients_of(conn: &Connection, doc: &str, address: &str) -> Result<Vec<ClientId>> {
-        let mut st = conn.prepare(
+        client_ids(
+            conn,
             "SELECT c.client_id FROM device_clients c LEFT JOIN devices d \
              ON d.address = c.address AND d.device = c.device \
              WHERE c.doc = ?1 AND c.address = ?2 AND d.retired_at IS NULL ORDER BY c.client_id",
-        )?;
-        let rows = st.query_map(params![doc, address], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            if let Ok(c) = ClientId::parse(&r?) {
-                out.push(c);
-            }
-        }
-        Ok(out)
+            params![doc, address],
+        )
     }
 
     /// Every replica of `doc` recorded behind `address`, removed devices included.
@@ -526,16 +533,11 @@ impl Store {
     ///
     /// A database error.
     pub fn writers_to(conn: &Connection, doc: &str, tag: &str) -> Result<Vec<ClientId>> {
-        let mut q =
-            conn.prepare_cached("SELECT client FROM writes_to WHERE doc = ?1 AND tag = ?2")?;
-        let rows = q.query_map(params![doc, tag], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for client in rows {
-            if let Ok(c) = ClientId::parse(&client?) {
-                out.push(c);
-            }
-        }
-        Ok(out)
+        client_ids(
+            conn,
+            "SELECT client FROM writes_to WHERE doc = ?1 AND tag = ?2",
+            params![doc, tag],
+        )
     }
 
     /// The clients that listed where they write document `doc` (`writesTo`).
@@ -544,15 +546,11 @@ impl Store {
     ///
     /// A database error.
     pub fn listing_writers(conn: &Connection, doc: &str) -> Result<Vec<ClientId>> {
-        let mut q = conn.prepare_cached("SELECT DISTINCT client FROM writes_to WHERE doc = ?1")?;
-        let rows = q.query_map(params![doc], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for client in rows {
-            if let Ok(c) = ClientId::parse(&client?) {
-                out.push(c);
-            }
-        }
-        Ok(out)
+        client_ids(
+            conn,
+            "SELECT DISTINCT client FROM writes_to WHERE doc = ?1",
+            params![doc],
+        )
     }
 
     /// Starts holding forwarding back (keeping an earlier start), or ends it (`on` false).
