@@ -235,24 +235,39 @@ fn a_device_switched_off_during_fifty_edits_past_keep_processed_catches_up() {
     dev_a.import("todo", &json!({"n": 0, "items": []}));
     let all = [&dev_a, &dev_b, &dev_c];
     sync_until(&all, "all three hold the document", || same(&all, "todo"));
-    // B is switched off: 50 edits on A and C, each synced at once.
+    // B is switched off: 50 edits on A and C, each synced at once. A's passes delete processed
+    // mail past keep-processed (1 s) meanwhile: B will not find it there.
+    let mut a_deleted = 0;
+    let mut sync_a = || {
+        let out = dev_a.cmd(&["sync"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = String::from_utf8_lossy(&out.stderr);
+        a_deleted += log
+            .matches("deleted processed mail past keep-processed")
+            .count();
+    };
     for i in 0..50 {
-        let (editor, other) = if i % 2 == 0 {
-            (&dev_a, &dev_c)
+        let push = ["doc", "push", "todo", "items", &i.to_string()];
+        if i % 2 == 0 {
+            dev_a.ok(&push);
+            sync_a();
+            dev_c.sync();
         } else {
-            (&dev_c, &dev_a)
-        };
-        editor.ok(&["doc", "push", "todo", "items", &i.to_string()]);
-        editor.sync();
-        other.sync();
+            dev_c.ok(&push);
+            dev_c.sync();
+            sync_a();
+        }
+        if i == 25 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
-    let out = dev_a.cmd(&["sync"]);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("deleted processed mail past keep-processed"),
-        "{log}"
-    );
+    sync_a();
+    assert!(a_deleted > 0, "A deleted no processed mail");
     sync_until(&all, "B caught up and all replicas are identical", || {
         same(&all, "todo")
             && dev_b.doc("todo").unwrap()["items"]

@@ -404,11 +404,12 @@ impl Agent {
         Ok(false)
     }
 
-    /// Whether a delta or an acknowledgement (not a whole document) arrived by mail for a document this device holds
-    /// no replica of yet. It is then left, not quarantined: the whole document comes from a
-    /// sibling device (answering a request) or with the sender's next mail (the sender never got
-    /// an acknowledgement from this device, so it sends everything), and mail read out of order
-    /// (the processed folder after the inbox) may bring it in the same pass.
+    /// Whether a delta or an acknowledgement (not a whole document) arrived by mail for a
+    /// document this device holds no replica of yet. It is then left, not quarantined: the whole
+    /// document comes from a sibling device (answering a request) or with the sender's next mail
+    /// (the sender never got an acknowledgement from this device, so it sends everything), and
+    /// mail read out of order (the processed folder after the inbox) may bring it in the same
+    /// pass.
     fn awaits_whole(&self, name: &str, first: &Changes) -> std::result::Result<bool, Refusal> {
         // An acknowledgement carries no document at all (changesSince 0 and nothing else).
         let part = first.changes_since() != 0 || !first.has_changes();

@@ -183,18 +183,12 @@ impl Store {
         name: Option<&str>,
         (client, at): (&str, Option<i64>),
     ) -> Result<()> {
-        let now = heard_at(at);
-        conn.execute(
-            "INSERT INTO devices (address, device, name, first_seen, last_heard) VALUES (?1, ?2, ?3, ?4, ?4) \
-             ON CONFLICT(address, device) DO UPDATE SET last_heard = MAX(COALESCE(last_heard, 0), ?4), \
-             name = COALESCE(?3, name)",
-            params![address, device, name, now],
-        )?;
+        Self::heard_of_device(conn, address, device, (name, at))?;
         conn.execute(
             "INSERT INTO device_clients (doc, address, device, client_id, last_heard) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT(doc, address, client_id) DO UPDATE SET device = ?3, \
              last_heard = MAX(last_heard, ?5)",
-            params![doc, address, device, client, now],
+            params![doc, address, device, client, heard_at(at)],
         )?;
         Ok(())
     }
