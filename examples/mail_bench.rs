@@ -349,7 +349,7 @@ fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
     if !bfile.exists() {
         bail!("bob's bound file was not written by the full sync");
     }
-    let _services = Kill(vec![b.spawn(&alice)?, b.spawn(&bob)?]);
+    let services = Kill(vec![b.spawn(&alice)?, b.spawn(&bob)?]);
     let bstore = store_of(&bob)?;
     let (mut merged, mut written) = (Vec::new(), Vec::new());
     let (mut shadow, mut text) = (String::new(), String::new());
@@ -368,6 +368,10 @@ fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
         let (mut merged_at, mut written_at) = (None, None);
         while merged_at.is_none() || written_at.is_none() {
             if t.elapsed() > Duration::from_secs(120) {
+                for n in [&alice, &bob] {
+                    let log = std::fs::read_to_string(n.config.with_file_name("agent.log"));
+                    eprintln!("{}'s agent logged:\n{}", n.address, log.unwrap_or_default());
+                }
                 bail!("the save never reached bob (replica: {merged_at:?}, file: {written_at:?})");
             }
             let (now_rev, now_sig) = (store.doc_rev("doc")?, files::signature(&bfile));
@@ -400,6 +404,8 @@ fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
         serde_json::from_slice::<Value>(&std::fs::read(&afile)?)?;
         Ok(())
     })?;
+    // Last: its edits reach alice's file, which the figures above read.
+    let doc_set = doc_set(b, &bob, services)?;
     merged.sort_by(f64::total_cmp);
     written.sort_by(f64::total_cmp);
     Ok(json!({
@@ -409,6 +415,49 @@ fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
         "read_diff_cpu_ms": diff_ms,
         "serde_parse_cpu_ms": parse_ms,
         "diff_over_parse": ((diff_ms / parse_ms) * 100.0).round() / 100.0,
+        "doc_set": doc_set,
+    }))
+}
+
+/// `agent doc set` of one field of the 10 MB document on `node`, wall time of the whole command:
+/// 10 times while its agent runs (the agent runs the command on the replica it holds loaded),
+/// 4 s apart, then, the agents stopped, 3 times alone (the command loads the replica itself);
+/// and the running agent's resident memory with the document (and its bound file) loaded, now
+/// and at its peak.
+fn doc_set(b: &Bench, node: &Node, services: Kill) -> anyhow::Result<Value> {
+    let set = |round: usize| -> anyhow::Result<f64> {
+        // Each edit rewrites the 16 MB bound file and goes out to the peer: a command that
+        // comes while the agent still does that waits for it, so the commands are spaced.
+        std::thread::sleep(Duration::from_secs(4));
+        let title = format!("edited {round}");
+        let t = Instant::now();
+        b.cli(
+            node,
+            &["doc", "set", "doc", "records[7].title", "--string", &title],
+        )?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let mut with_agent = (0..10).map(set).collect::<anyhow::Result<Vec<_>>>()?;
+    let pid = services.0.last().map(|c| c.id()).unwrap_or_default();
+    let rss = |field: &str| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        (kb / 1024.0 * 10.0).round() / 10.0
+    };
+    let (rss_mb, peak_mb) = (rss("VmRSS:"), rss("VmHWM:"));
+    drop(services);
+    let mut alone = (10..13).map(set).collect::<anyhow::Result<Vec<_>>>()?;
+    with_agent.sort_by(f64::total_cmp);
+    alone.sort_by(f64::total_cmp);
+    Ok(json!({
+        "with_agent_ms": {"p50": percentile(&with_agent, 0.5), "max": percentile(&with_agent, 1.0)},
+        "alone_ms": {"p50": percentile(&alone, 0.5), "max": percentile(&alone, 1.0)},
+        "agent_rss_mb": rss_mb,
+        "agent_peak_rss_mb": peak_mb,
     }))
 }
 

@@ -421,6 +421,11 @@ pub struct Config {
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+    /// SHA-256 (hex) of the file's absolute path and text: two processes that read the same
+    /// file, unchanged, have the same one (a running agent serves `agent doc` commands only to
+    /// a command line that read its config).
+    #[serde(skip)]
+    pub fingerprint: String,
 }
 
 /// Durations written like "2s", "500ms", "15m" (humantime), or a number of seconds.
@@ -541,6 +546,18 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// See [`Config::fingerprint`].
+fn fingerprint(path: &Path, text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let hash = Sha256::new()
+        .chain_update(abs.as_os_str().as_encoded_bytes())
+        .chain_update([0])
+        .chain_update(text.as_bytes())
+        .finalize();
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -565,6 +582,7 @@ impl Config {
             }
         })?;
         cfg.path = path.to_path_buf();
+        cfg.fingerprint = fingerprint(path, text);
         cfg.check()?;
         Ok(cfg)
     }

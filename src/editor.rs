@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use minisync::agent::{DocCommand, doc_command};
+use minisync::agent::{DocCommand, run_doc_command};
 use minisync::config::{Config, write_private_file};
 use minisync::store::Store;
 use serde_json::Value;
@@ -21,7 +21,7 @@ use serde_json::Value;
 /// JSON (with line and column), or a merge that changed the value meanwhile; in each case after
 /// the editor ran, the message names the file that keeps the edited text.
 pub fn edit(cfg: &Config, store: &mut Store, name: &str, path: &str) -> anyhow::Result<String> {
-    let shown = doc_command(
+    let shown = run_doc_command(
         cfg,
         store,
         DocCommand::Get {
@@ -63,7 +63,7 @@ pub fn edit(cfg: &Config, store: &mut Store, name: &str, path: &str) -> anyhow::
         value,
         expected: Some(shadow),
     };
-    match doc_command(cfg, store, update) {
+    match run_doc_command(cfg, store, update) {
         Ok(_) => {
             let _ = std::fs::remove_file(&file);
             let what = if path.is_empty() {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use minisync::agent::{
     Agent, AgentError, DocCommand, PassReport, PeerCommand, device_add, device_join, device_remove,
-    device_status, doc_command, fmt_devices, lock_state, open_store, peer_command, status,
+    device_status, fmt_devices, lock_state, open_store, peer_command, run_doc_command, status,
 };
 use minisync::config::{Config, ConfigError, EX_CONFIG, default_config_path, write_private_file};
 use minisync::transport::mail::Finding;
@@ -737,7 +737,8 @@ fn json_arg(value: String, string: bool) -> String {
     }
 }
 
-/// `agent doc …`: no lock (SQLite keeps these consistent beside a running agent).
+/// `agent doc …`: run by the running agent when it serves commands (it holds the replicas
+/// loaded), else here; no lock (SQLite keeps these consistent beside a running agent).
 fn doc(path: &Path, command: DocCmd) -> anyhow::Result<ExitCode> {
     let cfg = load(path)?;
     let mut store = open_store(&cfg)?;
@@ -746,7 +747,7 @@ fn doc(path: &Path, command: DocCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (cmd, output) = doc_command_of(command)?;
-    let text = doc_command(&cfg, &mut store, cmd)?;
+    let text = run_doc_command(&cfg, &mut store, cmd)?;
     match output {
         Some(p) => {
             std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?

@@ -148,3 +148,55 @@ fn a_config_error_exits_78_and_names_the_line() {
     assert!(err.contains("agent.toml:6:"), "{err}");
     assert!(err.contains("did you mean `transport`"), "{err}");
 }
+
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// After an edit of a folder document has been published, the service waits: it does not come
+/// round again at once, for ever (it did while the edit's time stayed recorded as unsent).
+#[test]
+fn an_agent_with_nothing_to_do_rests() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let file = dir.path().join("todo.json");
+    std::fs::write(&file, r#"{"items": []}"#).unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    cli(&["doc", "import", "todo", file.to_str().unwrap()]);
+    let child = Running(
+        Command::new(env!("CARGO_BIN_EXE_agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    cli(&["doc", "push", "todo", "items", "1"]);
+    // The send delay (2 s) passes and the edit is published; then the agent rests.
+    std::thread::sleep(Duration::from_secs(4));
+    let before = cpu_seconds(child.0.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(child.0.id()) - before;
+    assert!(used < 0.3, "{used} CPU seconds in 3 s of rest");
+}

@@ -102,7 +102,10 @@ impl Bench {
             .arg("run")
             .env("MINISYNC_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept beside the node's config, for a benchmark that fails to say what happened.
+            .stderr(std::fs::File::create(
+                node.config.with_file_name("agent.log"),
+            )?)
             .spawn()?)
     }
 }

@@ -10,7 +10,7 @@ use crate::store::{PeerChange, Save, Store};
 
 /// One `agent doc` subcommand. Values (`Set`, `Insert`, `Push`) are JSON text: text that is not
 /// JSON is refused (the CLI's `--string` turns plain text into a JSON string first).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum DocCommand {
     List {
         json: bool,

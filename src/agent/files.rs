@@ -368,7 +368,15 @@ impl super::Agent {
         for (name, path) in self.bound_files() {
             let problem = |store: &Store| store.file_state(&name).ok().flatten()?.error;
             let before = problem(&self.store);
-            if let Err(e) = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {}) {
+            let looked = signature(&path).map(|(s, _)| s);
+            let synced = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {});
+            // What the wait compares the file with (see `file_change`): as it was before this
+            // look when it changed meanwhile (a save during it, or this agent's own write:
+            // one more pass tells which).
+            let after = signature(&path).map(|(s, _)| s);
+            let seen = if after == looked { after } else { looked };
+            self.files_seen.insert(path.clone(), seen);
+            if let Err(e) = synced {
                 tracing::warn!(doc = %name, file = %path.display(), error = %e, "syncing the bound file failed");
                 report
                     .errors
@@ -394,7 +402,10 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// (`notify`: inotify, FSEvents, …) on the files' directories wake it at once, as a save by
 /// rename replaces the file itself; a change is confirmed by the file's modification time, size
 /// and inode, which are also compared every [`POLL`] in case a notification is missed.
-pub(super) async fn file_change(paths: &[PathBuf]) {
+///
+/// `seen`: each file's signature when the pass last looked at it. A file saved after that look
+/// and before this wait began is a change too (the pass that looked missed it).
+pub(super) async fn file_change(paths: &[PathBuf], seen: &[Option<String>]) {
     if paths.is_empty() {
         return std::future::pending().await;
     }
@@ -402,14 +413,17 @@ pub(super) async fn file_change(paths: &[PathBuf]) {
     let _watcher = watch(paths, tx);
     let look =
         || -> Vec<Option<String>> { paths.iter().map(|p| signature(p).map(|(s, _)| s)).collect() };
-    let start = look();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = rx.recv() => {}
+        if !first {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = rx.recv() => {}
+            }
         }
+        first = false;
         let mut now = look();
-        if now == start {
+        if now == seen {
             continue;
         }
         loop {
@@ -459,6 +473,7 @@ mod tests {
         let file = dir.path().join("n.json");
         std::fs::write(&file, "{}").unwrap();
         let paths = vec![file.clone()];
+        let seen = [signature(&file).map(|(s, _)| s)];
         let save = async {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             std::fs::write(dir.path().join("n.tmp"), "{\"a\": 1}").unwrap();
@@ -468,7 +483,7 @@ mod tests {
         let (noticed, ()) = tokio::join!(
             tokio::time::timeout(
                 POLL - std::time::Duration::from_millis(100),
-                file_change(&paths)
+                file_change(&paths, &seen)
             ),
             save
         );
@@ -477,6 +492,30 @@ mod tests {
             "not noticed within {:?}",
             started.elapsed()
         );
+    }
+
+    /// A save that lands after the pass looked at the file and before the wait began (which
+    /// would take it for the file as the pass left it) ends the wait at once, not at the next
+    /// pass minutes later.
+    #[tokio::test]
+    async fn a_save_before_the_wait_began_ends_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.json");
+        std::fs::write(&file, "{}").unwrap();
+        let seen = signature(&file).map(|(s, _)| s);
+        std::fs::write(dir.path().join("n.tmp"), "{\"a\": 1}").unwrap();
+        std::fs::rename(dir.path().join("n.tmp"), &file).unwrap();
+        let waited = tokio::time::timeout(
+            POLL / 2,
+            file_change(std::slice::from_ref(&file), std::slice::from_ref(&seen)),
+        )
+        .await;
+        assert!(waited.is_ok(), "the earlier save was not noticed");
+        // Unchanged since the look: the wait goes on.
+        let seen = [signature(&file).map(|(s, _)| s)];
+        let paths = [file];
+        let waited = tokio::time::timeout(POLL / 2, file_change(&paths, &seen)).await;
+        assert!(waited.is_err());
     }
 
     /// A save lands between the agent's read of the file and its write of a merge: the save is

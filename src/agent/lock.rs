@@ -29,6 +29,24 @@ impl StateLock {
     }
 }
 
+/// The process holding the state directory's lock, if one does (its PID as it wrote it; 0 when
+/// it wrote none yet). Takes the lock for an instant to find out when nobody holds it.
+pub fn lock_holder(cfg: &Config) -> Option<u32> {
+    let mut file = File::open(cfg.state_dir().join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Some(text.trim().parse().unwrap_or(0))
+        }
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 /// Takes the state directory's lock, or fails at once naming the process that holds it.
 ///
 /// # Errors

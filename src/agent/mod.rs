@@ -16,11 +16,12 @@ mod keys;
 mod lock;
 mod peers;
 mod receive;
+mod requests;
 mod send;
 mod status;
 mod transfers;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub use docs::{DocCommand, changed_paths, doc_command};
 pub use keys::account_key;
 pub use lock::{LOCK_FILE, StateLock, lock_state};
 pub use peers::{PeerCommand, peer_command};
+pub use requests::{TAKE_WITHIN, run_doc_command};
 pub use send::Due;
 pub use status::{DocStatus, FileStatus, PeerStatus, ReceiveError, Status, status};
 
@@ -104,6 +106,8 @@ pub struct Agent {
     /// The account's key (mail accounts): the own address's mail must be signed by it, and
     /// mail to the account's other devices is encrypted to it.
     account_key: Option<crate::transport::mail::openpgp::SecretKey>,
+    /// Each bound file's signature when the last pass looked at it (see `files::file_change`).
+    files_seen: HashMap<std::path::PathBuf, Option<String>>,
 }
 
 /// When the SMTP server refused our login and the config file changed since, the waiting mail is
@@ -212,6 +216,7 @@ impl Agent {
             due: Due::Pending,
             hello_owed: Vec::new(),
             account_key: key,
+            files_seen: HashMap::new(),
         })
     }
 
@@ -227,14 +232,19 @@ impl Agent {
         tracing::debug!(transports = self.transports.len(), due = ?self.due, "pass starts");
         let mut report = PassReport::default();
         let mut failures: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        // Commands of the command line first, and again between the steps that may take long
+        // (writing a large bound file, a drain): someone waits for their answer.
+        self.serve_doc_requests();
         // Saves of bound files become edits before anything is merged or sent.
         self.sync_files(&mut report);
+        self.serve_doc_requests();
         for ti in 0..self.transports.len() {
             let before = report.errors.len();
             if let Err(e) = self.receive_from(ti, &mut report).await {
                 tracing::warn!(transport = self.transports[ti].name(), error = %e, "receive failed");
                 report.errors.push(e.to_string());
             }
+            self.serve_doc_requests();
             let name = self.transports[ti].name();
             failures
                 .entry(name)
@@ -402,9 +412,14 @@ impl Agent {
         let watchdog =
             sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
         self.watchdog = watchdog.is_some();
+        self.start_serving();
         let mut backoff = Backoff::default();
         loop {
+            let started = std::time::Instant::now();
             let report = self.sync_once().await;
+            if started.elapsed() >= Duration::from_millis(50) || report.merged + report.sent > 0 {
+                release_free_memory();
+            }
             self.alive();
             let status = format!(
                 "merged {} sent {} quarantined {} errors {}",
@@ -424,17 +439,30 @@ impl Agent {
                 backoff.pause()
             };
             let pause = watchdog.map_or(pause, |w| pause.min(w));
+            // Read before looking for commands, so that one written after the look still
+            // interrupts the wait.
+            let seen = data_version(&self.store);
+            if self.store.doc_requests_waiting().unwrap_or(false) {
+                continue;
+            }
             let transports = self.transports.clone();
             let files: Vec<std::path::PathBuf> =
                 self.bound_files().into_iter().map(|(_, p)| p).collect();
+            let files_seen: Vec<Option<String>> = files
+                .iter()
+                .map(|p| match self.files_seen.get(p) {
+                    Some(seen) => seen.clone(),
+                    None => files::signature(p).map(|(s, _)| s),
+                })
+                .collect();
             let store = &self.store;
             let interrupt = tokio::sync::Notify::new();
             // A local edit (by the CLI or a save of a bound file) interrupts the wait (IDLE ends with DONE, the connection is kept); the
             // watcher keeps notifying until the wait has returned, so no notification is missed.
             let watcher = async {
                 tokio::select! {
-                    _ = local_change(store) => {}
-                    _ = files::file_change(&files) => {}
+                    _ = local_change(store, seen) => {}
+                    _ = files::file_change(&files, &files_seen) => {}
                 }
                 loop {
                     interrupt.notify_waiters();
@@ -457,6 +485,7 @@ impl Agent {
                 _ = watcher => {}
             }
         }
+        self.stop_serving();
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopped");
     }
@@ -492,6 +521,27 @@ impl Agent {
     }
 }
 
+/// Gives memory freed during a pass back to the operating system. glibc's allocator keeps freed
+/// blocks for reuse and returns little by itself: an agent that had read and written a bound
+/// file of a 10 MB document stayed at ~430 MB resident with ~120 MB in use. `malloc_trim`
+/// (glibc 2.8 and later) releases the free pages; other allocators return memory themselves.
+fn release_free_memory() {
+    // SAFETY (below): malloc_trim only walks the allocator's own free lists and takes its
+    // locks; it is safe to call from any thread at any time.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        // SAFETY: as above.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "gave freed memory back"
+        );
+    }
+}
+
 /// Waits for any transport to report news, at most `max`, or for `interrupt`.
 async fn wait_any(
     transports: &[Arc<dyn Transport>],
@@ -513,9 +563,9 @@ async fn wait_any(
     }
 }
 
-/// Resolves when another process (the CLI) commits to the database.
-async fn local_change(store: &Store) {
-    let start = data_version(store);
+/// Resolves when another process (the CLI) has committed to the database since `start` (a
+/// [`data_version`]).
+async fn local_change(store: &Store, start: i64) {
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if data_version(store) != start {

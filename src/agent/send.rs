@@ -96,9 +96,16 @@ impl Agent {
             }
             match self.transports[self.docs[i].transport].delivery() {
                 Delivery::Shared => {
-                    if let Err(e) = self.publish(i).await {
-                        report.send_failures += 1;
-                        report.errors.push(e.to_string());
+                    let rev = self.store.doc_rev(&name)?.unwrap_or(0);
+                    match self.publish(i).await {
+                        // Published: nothing waits to go out (else the service's next wake,
+                        // the edit's time plus the send delay, stays in the past and it
+                        // loops without a pause).
+                        Ok(()) => self.store.clear_edited(&name, rev)?,
+                        Err(e) => {
+                            report.send_failures += 1;
+                            report.errors.push(e.to_string());
+                        }
                     }
                 }
                 Delivery::PerPeer => {

@@ -188,12 +188,13 @@ pub struct Document {
     pub(crate) by_id: HashMap<Stamp, Ix>,
     /// The names of the objects' keys (see [`Key`]).
     pub(crate) keys: KeyTable,
-    /// (u, node, slot) for every slot: what changed after a version, in version order.
+    /// (u, node, slot) for every slot changed after the index's base: what changed after a
+    /// version, in version order (see `change_index.rs`).
     pub(crate) index: ChangeIndex,
     /// While true, slots' versions are not entered in `index` as they are written: a replica
-    /// built in one go (from a value, or from a full changes object) enters every slot at the
-    /// end, in one sorted pass ([`Document::index_all`]), which costs a fraction of an insert
-    /// per slot. Nothing reads the index meanwhile.
+    /// built in one go (from a value, or from a full changes object) starts its index at the end,
+    /// at the version they were written at ([`Document::index_from_version`]), with no entry at
+    /// all. Nothing reads the index meanwhile.
     pub(crate) index_later: bool,
     pub(crate) peers: BTreeMap<ClientId, PeerState>,
     pub(crate) knows: Knowledge,
@@ -273,7 +274,7 @@ impl Document {
         doc.by_id.clear();
         doc.index_later = true;
         doc.new_node(value, id, None, u);
-        doc.index_all();
+        doc.index_from_version();
         Ok(doc)
     }
 
@@ -309,7 +310,7 @@ impl Document {
             let val = doc.make_val(v, stamp, (ROOT, slot), u);
             doc.write_field(ROOT, slot, val, stamp, u);
         }
-        doc.index_all();
+        doc.index_from_version();
         Ok(doc)
     }
 
@@ -820,26 +821,56 @@ impl Document {
         self.reindex(n, s, old_u, u);
     }
 
-    /// Enters every slot in the change index afresh: for a replica built in one go (see
-    /// `index_later`), and when stale entries outnumber live ones.
+    /// Rebuilds the change index from the slots (when stale entries outnumber live ones).
     pub(crate) fn index_all(&mut self) {
+        let base = self.index.base();
+        self.index = ChangeIndex::rebuilt(base, self.slots_after(base));
+    }
+
+    /// Starts the change index at the current version, with no entries: for a replica built in
+    /// one go (see `index_later`), whose slots all changed at or before it.
+    pub(crate) fn index_from_version(&mut self) {
+        self.index = ChangeIndex::from_base(self.version);
+        self.index_later = false;
+    }
+
+    /// Every slot last changed after `since`, as (version, node, slot), in no order.
+    fn slots_after(&self, since: u64) -> Vec<(u64, Ix, u32)> {
         let mut entries = Vec::new();
         for (ix, node) in self.nodes.iter().enumerate() {
             let ix = ix as Ix;
+            let after = |(u, s): (u64, u32)| (u > since).then_some((u, ix, s));
             match &node.body {
-                Body::Obj(o) => entries.extend(o.slots.iter().zip(0..).map(|(f, s)| (f.u, ix, s))),
-                Body::Arr(a) => entries.extend(a.slots.iter().zip(0..).map(|(e, s)| (e.u, ix, s))),
+                Body::Obj(o) => {
+                    entries.extend(o.slots.iter().map(|f| f.u).zip(0..).filter_map(after))
+                }
+                Body::Arr(a) => {
+                    entries.extend(a.slots.iter().map(|e| e.u).zip(0..).filter_map(after))
+                }
             }
         }
-        self.index = ChangeIndex::from_entries(entries);
-        self.index_later = false;
+        entries
+    }
+
+    /// The slots changed after version `since` as (version, node, slot), in version order,
+    /// stale entries included (readers check `slot_u`): from the change index, or, for a `since`
+    /// before the index's base (a reader behind what was loaded or built), collected by walking
+    /// the document.
+    pub(crate) fn changed_after(&self, since: u64) -> std::borrow::Cow<'_, [(u64, Ix, u32)]> {
+        match self.index.after(since) {
+            Some(entries) => std::borrow::Cow::Borrowed(entries),
+            None => {
+                let mut entries = self.slots_after(since);
+                entries.sort_unstable();
+                std::borrow::Cow::Owned(entries)
+            }
+        }
     }
 
     /// Moves a slot's entry in the change index to version `u`.
     pub(crate) fn reindex(&mut self, n: Ix, slot: u32, old_u: u64, u: u64) {
         if old_u != u && !self.index_later {
-            // Version 0 is a slot never written (an empty placeholder): no entry to leave.
-            self.index.enter((u, n, slot), old_u != 0);
+            self.index.enter((u, n, slot), old_u);
             if self.index.wants_rebuild() {
                 self.index_all();
             }
@@ -932,7 +963,7 @@ impl Document {
             a.by_id.insert(id, slot);
             a.last_pos = Some(pos);
             if !self.index_later {
-                self.index.enter((u, n, slot), false);
+                self.index.enter((u, n, slot), 0);
             }
             self.rehash(n, slot);
             let node = &mut self.nodes[n as usize];

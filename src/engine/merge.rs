@@ -198,12 +198,12 @@ impl Document {
         if let Some(root) = &changes.root {
             self.integrate(root, ROOT, &mut merging);
         }
-        if self.index_later {
-            self.index_all();
-        }
         let changed = merging.changed;
         if changed {
             self.version = u;
+        }
+        if self.index_later {
+            self.index_from_version();
         }
         let complete =
             self.is_complete(changes) && check.skip.is_empty() && check.skip_text.is_empty();

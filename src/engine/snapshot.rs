@@ -174,23 +174,18 @@ fn restore_val(v: SnapVal, count: u32) -> Result<Val> {
     })
 }
 
-/// The object of saved node `ix`; its slots' entries for the change index go to `index`.
-fn restore_obj(
-    ix: u32,
-    fields: Vec<SnapField>,
-    count: u32,
-    index: &mut Vec<(u64, u32, u32)>,
-) -> Result<Obj> {
+/// The object of saved node `ix`; `max_u` rises to its slots' versions.
+fn restore_obj(ix: u32, fields: Vec<SnapField>, count: u32, max_u: &mut u64) -> Result<Obj> {
     let mut o = Obj::default();
     o.slots.reserve_exact(fields.len());
-    for (s, f) in fields.into_iter().enumerate() {
-        index.push((f.u, ix, s as u32));
+    for f in fields {
         if o.slot_of(&f.k).is_some() {
             return Err(Error::Snapshot(format!(
                 "node {ix} has key {:?} twice",
                 f.k
             )));
         }
+        *max_u = (*max_u).max(f.u);
         o.push(Field {
             key: f.k,
             val: restore_val(f.v, count)?,
@@ -202,13 +197,13 @@ fn restore_obj(
 }
 
 /// The array of saved node `ix`, its order checked to be a permutation of its slots.
-fn restore_arr(ix: u32, sa: SnapArr, count: u32, index: &mut Vec<(u64, u32, u32)>) -> Result<Arr> {
+fn restore_arr(ix: u32, sa: SnapArr, count: u32, max_u: &mut u64) -> Result<Arr> {
     let broken = || Error::Snapshot(format!("array node {ix} has a broken order"));
     let mut a = Arr::default();
     a.slots.reserve_exact(sa.slots.len());
     a.by_id.reserve(sa.slots.len());
     for (s, e) in sa.slots.into_iter().enumerate() {
-        index.push((e.u, ix, s as u32));
+        *max_u = (*max_u).max(e.u);
         a.by_id.insert(e.e, s as u32);
         if e.r.is_some() {
             a.dead += 1;
@@ -968,8 +963,7 @@ impl Document {
         }
         let mut nodes = Vec::with_capacity(snap.nodes.len());
         let mut by_id = HashMap::with_capacity_and_hasher(nodes.capacity(), Default::default());
-        // Collected, then built in one go (sorting beats 400,000 single inserts).
-        let mut index = Vec::new();
+        let mut max_u = 0;
         for (ix, n) in snap.nodes.into_iter().enumerate() {
             let ix = ix as u32;
             if by_id.insert(n.id, ix).is_some() {
@@ -979,8 +973,8 @@ impl Document {
                 return Err(bad(format!("node {ix} has an impossible parent")));
             }
             let body = match (n.obj, n.arr) {
-                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut index)?),
-                (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut index)?)),
+                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut max_u)?),
+                (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut max_u)?)),
                 _ => return Err(bad(format!("node {ix} is neither object nor array"))),
             };
             nodes.push(Node {
@@ -992,7 +986,7 @@ impl Document {
         }
         check_tree(&nodes)?;
         // The content digest is computed when first asked for (a merge or a changes object).
-        Ok(Document {
+        let mut doc = Document {
             doc_id: snap.doc_id,
             client: snap.client,
             version: snap.doc_version,
@@ -1000,7 +994,8 @@ impl Document {
             nodes,
             by_id,
             keys,
-            index: ChangeIndex::from_entries(index),
+            // Every slot changed at or before the saved version: no entry (see `change_index.rs`).
+            index: ChangeIndex::from_base(snap.doc_version),
             index_later: false,
             peers: snap
                 .peers
@@ -1023,7 +1018,14 @@ impl Document {
             digest: std::cell::Cell::new(None),
             wall: Arc::new(system_now_ms),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
-        })
+        };
+        if max_u > doc.version {
+            // A slot changed after the saved version (no replica is saved so, but one that was
+            // still loads): every slot is entered, as before the base existed.
+            doc.index = ChangeIndex::from_base(0);
+            doc.index_all();
+        }
+        Ok(doc)
     }
 }
 

@@ -21,6 +21,7 @@ mod health;
 mod keys;
 mod quarantine;
 mod replica;
+mod requests;
 mod transfers;
 pub use devices::{DeviceClient, DeviceRow, ThisDevice};
 pub use files::FileState;
@@ -28,6 +29,7 @@ pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
 pub use quarantine::Quarantined;
 pub(crate) use quarantine::{NOT_A_PEER, UNDECRYPTABLE};
+pub use requests::{Answer, DocRequest, DocServer};
 pub use transfers::{IncomingPart, LearnedLimit, Transfer};
 
 /// Why a store operation failed.
@@ -249,6 +251,7 @@ impl Store {
         tx.execute_batch(replica::SCHEMA)?;
         tx.execute_batch(devices::SCHEMA)?;
         tx.execute_batch(transfers::SCHEMA)?;
+        tx.execute_batch(requests::SCHEMA)?;
         tx.commit()?;
         Ok(Store {
             conn,
@@ -704,7 +707,8 @@ impl Store {
     /// Forgets what is no longer needed: Message-IDs seen more than [`KEEP_SEEN_MS`] ago (a
     /// duplicate that late is not expected; if one came, merging it again is harmless anyway) and
     /// outbox items sent or refused more than [`KEEP_OUTBOX_MS`] ago (their bodies are whole
-    /// changes objects). Returns how many rows went.
+    /// changes objects), and `doc` commands asked more than an hour ago (`requests.rs`).
+    /// Returns how many rows went.
     pub fn prune(&self, now: i64) -> Result<usize> {
         let seen = self
             .conn
@@ -716,7 +720,8 @@ impl Store {
             "DELETE FROM outbox WHERE status != 'pending' AND created_at < ?1",
             [now - KEEP_OUTBOX_MS],
         )?;
-        Ok(seen + handled + outbox)
+        let requests = Self::prune_doc_requests(&self.conn, now)?;
+        Ok(seen + handled + outbox + requests)
     }
 
     /// Keeps the latest full changes object of a peer whose document of this name is another
