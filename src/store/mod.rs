@@ -929,9 +929,16 @@ fn out_row(r: &rusqlite::Row) -> rusqlite::Result<OutItem> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A store in a fresh temporary directory (kept while the first value lives).
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        (dir, s)
+    }
 
     #[test]
     fn documents_survive_reopening_and_failed_updates_write_nothing() {

@@ -197,12 +197,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
-        (dir, s)
-    }
+    use crate::store::tests::store;
 
     #[test]
     fn a_request_is_taken_once_and_answered() {

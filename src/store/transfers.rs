@@ -333,13 +333,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::store;
     use crate::transport::parts::{assemble, hash, split};
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.sqlite")).unwrap();
-        (dir, s)
-    }
 
     fn infos(text: &str, pieces: usize) -> PartInfo {
         PartInfo {
