@@ -421,14 +421,14 @@ fn bound_file(b: &Bench, saves: usize) -> anyhow::Result<Value> {
 
 /// `agent doc set` of one field of the 10 MB document on `node`, wall time of the whole command:
 /// 10 times while its agent runs (the agent runs the command on the replica it holds loaded),
-/// 4 s apart, then, the agents stopped, 3 times alone (the command loads the replica itself);
+/// 6 s apart, then, the agents stopped, 3 times alone (the command loads the replica itself);
 /// and the running agent's resident memory with the document (and its bound file) loaded, now
 /// and at its peak.
 fn doc_set(b: &Bench, node: &Node, services: Kill) -> anyhow::Result<Value> {
     let set = |round: usize| -> anyhow::Result<f64> {
         // Each edit rewrites the 16 MB bound file and goes out to the peer: a command that
         // comes while the agent still does that waits for it, so the commands are spaced.
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(Duration::from_secs(6));
         let title = format!("edited {round}");
         let t = Instant::now();
         b.cli(
@@ -448,6 +448,8 @@ fn doc_set(b: &Bench, node: &Node, services: Kill) -> anyhow::Result<Value> {
             .unwrap_or(0.0);
         (kb / 1024.0 * 10.0).round() / 10.0
     };
+    // Once the last edit has been written to the bound file and sent.
+    std::thread::sleep(Duration::from_secs(6));
     let (rss_mb, peak_mb) = (rss("VmRSS:"), rss("VmHWM:"));
     drop(services);
     let mut alone = (10..13).map(set).collect::<anyhow::Result<Vec<_>>>()?;

@@ -367,14 +367,16 @@ impl super::Agent {
     pub(super) fn sync_files(&mut self, report: &mut super::PassReport) {
         for (name, path) in self.bound_files() {
             let problem = |store: &Store| store.file_state(&name).ok().flatten()?.error;
+            let written = |store: &Store| store.file_state(&name).ok().flatten()?.written_at;
             let before = problem(&self.store);
-            let looked = signature(&path).map(|(s, _)| s);
+            let (looked, wrote_before) = (signature(&path).map(|(s, _)| s), written(&self.store));
             let synced = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {});
-            // What the wait compares the file with (see `file_change`): as it was before this
-            // look when it changed meanwhile (a save during it, or this agent's own write:
-            // one more pass tells which).
+            // What the wait compares the file with (see `file_change`): the file as this look
+            // left it when it did not change meanwhile or this agent wrote it; else as it was
+            // before (a save during the look: the next pass reads it).
             let after = signature(&path).map(|(s, _)| s);
-            let seen = if after == looked { after } else { looked };
+            let wrote = written(&self.store) != wrote_before;
+            let seen = if after == looked || wrote { after } else { looked };
             self.files_seen.insert(path.clone(), seen);
             if let Err(e) = synced {
                 tracing::warn!(doc = %name, file = %path.display(), error = %e, "syncing the bound file failed");
