@@ -549,6 +549,9 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// See [`Config::fingerprint`].
 fn fingerprint(path: &Path, text: &str) -> String {
     use sha2::{Digest, Sha256};
+    // As given, made absolute (not canonical): relative paths in the config resolve against
+    // the directory it was named by, so a config named through `..` or a symlink is, for this
+    // purpose, another config (its commands run in the command line, correct but not faster).
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let hash = Sha256::new()
         .chain_update(abs.as_os_str().as_encoded_bytes())

@@ -169,7 +169,8 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
                 len = doc.push(&path, value)?;
                 Ok(true)
             })?;
-            Ok(format!("{name}: {path} now has {len} elements\n"))
+            let elements = if len == 1 { "element" } else { "elements" };
+            Ok(format!("{name}: {path} now has {len} {elements}\n"))
         }
         DocCommand::Move {
             name,

@@ -376,7 +376,11 @@ impl super::Agent {
             // before (a save during the look: the next pass reads it).
             let after = signature(&path).map(|(s, _)| s);
             let wrote = written(&self.store) != wrote_before;
-            let seen = if after == looked || wrote { after } else { looked };
+            let seen = if after == looked || wrote {
+                after
+            } else {
+                looked
+            };
             self.files_seen.insert(path.clone(), seen);
             if let Err(e) = synced {
                 tracing::warn!(doc = %name, file = %path.display(), error = %e, "syncing the bound file failed");

@@ -446,15 +446,7 @@ impl Agent {
                 continue;
             }
             let transports = self.transports.clone();
-            let files: Vec<std::path::PathBuf> =
-                self.bound_files().into_iter().map(|(_, p)| p).collect();
-            let files_seen: Vec<Option<String>> = files
-                .iter()
-                .map(|p| match self.files_seen.get(p) {
-                    Some(seen) => seen.clone(),
-                    None => files::signature(p).map(|(s, _)| s),
-                })
-                .collect();
+            let (files, files_seen) = self.files_to_watch();
             let store = &self.store;
             let interrupt = tokio::sync::Notify::new();
             // A local edit (by the CLI or a save of a bound file) interrupts the wait (IDLE ends with DONE, the connection is kept); the
@@ -488,6 +480,21 @@ impl Agent {
         self.stop_serving();
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         tracing::info!("stopped");
+    }
+
+    /// The bound files, and each one's signature as the last pass saw it (what a change is
+    /// measured against while the agent waits; see `files::file_change`).
+    fn files_to_watch(&self) -> (Vec<std::path::PathBuf>, Vec<Option<String>>) {
+        let files: Vec<std::path::PathBuf> =
+            self.bound_files().into_iter().map(|(_, p)| p).collect();
+        let seen = files
+            .iter()
+            .map(|p| match self.files_seen.get(p) {
+                Some(seen) => seen.clone(),
+                None => files::signature(p).map(|(s, _)| s),
+            })
+            .collect();
+        (files, seen)
     }
 
     /// Tells systemd's watchdog (when on) that the agent is making progress.
@@ -526,12 +533,11 @@ impl Agent {
 /// file of a 10 MB document stayed at ~430 MB resident with ~120 MB in use. `malloc_trim`
 /// (glibc 2.8 and later) releases the free pages; other allocators return memory themselves.
 fn release_free_memory() {
-    // SAFETY (below): malloc_trim only walks the allocator's own free lists and takes its
-    // locks; it is safe to call from any thread at any time.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let started = std::time::Instant::now();
-        // SAFETY: as above.
+        // SAFETY: malloc_trim only walks the allocator's own free lists, under its own locks;
+        // it may be called from any thread at any time.
         unsafe {
             libc::malloc_trim(0);
         }
