@@ -7,8 +7,9 @@
 use serde_json::{Map, Value};
 
 /// The document's content with the user's save (`file`, against `shadow`) applied to `doc`.
-/// Object keys merge one by one; arrays of unchanged length element by element; strings by
-/// their character differences when these do not overlap. Where both changed the same value in
+/// Object keys merge one by one; arrays of unchanged length element by element, other arrays
+/// as sequences (see [`arrays`]); strings by their character differences when these do not
+/// overlap. Where both changed the same value in
 /// ways that cannot be combined, the save wins: it is the latest local edit.
 pub fn merge3(shadow: &Value, file: &Value, doc: &Value) -> Value {
     if file == shadow {
@@ -25,6 +26,7 @@ pub fn merge3(shadow: &Value, file: &Value, doc: &Value) -> Value {
             let merged = s.iter().zip(f).zip(d).map(|((s, f), d)| merge3(s, f, d));
             Value::Array(merged.collect())
         }
+        (Value::Array(s), Value::Array(f), Value::Array(d)) => Value::Array(arrays(s, f, d)),
         (Value::String(s), Value::String(f), Value::String(d)) => {
             Value::String(strings(s, f, d).unwrap_or_else(|| f.clone()))
         }
@@ -59,6 +61,81 @@ fn objects(
             out.insert(k.clone(), v);
         }
     }
+    out
+}
+
+/// What one side did to the shadow's elements, from a longest-common-subsequence alignment
+/// (Myers' diff over the elements' JSON text).
+struct SideEdits {
+    /// Per shadow element: whether this side kept it unchanged.
+    kept: Vec<bool>,
+    /// Per shadow element: its new value when this side replaced it by exactly one element.
+    replaced: Vec<Option<Value>>,
+    /// Per position (before shadow element i; the last: at the end): elements inserted there.
+    inserted: Vec<Vec<Value>>,
+}
+
+fn side_edits(s: &[Value], x: &[Value]) -> SideEdits {
+    use similar::DiffOp;
+    let text = |v: &[Value]| v.iter().map(Value::to_string).collect::<Vec<_>>();
+    let (old, new) = (text(s), text(x));
+    let mut e = SideEdits {
+        kept: vec![false; s.len()],
+        replaced: vec![None; s.len()],
+        inserted: vec![Vec::new(); s.len() + 1],
+    };
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &old, &new) {
+        match op {
+            DiffOp::Equal { old_index, len, .. } => {
+                e.kept[old_index..old_index + len].fill(true);
+            }
+            DiffOp::Delete { .. } => {}
+            DiffOp::Insert {
+                old_index,
+                new_index,
+                new_len,
+            } => e.inserted[old_index].extend_from_slice(&x[new_index..new_index + new_len]),
+            // Paired in order: the first elements replace the old ones one to one, the rest
+            // are removed (old ones) or inserted after them (new ones).
+            DiffOp::Replace {
+                old_index,
+                old_len,
+                new_index,
+                new_len,
+            } => {
+                let paired = old_len.min(new_len);
+                for k in 0..paired {
+                    e.replaced[old_index + k] = Some(x[new_index + k].clone());
+                }
+                e.inserted[old_index + old_len]
+                    .extend_from_slice(&x[new_index + paired..new_index + new_len]);
+            }
+        }
+    }
+    e
+}
+
+/// Two sides' edits of one array, applied together (a three-way merge of sequences, as diff3
+/// does for lines): elements both kept stay; an element one side removed goes, unless the
+/// other side changed it; an element both changed is merged ([`merge3`]); what each side
+/// inserted is kept in place, the save's first where both inserted at one place.
+fn arrays(s: &[Value], f: &[Value], d: &[Value]) -> Vec<Value> {
+    let (fe, de) = (side_edits(s, f), side_edits(s, d));
+    let mut out = Vec::with_capacity(f.len().max(d.len()));
+    for (i, base) in s.iter().enumerate() {
+        out.extend(fe.inserted[i].iter().cloned());
+        out.extend(de.inserted[i].iter().cloned());
+        match (fe.kept[i], &fe.replaced[i], de.kept[i], &de.replaced[i]) {
+            (true, _, true, _) => out.push(base.clone()),
+            (_, Some(fv), _, Some(dv)) => out.push(merge3(base, fv, dv)),
+            (_, Some(v), true, _) | (true, _, _, Some(v)) => out.push(v.clone()),
+            // Removed on one side, changed on the other: the change is kept.
+            (false, None, _, Some(v)) | (_, Some(v), false, None) => out.push(v.clone()),
+            _ => {}
+        }
+    }
+    out.extend(fe.inserted[s.len()].iter().cloned());
+    out.extend(de.inserted[s.len()].iter().cloned());
     out
 }
 
@@ -107,6 +184,48 @@ fn edits(old: &str, new: &str) -> Vec<(usize, usize, String)> {
 mod tests {
     use super::merge3;
     use serde_json::json;
+
+    /// Arrays whose length one side changed merge as sequences: a push made while the file was
+    /// saved with another element is kept beside it (it used to be lost: the save's array won
+    /// whole).
+    #[test]
+    fn elements_added_and_removed_on_both_sides_are_all_kept() {
+        let shadow = json!({"items": ["a", "b", "c"]});
+        assert_eq!(
+            merge3(
+                &json!({"items": ["a"]}),
+                &json!({"items": ["a", "file"]}),
+                &json!({"items": ["a", "push"]})
+            ),
+            json!({"items": ["a", "file", "push"]})
+        );
+        assert_eq!(
+            merge3(
+                &shadow,
+                &json!({"items": ["x", "a", "c"]}),
+                &json!({"items": ["a", "b", "c", "y"]})
+            ),
+            json!({"items": ["x", "a", "c", "y"]})
+        );
+        // An element one side removed and the other changed: the change is kept.
+        assert_eq!(
+            merge3(
+                &json!([{"n": 1}, {"n": 2}]),
+                &json!([{"n": 1}]),
+                &json!([{"n": 1}, {"n": 20}, {"n": 3}])
+            ),
+            json!([{"n": 1}, {"n": 20}, {"n": 3}])
+        );
+        // An element both changed, and one added: merged key by key, the addition kept.
+        assert_eq!(
+            merge3(
+                &json!([{"a": 1, "b": 1}]),
+                &json!([{"a": 2, "b": 1}, {"new": true}]),
+                &json!([{"a": 1, "b": 3}])
+            ),
+            json!([{"a": 2, "b": 3}, {"new": true}])
+        );
+    }
 
     #[test]
     fn a_save_and_a_merge_made_meanwhile_are_both_kept() {
