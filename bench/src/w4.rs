@@ -52,17 +52,7 @@ pub fn load_trace() -> Trace {
 /// own: the figure is the child's resident high-water mark less its resident size before the
 /// replay (the loaded trace).
 pub fn in_child(name: &str) -> Value {
-    let exe = std::env::current_exe().expect("own path");
-    let out = std::process::Command::new(exe)
-        .args(["--w4-one", name])
-        .output()
-        .expect("child runs");
-    assert!(
-        out.status.success(),
-        "W4 {name} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("child prints JSON")
+    crate::child_json(&["--w4-one", name])
 }
 
 /// The body of `--w4-one NAME`: one library's figures as JSON.

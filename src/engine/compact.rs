@@ -36,8 +36,9 @@ use serde_json::{Number, Value};
 
 use crate::engine::HashMap;
 use crate::engine::json::{Json, JsonObj};
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::{ClientId, Stamp};
-use crate::engine::wire_out::Tree;
+use crate::engine::wire_out::{self, Tree};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::wire::{MAX_ITEMS, MAX_JSON_DEPTH};
@@ -138,7 +139,8 @@ pub(crate) fn encode_tree(tree: &Tree<'_>) -> Vec<u8> {
 }
 
 /// The table holds the strings it has written as borrowed from the value (no copies), except
-/// the client ids of stamps held as stamps, made once per client (`clients`).
+/// the client ids of stamps held as stamps, made once per client (`clients`), and the owned
+/// strings of a tree made while writing (see [`Writer::tree`]).
 struct Writer<'v> {
     out: Vec<u8>,
     table: HashMap<Cow<'v, str>, u64>,
@@ -155,6 +157,15 @@ fn varint(out: &mut Vec<u8>, mut n: u64) {
             return;
         }
         out.push(b | 0x80);
+    }
+}
+
+/// `s` for as long as the writer: borrowed where it is borrowed, else copied (a string the tree
+/// owns may be dropped with a temporary tree before the writer is done).
+fn lasting<'v>(s: &Cow<'v, str>) -> Cow<'v, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b),
+        Cow::Owned(o) => Cow::Owned(o.clone()),
     }
 }
 
@@ -193,7 +204,10 @@ impl<'v> Writer<'v> {
         }
     }
 
-    fn tree(&mut self, t: &'v Tree<'v>) {
+    /// Writes `t`. The tree may be a temporary one made from the changes object while writing
+    /// (a node's, see [`Tree::Node`]): its borrowed strings live as long as the writer, and
+    /// its few owned ones (escaped keys, clock values in hex) are copied into the table.
+    fn tree(&mut self, t: &Tree<'v>) {
         match t {
             Tree::Null => self.out.push(NULL),
             Tree::Bool(false) => self.out.push(FALSE),
@@ -202,8 +216,8 @@ impl<'v> Writer<'v> {
                 self.out.push(UINT);
                 varint(&mut self.out, *n);
             }
-            Tree::Prim(v) => self.value(v),
-            Tree::Str(s) => self.string(s),
+            Tree::Prim(v) => self.scalar(v),
+            Tree::Str(s) => self.string(lasting(s)),
             Tree::Stamp(s) => self.stamp_of(*s),
             Tree::Arr(items) => {
                 self.out.push(ARRAY);
@@ -216,9 +230,17 @@ impl<'v> Writer<'v> {
                 self.out.push(OBJECT);
                 varint(&mut self.out, entries.len() as u64);
                 for (k, item) in entries {
-                    self.plain_string(k);
+                    self.plain_string(lasting(k));
                     self.tree(item);
                 }
+            }
+            Tree::Node(n, implied, parent_u) => {
+                self.tree(&wire_out::node_tree(n, *implied, *parent_u))
+            }
+            Tree::Elems(list) => {
+                self.out.push(ARRAY);
+                varint(&mut self.out, list.len() as u64);
+                list.each(|e| self.tree(&e));
             }
         }
     }
@@ -228,8 +250,8 @@ impl<'v> Writer<'v> {
             Value::Null => self.out.push(NULL),
             Value::Bool(false) => self.out.push(FALSE),
             Value::Bool(true) => self.out.push(TRUE),
-            Value::Number(n) => self.number(n),
-            Value::String(s) => self.string(s),
+            Value::Number(n) => self.number(n.as_str()),
+            Value::String(s) => self.string(Cow::Borrowed(s)),
             Value::Array(items) => {
                 self.out.push(ARRAY);
                 varint(&mut self.out, items.len() as u64);
@@ -241,18 +263,36 @@ impl<'v> Writer<'v> {
                 self.out.push(OBJECT);
                 varint(&mut self.out, map.len() as u64);
                 for (k, item) in map {
-                    self.plain_string(k);
+                    self.plain_string(Cow::Borrowed(k));
                     self.value(item);
                 }
             }
         }
     }
 
-    fn number(&mut self, n: &Number) {
-        // The text is the number as JSON wrote it (serde_json keeps it exactly); integers in
-        // their shortest form (digits, no leading zero) go as varints, anything else as that
-        // text.
-        let text = n.as_str();
+    fn scalar(&mut self, v: &'v Scalar) {
+        match v {
+            Scalar::Null => self.out.push(NULL),
+            Scalar::Bool(false) => self.out.push(FALSE),
+            Scalar::Bool(true) => self.out.push(TRUE),
+            Scalar::Int(i) => match u64::try_from(*i) {
+                Ok(u) => {
+                    self.out.push(UINT);
+                    varint(&mut self.out, u);
+                }
+                Err(_) => {
+                    self.out.push(NEGINT);
+                    varint(&mut self.out, (-1 - *i) as u64);
+                }
+            },
+            Scalar::Num(text) => self.number(text),
+            Scalar::Str(s) => self.string(Cow::Borrowed(s)),
+        }
+    }
+
+    /// A number by its JSON text (serde_json keeps it exactly): integers in their shortest form
+    /// (digits, no leading zero) go as varints, anything else as that text.
+    fn number(&mut self, text: &str) {
         let digits = |t: &str| {
             !t.is_empty()
                 && t.bytes().all(|b| b.is_ascii_digit())
@@ -277,27 +317,28 @@ impl<'v> Writer<'v> {
         }
     }
 
-    fn string(&mut self, s: &'v str) {
+    fn string(&mut self, s: Cow<'v, str>) {
         if s.len() == 16
             && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            && let Ok(n) = u64::from_str_radix(s, 16)
+            && let Ok(n) = u64::from_str_radix(&s, 16)
         {
             self.out.push(HEX16);
             self.out.extend_from_slice(&n.to_be_bytes());
-        } else if let Some(n) = canonical_hex(s) {
+        } else if let Some(n) = canonical_hex(&s) {
             self.out.push(HEX);
             varint(&mut self.out, n);
-        } else if let Some((hlc, client)) = stamp_parts(s) {
-            self.stamp(hlc, client);
+        } else if let Some((hlc, client)) = stamp_parts(&s) {
+            // The client's text, borrowed as the whole string is.
+            let at = s.len() - client.len();
+            let client = match s {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[at..]),
+                Cow::Owned(o) => Cow::Owned(o[at..].to_owned()),
+            };
+            self.stamp_clock(hlc);
+            self.plain_string(client);
         } else {
             self.plain_string(s);
         }
-    }
-
-    /// A stamp: its clock value's difference from the previous stamp's, then its client.
-    fn stamp(&mut self, hlc: u64, client: &'v str) {
-        self.stamp_clock(hlc);
-        self.plain_string(client);
     }
 
     /// A stamp held as one: its client's string is made once per client, not per stamp.
@@ -326,11 +367,11 @@ impl<'v> Writer<'v> {
     }
 
     /// A string as a table reference, or written out and added to the table.
-    fn plain_string(&mut self, s: &'v str) {
-        match self.table.get(s) {
+    fn plain_string(&mut self, s: Cow<'v, str>) {
+        match self.table.get(s.as_ref()) {
             Some(&i) => self.reference(i),
             None => {
-                self.add_string(Cow::Borrowed(s));
+                self.add_string(s);
             }
         }
     }
@@ -477,12 +518,18 @@ impl<'a> Reader<'a> {
             NULL => Json::Null,
             FALSE => Json::Bool(false),
             TRUE => Json::Bool(true),
-            UINT => Json::Num(Cow::Owned(self.varint()?.into())),
+            UINT => {
+                let n = self.varint()?;
+                match i64::try_from(n) {
+                    Ok(i) => Json::Int(i),
+                    Err(_) => Json::Num(Cow::Owned(n.into())),
+                }
+            }
             NEGINT => {
                 let n = self.varint()?;
                 let i =
                     i64::try_from(n).map_err(|_| self.bad("a negative integer beyond 64 bits"))?;
-                Json::Num(Cow::Owned((-1 - i).into()))
+                Json::Int(-1 - i)
             }
             NUMBER => {
                 let len = self.varint()?;

@@ -11,6 +11,7 @@
 //! docs/PROTOCOL.md ("Digest") gives the exact byte encoding.
 
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::Stamp;
 use crate::engine::wire::WVal;
 
@@ -76,27 +77,44 @@ impl SlotHasher {
     }
     /// A stamp: its clock value (8 bytes, little-endian) and its client id (16 ASCII bytes).
     fn stamp(&mut self, s: Stamp) {
-        self.bytes(&s.hlc.to_le_bytes());
-        self.bytes(&s.client.to_bytes());
+        let client = s.client.to_bytes();
+        let (lo, hi) = client.split_at(8);
+        let word = |b: &[u8]| b.try_into().map_or(0, u64::from_le_bytes);
+        self.len += 24;
+        self.eight(s.hlc);
+        self.eight(word(lo));
+        self.eight(word(hi));
+    }
+    /// Eight bytes (`x`, little-endian) without counting them: what `bytes` does with them,
+    /// by shifts instead of a byte copy, wherever the pending word stands.
+    fn eight(&mut self, x: u64) {
+        if self.filled == 0 {
+            self.word(x);
+        } else {
+            let shift = 8 * self.filled;
+            let w = self.pending | (x << shift);
+            self.pending = x >> (64 - shift);
+            self.word(w);
+        }
     }
     /// A primitive's JSON text as serde_json writes it, the common values without serde_json:
     /// a string with nothing to escape is its quoted bytes, a number its exact text.
-    fn json(&mut self, p: &serde_json::Value) {
-        use serde_json::Value;
+    fn json(&mut self, p: &Scalar) {
         match p {
-            Value::String(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+            Scalar::Str(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
                 self.bytes(b"\"");
                 self.bytes(s.as_bytes());
                 self.bytes(b"\"");
             }
-            Value::Number(n) => self.bytes(n.as_str().as_bytes()),
-            Value::Bool(true) => self.bytes(b"true"),
-            Value::Bool(false) => self.bytes(b"false"),
-            Value::Null => self.bytes(b"null"),
             // Writing into the hasher cannot fail.
-            other => {
-                let _ = serde_json::to_writer(&mut *self, other);
+            Scalar::Str(s) => {
+                let _ = serde_json::to_writer(&mut *self, &**s);
             }
+            Scalar::Int(i) => self.bytes(itoa::Buffer::new().format(*i).as_bytes()),
+            Scalar::Num(t) => self.bytes(t.as_bytes()),
+            Scalar::Bool(true) => self.bytes(b"true"),
+            Scalar::Bool(false) => self.bytes(b"false"),
+            Scalar::Null => self.bytes(b"null"),
         }
     }
     /// A slot value: `p` and a primitive's JSON text, or `n` and a nested node's id.
@@ -216,7 +234,7 @@ impl Document {
                 let mut h = SlotHasher::new(b'e');
                 h.stamp(node.id);
                 h.stamp(e.id);
-                match e.origin {
+                match a.link_id(e.origin) {
                     Some(o) => h.stamp(o),
                     None => h.bytes(b"-"),
                 }
@@ -333,6 +351,8 @@ mod tests {
             r#""back\\slash""#,
             r#""\n\t\u0001""#,
             "0",
+            "-7",
+            "9223372036854775807",
             "-12.5e+3",
             "123456789012345678901234567890",
             "true",
@@ -343,7 +363,7 @@ mod tests {
         for text in texts {
             let v: serde_json::Value = serde_json::from_str(text).unwrap();
             let mut fast = SlotHasher::new(b'p');
-            fast.json(&v);
+            fast.json(&Scalar::from_value(&v).unwrap());
             let mut slow = SlotHasher::new(b'p');
             let _ = serde_json::to_writer(&mut slow, &v);
             assert_eq!(fast.finish(), slow.finish(), "{text}");

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::engine::HashMap;
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val};
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::Stamp;
 use crate::engine::wire::{Changes, Knowledge, WBody, WElem, WField, WNode, WText, WVal};
 
@@ -299,7 +300,7 @@ impl Document {
     fn emit_val(&self, v: &Val, pick: &Pick) -> WVal {
         match v {
             Val::Prim(p) => WVal::Prim(p.clone()),
-            Val::Text(t) if t.is_whole() => WVal::Prim(serde_json::Value::String(t.to_string())),
+            Val::Text(t) if t.is_whole() => WVal::Prim(Scalar::Str(t.to_string().into())),
             Val::Text(t) => WVal::Text(Box::new(WText {
                 id: t.id,
                 init: t.init,
@@ -307,7 +308,7 @@ impl Document {
                 pieces: t.pieces_for(pick.knows, pick.since),
             })),
             Val::Node(c) => WVal::Node(Box::new(self.wire_node(*c, pick))),
-            Val::Gone => WVal::Prim(serde_json::Value::Null),
+            Val::Gone => WVal::Prim(Scalar::Null),
         }
     }
 
@@ -342,8 +343,8 @@ impl Document {
                         let e = &a.slots[s as usize];
                         WElem {
                             id: e.id,
-                            origin: e.origin,
-                            right: e.right,
+                            origin: a.link_id(e.origin),
+                            right: a.link_id(e.right),
                             val: e.removed.is_none().then(|| (wval(&e.val), e.vstamp)),
                             removed: e.removed,
                         }

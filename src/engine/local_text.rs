@@ -10,6 +10,7 @@
 use crate::engine::doc::{Body, Document, Ix, ROOT, Val, visible_pos};
 use crate::engine::error::{Error, Result};
 use crate::engine::path::{self, Segment};
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::Stamp;
 use crate::engine::text::Text;
 use crate::engine::value_diff::{self, Edit};
@@ -153,7 +154,7 @@ impl Document {
     fn text_len_at(&self, n: Ix, s: u32) -> Option<usize> {
         match self.slot_val_ref(n, s)? {
             Val::Text(t) => Some(t.len()),
-            Val::Prim(serde_json::Value::String(x)) => Some(x.chars().count()),
+            Val::Prim(Scalar::Str(x)) => Some(x.chars().count()),
             _ => None,
         }
     }
@@ -162,7 +163,7 @@ impl Document {
     fn text_string_at(&self, n: Ix, s: u32) -> Option<String> {
         match self.slot_val_ref(n, s)? {
             Val::Text(t) => Some(t.to_string()),
-            Val::Prim(serde_json::Value::String(x)) => Some(x.clone()),
+            Val::Prim(Scalar::Str(x)) => Some(x.to_string()),
             _ => None,
         }
     }
@@ -182,7 +183,7 @@ impl Document {
         let taken = std::mem::replace(self.slot_val_mut(n, s), Val::Gone);
         let mut t = match taken {
             Val::Text(t) => t,
-            Val::Prim(serde_json::Value::String(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
+            Val::Prim(Scalar::Str(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
             other => {
                 *self.slot_val_mut(n, s) = other;
                 self.rehash(n, s);

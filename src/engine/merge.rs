@@ -14,10 +14,10 @@
 
 use crate::engine::{HashMap, HashSet};
 
-use serde_json::Value;
+use crate::engine::scalar::Scalar;
 
 use crate::engine::digest::wire_value_rank;
-use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
+use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Link, Node, Obj, ROOT, Val};
 use crate::engine::error::{Error, Result};
 use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, MAX_WALL_MS, Stamp, physical, wall_ms};
@@ -564,9 +564,9 @@ impl Document {
                 return c.fail(format!("element {} has a value older than itself", e.id));
             }
         }
-        let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| &a.slots[*s as usize]));
-        if let Some(le) = le {
-            if le.origin != e.origin || le.right != e.right {
+        let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| (a, &a.slots[*s as usize])));
+        if let Some((a, le)) = le {
+            if a.link_id(le.origin) != e.origin || a.link_id(le.right) != e.right {
                 return c.fail(format!("element {} has other origins here", e.id));
             }
             if let Some((v, vs)) = &e.val
@@ -588,8 +588,8 @@ impl Document {
         match (local, wire) {
             (Val::Gone, None) => true,
             // One write of a string: the same text, whatever edits each side has merged since.
-            (Val::Text(_), Some(WVal::Prim(Value::String(_)) | WVal::Text(_)))
-            | (Val::Prim(Value::String(_)), Some(WVal::Text(_))) => true,
+            (Val::Text(_), Some(WVal::Prim(Scalar::Str(_)) | WVal::Text(_)))
+            | (Val::Prim(Scalar::Str(_)), Some(WVal::Text(_))) => true,
             (Val::Prim(a), Some(WVal::Prim(b))) => a == b,
             (Val::Node(n), Some(WVal::Node(w))) => self.nodes[*n as usize].id == w.id,
             _ => false,
@@ -725,10 +725,13 @@ impl Document {
             _ => (Val::Gone, e.id),
         };
         let a = self.arr_mut(ix);
+        // `check_elem` held back an element whose origins this array lacks.
+        let origin = a.link_to(e.origin).unwrap_or(Link::NONE);
+        let right = a.link_to(e.right).unwrap_or(Link::NONE);
         a.slots.push(Elem {
             id: e.id,
-            origin: e.origin,
-            right: e.right,
+            origin,
+            right,
             val,
             vstamp,
             removed: e.removed,
@@ -755,7 +758,7 @@ impl Document {
                 let pieces = t.pieces.iter().map(|p| Piece { u, ..p.clone() }).collect();
                 let text = Text::from_pieces(t.id, t.init, t.ops.clone(), pieces);
                 if text.is_whole() {
-                    Val::Prim(Value::String(text.to_string()))
+                    Val::Prim(Scalar::Str(text.to_string().into()))
                 } else {
                     Val::Text(Box::new(text))
                 }
@@ -770,7 +773,7 @@ impl Document {
         self.unhash(n, s);
         let mut t = match std::mem::replace(self.slot_val_mut(n, s), Val::Gone) {
             Val::Text(t) => t,
-            Val::Prim(Value::String(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
+            Val::Prim(Scalar::Str(old)) => Box::new(Text::whole(&old, stamp, slot_u)),
             other => {
                 *self.slot_val_mut(n, s) = other;
                 self.rehash(n, s);
@@ -793,7 +796,7 @@ impl Document {
             }
         }
         *self.slot_val_mut(n, s) = if t.is_whole() {
-            Val::Prim(Value::String(t.to_string()))
+            Val::Prim(Scalar::Str(t.to_string().into()))
         } else {
             Val::Text(t)
         };
@@ -834,7 +837,7 @@ impl Document {
         };
         let held = |x: Stamp| match local {
             Some((Val::Text(t), st)) if st == w.id => t.holds(x),
-            Some((Val::Prim(Value::String(s)), st)) if st == w.id => {
+            Some((Val::Prim(Scalar::Str(s)), st)) if st == w.id => {
                 x.client == w.id.client
                     && x.hlc >= w.id.hlc
                     && x.hlc < w.id.hlc + s.chars().count() as u64
@@ -924,8 +927,8 @@ fn place_elem(a: &Arr, e: &WElem) -> usize {
         }
         region.push(Item {
             id: el.id,
-            left: el.origin,
-            right: el.right,
+            left: a.link_id(el.origin),
+            right: a.link_id(el.right),
         });
     }
     let new = Item {

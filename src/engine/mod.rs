@@ -5,6 +5,7 @@
 //! one in. The agent and the transports only call into this module; it knows nothing of them.
 
 mod change_index;
+mod client_table;
 pub mod compact;
 mod digest;
 mod doc;
@@ -15,6 +16,7 @@ mod json;
 mod local_text;
 mod merge;
 pub mod path;
+mod scalar;
 mod snapshot;
 mod stamp;
 mod text;

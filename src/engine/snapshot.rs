@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::engine::HashMap;
 use crate::engine::change_index::ChangeIndex;
@@ -13,6 +12,7 @@ use crate::engine::doc::{
     Arr, Body, Document, Elem, Field, Key, KeyTable, Node, Obj, PeerState, Val, intern,
 };
 use crate::engine::error::{Error, Result};
+use crate::engine::scalar::{NUMBER_TOKEN, Scalar, ScalarVisitor};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::text::{Piece, Text};
 use crate::engine::text_cols::{self, TextCols};
@@ -96,7 +96,7 @@ struct SnapElem {
 
 #[derive(Serialize, Deserialize)]
 enum SnapVal {
-    P(Value),
+    P(Scalar),
     N(u32),
     G,
     T(Box<SnapText>),
@@ -165,8 +165,7 @@ fn snap_text(t: &Text) -> SnapText {
 fn restore_val(v: SnapVal, count: u32) -> Result<Val> {
     let bad = |m: String| Error::Snapshot(m);
     Ok(match v {
-        SnapVal::P(p) if !p.is_object() && !p.is_array() => Val::Prim(p),
-        SnapVal::P(_) => return Err(bad("a primitive slot holds a container".into())),
+        SnapVal::P(p) => Val::Prim(p),
         SnapVal::N(n) if n > 0 && n < count => Val::Node(n),
         SnapVal::N(n) => return Err(bad(format!("slot refers to node {n} of {count}"))),
         SnapVal::G => Val::Gone,
@@ -196,22 +195,74 @@ fn restore_obj(ix: u32, fields: Vec<SnapField>, count: u32, max_u: &mut u64) -> 
     Ok(o)
 }
 
+/// The nodes of a replica being restored, each made as it is read: the saved form of the
+/// next node is dropped before the one after is read, so that a load never holds the whole
+/// replica twice.
+struct Restoring {
+    count: u32,
+    nodes: Vec<Node>,
+    by_id: HashMap<Stamp, u32>,
+    /// The latest version of any slot restored.
+    max_u: u64,
+}
+
+impl Restoring {
+    /// Room for `count` nodes.
+    fn new(count: u32) -> Self {
+        let n = count as usize;
+        Restoring {
+            count,
+            nodes: Vec::with_capacity(n),
+            by_id: HashMap::with_capacity_and_hasher(n, Default::default()),
+            max_u: 0,
+        }
+    }
+
+    /// Adds the next saved node.
+    fn push(&mut self, n: SnapNode) -> Result<()> {
+        let bad = |m: String| Error::Snapshot(m);
+        let (ix, count) = (self.nodes.len() as u32, self.count);
+        if self.by_id.insert(n.id, ix).is_some() {
+            return Err(bad(format!("node id {} appears twice", n.id)));
+        }
+        if (ix == 0) != n.parent.is_none() || n.parent.is_some_and(|(p, _)| p >= count) {
+            return Err(bad(format!("node {ix} has an impossible parent")));
+        }
+        let max_u = &mut self.max_u;
+        let body = match (n.obj, n.arr) {
+            (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, max_u)?),
+            (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, max_u)?)),
+            _ => return Err(bad(format!("node {ix} is neither object nor array"))),
+        };
+        self.nodes.push(Node {
+            id: n.id,
+            parent: n.parent,
+            u: n.u,
+            body,
+        });
+        Ok(())
+    }
+}
+
 /// The array of saved node `ix`, its order checked to be a permutation of its slots.
 fn restore_arr(ix: u32, sa: SnapArr, count: u32, max_u: &mut u64) -> Result<Arr> {
     let broken = || Error::Snapshot(format!("array node {ix} has a broken order"));
     let mut a = Arr::default();
     a.slots.reserve_exact(sa.slots.len());
     a.by_id.reserve(sa.slots.len());
-    for (s, e) in sa.slots.into_iter().enumerate() {
-        *max_u = (*max_u).max(e.u);
+    for (s, e) in sa.slots.iter().enumerate() {
         a.by_id.insert(e.e, s as u32);
+    }
+    let unheld = |e: Error| Error::Snapshot(format!("array node {ix}: {e}"));
+    for e in sa.slots {
+        *max_u = (*max_u).max(e.u);
         if e.r.is_some() {
             a.dead += 1;
         }
         a.slots.push(Elem {
             id: e.e,
-            origin: e.o,
-            right: e.ro,
+            origin: a.link_to(e.o).map_err(unheld)?,
+            right: a.link_to(e.ro).map_err(unheld)?,
             val: restore_val(e.v, count)?,
             vstamp: e.t,
             removed: e.r,
@@ -321,8 +372,8 @@ fn snap_node(n: &Node) -> SnapNode {
                     .iter()
                     .map(|e| SnapElem {
                         e: e.id,
-                        o: e.origin,
-                        ro: e.right,
+                        o: a.link_id(e.origin),
+                        ro: a.link_id(e.right),
                         v: snap_val(&e.val),
                         t: e.vstamp,
                         r: e.removed,
@@ -391,13 +442,10 @@ type RowStamp = (u32, i64);
 /// node's), else `[key, value, stamp, version]`.
 struct RowField<'a, V>(RowKey<'a>, V, Option<(RowStamp, u64)>);
 
-/// How serde_json (with `arbitrary_precision`) presents a number to a visitor.
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-
 /// A slot's value in a record: read straight into its kind, so that the 100,000 child markers
 /// `{"n": index}` of a large array never become JSON maps on the way.
 enum RowVal {
-    Prim(Value),
+    Prim(Scalar),
     Node(u64),
     Gone,
     Text(Box<SnapText>),
@@ -411,28 +459,23 @@ impl<'de> Deserialize<'de> for RowVal {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a saved value: JSON, {\"n\": index}, {} or {\"t\": text}")
             }
-            fn visit_bool<E>(self, v: bool) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(Value::Bool(v)))
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> std::result::Result<RowVal, E> {
+                ScalarVisitor.visit_bool(v).map(RowVal::Prim)
             }
-            fn visit_i64<E>(self, v: i64) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(v.into()))
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<RowVal, E> {
+                ScalarVisitor.visit_i64(v).map(RowVal::Prim)
             }
-            fn visit_u64<E>(self, v: u64) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(v.into()))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<RowVal, E> {
+                ScalarVisitor.visit_u64(v).map(RowVal::Prim)
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<RowVal, E> {
-                serde_json::Number::from_f64(v)
-                    .map(|n| RowVal::Prim(Value::Number(n)))
-                    .ok_or_else(|| E::custom("a number that is not finite"))
+                ScalarVisitor.visit_f64(v).map(RowVal::Prim)
             }
-            fn visit_str<E>(self, v: &str) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(Value::String(v.to_owned())))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<RowVal, E> {
+                ScalarVisitor.visit_str(v).map(RowVal::Prim)
             }
-            fn visit_string<E>(self, v: String) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(Value::String(v)))
-            }
-            fn visit_unit<E>(self) -> std::result::Result<RowVal, E> {
-                Ok(RowVal::Prim(Value::Null))
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<RowVal, E> {
+                ScalarVisitor.visit_unit().map(RowVal::Prim)
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(
                 self,
@@ -444,10 +487,7 @@ impl<'de> Deserialize<'de> for RowVal {
                     Some("n") => RowVal::Node(m.next_value()?),
                     Some("t") => RowVal::Text(Box::new(m.next_value()?)),
                     // serde_json's `arbitrary_precision` hands numbers over as this one-key map.
-                    Some(NUMBER_TOKEN) => {
-                        let digits: std::borrow::Cow<'de, str> = m.next_value()?;
-                        RowVal::Prim(Value::Number(digits.parse().map_err(M::Error::custom)?))
-                    }
+                    Some(NUMBER_TOKEN) => RowVal::Prim(ScalarVisitor::number_entry(&mut m)?),
                     Some(_) => return Err(M::Error::custom("a value of unknown form")),
                 };
                 if m.next_key::<serde::de::IgnoredAny>()?.is_some() {
@@ -623,17 +663,46 @@ impl RowWriter {
         (ci as u32, s.hlc.wrapping_sub(self.base) as i64)
     }
 
-    fn val(&mut self, v: &Val) -> Value {
+    fn val<'a>(&mut self, v: &'a Val) -> RowValOut<'a> {
         match v {
-            Val::Prim(p) => p.clone(),
-            Val::Node(n) => serde_json::json!({ "n": n }),
-            Val::Gone => Value::Object(serde_json::Map::new()),
-            Val::Text(t) => serde_json::json!({ "t": snap_text(t) }),
+            Val::Prim(p) => RowValOut::Prim(p),
+            Val::Node(n) => RowValOut::Node(*n),
+            Val::Gone => RowValOut::Gone,
+            Val::Text(t) => RowValOut::Text(Box::new(snap_text(t))),
         }
     }
 }
 
-fn row_node(n: &Node) -> RowNode<'_, Value> {
+/// A slot's value as a record writes it (what [`RowVal`] reads): the primitive itself,
+/// `{"n": index}`, `{}` or `{"t": text}`.
+enum RowValOut<'a> {
+    Prim(&'a Scalar),
+    Node(u32),
+    Gone,
+    Text(Box<SnapText>),
+}
+
+impl Serialize for RowValOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            RowValOut::Prim(p) => p.serialize(s),
+            RowValOut::Gone => s.serialize_map(Some(0))?.end(),
+            RowValOut::Node(n) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("n", n)?;
+                m.end()
+            }
+            RowValOut::Text(t) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("t", t)?;
+                m.end()
+            }
+        }
+    }
+}
+
+fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
     let mut w = RowWriter {
         base: n.id.hlc,
         clients: vec![n.id.client],
@@ -659,16 +728,17 @@ fn row_node(n: &Node) -> RowNode<'_, Value> {
                 .slots
                 .iter()
                 .map(|e| {
-                    let plain = e.origin == before
-                        && e.right.is_none()
+                    let (origin, right) = (a.link_id(e.origin), a.link_id(e.right));
+                    let plain = origin == before
+                        && right.is_none()
                         && e.vstamp == e.id
                         && e.removed.is_none()
                         && e.u == n.u;
                     before = Some(e.id);
                     let rest = (!plain).then(|| {
                         RowElemRest(
-                            e.origin.map(|s| w.stamp(s)),
-                            e.right.map(|s| w.stamp(s)),
+                            origin.map(|s| w.stamp(s)),
+                            right.map(|s| w.stamp(s)),
                             w.stamp(e.vstamp),
                             e.removed.map(|s| w.stamp(s)),
                             e.u,
@@ -898,36 +968,34 @@ impl Document {
         head: &str,
         nodes: impl IntoIterator<Item = (u32, Vec<u8>)>,
     ) -> Result<(Self, SaveMark)> {
-        let mut snap: Snap =
-            serde_json::from_str(head).map_err(|e| Error::Snapshot(e.to_string()))?;
+        let snap: Snap = serde_json::from_str(head).map_err(|e| Error::Snapshot(e.to_string()))?;
         let Some(count) = snap.node_count else {
             return Err(Error::Snapshot(
                 "the saved head does not keep its nodes apart".into(),
             ));
         };
-        let mut list = Vec::with_capacity(count as usize);
+        let mut r = Restoring::new(count);
         let mut keys = KeyTable::default();
         for (ix, text) in nodes {
-            if ix != list.len() as u32 || ix >= count {
+            if ix != r.nodes.len() as u32 || ix >= count {
                 return Err(Error::Snapshot(format!(
                     "saved node {ix} where node {} of {count} was expected",
-                    list.len()
+                    r.nodes.len()
                 )));
             }
             let json =
                 unpack_row(&text).map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
             let row: RowNode<'_, RowVal> = serde_json::from_slice(&json)
                 .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
-            list.push(node_of_row(ix, row, &mut keys)?);
+            r.push(node_of_row(ix, row, &mut keys)?)?;
         }
-        if list.len() as u32 != count {
+        if r.nodes.len() as u32 != count {
             return Err(Error::Snapshot(format!(
                 "{} saved nodes of {count}",
-                list.len()
+                r.nodes.len()
             )));
         }
-        snap.nodes = list;
-        let doc = Self::from_snap(snap, keys)?;
+        let doc = Self::from_restored(snap, r, keys)?;
         let mark = doc.save_mark();
         Ok((doc, mark))
     }
@@ -949,40 +1017,30 @@ impl Document {
     }
 
     /// `keys`: the table the nodes' keys were read into (their shared names).
-    fn from_snap(snap: Snap, keys: KeyTable) -> Result<Self> {
+    fn from_snap(mut snap: Snap, keys: KeyTable) -> Result<Self> {
+        let mut r = Restoring::new(snap.nodes.len() as u32);
+        for n in std::mem::take(&mut snap.nodes) {
+            r.push(n)?;
+        }
+        Self::from_restored(snap, r, keys)
+    }
+
+    /// The replica of a saved head and its nodes, restored already.
+    fn from_restored(snap: Snap, r: Restoring, keys: KeyTable) -> Result<Self> {
         if snap.format != SNAPSHOT_FORMAT || !(1..=SNAPSHOT_VERSION).contains(&snap.version) {
             return Err(Error::Snapshot(format!(
                 "unknown saved format {:?} version {}",
                 snap.format, snap.version
             )));
         }
-        let bad = |m: String| Error::Snapshot(m);
-        let count = snap.nodes.len() as u32;
-        if count == 0 {
-            return Err(bad("no root node".into()));
-        }
-        let mut nodes = Vec::with_capacity(snap.nodes.len());
-        let mut by_id = HashMap::with_capacity_and_hasher(nodes.capacity(), Default::default());
-        let mut max_u = 0;
-        for (ix, n) in snap.nodes.into_iter().enumerate() {
-            let ix = ix as u32;
-            if by_id.insert(n.id, ix).is_some() {
-                return Err(bad(format!("node id {} appears twice", n.id)));
-            }
-            if (ix == 0) != n.parent.is_none() || n.parent.is_some_and(|(p, _)| p >= count) {
-                return Err(bad(format!("node {ix} has an impossible parent")));
-            }
-            let body = match (n.obj, n.arr) {
-                (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, &mut max_u)?),
-                (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, &mut max_u)?)),
-                _ => return Err(bad(format!("node {ix} is neither object nor array"))),
-            };
-            nodes.push(Node {
-                id: n.id,
-                parent: n.parent,
-                u: n.u,
-                body,
-            });
+        let Restoring {
+            nodes,
+            by_id,
+            max_u,
+            ..
+        } = r;
+        if nodes.is_empty() {
+            return Err(Error::Snapshot("no root node".into()));
         }
         check_tree(&nodes)?;
         // The content digest is computed when first asked for (a merge or a changes object).
@@ -1082,11 +1140,44 @@ mod parts_tests {
         assert_eq!(mark, d.save_mark());
     }
 
+    /// What `restore_parts` says when it refuses these parts (`None`: it restored them).
+    fn refusal(head: &str, nodes: Vec<(u32, Vec<u8>)>) -> Option<String> {
+        Document::restore_parts(head, nodes)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    /// An element's origins are held as links to elements of the same array: a saved element
+    /// naming an origin its array lacks is refused, not linked to something else.
+    #[test]
+    fn an_element_whose_origin_is_not_in_its_array_is_refused() {
+        let mut d = Document::new(&serde_json::json!({"a": [1, 2]})).unwrap();
+        d.insert("a", 1, serde_json::json!(3)).unwrap();
+        let p = d.save_parts(None);
+        let (back, _) = Document::restore_parts(&p.head, p.nodes.clone()).unwrap();
+        assert_eq!(back.get("a").unwrap(), Some(serde_json::json!([1, 3, 2])));
+        // The record: [clients, base clock, parent, version, {"A": [elements, order]}], an
+        // element [id, value, origin, right origin, value stamp, removal, version]; the third,
+        // inserted after the first, gets an origin 999 clock steps after the array's id.
+        let mut row: serde_json::Value = serde_json::from_slice(&p.nodes[1].1).unwrap();
+        let origin = &mut row[4]["A"][0][2][2];
+        assert_eq!(origin[0], 0, "an origin stamp: [client, offset]");
+        *origin = serde_json::json!([0, 999]);
+        let mut nodes = p.nodes.clone();
+        nodes[1].1 = row.to_string().into_bytes();
+        let e = refusal(&p.head, nodes);
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("names an origin this array lacks")),
+            "{e:?}"
+        );
+    }
+
     /// Hostile or damaged node records are refused with what is wrong, never a panic.
     #[test]
     fn every_kind_of_value_reads_back_from_parts() {
         let v = serde_json::json!({
-            "big": serde_json::from_str::<Value>("123456789012345678901234567890").unwrap(),
+            "big": serde_json::from_str::<serde_json::Value>("123456789012345678901234567890").unwrap(),
             "f": 1.5, "neg": -3, "s": "x", "nul": null, "b": false, "empty": {}, "list": [[], {}],
             "many": {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6, "g": 7, "h": 8, "i": 9, "j": 10}
         });
@@ -1163,9 +1254,7 @@ mod parts_tests {
         for (row, want) in cases {
             let mut nodes = p.nodes.clone();
             nodes[1].1 = row.as_bytes().to_vec();
-            let e = Document::restore_parts(&p.head, nodes)
-                .err()
-                .map(|e| e.to_string());
+            let e = refusal(&p.head, nodes);
             assert!(
                 e.as_deref().is_some_and(|e| e.contains(want)),
                 "{row}: {e:?}"
@@ -1173,9 +1262,7 @@ mod parts_tests {
         }
         let mut garbled = p.nodes.clone();
         garbled[1].1 = vec![0x78, 0x9c, 1, 2, 3];
-        let e = Document::restore_parts(&p.head, garbled)
-            .err()
-            .map(|e| e.to_string());
+        let e = refusal(&p.head, garbled);
         assert!(
             e.as_deref()
                 .is_some_and(|e| e.contains("neither JSON nor a zlib stream")),

@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+use std::num::NonZeroU32;
+
+use crate::engine::client_table;
 use crate::engine::error::{Error, Result};
 
 /// Number of characters in a client id.
@@ -28,14 +31,24 @@ pub const MAX_WALL_MS: u64 = 1 << 45;
 /// "Clock skew"); accepting them would drag every replica's clock along.
 pub const DEFAULT_MAX_SKEW_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// A replica's identity: 16 ASCII letters or digits, held as their bytes so that stamps are
-/// small (24 bytes, 8-byte aligned), `Copy`, and compare in the same order as the text.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClientId([u8; CLIENT_ID_LEN]);
+/// A replica's identity: 16 ASCII letters or digits. Held as its number in the process's table
+/// of ids (see `client_table.rs`), so that a stamp is 16 bytes; ids compare in the order of
+/// their text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(NonZeroU32);
 
-impl std::hash::Hash for ClientId {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u128(u128::from_ne_bytes(self.0));
+impl Ord for ClientId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            return std::cmp::Ordering::Equal;
+        }
+        self.to_bytes().cmp(&other.to_bytes())
+    }
+}
+
+impl PartialOrd for ClientId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -45,14 +58,25 @@ impl ClientId {
         use rand::Rng;
         const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut rng = rand::rng();
-        let mut v = [0u8; CLIENT_ID_LEN];
-        for b in &mut v {
-            *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
+        loop {
+            let mut v = [0u8; CLIENT_ID_LEN];
+            for b in &mut v {
+                *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
+            }
+            // Ids made here are not bounded by the limit on ids read from outside; the table
+            // refuses one only when all 2^32 numbers are taken, which no process lives to see.
+            if let Some(n) = client_table::number(v, u32::MAX) {
+                return ClientId(n);
+            }
         }
-        ClientId(v)
     }
 
     /// Parses an id, refusing anything but exactly 16 ASCII letters and digits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Value`] for any other text, and once the process holds
+    /// [`client_table::MAX_READ`] distinct ids, for an id it does not hold yet.
     pub fn parse(s: &str) -> Result<Self> {
         let bytes = s.as_bytes();
         if bytes.len() != CLIENT_ID_LEN || !bytes.iter().all(u8::is_ascii_alphanumeric) {
@@ -62,20 +86,28 @@ impl ClientId {
         }
         let mut v = [0u8; CLIENT_ID_LEN];
         v.copy_from_slice(bytes);
-        Ok(ClientId(v))
+        client_table::number(v, client_table::MAX_READ)
+            .map(ClientId)
+            .ok_or_else(|| {
+                Error::Value(format!(
+                    "client id {s:?} is one too many: this process already holds {} distinct \
+                     client ids read from peers",
+                    client_table::MAX_READ
+                ))
+            })
     }
 }
 
 impl ClientId {
     /// The id's 16 ASCII bytes.
     pub(crate) fn to_bytes(self) -> [u8; 16] {
-        self.0
+        client_table::bytes(self.0)
     }
 }
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = self.0;
+        let bytes = self.to_bytes();
         // Only ASCII alphanumerics can be stored (see `parse` and `random`).
         f.write_str(std::str::from_utf8(&bytes).unwrap_or("????????????????"))
     }
@@ -103,7 +135,7 @@ impl Stamp {
     /// Older than every real stamp: the stamp of a key that was never written.
     pub const ZERO: Stamp = Stamp {
         hlc: 0,
-        client: ClientId([b'0'; CLIENT_ID_LEN]),
+        client: ClientId(client_table::ZERO_NUMBER),
     };
 
     /// Parses the wire form `<hlc in hex>-<client id>`.

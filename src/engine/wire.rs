@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::engine::doc::{Key, KeyTable, intern};
 use crate::engine::error::{Error, Result};
 use crate::engine::json::{Json, JsonObj};
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
 use crate::engine::text::Piece;
 use crate::engine::wire_out::next_stamp;
@@ -117,7 +118,7 @@ pub(crate) struct WElem {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum WVal {
     /// A number, boolean, null, or a string written whole.
-    Prim(Value),
+    Prim(Scalar),
     Node(Box<WNode>),
     /// An edited string: its id (the write that created it), and the pieces the receiver lacks.
     Text(Box<WText>),
@@ -784,7 +785,10 @@ fn parse_value(
             at,
             "a bare array is not allowed: arrays travel as nodes with \"_s\" and \"v\"",
         )),
-        p => Ok((WVal::Prim(p.to_value()), None)),
+        p => p
+            .to_scalar()
+            .map(|s| (WVal::Prim(s), None))
+            .ok_or_else(|| Error::malformed(at, "a value that is neither a node nor a primitive")),
     }
 }
 

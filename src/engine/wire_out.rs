@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
+use crate::engine::scalar::Scalar;
 use crate::engine::stamp::{MAX_HLC, Stamp};
 use crate::engine::text::Piece;
 use crate::engine::wire::{
@@ -28,13 +29,72 @@ pub(crate) enum Tree<'a> {
     Bool(bool),
     Uint(u64),
     /// A user value (number, boolean, null or string), as the document holds it.
-    Prim(&'a Value),
+    Prim(&'a Scalar),
     Str(Cow<'a, str>),
     /// A stamp, written as the string `{hlc:x}-{client}`.
     Stamp(Stamp),
     Arr(Vec<Tree<'a>>),
     /// An object's entries, each key once.
     Obj(Vec<(Cow<'a, str>, Tree<'a>)>),
+    /// A node (with the id and version a reader assumes for it, see [`node_tree`]), made into
+    /// its tree only as it is written: a full changes object's tree is then never whole in
+    /// memory, only the record being written (a third of a full sync's memory otherwise).
+    Node(&'a WNode, Option<Stamp>, u64),
+    /// One list of an array node's elements, each made into its tree as it is written.
+    Elems(ElemList<'a>),
+}
+
+/// The live or the removed elements of an array node (see [`arr_tree`]).
+#[derive(Debug)]
+pub(crate) struct ElemList<'a> {
+    node: &'a WNode,
+    elems: &'a [WElem],
+    removed: bool,
+    len: usize,
+}
+
+impl<'a> ElemList<'a> {
+    fn new(node: &'a WNode, elems: &'a [WElem], removed: bool) -> Self {
+        let len = elems
+            .iter()
+            .filter(|e| ElemList::listed(e, removed))
+            .count();
+        ElemList {
+            node,
+            elems,
+            removed,
+            len,
+        }
+    }
+
+    /// Whether `e` is written in the list of live (`removed` false) or removed elements.
+    fn listed(e: &WElem, removed: bool) -> bool {
+        if removed {
+            e.removed.is_some()
+        } else {
+            e.removed.is_none() && e.val.is_some()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Calls `f` with each element's tree, in order.
+    pub fn each(&self, mut f: impl FnMut(Tree<'a>)) {
+        // The previous entry's id and right origin, which imply the next's; an element of this
+        // list's kind (removed or not) that is not written still counts as the previous one.
+        let mut prev = (None, None);
+        for e in self.elems {
+            if e.removed.is_some() != self.removed {
+                continue;
+            }
+            let t = elem_tree(self.node, e, &mut prev);
+            if ElemList::listed(e, self.removed) {
+                f(t);
+            }
+        }
+    }
 }
 
 impl Tree<'_> {
@@ -44,7 +104,7 @@ impl Tree<'_> {
             Tree::Null => Value::Null,
             Tree::Bool(b) => Value::Bool(b),
             Tree::Uint(n) => n.into(),
-            Tree::Prim(v) => v.clone(),
+            Tree::Prim(v) => v.to_value(),
             Tree::Str(s) => Value::String(s.into_owned()),
             Tree::Stamp(s) => Value::String(s.to_string()),
             Tree::Arr(items) => Value::Array(items.into_iter().map(Tree::into_value).collect()),
@@ -54,6 +114,12 @@ impl Tree<'_> {
                     .map(|(k, v)| (k.into_owned(), v.into_value()))
                     .collect::<Map<String, Value>>(),
             ),
+            Tree::Node(n, implied, parent_u) => node_tree(n, implied, parent_u).into_value(),
+            Tree::Elems(list) => {
+                let mut items = Vec::with_capacity(list.len());
+                list.each(|t| items.push(t.into_value()));
+                Value::Array(items)
+            }
         }
     }
 }
@@ -130,7 +196,7 @@ pub(crate) fn next_stamp(s: Stamp) -> Option<Stamp> {
 
 /// Writes a node. `implied_id` is the id a reader assumes when `_s.id` is absent (the enclosing
 /// element's id), `parent_u` the `u` it assumes when `_s.u` is absent.
-fn node_tree(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Tree<'_> {
+pub(crate) fn node_tree(node: &WNode, implied_id: Option<Stamp>, parent_u: u64) -> Tree<'_> {
     let mut s = Vec::new();
     if implied_id != Some(node.id) {
         s.push((key("id"), Tree::Stamp(node.id)));
@@ -182,21 +248,11 @@ fn obj_tree<'a>(node: &'a WNode, fields: &'a [WField], s: &mut Entries<'a>) -> E
 /// its `_s`.
 fn arr_tree<'a>(node: &'a WNode, elems: &'a [WElem], s: &mut Entries<'a>) -> Entries<'a> {
     s.push((key("a"), Tree::Bool(true)));
-    let (mut live, mut removed) = (Vec::with_capacity(elems.len()), Vec::new());
-    // Per list (live, removed): the previous entry's id and right origin, which imply the next's.
-    let mut prev = [(None, None); 2];
-    for e in elems {
-        let m = elem_tree(node, e, &mut prev[usize::from(e.removed.is_some())]);
-        if e.removed.is_some() {
-            removed.push(m);
-        } else if e.val.is_some() {
-            live.push(m);
-        }
+    let removed = ElemList::new(node, elems, true);
+    if removed.len() > 0 {
+        s.push((key("ri"), Tree::Elems(removed)));
     }
-    if !removed.is_empty() {
-        s.push((key("ri"), Tree::Arr(removed)));
-    }
-    vec![(key("v"), Tree::Arr(live))]
+    vec![(key("v"), Tree::Elems(ElemList::new(node, elems, false)))]
 }
 
 /// One element, leaving out what the previous entry of its list implies (see docs/PROTOCOL.md,
@@ -227,7 +283,7 @@ fn elem_tree<'a>(
                 }
                 Tree::Prim(p)
             }
-            WVal::Node(n) => node_tree(n, Some(e.id), node.u),
+            WVal::Node(n) => Tree::Node(n, Some(e.id), node.u),
             WVal::Text(t) => text_tree(t, Some(e.id)),
         };
         m.push((key("v"), value));

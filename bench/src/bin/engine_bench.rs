@@ -8,7 +8,8 @@
 //! that mail carries; `w1_json_bytes` the full one as JSON text). Peak memory is the process's resident high-water
 //! mark, reset before each library runs. For minisync also the replica saved in parts as the agent
 //! stores it (`saved_bytes`) and restored from them (`load_ms`, against `parse_ms`, serde_json's
-//! parse of the same JSON). W4 (`w4.rs`): a real editing trace replayed into one
+//! parse of the same JSON), and the memory a replica of the document holds, measured in a process
+//! of its own (`replica_mb` and the other figures of `replica_one`). W4 (`w4.rs`): a real editing trace replayed into one
 //! string, also against Loro and diamond-types.
 
 #[path = "../w4.rs"]
@@ -294,6 +295,77 @@ fn yrs(n: usize) -> Figures {
     f
 }
 
+/// `--replica-one` (after `--records N`): the memory a minisync replica of the N-record document
+/// holds, in a process of its own so that nothing else the benchmark did is in the figures. Each
+/// is the growth of the resident set over the process before the replica was made (the saved
+/// parts or changes object it is made from already resident), in MiB: `replica_mb` restored
+/// from its saved parts as the agent loads it, once made and freed memory given back to the
+/// system (`malloc_trim`, as the agent does after a pass), `replica_load_peak_mb` the high-water
+/// mark while it loads; `replica_w1_mb` and `replica_w1_peak_mb` the same for the replica made
+/// from the full changes object (W1's receiving side: reading the changes object is in the
+/// peak). `json_mb`: the document's JSON text, compact, in the same unit.
+fn replica_one(n: usize) -> Value {
+    let value = document(n);
+    let json_mb = value.to_string().len() as f64 / (1024.0 * 1024.0);
+    let a = Document::new(&value).expect("benchmark document is valid");
+    let parts = a.save_parts(None);
+    let bytes = a.changes().to_compact();
+    drop(a);
+    drop(value);
+    let measure = |make: &dyn Fn() -> Document| {
+        trim();
+        let base = status_mb("VmRSS:");
+        reset_peak();
+        let replica = make();
+        let peak = peak_mb() - base;
+        trim();
+        let held = status_mb("VmRSS:") - base;
+        drop(replica);
+        (round(held), round(peak))
+    };
+    let (loaded, load_peak) = measure(&|| {
+        let rows = parts.nodes.iter().cloned();
+        Document::restore_parts(&parts.head, rows)
+            .expect("restores")
+            .0
+    });
+    let (w1, w1_peak) = measure(&|| {
+        Document::from_changes(&Changes::from_bytes(&bytes).expect("reads")).expect("creates")
+    });
+    json!({"json_mb": round(json_mb), "replica_mb": loaded, "replica_load_peak_mb": load_peak,
+           "replica_w1_mb": w1, "replica_w1_peak_mb": w1_peak})
+}
+
+/// [`replica_one`] in a child process.
+fn replica_in_child(n: usize) -> Value {
+    child_json(&["--records", &n.to_string(), "--replica-one"])
+}
+
+/// Runs this benchmark again with `args` and returns the JSON it prints: a measurement in a
+/// process of its own.
+fn child_json(args: &[&str]) -> Value {
+    let exe = std::env::current_exe().expect("own path");
+    let out = std::process::Command::new(exe)
+        .args(args)
+        .output()
+        .expect("child runs");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("child prints JSON")
+}
+
+/// Gives freed memory back to the system (glibc keeps it resident otherwise).
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut n = 100_000usize;
@@ -313,6 +385,10 @@ fn main() {
                 i += 1;
             }
             "--json" => as_json = true,
+            "--replica-one" => {
+                println!("{}", replica_one(n));
+                return;
+            }
             "--w4-one" => {
                 let name = args.get(i + 1).cloned().unwrap_or_default();
                 println!("{}", w4::one(&name));
@@ -333,6 +409,7 @@ fn main() {
         .iter()
         .map(|n| (*n, w4::W4::from_json(&w4::in_child(n))))
         .collect();
+    let replica = replica_in_child(n);
     let value = document(n);
     let (floor_ms, parse_ms) = floor(&value);
     let m = minisync(n, &value);
@@ -346,6 +423,11 @@ fn main() {
     });
     for (name, f) in &w4s {
         f.add_to(&mut out[name]);
+    }
+    if let Some(figures) = replica.as_object() {
+        for (k, v) in figures {
+            out["minisync"][k] = v.clone();
+        }
     }
     if as_json {
         println!("{out}");
@@ -368,6 +450,14 @@ fn main() {
             l / parse_ms
         );
     }
+    println!(
+        "minisync replica in memory ({} MiB of JSON): {} MiB restored from its parts (peak {}), {} MiB made from the full changes object (peak {})",
+        replica["json_mb"],
+        replica["replica_mb"],
+        replica["replica_load_peak_mb"],
+        replica["replica_w1_mb"],
+        replica["replica_w1_peak_mb"]
+    );
     println!("\nW4, automerge-paper trace (259,778 edits):\n");
     println!(
         "| library | replay ms | peak MB | saved bytes | load ms | sync bytes | sync gz bytes |"
