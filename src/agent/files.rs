@@ -108,7 +108,7 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(
         ".{name}.minisync-{}.tmp",
-        crate::engine::ClientId::random()
+        crate::engine::random_token()
     ));
     let permissions = std::fs::metadata(&target).ok().map(|m| m.permissions());
     let result = (|| {

@@ -641,8 +641,8 @@ pub fn new_message_id(address: &str) -> String {
         .unwrap_or("minisync.invalid");
     format!(
         "<minisync.{}.{}@{domain}>",
-        ClientId::random(),
-        ClientId::random()
+        crate::engine::random_token(),
+        crate::engine::random_token()
     )
 }
 

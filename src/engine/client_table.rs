@@ -9,9 +9,11 @@
 //!
 //! The table is shared by every replica in the process (stamps move between documents, changes
 //! objects and knowledge maps as plain values) and only grows: an id read once stays, 16 bytes
-//! plus its entry in the lookup map. Ids read from outside (`ClientId::parse`) are refused once
-//! [`MAX_READ`] distinct ids are held, so that a flood of made-up ids from a misbehaving peer
-//! is an error, not unbounded memory.
+//! plus its entry in the lookup map. New ids read from outside (`ClientId::parse`) are refused
+//! once [`MAX_READ`] of them were added, so that a flood of made-up ids from a misbehaving peer
+//! is an error, not unbounded memory. Ids the process makes (a new replica's, one derived from a
+//! document's name) do not count; random text that is not a client id (document ids, message
+//! ids, file names) is made by `random_text` and never enters the table.
 //!
 //! Reads take no lock: the ids live in chunks that never move (chunk `k` holds `2^k` ids), each
 //! id set once. Adding an id takes a lock; a one-entry cache per thread spares it for the run of
@@ -49,6 +51,19 @@ fn place(n: NonZeroU32) -> (usize, usize) {
     (k as usize, (n.get() - (1 << k)) as usize)
 }
 
+/// 16 random lower-case letters and digits (the form of an id `ClientId::random` makes), for
+/// whatever needs a random name that is not a client id: it is not added to the table.
+pub(crate) fn random_text() -> IdBytes {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let mut v = [0u8; 16];
+    for b in &mut v {
+        *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
+    }
+    v
+}
+
 /// The bytes of the id numbered `n`. Every number in a `ClientId` was given out by [`number`],
 /// after its bytes were set; an unknown number (none exists) reads as sixteen `?`.
 pub(crate) fn bytes(n: NonZeroU32) -> IdBytes {
@@ -67,6 +82,8 @@ pub(crate) fn bytes(n: NonZeroU32) -> IdBytes {
 struct Writer {
     numbers: HashMap<IdBytes, NonZeroU32>,
     next: u32,
+    /// How many of the ids were added as read from outside (see [`number`]).
+    read: u32,
 }
 
 static WRITER: Mutex<Option<Writer>> = Mutex::new(None);
@@ -75,9 +92,11 @@ thread_local! {
     static LAST: Cell<(IdBytes, u32)> = const { Cell::new(([0; 16], 0)) };
 }
 
-/// The number of the id `b`, adding it if it is new; `None` when it is new and the table
-/// already holds `limit` ids.
-pub(crate) fn number(b: IdBytes, limit: u32) -> Option<NonZeroU32> {
+/// The number of the id `b`, adding it if it is new. `read_limit`: `Some(n)` for an id read from
+/// outside, refused (`None`) when it is new and `n` ids read from outside were added already;
+/// `None` for an id this process made (random, or derived from a name), never refused while
+/// numbers last.
+pub(crate) fn number(b: IdBytes, read_limit: Option<u32>) -> Option<NonZeroU32> {
     if b == ZERO_ID {
         return Some(ZERO_NUMBER);
     }
@@ -93,12 +112,16 @@ pub(crate) fn number(b: IdBytes, limit: u32) -> Option<NonZeroU32> {
     let w = guard.get_or_insert_with(|| Writer {
         numbers: HashMap::default(),
         next: ZERO_NUMBER.get() + 1,
+        read: 0,
     });
     let n = match w.numbers.get(&b) {
         Some(n) => *n,
         None => {
-            if w.next > limit || w.next == u32::MAX {
+            if read_limit.is_some_and(|limit| w.read >= limit) || w.next == u32::MAX {
                 return None;
+            }
+            if read_limit.is_some() {
+                w.read += 1;
             }
             let n = NonZeroU32::new(w.next)?;
             let (k, i) = place(n);
@@ -122,17 +145,19 @@ mod tests {
     fn an_id_gets_one_number_and_reads_back() {
         let a = *b"tablemakeraaaaaa";
         let b = *b"tablemakerbbbbbb";
-        let na = number(a, u32::MAX).unwrap();
-        let nb = number(b, u32::MAX).unwrap();
+        let na = number(a, Some(u32::MAX)).unwrap();
+        let nb = number(b, None).unwrap();
         assert_ne!(na, nb);
-        assert_eq!(number(a, u32::MAX), Some(na));
+        assert_eq!(number(a, Some(u32::MAX)), Some(na));
         assert_eq!(bytes(na), a);
         assert_eq!(bytes(nb), b);
-        assert_eq!(number(ZERO_ID, 0), Some(ZERO_NUMBER));
+        assert_eq!(number(ZERO_ID, Some(0)), Some(ZERO_NUMBER));
         assert_eq!(bytes(ZERO_NUMBER), ZERO_ID);
-        // A full table still knows the ids it holds, and refuses new ones.
-        assert_eq!(number(a, 1), Some(na));
-        assert_eq!(number(*b"tablemakercccccc", 1), None);
+        // Past the limit of ids read from outside: the ids held are still known, a new one read
+        // is refused, and a new one this process makes is not.
+        assert_eq!(number(a, Some(0)), Some(na));
+        assert_eq!(number(*b"tablemakercccccc", Some(0)), None);
+        assert!(number(*b"tablemakerdddddd", None).is_some());
     }
 
     #[test]

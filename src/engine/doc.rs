@@ -199,11 +199,17 @@ impl Obj {
     }
 }
 
-/// An element's origin, by its slot in the same array. An element is merged only once both its
-/// origins are held, so the slot always exists; 4 bytes where the origin's stamp would be 32
-/// (two per element: a tenth of a large array's memory).
+/// An element's origin: the slot of that element in the same array, 4 bytes where the origin's
+/// stamp would be 32 (two per element: a tenth of a large array's memory). An element is merged
+/// only once both its origins are held, so the slot exists; an origin the array does not hold
+/// (only a hostile changes object, or a replica saved from one, gets there) is kept as its stamp
+/// in the array's `foreign` list, so that nothing is lost or changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Link(u32);
+
+/// The bit of a [`Link`] to an entry of `Arr::foreign` (an array holds fewer than 2^31 slots:
+/// a changes object carries at most 20,000,000 items).
+const FOREIGN: u32 = 1 << 31;
 
 impl Link {
     /// No element: the array's start (left origin) or end (right origin).
@@ -211,11 +217,6 @@ impl Link {
 
     pub fn to(slot: u32) -> Link {
         Link(slot)
-    }
-
-    /// The slot linked to.
-    pub fn slot(self) -> Option<u32> {
-        (self != Link::NONE).then_some(self.0)
     }
 }
 
@@ -229,26 +230,32 @@ pub(crate) struct Arr {
     pub dead: usize,
     /// Position of the last element inserted, to place runs of inserts without a scan.
     pub last_pos: Option<usize>,
+    /// Origins named by elements of this array that it does not hold (see [`Link`]): empty but
+    /// after bad input.
+    pub foreign: Vec<Stamp>,
 }
 
 impl Arr {
     /// The id of the element `l` links to.
     pub fn link_id(&self, l: Link) -> Option<Stamp> {
-        l.slot().map(|s| self.slots[s as usize].id)
+        if l == Link::NONE {
+            None
+        } else if l.0 & FOREIGN != 0 {
+            self.foreign.get((l.0 & !FOREIGN) as usize).copied()
+        } else {
+            Some(self.slots[l.0 as usize].id)
+        }
     }
 
-    /// The link to the held element `id` (`None`: none).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Value`] when this array holds no element `id`.
-    pub fn link_to(&self, id: Option<Stamp>) -> Result<Link> {
-        match id {
-            None => Ok(Link::NONE),
-            Some(id) => self.by_id.get(&id).map(|s| Link::to(*s)).ok_or_else(|| {
-                Error::Value(format!("element {id} names an origin this array lacks"))
-            }),
+    /// The link to element `id` (`None`: none), kept in `foreign` if this array lacks it.
+    pub fn link_to(&mut self, id: Option<Stamp>) -> Link {
+        let Some(id) = id else { return Link::NONE };
+        if let Some(s) = self.by_id.get(&id) {
+            return Link::to(*s);
         }
+        let i = self.foreign.len() as u32;
+        self.foreign.push(id);
+        Link(FOREIGN | i)
     }
 }
 
@@ -350,21 +357,34 @@ pub fn common_ids(name: &str) -> (String, Stamp) {
         .chain_update(b"minisync common document\0")
         .chain_update(name.as_bytes())
         .finalize();
-    let id = |bytes: &[u8]| -> String {
-        bytes
-            .iter()
-            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-            .collect()
+    let id = |bytes: &[u8]| -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (o, b) in out.iter_mut().zip(bytes) {
+            *o = ALPHABET[usize::from(*b) % ALPHABET.len()];
+        }
+        out
     };
-    let doc_id = id(&hash[..16]);
-    let client = ClientId::parse(&id(&hash[16..32]))
-        .unwrap_or_else(|_| unreachable!("16 letters and digits are a client id"));
+    let text = |bytes: [u8; 16]| bytes.iter().map(|b| char::from(*b)).collect::<String>();
+    let doc_id = text(id(&hash[..16]));
+    // Made here, not read: the table of ids refuses one only when all 2^32 numbers are taken
+    // (4 billion ids held, more memory than any process has).
+    let client = ClientId::made(id(&hash[16..32]))
+        .unwrap_or_else(|| unreachable!("the table of client ids is never full"));
     (doc_id, Stamp { hlc: 0, client })
 }
 
 /// A fresh random document id.
 pub fn random_doc_id() -> String {
-    ClientId::random().to_string()
+    random_token()
+}
+
+/// 16 random lower-case letters and digits: a name nobody else picks (document ids, message ids,
+/// temporary files). Not a client id: it does not enter the process's table of client ids.
+pub fn random_token() -> String {
+    crate::engine::client_table::random_text()
+        .iter()
+        .map(|b| char::from(*b))
+        .collect()
 }
 
 impl Document {

@@ -17,7 +17,7 @@ use crate::engine::{HashMap, HashSet};
 use crate::engine::scalar::Scalar;
 
 use crate::engine::digest::wire_value_rank;
-use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Link, Node, Obj, ROOT, Val};
+use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
 use crate::engine::error::{Error, Result};
 use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, MAX_WALL_MS, Stamp, physical, wall_ms};
@@ -725,9 +725,11 @@ impl Document {
             _ => (Val::Gone, e.id),
         };
         let a = self.arr_mut(ix);
-        // `check_elem` held back an element whose origins this array lacks.
-        let origin = a.link_to(e.origin).unwrap_or(Link::NONE);
-        let right = a.link_to(e.right).unwrap_or(Link::NONE);
+        // `check_elem` held back an element whose origins this array lacks, but for a hostile
+        // object (an element id in two arrays, held back in one): then the origin is kept as
+        // its stamp, placed as before.
+        let origin = a.link_to(e.origin);
+        let right = a.link_to(e.right);
         a.slots.push(Elem {
             id: e.id,
             origin,

@@ -55,20 +55,18 @@ impl PartialOrd for ClientId {
 impl ClientId {
     /// A fresh random id (lower-case letters and digits), as a new replica needs.
     pub fn random() -> Self {
-        use rand::Rng;
-        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut rng = rand::rng();
         loop {
-            let mut v = [0u8; CLIENT_ID_LEN];
-            for b in &mut v {
-                *b = ALPHABET[rng.random_range(0..ALPHABET.len())];
-            }
-            // Ids made here are not bounded by the limit on ids read from outside; the table
-            // refuses one only when all 2^32 numbers are taken, which no process lives to see.
-            if let Some(n) = client_table::number(v, u32::MAX) {
-                return ClientId(n);
+            if let Some(id) = ClientId::made(client_table::random_text()) {
+                return id;
             }
         }
+    }
+
+    /// The id of these bytes, made by this process (random, or derived from a name), not read
+    /// from outside: not bounded by [`client_table::MAX_READ`]. `None` only once all 2^32
+    /// numbers are taken, which no process lives to see.
+    pub(crate) fn made(bytes: [u8; CLIENT_ID_LEN]) -> Option<Self> {
+        client_table::number(bytes, None).map(ClientId)
     }
 
     /// Parses an id, refusing anything but exactly 16 ASCII letters and digits.
@@ -86,12 +84,12 @@ impl ClientId {
         }
         let mut v = [0u8; CLIENT_ID_LEN];
         v.copy_from_slice(bytes);
-        client_table::number(v, client_table::MAX_READ)
+        client_table::number(v, Some(client_table::MAX_READ))
             .map(ClientId)
             .ok_or_else(|| {
                 Error::Value(format!(
-                    "client id {s:?} is one too many: this process already holds {} distinct \
-                     client ids read from peers",
+                    "client id {s:?} is one too many: this process already took in {} \
+                     distinct client ids from peers",
                     client_table::MAX_READ
                 ))
             })
@@ -151,9 +149,14 @@ impl Stamp {
                 "stamp {s:?} lies in the far future (clock value at or above 2^62)"
             )));
         }
+        let well_formed = c.len() == CLIENT_ID_LEN && c.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !well_formed {
+            return Err(bad());
+        }
+        // A well-formed id is refused only when the table of ids is full: said as such.
         Ok(Stamp {
             hlc,
-            client: ClientId::parse(c).map_err(|_| bad())?,
+            client: ClientId::parse(c)?,
         })
     }
 }
