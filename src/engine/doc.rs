@@ -373,13 +373,8 @@ pub fn common_ids(name: &str) -> (String, Stamp) {
     (doc_id, Stamp { hlc: 0, client })
 }
 
-/// A fresh random document id.
-pub fn random_doc_id() -> String {
-    random_token()
-}
-
-/// 16 random lower-case letters and digits: a name nobody else picks (document ids, message ids,
-/// temporary files). Not a client id: it does not enter the process's table of client ids.
+/// 16 random lower-case letters and digits: a name nobody else picks (a new document's id, message
+/// ids, temporary files). Not a client id: it does not enter the process's table of client ids.
 pub fn random_token() -> String {
     crate::engine::client_table::random_text()
         .iter()
@@ -390,7 +385,7 @@ pub fn random_token() -> String {
 impl Document {
     /// Creates a document from a JSON object, with a random document id and client id.
     pub fn new(value: &Value) -> Result<Self> {
-        Self::with_ids(value, random_doc_id(), ClientId::random())
+        Self::with_ids(value, random_token(), ClientId::random())
     }
 
     /// Creates a document with the given document id and client id.

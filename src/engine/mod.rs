@@ -25,9 +25,7 @@ mod value_diff;
 mod wire;
 mod wire_out;
 
-pub use doc::{
-    Document, PeerState, WallClock, common_ids, json_order, random_doc_id, random_token,
-};
+pub use doc::{Document, PeerState, WallClock, common_ids, json_order, random_token};
 pub use error::{Error, Result};
 pub use merge::{Divergence, MergeOutcome};
 pub use snapshot::{SaveMark, SavedParts};
