@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::HashMap;
 use crate::engine::change_index::ChangeIndex;
 use crate::engine::doc::{
-    Arr, Body, Document, Elem, Field, Key, KeyTable, Node, Obj, PeerState, Val, intern,
+    Arr, Body, Document, Elem, Field, Key, KeyTable, Link, Node, Obj, PeerState, Val, intern,
 };
 use crate::engine::error::{Error, Result};
 use crate::engine::scalar::{NUMBER_TOKEN, Scalar, ScalarVisitor};
@@ -231,24 +231,34 @@ impl Restoring {
 
     /// Adds the next saved node.
     fn push(&mut self, n: SnapNode) -> Result<()> {
-        let bad = |m: String| Error::Snapshot(m);
         let (ix, count) = (self.nodes.len() as u32, self.count);
-        if self.by_id.insert(n.id, ix).is_some() {
-            return Err(bad(format!("node id {} appears twice", n.id)));
-        }
-        if (ix == 0) != n.parent.is_none() || n.parent.is_some_and(|(p, _)| p >= count) {
-            return Err(bad(format!("node {ix} has an impossible parent")));
-        }
         let max_u = &mut self.max_u;
         let body = match (n.obj, n.arr) {
             (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, max_u)?),
             (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, max_u)?)),
-            _ => return Err(bad(format!("node {ix} is neither object nor array"))),
+            _ => {
+                return Err(Error::Snapshot(format!(
+                    "node {ix} is neither object nor array"
+                )));
+            }
         };
+        self.add(n.id, n.parent, n.u, body)
+    }
+
+    /// Adds the next node, its body restored already.
+    fn add(&mut self, id: Stamp, parent: Option<(u32, u32)>, u: u64, body: Body) -> Result<()> {
+        let bad = |m: String| Error::Snapshot(m);
+        let (ix, count) = (self.nodes.len() as u32, self.count);
+        if self.by_id.insert(id, ix).is_some() {
+            return Err(bad(format!("node id {id} appears twice")));
+        }
+        if (ix == 0) != parent.is_none() || parent.is_some_and(|(p, _)| p >= count) {
+            return Err(bad(format!("node {ix} has an impossible parent")));
+        }
         self.nodes.push(Node {
-            id: n.id,
-            parent: n.parent,
-            u: n.u,
+            id,
+            parent,
+            u,
             body,
         });
         Ok(())
@@ -257,41 +267,109 @@ impl Restoring {
 
 /// The array of saved node `ix`, its order checked to be a permutation of its slots.
 fn restore_arr(ix: u32, sa: SnapArr, count: u32, max_u: &mut u64) -> Result<Arr> {
-    let broken = || Error::Snapshot(format!("array node {ix} has a broken order"));
-    let mut a = Arr::default();
-    a.slots.reserve_exact(sa.slots.len());
-    a.by_id.reserve(sa.slots.len());
-    for (s, e) in sa.slots.iter().enumerate() {
-        a.by_id.insert(e.e, s as u32);
-    }
+    let mut b = ArrBuilder::new(ix, count);
+    b.a.slots.reserve_exact(sa.slots.len());
     for e in sa.slots {
+        b.push(e, max_u)?;
+    }
+    b.finish(sa.order)
+}
+
+/// An array restored one element at a time, in the order of its slots, so that a large array
+/// is never held in a second form. An element's origins are linked to their slots once every id
+/// is known (an origin may be a later slot, or one the array lacks: see [`Link`]); the common
+/// origin, the slot just before, at once.
+struct ArrBuilder {
+    ix: u32,
+    /// The replica's number of nodes.
+    count: u32,
+    a: Arr,
+    /// (slot, right origin?, id) of the origins still to link.
+    origins: Vec<(u32, bool, Stamp)>,
+}
+
+impl ArrBuilder {
+    fn new(ix: u32, count: u32) -> Self {
+        ArrBuilder {
+            ix,
+            count,
+            a: Arr::default(),
+            origins: Vec::new(),
+        }
+    }
+
+    /// The id of the last slot pushed.
+    fn last_id(&self) -> Option<Stamp> {
+        self.a.slots.last().map(|e| e.id)
+    }
+
+    /// Adds the next slot; `max_u` rises to its version.
+    fn push(&mut self, e: SnapElem, max_u: &mut u64) -> Result<()> {
+        let s = self.a.slots.len() as u32;
         *max_u = (*max_u).max(e.u);
         if e.r.is_some() {
-            a.dead += 1;
+            self.a.dead += 1;
         }
-        let (origin, right) = (a.link_to(e.o), a.link_to(e.ro));
-        a.slots.push(Elem {
+        let origin = self.link_later(s, false, e.o);
+        let right = self.link_later(s, true, e.ro);
+        let val = restore_val(e.v, self.count)?;
+        self.a.slots.push(Elem {
             id: e.e,
             origin,
             right,
-            val: restore_val(e.v, count)?,
+            val,
             vstamp: e.t,
             removed: e.r,
             u: e.u,
         });
+        Ok(())
     }
-    let mut seen = vec![false; a.slots.len()];
-    for s in &sa.order {
-        match seen.get_mut(*s as usize) {
-            Some(b) if !*b => *b = true,
-            _ => return Err(broken()),
+
+    /// The link to `id` from slot `s` when it is the slot before, else none until `finish`.
+    fn link_later(&mut self, s: u32, right: bool, id: Option<Stamp>) -> Link {
+        match id {
+            None => Link::NONE,
+            Some(id) if self.last_id() == Some(id) => Link::to(s - 1),
+            Some(id) => {
+                self.origins.push((s, right, id));
+                Link::NONE
+            }
         }
     }
-    if sa.order.len() != a.slots.len() || a.by_id.len() != a.slots.len() {
-        return Err(broken());
+
+    /// The array, its ids checked to be distinct and `order` to be a permutation of its slots.
+    fn finish(self, order: Vec<u32>) -> Result<Arr> {
+        let broken = || Error::Snapshot(format!("array node {} has a broken order", self.ix));
+        let mut a = self.a;
+        a.slots.shrink_to_fit();
+        a.by_id.reserve(a.slots.len());
+        for (s, e) in a.slots.iter().enumerate() {
+            if a.by_id.insert(e.id, s as u32).is_some() {
+                return Err(broken());
+            }
+        }
+        for (s, right, id) in self.origins {
+            let l = a.link_to(Some(id));
+            let e = &mut a.slots[s as usize];
+            if right {
+                e.right = l;
+            } else {
+                e.origin = l;
+            }
+        }
+        let mut seen = vec![false; a.slots.len()];
+        for s in &order {
+            match seen.get_mut(*s as usize) {
+                Some(b) if !*b => *b = true,
+                _ => return Err(broken()),
+            }
+        }
+        if order.len() != a.slots.len() {
+            return Err(broken());
+        }
+        a.order = order;
+        Ok(a)
     }
-    a.order = sa.order;
-    Ok(a)
 }
 
 /// Checks that the root is an object and that every node's parent has the slot it names.
@@ -403,18 +481,12 @@ fn snap_node(n: &Node) -> SnapNode {
 /// the clock value's distance from the node id's (small for slots written with the node or soon
 /// after); values are JSON as they are, a child node `{"n": index}`, a removed value `{}`, a
 /// text `{"t": text}`.
-#[derive(Serialize, Deserialize)]
-struct RowNode<'a, V>(
-    Vec<ClientId>,
-    u64,
-    Option<(u32, u32)>,
-    u64,
-    #[serde(borrow)] RowBody<'a, V>,
-);
+#[derive(Serialize)]
+struct RowNode<'a, V>(Vec<ClientId>, u64, Option<(u32, u32)>, u64, RowBody<'a, V>);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 enum RowBody<'a, V> {
-    O(#[serde(borrow)] Vec<RowField<'a, V>>),
+    O(Vec<RowField<'a, V>>),
     A(Vec<RowElem<V>>, Vec<u32>),
 }
 
@@ -761,83 +833,275 @@ fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
     RowNode(w.clients, n.id.hlc, n.parent, n.u, body)
 }
 
-/// A node record read back as the snapshot's node form.
-fn node_of_row(ix: u32, row: RowNode<'_, RowVal>, keys: &mut KeyTable) -> Result<SnapNode> {
-    let RowNode(clients, base, parent, u, body) = row;
-    let bad = |what: &str| Error::Snapshot(format!("saved node {ix}: {what}"));
-    let stamp = |(ci, off): RowStamp| -> Result<Stamp> {
-        let client = *clients
+/// The stamps and values of one saved record read back: the record's clients and base clock.
+struct RowReading {
+    ix: u32,
+    clients: Vec<ClientId>,
+    base: u64,
+}
+
+impl RowReading {
+    fn bad(&self, what: &str) -> Error {
+        Error::Snapshot(format!("saved node {}: {what}", self.ix))
+    }
+
+    fn stamp(&self, (ci, off): RowStamp) -> Result<Stamp> {
+        let client = *self
+            .clients
             .get(ci as usize)
-            .ok_or_else(|| bad("a stamp names no client"))?;
-        let hlc = base.wrapping_add(off as u64);
+            .ok_or_else(|| self.bad("a stamp names no client"))?;
+        let hlc = self.base.wrapping_add(off as u64);
         if hlc >= crate::engine::stamp::MAX_HLC {
-            return Err(bad("a stamp out of range"));
+            return Err(self.bad("a stamp out of range"));
         }
         Ok(Stamp { hlc, client })
-    };
-    let val = |v: RowVal| -> Result<SnapVal> {
+    }
+
+    fn val(&self, v: RowVal) -> Result<SnapVal> {
         Ok(match v {
-            RowVal::Node(n) => {
-                SnapVal::N(u32::try_from(n).map_err(|_| bad("a child node index is out of range"))?)
-            }
+            RowVal::Node(n) => SnapVal::N(
+                u32::try_from(n).map_err(|_| self.bad("a child node index is out of range"))?,
+            ),
             RowVal::Text(t) => SnapVal::T(t),
             RowVal::Gone => SnapVal::G,
             RowVal::Prim(p) => SnapVal::P(p),
         })
-    };
-    let id = stamp((0, 0))?;
-    let (obj, arr) = match body {
-        RowBody::O(fields) => {
-            let mut out = Vec::with_capacity(fields.len());
-            for RowField(k, v, rest) in fields {
-                let (t, u) = match rest {
-                    Some((t, u)) => (stamp(t)?, u),
-                    None => (id, u),
-                };
-                out.push(SnapField {
-                    k: intern(keys, &k.0),
-                    v: val(v)?,
-                    t,
-                    u,
-                });
-            }
-            (Some(out), None)
+    }
+
+    /// An object's fields (`u`: the node's version).
+    fn fields(
+        &self,
+        fields: Vec<RowField<'_, RowVal>>,
+        u: u64,
+        keys: &mut KeyTable,
+    ) -> Result<Vec<SnapField>> {
+        let id = self.stamp((0, 0))?;
+        let mut out = Vec::with_capacity(fields.len());
+        for RowField(k, v, rest) in fields {
+            let (t, u) = match rest {
+                Some((t, u)) => (self.stamp(t)?, u),
+                None => (id, u),
+            };
+            out.push(SnapField {
+                k: intern(keys, &k.0),
+                v: self.val(v)?,
+                t,
+                u,
+            });
         }
-        RowBody::A(elems, order) => {
-            let mut slots: Vec<SnapElem> = Vec::with_capacity(elems.len());
-            for RowElem(e, v, rest) in elems {
-                let e = stamp(e)?;
-                let before = slots.last().map(|p| p.e);
-                let (o, ro, t, r, u) = match rest {
-                    Some(RowElemRest(o, ro, t, r, eu)) => (
-                        o.map(stamp).transpose()?,
-                        ro.map(stamp).transpose()?,
-                        stamp(t)?,
-                        r.map(stamp).transpose()?,
-                        eu,
-                    ),
-                    None => (before, None, e, None, u),
-                };
-                slots.push(SnapElem {
-                    e,
-                    o,
-                    ro,
-                    v: val(v)?,
-                    t,
-                    r,
-                    u,
-                });
-            }
-            (None, Some(SnapArr { slots, order }))
+        Ok(out)
+    }
+
+    /// An array's element (`before`: the id of the slot before it; `u`: the node's version).
+    fn elem(&self, e: RowElem<RowVal>, before: Option<Stamp>, u: u64) -> Result<SnapElem> {
+        let RowElem(e, v, rest) = e;
+        let e = self.stamp(e)?;
+        let (o, ro, t, r, u) = match rest {
+            Some(RowElemRest(o, ro, t, r, eu)) => (
+                o.map(|o| self.stamp(o)).transpose()?,
+                ro.map(|ro| self.stamp(ro)).transpose()?,
+                self.stamp(t)?,
+                r.map(|r| self.stamp(r)).transpose()?,
+                eu,
+            ),
+            None => (before, None, e, None, u),
+        };
+        Ok(SnapElem {
+            e,
+            o,
+            ro,
+            v: self.val(v)?,
+            t,
+            r,
+            u,
+        })
+    }
+}
+
+/// Reads one saved record (a [`RowNode`]) straight into the next node of `r`: an array's
+/// elements become the replica's as they are read. An error of ours (not of the JSON) is left in
+/// `failed` and stops the reading, so that it reaches the caller as it is, not as a JSON error.
+struct RowSeed<'r> {
+    r: &'r mut Restoring,
+    keys: &'r mut KeyTable,
+    failed: &'r mut Option<Error>,
+}
+
+/// Keeps `e` in `failed` and stops the reading with it.
+fn stop<E: serde::de::Error>(failed: &mut Option<Error>, e: Error) -> E {
+    let text = e.to_string();
+    *failed = Some(e);
+    E::custom(text)
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a saved node: [clients, clock, parent, version, body]")
+    }
+    fn visit_seq<S: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: S,
+    ) -> std::result::Result<(), S::Error> {
+        use serde::de::Error as _;
+        let reading = RowReading {
+            ix: self.r.nodes.len() as u32,
+            clients: need(&mut seq)?,
+            base: need(&mut seq)?,
+        };
+        let parent: Option<(u32, u32)> = need(&mut seq)?;
+        let u: u64 = need(&mut seq)?;
+        let body = BodySeed {
+            reading: &reading,
+            u,
+            count: self.r.count,
+            max_u: &mut self.r.max_u,
+            keys: self.keys,
+            failed: &mut *self.failed,
+        };
+        let body = seq
+            .next_element_seed(body)?
+            .ok_or_else(|| S::Error::custom("a saved node cut short"))?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(S::Error::custom("a saved node with too many items"));
         }
-    };
-    Ok(SnapNode {
-        id,
-        parent,
-        u,
-        obj,
-        arr,
-    })
+        let added = reading
+            .stamp((0, 0))
+            .and_then(|id| self.r.add(id, parent, u, body));
+        added.map_err(|e| stop(self.failed, e))
+    }
+}
+
+/// A record's body, `{"O": fields}` or `{"A": [elements, order]}`, read into the node's body.
+struct BodySeed<'b> {
+    reading: &'b RowReading,
+    u: u64,
+    count: u32,
+    max_u: &'b mut u64,
+    keys: &'b mut KeyTable,
+    failed: &'b mut Option<Error>,
+}
+
+#[derive(Deserialize)]
+enum BodyTag {
+    O,
+    A,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Body;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Body, D::Error> {
+        d.deserialize_enum("RowBody", &["O", "A"], self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
+    type Value = Body;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a saved node's body")
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(
+        self,
+        data: A,
+    ) -> std::result::Result<Body, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, body) = data.variant::<BodyTag>()?;
+        match tag {
+            BodyTag::O => {
+                let fields: Vec<RowField<'de, RowVal>> = body.newtype_variant()?;
+                let ix = self.reading.ix;
+                self.reading
+                    .fields(fields, self.u, self.keys)
+                    .and_then(|f| restore_obj(ix, f, self.count, self.max_u))
+                    .map(Body::Obj)
+                    .map_err(|e| stop(self.failed, e))
+            }
+            BodyTag::A => body.tuple_variant(2, ArrSeed(self)),
+        }
+    }
+}
+
+/// `[elements, order]`: each element made the array's as it is read.
+struct ArrSeed<'b>(BodySeed<'b>);
+
+impl<'de> serde::de::Visitor<'de> for ArrSeed<'_> {
+    type Value = Body;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a saved array: [elements, order]")
+    }
+    fn visit_seq<S: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: S,
+    ) -> std::result::Result<Body, S::Error> {
+        use serde::de::Error as _;
+        let BodySeed {
+            reading,
+            u,
+            count,
+            max_u,
+            failed,
+            ..
+        } = self.0;
+        let mut b = ArrBuilder::new(reading.ix, count);
+        let elems = ElemsSeed {
+            reading,
+            u,
+            b: &mut b,
+            max_u,
+            failed: &mut *failed,
+        };
+        seq.next_element_seed(elems)?
+            .ok_or_else(|| S::Error::custom("a saved array cut short"))?;
+        let order: Vec<u32> = need(&mut seq)?;
+        if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(S::Error::custom("a saved array with too many items"));
+        }
+        b.finish(order)
+            .map(|a| Body::Arr(Box::new(a)))
+            .map_err(|e| stop(failed, e))
+    }
+}
+
+/// An array's elements.
+struct ElemsSeed<'b> {
+    reading: &'b RowReading,
+    u: u64,
+    b: &'b mut ArrBuilder,
+    max_u: &'b mut u64,
+    failed: &'b mut Option<Error>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ElemsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ElemsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a saved array's elements")
+    }
+    fn visit_seq<S: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: S,
+    ) -> std::result::Result<(), S::Error> {
+        while let Some(e) = seq.next_element::<RowElem<RowVal>>()? {
+            self.reading
+                .elem(e, self.b.last_id(), self.u)
+                .and_then(|e| self.b.push(e, self.max_u))
+                .map_err(|e| stop(self.failed, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where an incremental save left off: the replica's local version and node count then.
@@ -994,9 +1258,19 @@ impl Document {
             }
             let json =
                 unpack_row(&text).map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
-            let row: RowNode<'_, RowVal> = serde_json::from_slice(&json)
-                .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
-            r.push(node_of_row(ix, row, &mut keys)?)?;
+            let mut failed = None;
+            let seed = RowSeed {
+                r: &mut r,
+                keys: &mut keys,
+                failed: &mut failed,
+            };
+            let mut de = serde_json::Deserializer::from_slice(&json);
+            serde::de::DeserializeSeed::deserialize(seed, &mut de)
+                .and_then(|()| de.end())
+                .map_err(|e| match failed.take() {
+                    Some(ours) => ours,
+                    None => Error::Snapshot(format!("saved node {ix}: {e}")),
+                })?;
         }
         if r.nodes.len() as u32 != count {
             return Err(Error::Snapshot(format!(
@@ -1181,6 +1455,37 @@ mod parts_tests {
         );
     }
 
+    /// An array record is read an element at a time; an origin that is a later slot (slots are
+    /// in arrival order, so only a hand-made or hostile record has one) still links to that slot,
+    /// not to a stamp kept aside, and the replica saves as it was read.
+    #[test]
+    fn an_element_whose_origin_is_a_later_slot_links_to_it() {
+        let mut d = Document::new(&serde_json::json!({"a": [1, 2]})).unwrap();
+        d.insert("a", 1, serde_json::json!(3)).unwrap();
+        let p = d.save_parts(None);
+        let mut row: serde_json::Value = serde_json::from_slice(&p.nodes[1].1).unwrap();
+        let version = row[3].clone();
+        let elems = row[4]["A"][0].as_array_mut().unwrap();
+        // The second slot, [id, value] (after the first, of the node's version), written out in
+        // full with the third slot as its origin.
+        let third = elems[2][0].clone();
+        let second = &mut elems[1];
+        *second = serde_json::json!([second[0], second[1], third, null, second[0], null, version]);
+        let mut nodes = p.nodes.clone();
+        nodes[1].1 = row.to_string().into_bytes();
+        let (odd, _) = Document::restore_parts(&p.head, nodes.clone()).unwrap();
+        let Body::Arr(a) = &odd.nodes[1].body else {
+            panic!("node 1 is the array");
+        };
+        assert!(a.foreign.is_empty(), "the origin is a slot of the array");
+        assert_eq!(a.link_id(a.slots[1].origin), Some(a.slots[2].id));
+        assert_eq!(
+            odd.save_parts(None).nodes[1].1,
+            nodes[1].1,
+            "saved as it was read"
+        );
+    }
+
     /// Hostile or damaged node records are refused with what is wrong, never a panic.
     #[test]
     fn every_kind_of_value_reads_back_from_parts() {
@@ -1257,6 +1562,36 @@ mod parts_tests {
             (
                 r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[["k",{"n":1,"t":2}]]}]"#,
                 "unknown form",
+            ),
+            // An array's elements are made the replica's as they are read: an error in one is
+            // still ours, naming the node, and ends the load.
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],1],[[4,2],2]],[0,1]]}]"#,
+                "saved node 1: a stamp names no client",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],1],[[0,1],2]],[0,1]]}]"#,
+                "array node 1 has a broken order",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],1]],[0],[0]]}]"#,
+                "too many items",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],1]]]}]"#,
+                "cut short",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"A":[[[[0,1],1]],[1]]}]"#,
+                "broken order",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"Q":[]}]"#,
+                "unknown variant",
+            ),
+            (
+                r#"[["aaaaaaaaaaaaaaaa"],5,[0,0],1,{"O":[]},7]"#,
+                "too many items",
             ),
         ];
         for (row, want) in cases {
