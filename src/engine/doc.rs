@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::engine::HashMap;
 use crate::engine::change_index::ChangeIndex;
 use crate::engine::error::{Error, Result};
+use crate::engine::id_index::IdIndex;
 use crate::engine::path::{self, Segment};
 use crate::engine::scalar::Scalar;
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
@@ -225,7 +226,7 @@ pub(crate) struct Arr {
     /// Elements in arrival order; `order` gives document order.
     pub slots: Vec<Elem>,
     pub order: Vec<u32>,
-    pub by_id: HashMap<Stamp, u32>,
+    pub by_id: IdIndex,
     /// How many elements are removed (when 0, a visible index is a position in `order`).
     pub dead: usize,
     /// Position of the last element inserted, to place runs of inserts without a scan.
@@ -236,6 +237,29 @@ pub(crate) struct Arr {
 }
 
 impl Arr {
+    /// The slot of element `id`.
+    pub fn slot(&self, id: Stamp) -> Option<u32> {
+        self.by_id.get(id, |s| self.slots[s as usize].id)
+    }
+
+    /// Room for `more` elements without growing.
+    pub fn reserve(&mut self, more: usize) {
+        self.slots.reserve(more);
+        self.order.reserve(more);
+        let slots = &self.slots;
+        self.by_id.reserve(more, |s| slots[s as usize].id);
+    }
+
+    /// Enters the last slot pushed in `by_id` (`false`: its id is held already).
+    pub fn index_last(&mut self) -> bool {
+        let Some(last) = self.slots.len().checked_sub(1) else {
+            return false;
+        };
+        let id = self.slots[last].id;
+        self.by_id
+            .insert(id, last as u32, |s| self.slots[s as usize].id)
+    }
+
     /// The id of the element `l` links to.
     pub fn link_id(&self, l: Link) -> Option<Stamp> {
         if l == Link::NONE {
@@ -250,8 +274,8 @@ impl Arr {
     /// The link to element `id` (`None`: none), kept in `foreign` if this array lacks it.
     pub fn link_to(&mut self, id: Option<Stamp>) -> Link {
         let Some(id) = id else { return Link::NONE };
-        if let Some(s) = self.by_id.get(&id) {
-            return Link::to(*s);
+        if let Some(s) = self.slot(id) {
+            return Link::to(s);
         }
         let i = self.foreign.len() as u32;
         self.foreign.push(id);
@@ -309,7 +333,7 @@ pub struct Document {
     pub(crate) version: u64,
     pub(crate) clock: Hlc,
     pub(crate) nodes: Vec<Node>,
-    pub(crate) by_id: HashMap<Stamp, Ix>,
+    pub(crate) by_id: IdIndex,
     /// The names of the objects' keys (see [`Key`]).
     pub(crate) keys: KeyTable,
     /// (u, node, slot) for every slot changed after the index's base: what changed after a
@@ -383,6 +407,28 @@ pub fn random_token() -> String {
 }
 
 impl Document {
+    /// The index of node `id`.
+    pub(crate) fn node_ix(&self, id: Stamp) -> Option<Ix> {
+        self.by_id.get(id, |ix| self.nodes[ix as usize].id)
+    }
+
+    /// Room for `more` nodes without growing.
+    pub(crate) fn reserve_nodes(&mut self, more: usize) {
+        self.nodes.reserve(more);
+        let nodes = &self.nodes;
+        self.by_id.reserve(more, |ix| nodes[ix as usize].id);
+    }
+
+    /// Enters the last node pushed in `by_id` (`false`: its id is held already).
+    pub(crate) fn index_last_node(&mut self) -> bool {
+        let Some(last) = self.nodes.len().checked_sub(1) else {
+            return false;
+        };
+        let id = self.nodes[last].id;
+        self.by_id
+            .insert(id, last as Ix, |ix| self.nodes[ix as usize].id)
+    }
+
     /// Creates a document from a JSON object, with a random document id and client id.
     pub fn new(value: &Value) -> Result<Self> {
         Self::with_ids(value, random_token(), ClientId::random())
@@ -460,7 +506,7 @@ impl Document {
                 u: 0,
                 body: Body::Obj(Obj::default()),
             }],
-            by_id: HashMap::default(),
+            by_id: IdIndex::default(),
             keys: KeyTable::default(),
             index: ChangeIndex::default(),
             index_later: false,
@@ -471,7 +517,7 @@ impl Document {
             wall: Arc::new(system_now_ms),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
         };
-        doc.by_id.insert(id, ROOT);
+        doc.index_last_node();
         doc
     }
 
@@ -1049,7 +1095,7 @@ impl Document {
             u,
             body,
         });
-        self.by_id.insert(id, ix);
+        self.index_last_node();
         match value {
             Value::Object(m) => {
                 for (k, v) in m {
@@ -1100,7 +1146,7 @@ impl Document {
                 u,
             });
             a.order.insert(pos, slot);
-            a.by_id.insert(id, slot);
+            a.index_last();
             a.last_pos = Some(pos);
             if !self.index_later {
                 self.index.enter((u, n, slot), 0);

@@ -394,7 +394,7 @@ impl Document {
         if !(matches!(loc, Loc::Root) && w.id.hlc == 0) {
             c.stamp(w.id)?;
         }
-        let local = self.by_id.get(&w.id).copied();
+        let local = self.node_ix(w.id);
         self.check_place(w, &loc, local, c)?;
         match (&w.body, local.map(|ix| &self.nodes[ix as usize].body)) {
             (WBody::Obj(_), Some(Body::Arr(_))) => c.fail(format!(
@@ -508,7 +508,7 @@ impl Document {
                     self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
                 }
                 Some((WVal::Text(t), _)) => {
-                    let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| &a.slots[*s as usize]));
+                    let le = la.and_then(|a| a.slot(e.id).map(|s| &a.slots[s as usize]));
                     self.check_text(t, le.map(|le| (&le.val, le.vstamp)), c)?;
                     if le.is_none() && c.skip_text.contains(&text_key(t)) {
                         // A new element whose text cannot be placed waits with it.
@@ -534,7 +534,7 @@ impl Document {
             if o >= e.id {
                 return c.fail(format!("element {} is not newer than its origin {o}", e.id));
             }
-            let held = la.is_some_and(|a| a.by_id.contains_key(&o));
+            let held = la.is_some_and(|a| a.slot(o).is_some());
             if !held && (!ids.contains(&o) || c.skip.contains(&o)) {
                 // Its origin came in a message that has not arrived: merged once it has.
                 c.skip.insert(e.id);
@@ -547,7 +547,7 @@ impl Document {
                     e.id
                 ));
             }
-            let held = la.is_some_and(|a| a.by_id.contains_key(&r));
+            let held = la.is_some_and(|a| a.slot(r).is_some());
             if !held && (!ids.contains(&r) || c.skip.contains(&r)) {
                 c.skip.insert(e.id);
             }
@@ -564,7 +564,7 @@ impl Document {
                 return c.fail(format!("element {} has a value older than itself", e.id));
             }
         }
-        let le = la.and_then(|a| a.by_id.get(&e.id).map(|s| (a, &a.slots[*s as usize])));
+        let le = la.and_then(|a| a.slot(e.id).map(|s| (a, &a.slots[s as usize])));
         if let Some((a, le)) = le {
             if a.link_id(le.origin) != e.origin || a.link_id(le.right) != e.right {
                 return c.fail(format!("element {} has other origins here", e.id));
@@ -643,6 +643,14 @@ impl Document {
                 let mut sorted: Vec<&WElem> =
                     elems.iter().filter(|e| !m.skip.contains(&e.id)).collect();
                 sorted.sort_by_key(|e| e.id);
+                // Room at once for what may be new (all of it in a full sync), so that the id
+                // maps do not grow, and place their entries again, element by element.
+                let nested = sorted
+                    .iter()
+                    .filter(|e| matches!(e.val, Some((WVal::Node(_), _))))
+                    .count();
+                self.reserve_nodes(nested);
+                self.arr_mut(ix).reserve(sorted.len());
                 for e in sorted {
                     let slot = self.integrate_elem(e, ix, m);
                     if let Some((WVal::Node(c), _)) = &e.val {
@@ -676,7 +684,7 @@ impl Document {
         let u = m.u;
         let text_skipped =
             matches!(&e.val, Some((WVal::Text(t), _)) if m.skip_text.contains(&text_key(t)));
-        if let Some(&slot) = self.arr(ix).by_id.get(&e.id) {
+        if let Some(slot) = self.arr(ix).slot(e.id) {
             let el = &self.arr(ix).slots[slot as usize];
             let old_u = el.u;
             if el.removed.is_some() {
@@ -740,7 +748,7 @@ impl Document {
             u,
         });
         a.order.insert(pos, slot);
-        a.by_id.insert(e.id, slot);
+        a.index_last();
         a.last_pos = Some(pos);
         if e.removed.is_some() {
             a.dead += 1;
@@ -868,8 +876,8 @@ impl Document {
 
     /// The local node for a wire node, created empty (to be filled by `integrate`) if new.
     fn node_for(&mut self, w: &WNode, parent: (Ix, u32), u: u64) -> Ix {
-        if let Some(ix) = self.by_id.get(&w.id) {
-            return *ix;
+        if let Some(ix) = self.node_ix(w.id) {
+            return ix;
         }
         let ix = self.nodes.len() as Ix;
         self.nodes.push(Node {
@@ -882,7 +890,7 @@ impl Document {
                 Body::Obj(Obj::default())
             },
         });
-        self.by_id.insert(w.id, ix);
+        self.index_last_node();
         ix
     }
 }

@@ -12,6 +12,7 @@ mod doc;
 mod emit;
 mod error;
 mod fugue;
+mod id_index;
 mod json;
 mod local_text;
 mod merge;

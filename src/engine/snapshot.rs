@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::HashMap;
 use crate::engine::change_index::ChangeIndex;
 use crate::engine::doc::{
     Arr, Body, Document, Elem, Field, Key, KeyTable, Link, Node, Obj, PeerState, Val, intern,
 };
 use crate::engine::error::{Error, Result};
+use crate::engine::id_index::IdIndex;
 use crate::engine::scalar::{NUMBER_TOKEN, Scalar, ScalarVisitor};
 use crate::engine::stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
 use crate::engine::text::{Piece, Text};
@@ -212,7 +212,7 @@ fn check_format(snap: &Snap) -> Result<()> {
 struct Restoring {
     count: u32,
     nodes: Vec<Node>,
-    by_id: HashMap<Stamp, u32>,
+    by_id: IdIndex,
     /// The latest version of any slot restored.
     max_u: u64,
 }
@@ -224,7 +224,7 @@ impl Restoring {
         Restoring {
             count,
             nodes: Vec::with_capacity(n),
-            by_id: HashMap::with_capacity_and_hasher(n, Default::default()),
+            by_id: IdIndex::with_capacity(n),
             max_u: 0,
         }
     }
@@ -249,9 +249,6 @@ impl Restoring {
     fn add(&mut self, id: Stamp, parent: Option<(u32, u32)>, u: u64, body: Body) -> Result<()> {
         let bad = |m: String| Error::Snapshot(m);
         let (ix, count) = (self.nodes.len() as u32, self.count);
-        if self.by_id.insert(id, ix).is_some() {
-            return Err(bad(format!("node id {id} appears twice")));
-        }
         if (ix == 0) != parent.is_none() || parent.is_some_and(|(p, _)| p >= count) {
             return Err(bad(format!("node {ix} has an impossible parent")));
         }
@@ -261,6 +258,10 @@ impl Restoring {
             u,
             body,
         });
+        let nodes = &self.nodes;
+        if !self.by_id.insert(id, ix, |ix| nodes[ix as usize].id) {
+            return Err(bad(format!("node id {id} appears twice")));
+        }
         Ok(())
     }
 }
@@ -342,9 +343,10 @@ impl ArrBuilder {
         let broken = || Error::Snapshot(format!("array node {} has a broken order", self.ix));
         let mut a = self.a;
         a.slots.shrink_to_fit();
-        a.by_id.reserve(a.slots.len());
-        for (s, e) in a.slots.iter().enumerate() {
-            if a.by_id.insert(e.id, s as u32).is_some() {
+        let slots = &a.slots;
+        a.by_id.reserve(slots.len(), |s| slots[s as usize].id);
+        for (s, e) in slots.iter().enumerate() {
+            if !a.by_id.insert(e.id, s as u32, |s| slots[s as usize].id) {
                 return Err(broken());
             }
         }
