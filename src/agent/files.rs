@@ -263,8 +263,14 @@ fn reconcile(
     before_write: &mut dyn FnMut(),
 ) -> Result<()> {
     for _ in 0..MAX_ROUNDS {
-        apply_save(cfg, store, name, st, &file.value)?;
-        st.shadow = Some(file.value.to_string());
+        // The file as the agent last read or wrote it (usually: a merge landed and the file is
+        // only to be written) holds no save; checked on the text, so that the document, the
+        // shadow and their merge are not made as JSON values (each ~8 times the text) for nothing.
+        let text = file.value.to_string();
+        if st.shadow.as_deref() != Some(text.as_str()) {
+            apply_save(cfg, store, name, st, &file.value)?;
+        }
+        st.shadow = Some(text);
         st.read_at = Some(now_ms());
         st.error = None;
         let doc = store.read_doc(name, Document::to_json)?;
