@@ -643,14 +643,17 @@ impl Document {
                 let mut sorted: Vec<&WElem> =
                     elems.iter().filter(|e| !m.skip.contains(&e.id)).collect();
                 sorted.sort_by_key(|e| e.id);
-                // Room at once for what may be new (all of it in a full sync), so that the id
-                // maps do not grow, and place their entries again, element by element.
-                let nested = sorted
-                    .iter()
-                    .filter(|e| matches!(e.val, Some((WVal::Node(_), _))))
-                    .count();
-                self.reserve_nodes(nested);
-                self.arr_mut(ix).reserve(sorted.len());
+                // An array new here (every array of a full sync) gets room for all of it at once,
+                // so that its id maps do not grow, and place their entries again, element by
+                // element. Not one held already: room reserved at a full table is a new table.
+                if self.arr(ix).slots.is_empty() {
+                    let nested = sorted
+                        .iter()
+                        .filter(|e| matches!(e.val, Some((WVal::Node(_), _))))
+                        .count();
+                    self.reserve_nodes(nested);
+                    self.arr_mut(ix).reserve(sorted.len());
+                }
                 for e in sorted {
                     let slot = self.integrate_elem(e, ix, m);
                     if let Some((WVal::Node(c), _)) = &e.val {
