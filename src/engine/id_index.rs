@@ -5,8 +5,8 @@
 //! takes 24 bytes per entry, about a tenth of a 10 MB document's replica for its two maps. Here
 //! the table holds only the 4-byte slot numbers; a lookup compares the stamp of the slot a number
 //! names (hashbrown's `HashTable`, a Swiss table of SIMD-probed control bytes, lets the caller
-//! hash and compare). Hashing is foldhash seeded at random per process, as the engine's other
-//! maps (see [`crate::engine::HashMap`]).
+//! hash and compare). Hashing is foldhash with a random seed of each index's own, as the engine's
+//! other maps (see [`crate::engine::HashMap`]).
 
 use std::hash::BuildHasher;
 

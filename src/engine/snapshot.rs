@@ -195,7 +195,8 @@ fn restore_obj(ix: u32, fields: Vec<SnapField>, count: u32, max_u: &mut u64) -> 
     Ok(o)
 }
 
-/// Refuses a saved head of another format or a version this code does not know.
+/// Refuses a saved head of another format or a version this code does not know, or with a clock
+/// no replica can reach (its clock stops short of [`crate::engine::stamp::MAX_HLC`]).
 fn check_format(snap: &Snap) -> Result<()> {
     if snap.format != SNAPSHOT_FORMAT || !(1..=SNAPSHOT_VERSION).contains(&snap.version) {
         return Err(Error::Snapshot(format!(
@@ -203,8 +204,17 @@ fn check_format(snap: &Snap) -> Result<()> {
             snap.format, snap.version
         )));
     }
+    if snap.clock >= crate::engine::stamp::MAX_HLC {
+        return Err(Error::Snapshot(format!(
+            "the saved clock {:x} is beyond any clock value",
+            snap.clock
+        )));
+    }
     Ok(())
 }
+
+/// The most nodes a restore makes room for before it has read them.
+const RESERVE_AT_MOST: usize = 1 << 20;
 
 /// The nodes of a replica being restored, each made as it is read: the saved form of the
 /// next node is dropped before the one after is read, so that a load never holds the whole
@@ -218,9 +228,10 @@ struct Restoring {
 }
 
 impl Restoring {
-    /// Room for `count` nodes.
+    /// Room for `count` nodes, up to [`RESERVE_AT_MOST`] (a damaged head's count must not
+    /// reserve gigabytes: beyond that the tables grow as the nodes come).
     fn new(count: u32) -> Self {
-        let n = count as usize;
+        let n = (count as usize).min(RESERVE_AT_MOST);
         Restoring {
             count,
             nodes: Vec::with_capacity(n),
@@ -1527,6 +1538,27 @@ mod parts_tests {
         }
         assert_eq!(early.digest(), live.digest());
         assert_eq!(late.digest(), live.digest());
+    }
+
+    /// A damaged head: an absurd node count reserves no gigabytes (it is refused once the nodes
+    /// fall short of it), a clock beyond any clock value is refused.
+    #[test]
+    fn a_head_with_an_absurd_count_or_clock_is_refused() {
+        let p = parts();
+        let mut head: serde_json::Value = serde_json::from_str(&p.head).unwrap();
+        head["node_count"] = serde_json::json!(u32::MAX);
+        let e = refusal(&head.to_string(), p.nodes.clone());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("of 4294967295")),
+            "{e:?}"
+        );
+        let mut head: serde_json::Value = serde_json::from_str(&p.head).unwrap();
+        head["clock"] = serde_json::json!(crate::engine::stamp::MAX_HLC);
+        let e = refusal(&head.to_string(), p.nodes.clone());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("beyond any clock")),
+            "{e:?}"
+        );
     }
 
     #[test]
