@@ -65,12 +65,24 @@ fn trusted_signature(path: &Path) -> Option<String> {
 
 /// Reads and parses the file at `path` (see [`Read`]).
 pub fn read(path: &Path) -> Read {
+    match read_text(path) {
+        Ok((text, signature)) => parse(path, text, signature),
+        Err(r) => r,
+    }
+}
+
+/// The text of the file at `path` and its trusted signature, or why there is none.
+fn read_text(path: &Path) -> std::result::Result<(String, Option<String>), Read> {
     let signature = trusted_signature(path);
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Missing,
-        Err(e) => return Read::Bad(format!("cannot read {}: {e}", path.display())),
-    };
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok((t, signature)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Read::Missing),
+        Err(e) => Err(Read::Bad(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// The file's `text` parsed (see [`Read`]).
+fn parse(path: &Path, text: String, signature: Option<String>) -> Read {
     let value: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => {
@@ -280,23 +292,27 @@ fn reconcile(
             st.signature = file.signature;
             return Ok(());
         }
+        // Only the text is needed from here on (its style and key order), unless a save came
+        // meanwhile: the file's value (~8 times its text) is not held while the document is
+        // written out, and the file read again is parsed only if it changed.
+        let text = file.text;
+        drop(file.value);
         before_write();
-        match read(path) {
-            Read::Good(again) if again.text != file.text => file = again,
-            Read::Good(_) => {
-                let order = KeyOrder::of(&file.text);
-                write(
-                    path,
-                    &doc,
-                    &Style::detect(&file.text),
-                    order.as_ref(),
-                    st,
-                    rev,
-                );
+        match read_text(path) {
+            Ok((again, signature)) if again != text => match parse(path, again, signature) {
+                Read::Good(again) => file = again,
+                // Saved meanwhile as something not applicable: left as it is, reported next time.
+                Read::Missing | Read::Bad(_) => {
+                    st.rev = None;
+                    return Ok(());
+                }
+            },
+            Ok(_) => {
+                let order = KeyOrder::of(&text);
+                write(path, &doc, &Style::detect(&text), order.as_ref(), st, rev);
                 return Ok(());
             }
-            // Saved meanwhile as something not applicable: left as it is, reported next time.
-            Read::Missing | Read::Bad(_) => {
+            Err(_) => {
                 st.rev = None;
                 return Ok(());
             }
