@@ -282,21 +282,25 @@ fn reconcile(
         if st.shadow.as_deref() != Some(text.as_str()) {
             apply_save(cfg, store, name, st, &file.value)?;
         }
+        // From here on only the file's text is needed (its style and key order), unless a save
+        // comes meanwhile: its value (~8 times the text) is not held while the document is made
+        // and written out, and the file read again is parsed only if it changed. The document is
+        // compared with the file as compact JSON text, the shadow's: serde_json writes a value's
+        // keys sorted and its numbers as read, so equal texts are equal values.
+        drop(file.value);
+        let doc = store.read_doc(name, Document::to_json)?;
+        let rev = store.doc_rev(name)?;
+        // As text: `Value == String` would compare with a JSON string value.
+        let same = serde_json::to_string(&doc).is_ok_and(|t| t == text);
         st.shadow = Some(text);
         st.read_at = Some(now_ms());
         st.error = None;
-        let doc = store.read_doc(name, Document::to_json)?;
-        let rev = store.doc_rev(name)?;
-        if doc == file.value {
+        if same {
             st.rev = rev;
             st.signature = file.signature;
             return Ok(());
         }
-        // Only the text is needed from here on (its style and key order), unless a save came
-        // meanwhile: the file's value (~8 times its text) is not held while the document is
-        // written out, and the file read again is parsed only if it changed.
         let text = file.text;
-        drop(file.value);
         before_write();
         match read_text(path) {
             Ok((again, signature)) if again != text => match parse(path, again, signature) {
