@@ -332,9 +332,10 @@ impl Changes {
         self.tree().into_value()
     }
 
-    /// The JSON text of this changes object.
+    /// The JSON text of this changes object, written as it is made (no `serde_json::Value` of
+    /// it): the same text as `to_value().to_string()`.
     pub fn to_json_string(&self) -> String {
-        self.to_value().to_string()
+        serde_json::to_string(&self.tree()).unwrap_or_default()
     }
 
     /// This changes object in the compact form (what travels by mail; see

@@ -97,6 +97,50 @@ impl<'a> ElemList<'a> {
     }
 }
 
+/// The tree written as JSON (with `serde_json`: text byte for byte as its `Value` would be, an
+/// object's keys in byte order), a node or element list made into its tree only as it is
+/// written, so that a full changes object's JSON text needs no `Value` of it (several times the
+/// text).
+impl serde::Serialize for Tree<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap, SerializeSeq};
+        match self {
+            Tree::Null => s.serialize_unit(),
+            Tree::Bool(b) => s.serialize_bool(*b),
+            Tree::Uint(n) => s.serialize_u64(*n),
+            Tree::Prim(v) => v.serialize(s),
+            Tree::Str(t) => s.serialize_str(t),
+            Tree::Stamp(st) => s.collect_str(st),
+            Tree::Arr(items) => s.collect_seq(items),
+            Tree::Obj(entries) => {
+                let mut sorted: Vec<&(Cow<'_, str>, Tree<'_>)> = entries.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut m = s.serialize_map(Some(sorted.len()))?;
+                for (k, v) in sorted {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+            Tree::Node(n, implied, parent_u) => node_tree(n, *implied, *parent_u).serialize(s),
+            Tree::Elems(list) => {
+                let mut seq = s.serialize_seq(Some(list.len()))?;
+                let mut failed = None;
+                list.each(|t| {
+                    if failed.is_none()
+                        && let Err(e) = seq.serialize_element(&t)
+                    {
+                        failed = Some(e.to_string());
+                    }
+                });
+                match failed {
+                    Some(e) => Err(S::Error::custom(e)),
+                    None => seq.end(),
+                }
+            }
+        }
+    }
+}
+
 impl Tree<'_> {
     /// The same value as a `serde_json::Value`.
     pub fn into_value(self) -> Value {
@@ -379,6 +423,11 @@ mod tests {
             value
         );
         assert_eq!(Changes::from_value(&value).unwrap().to_value(), value);
+        assert_eq!(
+            c.to_json_string(),
+            value.to_string(),
+            "the JSON text written from the tree is the Value's, byte for byte"
+        );
     }
 
     #[test]
@@ -387,7 +436,12 @@ mod tests {
             "title": "a list", "_hidden": {"__deeper": [1, "2-aaaaaaaaaaaaaaaa"]},
             "items": [{"what": "milk", "n": 1.50}, {"what": "eggs"}, [true, null]],
             "big": 18446744073709551616u128.to_string(), "neg": -7,
+            "esc": "a \"quote\", a back\\slash, a\nnew line, \t, é, 😀, \u{1}",
+            "Zeta": {"b": 1, "B": 2, "a": [], "": {}},
         });
+        let mut start = start;
+        start["exact"] =
+            serde_json::from_str("[1e400, -0.0, 1.50, 12345678901234567890123]").unwrap();
         let mut a = Document::new(&start).unwrap();
         let mut b = Document::from_changes(&a.changes()).unwrap();
         a.apply(&b.changes_for(a.client_id())).unwrap();
