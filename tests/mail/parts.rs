@@ -5,11 +5,9 @@
 //! nothing of them is merged and the agent goes on. The parts are lost, duplicated and reordered
 //! in the receiver's Maildir itself. Without the stack these tests are ignored.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use minisync::transport::parts::{PartInfo, hash};
 use serde_json::{Value, json};
 

@@ -2,11 +2,9 @@
 //! given up, and sending resumes as soon as the config is fixed. Over the real mail stack; without
 //! it the test is reported as ignored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);

@@ -6,13 +6,11 @@
 //! the mailbox afterwards (the maildir files: what is where, with which flags), on the exit code of
 //! `agent sync` and on what `agent status` says. Without the stack these tests are ignored.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::imap_proxy::{HeaderSearch, ImapProxy, Quirks, hide_caps, literal};
-use common::*;
+use crate::common::imap_proxy::{HeaderSearch, ImapProxy, Quirks, hide_caps, literal};
+use crate::common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);

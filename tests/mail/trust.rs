@@ -3,11 +3,9 @@
 //! with absurd numbers does not stop later genuine mail. Without the stack these tests are
 //! reported as ignored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);

@@ -2,12 +2,10 @@
 //! with STARTTLS against a port that speaks TLS from the first byte, every step is bounded by the
 //! configured timeout, said as it starts, and a likely mistake gets a hint.
 
-mod common;
-
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A TCP server that accepts connections and never says a word (kept open until the test ends).
 fn silent_server() -> (u16, std::thread::JoinHandle<()>) {

@@ -84,7 +84,12 @@ fn a_replica_killed_mid_save_reopens_equal_to_one_rebuilt_from_scratch() {
     let mut counts = Vec::new();
     for round in 0..24 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_edits_until_killed", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "store_kill::child_edits_until_killed",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_DB, &db)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1,11 +1,9 @@
 //! End to end over real Postfix + Dovecot (`scripts/test` starts them). Each test uses addresses of
 //! its own. Without the stack these tests are reported as ignored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);

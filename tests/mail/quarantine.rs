@@ -3,11 +3,9 @@
 //! inspects it, merges it after all, or lets it go. Over the real mail stack; without it the test
 //! is reported as ignored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);

@@ -3,12 +3,10 @@
 //! and misaddressed mail quarantined with the reason, a changed key refused until accepted, and
 //! replayed mail without effect. Without the stack these tests are reported as ignored.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use minisync::transport::mail::openpgp;
 use serde_json::{Value, json};
 

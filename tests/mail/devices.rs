@@ -4,12 +4,10 @@
 //! devices of one address running at once with IDLE; a wrong setup code refused with nothing
 //! imported. Without the stack these tests are reported as ignored.
 
-mod common;
-
 use std::time::Duration;
 
-use common::imap_proxy::{ImapProxy, Quirks};
-use common::*;
+use crate::common::imap_proxy::{ImapProxy, Quirks};
+use crate::common::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(120);

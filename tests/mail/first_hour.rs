@@ -1,9 +1,7 @@
 //! The first hour's JSON output against the real mail stack: `agent check --json` when both
 //! servers work. Without the stack this test is reported as ignored.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[test]

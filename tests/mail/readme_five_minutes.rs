@@ -2,11 +2,9 @@
 //! by "you" and "your friend" (two agents on the real mail stack, default send delay), through
 //! `sh` with the built `agent` first on PATH. Without the stack the test is reported as ignored.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// The lines of the README's five-minute block, each with who types it.
