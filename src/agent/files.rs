@@ -20,7 +20,7 @@ use crate::agent::file_merge::merge3;
 use crate::agent::file_style::{KeyOrder, Style};
 use crate::config::Config;
 use crate::engine::{Document, Edit};
-use crate::store::{FileState, Save, Store, now_ms};
+use crate::store::{FileInfo, Save, Store, now_ms};
 
 /// A modification time this close to now may still change without a new time (coarse file
 /// system clocks), so a signature that recent is not trusted to mean "unchanged".
@@ -43,6 +43,24 @@ pub struct FileText {
     pub text: String,
     pub value: Value,
     pub signature: Option<String>,
+}
+
+/// A bound file's state while a pass works on it: what the store knows of it, and its shadow,
+/// read only when the file is (the shadow is the whole document's text) and written back only
+/// when it changed.
+struct FileState {
+    info: FileInfo,
+    shadow: Option<String>,
+    shadow_changed: bool,
+}
+
+impl FileState {
+    fn set_shadow(&mut self, text: String) {
+        if self.shadow.as_deref() != Some(text.as_str()) {
+            self.shadow = Some(text);
+            self.shadow_changed = true;
+        }
+    }
 }
 
 /// The file's modification time, length and inode, and whether that time is recent.
@@ -160,27 +178,41 @@ pub fn sync_file(
     before_write: &mut dyn FnMut(),
 ) -> Result<()> {
     let shown = path.display().to_string();
-    let stored = store.file_state(name)?;
-    let mut st = stored
-        .clone()
-        .filter(|s| s.path == shown)
-        .unwrap_or_else(|| FileState {
+    let stored = store.file_info(name)?;
+    // A row about another path is about a file no longer bound: its shadow is not this file's.
+    let same_path = stored.as_ref().is_some_and(|s| s.path == shown);
+    let info = match &stored {
+        Some(s) if same_path => s.clone(),
+        _ => FileInfo {
             path: shown,
-            ..FileState::default()
-        });
+            ..FileInfo::default()
+        },
+    };
     let rev = store.doc_rev(name)?;
     let sig = signature(path).map(|(s, _)| s);
-    if rev.is_some() && st.rev == rev && sig.is_some() && sig == st.signature {
+    if rev.is_some() && info.rev == rev && sig.is_some() && sig == info.signature {
         return Ok(());
     }
+    let mut st = FileState {
+        info,
+        shadow: if same_path {
+            store.file_shadow(name)?
+        } else {
+            None
+        },
+        shadow_changed: stored.is_some() && !same_path,
+    };
     match read(path) {
         Read::Missing => missing(store, name, path, &mut st, rev)?,
-        Read::Bad(e) => st.error = Some(e),
+        Read::Bad(e) => st.info.error = Some(e),
         Read::Good(file) if rev.is_none() => import(cfg, store, name, &mut st, file)?,
         Read::Good(file) => reconcile(cfg, store, name, path, &mut st, file, before_write)?,
     }
-    if stored.as_ref() != Some(&st) {
-        store.set_file_state(name, &st)?;
+    if stored.as_ref() != Some(&st.info) || st.shadow_changed {
+        store.set_file_info(name, &st.info)?;
+    }
+    if st.shadow_changed {
+        store.set_file_shadow(name, st.shadow.as_deref())?;
     }
     Ok(())
 }
@@ -195,14 +227,14 @@ fn missing(
     st: &mut FileState,
     rev: Option<i64>,
 ) -> Result<()> {
-    st.rev = None;
-    st.signature = None;
+    st.info.rev = None;
+    st.info.signature = None;
     if rev.is_none() {
-        st.error = None;
+        st.info.error = None;
         return Ok(());
     }
     if st.shadow.is_some() {
-        st.error = Some(format!(
+        st.info.error = Some(format!(
             "{} is missing; the document is kept, and saving the file again binds it again",
             path.display()
         ));
@@ -224,15 +256,15 @@ fn write(
 ) {
     match write_atomic(path, &style.render(doc, order)) {
         Ok(()) => {
-            st.shadow = Some(doc.to_string());
-            st.rev = rev;
-            st.signature = trusted_signature(path);
-            st.written_at = Some(now_ms());
-            st.error = None;
+            st.set_shadow(doc.to_string());
+            st.info.rev = rev;
+            st.info.signature = trusted_signature(path);
+            st.info.written_at = Some(now_ms());
+            st.info.error = None;
         }
         Err(e) => {
-            st.rev = None;
-            st.error = Some(format!("cannot write {}: {e}", path.display()));
+            st.info.rev = None;
+            st.info.error = Some(format!("cannot write {}: {e}", path.display()));
         }
     }
 }
@@ -255,11 +287,11 @@ fn import(
         &local_who(cfg),
         "import from the bound file (created)",
     )?;
-    st.shadow = Some(file.value.to_string());
-    st.rev = store.doc_rev(name)?;
-    st.signature = file.signature;
-    st.read_at = Some(now_ms());
-    st.error = None;
+    st.set_shadow(file.value.to_string());
+    st.info.rev = store.doc_rev(name)?;
+    st.info.signature = file.signature;
+    st.info.read_at = Some(now_ms());
+    st.info.error = None;
     Ok(())
 }
 
@@ -292,12 +324,12 @@ fn reconcile(
         let rev = store.doc_rev(name)?;
         // As text: `Value == String` would compare with a JSON string value.
         let same = serde_json::to_string(&doc).is_ok_and(|t| t == text);
-        st.shadow = Some(text);
-        st.read_at = Some(now_ms());
-        st.error = None;
+        st.set_shadow(text);
+        st.info.read_at = Some(now_ms());
+        st.info.error = None;
         if same {
-            st.rev = rev;
-            st.signature = file.signature;
+            st.info.rev = rev;
+            st.info.signature = file.signature;
             return Ok(());
         }
         let text = file.text;
@@ -307,7 +339,7 @@ fn reconcile(
                 Read::Good(again) => file = again,
                 // Saved meanwhile as something not applicable: left as it is, reported next time.
                 Read::Missing | Read::Bad(_) => {
-                    st.rev = None;
+                    st.info.rev = None;
                     return Ok(());
                 }
             },
@@ -317,12 +349,12 @@ fn reconcile(
                 return Ok(());
             }
             Err(_) => {
-                st.rev = None;
+                st.info.rev = None;
                 return Ok(());
             }
         }
     }
-    st.rev = None;
+    st.info.rev = None;
     Ok(())
 }
 
@@ -346,7 +378,7 @@ fn apply_save(
     st: &FileState,
     value: &Value,
 ) -> Result<()> {
-    let in_step = st.rev.is_some() && store.doc_rev(name)? == st.rev;
+    let in_step = st.info.rev.is_some() && store.doc_rev(name)? == st.info.rev;
     let direct = match (&st.shadow, in_step) {
         (Some(shadow), true) => save_edits(shadow, value),
         _ => None,
@@ -392,8 +424,8 @@ impl super::Agent {
     /// error (a problem with a file itself is recorded for `agent status` instead).
     pub(super) fn sync_files(&mut self, report: &mut super::PassReport) {
         for (name, path) in self.bound_files() {
-            let problem = |store: &Store| store.file_state(&name).ok().flatten()?.error;
-            let written = |store: &Store| store.file_state(&name).ok().flatten()?.written_at;
+            let problem = |store: &Store| store.file_info(&name).ok().flatten()?.error;
+            let written = |store: &Store| store.file_info(&name).ok().flatten()?.written_at;
             let before = problem(&self.store);
             let (looked, wrote_before) = (signature(&path).map(|(s, _)| s), written(&self.store));
             let synced = sync_file(&self.cfg, &mut self.store, &name, &path, &mut || {});

@@ -173,7 +173,7 @@ fn file_status(
         return Ok(None);
     };
     let path = path.display().to_string();
-    let st = store.file_state(&d.name)?.filter(|s| s.path == path);
+    let st = store.file_info(&d.name)?.filter(|s| s.path == path);
     Ok(Some(FileStatus {
         path,
         last_read: when(st.as_ref().and_then(|s| s.read_at)),

@@ -21,13 +21,12 @@ CREATE TABLE IF NOT EXISTS bound_files (
 );
 "#;
 
-/// The state of one bound file.
+/// What the agent knows of one bound file, but for its shadow: read on every pass, so it is
+/// read apart from the shadow, which holds the whole document's text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FileState {
+pub struct FileInfo {
     /// The file's path as configured and resolved.
     pub path: String,
-    /// The content last read from or written to the file, as compact JSON (None: never).
-    pub shadow: Option<String>,
     /// The document revision the file was last in step with (None: not in step).
     pub rev: Option<i64>,
     /// The file's modification time, length and inode when last in step, if old enough to trust.
@@ -39,35 +38,99 @@ pub struct FileState {
 }
 
 impl Store {
-    /// The state of the file bound to `doc`, if one was ever seen.
-    pub fn file_state(&self, doc: &str) -> Result<Option<FileState>> {
+    /// What is known of the file bound to `doc`, if one was ever seen, without its shadow.
+    pub fn file_info(&self, doc: &str) -> Result<Option<FileInfo>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT path, shadow, rev, signature, read_at, written_at, error FROM bound_files WHERE doc = ?1",
+                "SELECT path, rev, signature, read_at, written_at, error FROM bound_files WHERE doc = ?1",
                 [doc],
                 |r| {
-                    Ok(FileState {
+                    Ok(FileInfo {
                         path: r.get(0)?,
-                        shadow: r.get(1)?,
-                        rev: r.get(2)?,
-                        signature: r.get(3)?,
-                        read_at: r.get(4)?,
-                        written_at: r.get(5)?,
-                        error: r.get(6)?,
+                        rev: r.get(1)?,
+                        signature: r.get(2)?,
+                        read_at: r.get(3)?,
+                        written_at: r.get(4)?,
+                        error: r.get(5)?,
                     })
                 },
             )
             .optional()?)
     }
 
-    /// Records the state of the file bound to `doc`.
-    pub fn set_file_state(&self, doc: &str, s: &FileState) -> Result<()> {
+    /// The shadow of the file bound to `doc`: the content last read from or written to it, as
+    /// compact JSON (None: never).
+    pub fn file_shadow(&self, doc: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT shadow FROM bound_files WHERE doc = ?1",
+                [doc],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Records what is known of the file bound to `doc`; its shadow is kept, or none for a row
+    /// new here.
+    pub fn set_file_info(&self, doc: &str, i: &FileInfo) -> Result<()> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO bound_files (doc, path, shadow, rev, signature, read_at, written_at, error) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![doc, s.path, s.shadow, s.rev, s.signature, s.read_at, s.written_at, s.error],
+            "INSERT INTO bound_files (doc, path, rev, signature, read_at, written_at, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (doc) DO UPDATE SET path = ?2, \
+             rev = ?3, signature = ?4, read_at = ?5, written_at = ?6, error = ?7",
+            params![
+                doc,
+                i.path,
+                i.rev,
+                i.signature,
+                i.read_at,
+                i.written_at,
+                i.error
+            ],
         )?;
         Ok(())
+    }
+
+    /// Records the shadow of the file bound to `doc` (its row made by [`Store::set_file_info`]).
+    pub fn set_file_shadow(&self, doc: &str, shadow: Option<&str>) -> Result<()> {
+        self.conn.execute(
+            "UPDATE bound_files SET shadow = ?2 WHERE doc = ?1",
+            params![doc, shadow],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::store;
+
+    #[test]
+    fn the_shadow_is_kept_apart_from_what_is_read_each_pass() {
+        let (_dir, s) = store();
+        let mut info = FileInfo {
+            path: "/notes.json".into(),
+            rev: Some(3),
+            ..FileInfo::default()
+        };
+        // A row new here has no shadow until one is recorded.
+        s.set_file_info("notes", &info).unwrap();
+        assert_eq!(s.file_shadow("notes").unwrap(), None);
+        s.set_file_shadow("notes", Some(r#"{"a":1}"#)).unwrap();
+        // Recording what is known of the file again keeps the shadow.
+        info.error = Some("missing".into());
+        s.set_file_info("notes", &info).unwrap();
+        assert_eq!(s.file_info("notes").unwrap(), Some(info));
+        assert_eq!(
+            s.file_shadow("notes").unwrap().as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+        s.set_file_shadow("notes", None).unwrap();
+        assert_eq!(s.file_shadow("notes").unwrap(), None);
+        assert_eq!(s.file_info("other").unwrap(), None);
+        assert_eq!(s.file_shadow("other").unwrap(), None);
     }
 }

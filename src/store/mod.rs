@@ -24,7 +24,7 @@ mod replica;
 mod requests;
 mod transfers;
 pub use devices::{DeviceClient, DeviceRow, ThisDevice};
-pub use files::FileState;
+pub use files::FileInfo;
 pub use health::{Health, HealthChange, health};
 pub use keys::PeerKey;
 pub use quarantine::Quarantined;

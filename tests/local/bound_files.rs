@@ -253,6 +253,33 @@ async fn a_file_bound_later_to_a_document_from_a_peer_keeps_both_sides_keys() {
     assert_eq!(bob.value(), want);
 }
 
+/// The document bound to another file: what the agent knew of the first file (its shadow) is not
+/// taken for the second's, whose content is merged with the document as if never read.
+#[tokio::test]
+async fn a_document_bound_to_another_path_merges_that_file_keeping_both_sides_keys() {
+    let shared = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob) = started(shared.path()).await;
+    let moved = alice.dir.path().join("moved.json");
+    std::fs::write(&moved, "{\"count\": 5, \"mine\": 1}").unwrap();
+    drop(alice.agent.take());
+    let path = alice.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("notes.json", "moved.json")).unwrap();
+    alice.cfg = Config::load(&path).unwrap();
+    alice.agent = Some(Agent::new(alice.cfg.clone()).unwrap());
+    settle(&mut [&mut alice, &mut bob]).await;
+    let want = json!({
+        "title": "the quick brown fox",
+        "items": ["apples", "bread", "cheese"],
+        "count": 5,
+        "mine": 1,
+    });
+    assert_eq!(alice.doc(), want);
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&moved).unwrap()).unwrap();
+    assert_eq!(written, want);
+    assert_eq!(bob.value(), want);
+}
+
 #[tokio::test]
 async fn an_invalid_file_is_neither_applied_nor_overwritten_and_merges_wait_for_it() {
     let shared = tempfile::tempdir().unwrap();
