@@ -41,38 +41,40 @@ impl SlotHasher {
     fn word(&mut self, w: u64) {
         self.h = (self.h ^ w).wrapping_mul(MIX).rotate_left(29);
     }
-    fn bytes(&mut self, mut b: &[u8]) {
+    fn bytes(&mut self, b: &[u8]) {
         self.len += b.len() as u64;
-        while !b.is_empty() {
-            if self.filled == 0 && b.len() >= 8 {
-                let mut words = b.chunks_exact(8);
-                for w in &mut words {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(w);
-                    self.word(u64::from_le_bytes(a));
-                }
-                b = words.remainder();
-                continue;
-            }
-            // Up to the next word boundary at once (the bytes of a short value, or a value
-            // that starts within a word), not a byte at a time.
-            let take = (8 - self.filled as usize).min(b.len());
+        // Whole words wherever the pending word stands (a value after a one-byte tag starts
+        // within a word), then the last bytes into the pending word.
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
             let mut a = [0u8; 8];
-            a[..take].copy_from_slice(&b[..take]);
-            self.pending |= u64::from_le_bytes(a) << (8 * self.filled);
-            self.filled += take as u32;
-            b = &b[take..];
-            if self.filled == 8 {
-                let w = self.pending;
-                self.pending = 0;
-                self.filled = 0;
-                self.word(w);
-            }
+            a.copy_from_slice(w);
+            self.eight(u64::from_le_bytes(a));
+        }
+        let rest = words.remainder();
+        if rest.is_empty() {
+            return;
+        }
+        let mut a = [0u8; 8];
+        a[..rest.len()].copy_from_slice(rest);
+        let x = u64::from_le_bytes(a);
+        let shift = 8 * self.filled;
+        let filled = self.filled + rest.len() as u32;
+        if filled < 8 {
+            self.pending |= x << shift;
+            self.filled = filled;
+        } else {
+            // The pending word is full (shift > 0 here: fewer than 8 bytes came).
+            let w = self.pending | (x << shift);
+            self.pending = x >> (64 - shift);
+            self.filled = filled - 8;
+            self.word(w);
         }
     }
     /// A length-prefixed field, so that no two encodings run together.
     fn field(&mut self, b: &[u8]) {
-        self.bytes(&(b.len() as u64).to_le_bytes());
+        self.len += 8;
+        self.eight(b.len() as u64);
         self.bytes(b);
     }
     /// A stamp: its clock value (8 bytes, little-endian) and its client id (16 ASCII bytes).
@@ -101,7 +103,12 @@ impl SlotHasher {
     /// a string with nothing to escape is its quoted bytes, a number its exact text.
     fn json(&mut self, p: &Scalar) {
         match p {
-            Scalar::Str(s) if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) => {
+            // Without an early exit, so that the test runs over many bytes at a time.
+            Scalar::Str(s)
+                if !s
+                    .bytes()
+                    .fold(false, |e, b| e | (b == b'"') | (b == b'\\') | (b < 0x20)) =>
+            {
                 self.bytes(b"\"");
                 self.bytes(s.as_bytes());
                 self.bytes(b"\"");
