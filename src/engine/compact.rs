@@ -553,8 +553,7 @@ impl<'a> Reader<'a> {
                 let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
                 self.last_hlc = self.last_hlc.wrapping_add(d as u64);
                 let tag = self.byte()?;
-                let client = self.plain_string(tag)?;
-                Json::Str(Cow::Owned(format!("{:x}-{client}", self.last_hlc)))
+                Json::Stamp(self.last_hlc, self.plain_string(tag)?)
             }
             ARRAY => {
                 let count = self.count()?;

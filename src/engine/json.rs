@@ -25,6 +25,10 @@ pub(crate) enum Json<'a> {
     Int(i64),
     Num(Cow<'a, Number>),
     Str(Cow<'a, str>),
+    /// A string of a stamp's shape, `{hlc:x}-{client}`, as the compact form carries it: its
+    /// clock value and its client's text, so that reading a stamp makes no string to parse
+    /// again. The same value as the `Str` of that text.
+    Stamp(u64, &'a str),
     Arr(Vec<Json<'a>>),
     Obj(JsonObj<'a>),
 }
@@ -112,6 +116,7 @@ impl<'a> Json<'a> {
             Json::Int(i) => Value::Number((*i).into()),
             Json::Num(n) => Value::Number(n.as_ref().clone()),
             Json::Str(s) => Value::String(s.to_string()),
+            Json::Stamp(..) => Value::String(self.text().unwrap_or_default().into_owned()),
             Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
             Json::Obj(m) => Value::Object(
                 m.iter()
@@ -128,9 +133,19 @@ impl<'a> Json<'a> {
         }
     }
 
+    /// A string held as text (not one of a stamp's shape: see [`Json::text`]).
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Any string's text, a stamp's made from its parts.
+    pub fn text(&self) -> Option<Cow<'_, str>> {
+        match self {
+            Json::Str(s) => Some(Cow::Borrowed(s)),
+            Json::Stamp(hlc, client) => Some(Cow::Owned(format!("{hlc:x}-{client}"))),
             _ => None,
         }
     }
@@ -151,6 +166,7 @@ impl<'a> Json<'a> {
             Json::Int(i) => Scalar::Int(*i),
             Json::Num(n) => Scalar::number(n),
             Json::Str(s) => Scalar::Str(s.as_ref().into()),
+            Json::Stamp(..) => Scalar::Str(self.text()?.into()),
             Json::Arr(_) | Json::Obj(_) => return None,
         })
     }

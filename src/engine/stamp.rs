@@ -144,14 +144,34 @@ impl Stamp {
             return Err(bad());
         }
         let hlc = u64::from_str_radix(h, 16).map_err(|_| bad())?;
+        Stamp::checked(hlc, c, || s.to_string())
+    }
+
+    /// The stamp of clock value `hlc` and client `c` (its text), as [`Stamp::parse`] reads
+    /// `{hlc:x}-{c}`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Value`]: a clock value at or above 2^62, a client that is not 16 ASCII letters
+    /// or digits, or one client more than the process's table of ids takes from peers.
+    pub fn of_parts(hlc: u64, c: &str) -> Result<Self> {
+        Stamp::checked(hlc, c, || format!("{hlc:x}-{c}"))
+    }
+
+    /// The stamp of `hlc` and `c`, checked; `text` is the stamp's text for error messages.
+    fn checked(hlc: u64, c: &str, text: impl Fn() -> String) -> Result<Self> {
         if hlc >= MAX_HLC {
             return Err(Error::Value(format!(
-                "stamp {s:?} lies in the far future (clock value at or above 2^62)"
+                "stamp {:?} lies in the far future (clock value at or above 2^62)",
+                text()
             )));
         }
         let well_formed = c.len() == CLIENT_ID_LEN && c.bytes().all(|b| b.is_ascii_alphanumeric());
         if !well_formed {
-            return Err(bad());
+            return Err(Error::Value(format!(
+                "stamp {:?} is not <hex clock>-<client id>",
+                text()
+            )));
         }
         // A well-formed id is refused only when the table of ids is full: said as such.
         Ok(Stamp {

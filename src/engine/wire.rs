@@ -267,7 +267,9 @@ impl Changes {
             .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
         check_marker_and_version(top)?;
         let doc_id = match top.get("id") {
-            Some(Json::Str(s)) if !s.is_empty() && s.len() <= 128 => s.to_string(),
+            Some(v) if v.text().is_some_and(|s| !s.is_empty() && s.len() <= 128) => {
+                v.text().unwrap_or_default().into_owned()
+            }
             _ => {
                 return Err(Error::malformed(
                     "$.id",
@@ -449,8 +451,8 @@ fn writes_to_of(v: Option<&Json<'_>>) -> Result<Vec<String>> {
     }
     items
         .iter()
-        .map(|t| match t {
-            Json::Str(s) if !s.is_empty() && s.len() <= MAX_WRITES_TO_LEN => Ok(s.to_string()),
+        .map(|t| match t.text() {
+            Some(s) if !s.is_empty() && s.len() <= MAX_WRITES_TO_LEN => Ok(s.into_owned()),
             _ => Err(bad()),
         })
         .collect()
@@ -531,10 +533,12 @@ fn client_of(v: Option<&Json<'_>>, at: &(impl Display + ?Sized)) -> Result<Clien
 }
 
 fn stamp_of(v: Option<&Json<'_>>, at: &(impl Display + ?Sized)) -> Result<Stamp> {
-    let s = v
-        .and_then(Json::as_str)
-        .ok_or_else(|| Error::malformed(at, "must be a stamp string"))?;
-    Stamp::parse(s).map_err(|e| Error::malformed(at, e.to_string()))
+    let stamp = match v {
+        Some(Json::Stamp(hlc, client)) => Stamp::of_parts(*hlc, client),
+        Some(Json::Str(s)) => Stamp::parse(s),
+        _ => return Err(Error::malformed(at, "must be a stamp string")),
+    };
+    stamp.map_err(|e| Error::malformed(at, e.to_string()))
 }
 
 /// Where a reader is in a changes object, for error messages: made as the reader descends and
@@ -1059,8 +1063,10 @@ fn parse_piece(v: &Json<'_>, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> 
         }
     };
     let (s, len) = match (m.get("s"), m.get("n")) {
-        (Some(Json::Str(s)), None) if !s.is_empty() => {
-            (Some(s.to_string()), s.chars().count() as u64)
+        (Some(s), None) if s.text().is_some_and(|s| !s.is_empty()) => {
+            let s = s.text().unwrap_or_default().into_owned();
+            let len = s.chars().count() as u64;
+            (Some(s), len)
         }
         (None, Some(n)) => (
             None,

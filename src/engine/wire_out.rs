@@ -424,10 +424,37 @@ mod tests {
         );
         assert_eq!(Changes::from_value(&value).unwrap().to_value(), value);
         assert_eq!(
+            Changes::from_bytes(&bytes).unwrap(),
+            Changes::parse(&c.to_json_string()).unwrap(),
+            "the compact form and the JSON text read as the same changes object"
+        );
+        assert_eq!(
             c.to_json_string(),
             value.to_string(),
             "the JSON text written from the tree is the Value's, byte for byte"
         );
+    }
+
+    /// The compact form carries every string of a stamp's shape as a stamp: user values, the
+    /// document id, a text's characters and the places a sender writes to read back as the
+    /// strings they were.
+    #[test]
+    fn strings_of_a_stamps_shape_read_back_as_strings_wherever_they_are() {
+        let shaped = "1a2-aaaaaaaaaaaaaaaa";
+        let start = json!({"v": shaped, "k": {shaped: shaped}, "t": "ab", "l": [shaped]});
+        let client = crate::engine::ClientId::random();
+        let mut a = Document::with_ids(&start, shaped.into(), client).unwrap();
+        a.splice_text("t", 1, 0, "3-cccccccccccccccc").unwrap();
+        let mut c = a.changes();
+        c.set_writes_to(vec!["5-bbbbbbbbbbbbbbbb".into()]);
+        same_every_way(&c);
+        let read = Changes::from_bytes(&c.to_compact()).unwrap();
+        assert_eq!(read.doc_id(), shaped);
+        assert_eq!(read.writes_to(), ["5-bbbbbbbbbbbbbbbb"]);
+        let b = Document::from_changes(&read).unwrap();
+        assert_eq!(b.id(), shaped);
+        assert_eq!(b.to_json(), a.to_json());
+        assert_eq!(b.get("t").unwrap(), Some(json!("a3-ccccccccccccccccb")));
     }
 
     #[test]
