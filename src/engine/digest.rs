@@ -228,14 +228,14 @@ impl Document {
                 }
                 let mut h = SlotHasher::new(b'f');
                 h.stamp(node.id);
-                h.field(f.key.as_bytes());
+                h.field(self.keys.name(f.key).as_bytes());
                 h.stamp(f.stamp);
                 h.value(&f.val, |n| self.nodes[n as usize].id)
                     .then(|| h.finish().wrapping_add(text_sum(&f.val)))
             }
             Body::Arr(a) => {
                 let e = &a.slots[s as usize];
-                if e.removed.is_some() {
+                if e.removed().is_some() {
                     return None;
                 }
                 let mut h = SlotHasher::new(b'e');

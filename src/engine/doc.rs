@@ -40,10 +40,11 @@ pub(crate) enum Val {
 const _: () = {
     use std::mem::size_of;
     assert!(size_of::<Val>() == 24);
-    assert!(size_of::<Option<Stamp>>() == 16);
+    assert!(size_of::<Option<Stamp>>() == 12);
     assert!(size_of::<Key>() == 8);
-    assert!(size_of::<Field>() == 56);
-    assert!(size_of::<Elem>() == 88);
+    assert!(size_of::<Field>() == 48);
+    assert!(size_of::<Elem>() == 64);
+    assert!(size_of::<Node>() == 64);
 };
 
 /// An object key's name, shared by every object that has that key (100,000 records with the
@@ -116,25 +117,64 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// The names of keys, each held once (see [`Key`]).
-pub(crate) type KeyTable = crate::engine::HashSet<Key>;
+/// Names of keys, each held once (see [`Key`]): what a changes object read from the wire shares.
+pub(crate) type KeySet = crate::engine::HashSet<Key>;
 
-/// The shared name for `k`, added to `table` if it is new.
-pub(crate) fn intern(table: &mut KeyTable, k: &str) -> Key {
-    match table.get(k) {
+/// The shared name for `k`, added to `set` if it is new.
+pub(crate) fn intern(set: &mut KeySet, k: &str) -> Key {
+    match set.get(k) {
         Some(key) => key.clone(),
         None => {
             let key = Key::new(k);
-            table.insert(key.clone());
+            set.insert(key.clone());
             key
         }
+    }
+}
+
+/// An object key as a replica's field holds it: its number in the replica's [`KeyTable`], 4
+/// bytes where the shared name's pointer took 8 (a field is 48 bytes, not 56: 100,000 records
+/// of four fields, 3 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct KeyId(u32);
+
+/// A replica's key names, each held once and numbered as first seen (see [`KeyId`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyTable {
+    names: Vec<Key>,
+    ids: crate::engine::HashMap<Key, KeyId>,
+}
+
+impl KeyTable {
+    /// The number of key `k`, given one if it is new.
+    pub fn intern(&mut self, k: &str) -> KeyId {
+        if let Some(id) = self.ids.get(k) {
+            return *id;
+        }
+        // A replica never holds 2^32 key names: each is a field of a changes object or a local
+        // edit, and a replica holds fewer than 2^31 slots.
+        let id = KeyId(self.names.len() as u32);
+        let name = Key::new(k);
+        self.names.push(name.clone());
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The number of key `k`, if any object of the replica has had it.
+    pub fn id(&self, k: &str) -> Option<KeyId> {
+        self.ids.get(k).copied()
+    }
+
+    /// The name of key `id`.
+    pub fn name(&self, id: KeyId) -> &Key {
+        &self.names[id.0 as usize]
     }
 }
 
 /// An object key.
 #[derive(Debug, Clone)]
 pub(crate) struct Field {
-    pub key: Key,
+    pub key: KeyId,
     pub val: Val,
     pub stamp: Stamp,
     pub u: u64,
@@ -148,10 +188,25 @@ pub(crate) struct Elem {
     pub origin: Link,
     /// Right origin: the element that followed at that moment (none: the array end).
     pub right: Link,
+    /// The value; [`Val::Gone`] exactly when the element is removed.
     pub val: Val,
+    /// The stamp of the value's write, or of the removal once removed (the value a removed
+    /// element had is neither sent nor hashed, so its stamp is not kept: 16 bytes an element).
     pub vstamp: Stamp,
-    pub removed: Option<Stamp>,
     pub u: u64,
+}
+
+impl Elem {
+    /// The stamp of the element's removal; `None` while it is live.
+    pub fn removed(&self) -> Option<Stamp> {
+        matches!(self.val, Val::Gone).then_some(self.vstamp)
+    }
+
+    /// Removes the element at `stamp` (its value is dropped).
+    pub fn remove(&mut self, stamp: Stamp) {
+        self.val = Val::Gone;
+        self.vstamp = stamp;
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,22 +219,23 @@ pub(crate) struct Obj {
         clippy::box_collection,
         reason = "boxed, the absent map of the common small object costs 8 bytes, not 24"
     )]
-    keys: Option<Box<BTreeMap<Key, u32>>>,
+    keys: Option<Box<BTreeMap<KeyId, u32>>>,
 }
 
 /// Most slots an object has without a key map.
 const SMALL_OBJ: usize = 8;
 
 impl Obj {
+    /// The slot of the key named `k` (`keys`: the replica's table).
+    pub fn slot_named(&self, keys: &KeyTable, k: &str) -> Option<u32> {
+        self.slot_of(keys.id(k)?)
+    }
+
     /// The slot of key `k`.
-    pub fn slot_of(&self, k: &str) -> Option<u32> {
+    pub fn slot_of(&self, k: KeyId) -> Option<u32> {
         match &self.keys {
-            Some(m) => m.get(k).copied(),
-            None => self
-                .slots
-                .iter()
-                .position(|f| &*f.key == k)
-                .map(|s| s as u32),
+            Some(m) => m.get(&k).copied(),
+            None => self.slots.iter().position(|f| f.key == k).map(|s| s as u32),
         }
     }
 
@@ -187,14 +243,12 @@ impl Obj {
     pub fn push(&mut self, f: Field) -> u32 {
         let s = self.slots.len() as u32;
         if let Some(m) = &mut self.keys {
-            m.insert(f.key.clone(), s);
+            m.insert(f.key, s);
         }
         self.slots.push(f);
         if self.keys.is_none() && self.slots.len() > SMALL_OBJ {
             let m = self.slots.iter().enumerate();
-            self.keys = Some(Box::new(
-                m.map(|(i, f)| (f.key.clone(), i as u32)).collect(),
-            ));
+            self.keys = Some(Box::new(m.map(|(i, f)| (f.key, i as u32)).collect()));
         }
         s
     }
@@ -291,13 +345,31 @@ pub(crate) enum Body {
     Arr(Box<Arr>),
 }
 
+/// The slot (node, slot) that holds a node, or none for the root: 8 bytes, where an
+/// `Option<(Ix, u32)>` takes 12 and makes a node 72 bytes instead of 64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parent(Ix, u32);
+
+impl Parent {
+    /// The root's (no node has index `Ix::MAX`: a replica holds fewer than 2^31 nodes).
+    pub const NONE: Parent = Parent(Ix::MAX, u32::MAX);
+
+    pub fn of(p: Option<(Ix, u32)>) -> Parent {
+        p.map_or(Parent::NONE, |(n, s)| Parent(n, s))
+    }
+
+    pub fn get(self) -> Option<(Ix, u32)> {
+        (self != Parent::NONE).then_some((self.0, self.1))
+    }
+}
+
 /// An object or array in the document.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
     /// The stamp of the write that created it.
     pub id: Stamp,
     /// The slot that holds (or, once overwritten, held) it.
-    pub parent: Option<(Ix, u32)>,
+    pub parent: Parent,
     /// Local version of the latest change to one of its slots.
     pub u: u64,
     pub body: Body,
@@ -502,7 +574,7 @@ impl Document {
             clock: Hlc::default(),
             nodes: vec![Node {
                 id,
-                parent: None,
+                parent: Parent::NONE,
                 u: 0,
                 body: Body::Obj(Obj::default()),
             }],
@@ -608,7 +680,7 @@ impl Document {
                 let mut m = Map::new();
                 for f in &o.slots {
                     if f.val != Val::Gone {
-                        m.insert(f.key.to_string(), self.val_json(&f.val));
+                        m.insert(self.keys.name(f.key).to_string(), self.val_json(&f.val));
                     }
                 }
                 Value::Object(m)
@@ -617,7 +689,7 @@ impl Document {
                 a.order
                     .iter()
                     .map(|s| &a.slots[*s as usize])
-                    .filter(|e| e.removed.is_none())
+                    .filter(|e| e.removed().is_none())
                     .map(|e| self.val_json(&e.val))
                     .collect(),
             ),
@@ -648,7 +720,7 @@ impl Document {
     fn child_val(&self, n: Ix, seg: &Segment) -> Option<&Val> {
         match (&self.nodes[n as usize].body, seg) {
             (Body::Obj(o), Segment::Key(k)) => {
-                let f = &o.slots[o.slot_of(k)? as usize];
+                let f = &o.slots[o.slot_named(&self.keys, k)? as usize];
                 (f.val != Val::Gone).then_some(&f.val)
             }
             (Body::Arr(a), Segment::Index(i)) => {
@@ -710,7 +782,7 @@ impl Document {
         let n = self.container(path_text, prefix)?;
         match (&self.nodes[n as usize].body, last) {
             (Body::Obj(o), Segment::Key(k)) => {
-                if let (Value::String(new), Some(slot)) = (&value, o.slot_of(k))
+                if let (Value::String(new), Some(slot)) = (&value, o.slot_named(&self.keys, k))
                     && self.set_text(n, slot, new)
                 {
                     return Ok(());
@@ -925,10 +997,10 @@ impl Document {
         let Body::Obj(o) = &mut self.nodes[n as usize].body else {
             unreachable!("node {n} checked to be an object")
         };
-        if let Some(s) = o.slot_of(k) {
+        if let Some(s) = o.slot_named(&self.keys, k) {
             return s;
         }
-        let key = intern(&mut self.keys, k);
+        let key = self.keys.intern(k);
         let Body::Obj(o) = &mut self.nodes[n as usize].body else {
             unreachable!("node {n} checked to be an object")
         };
@@ -963,7 +1035,7 @@ impl Document {
             Body::Obj(o) => Some(&o.slots[s as usize].val),
             Body::Arr(a) => {
                 let e = &a.slots[s as usize];
-                e.removed.is_none().then_some(&e.val)
+                e.removed().is_none().then_some(&e.val)
             }
         }
     }
@@ -1091,7 +1163,7 @@ impl Document {
         };
         self.nodes.push(Node {
             id,
-            parent,
+            parent: Parent::of(parent),
             u,
             body,
         });
@@ -1142,7 +1214,6 @@ impl Document {
                 right,
                 val,
                 vstamp: id,
-                removed: None,
                 u,
             });
             a.order.insert(pos, slot);
@@ -1186,8 +1257,7 @@ impl Document {
         a.dead += 1;
         let e = &mut a.slots[slot as usize];
         let old_u = e.u;
-        e.removed = Some(stamp);
-        e.val = Val::Gone;
+        e.remove(stamp);
         e.u = u;
         self.reindex(n, slot, old_u, u);
     }
@@ -1203,14 +1273,14 @@ impl Document {
                 break *known;
             }
             chain.push(n);
-            let Some((p, s)) = self.nodes[n as usize].parent else {
+            let Some((p, s)) = self.nodes[n as usize].parent.get() else {
                 break false;
             };
             let holds = match &self.nodes[p as usize].body {
                 Body::Obj(o) => o.slots[s as usize].val == Val::Node(n),
                 Body::Arr(a) => {
                     let e = &a.slots[s as usize];
-                    e.removed.is_none() && e.val == Val::Node(n)
+                    e.val == Val::Node(n)
                 }
             };
             if !holds {
@@ -1232,7 +1302,7 @@ pub(crate) fn visible_pos(a: &Arr, i: usize) -> Option<usize> {
     }
     let mut seen = 0;
     for (pos, s) in a.order.iter().enumerate() {
-        if a.slots[*s as usize].removed.is_none() {
+        if a.slots[*s as usize].removed().is_none() {
             if seen == i {
                 return Some(pos);
             }

@@ -215,7 +215,7 @@ impl Document {
                 if !include.entry(node).or_default().insert(slot) {
                     break;
                 }
-                match self.nodes[node as usize].parent {
+                match self.nodes[node as usize].parent.get() {
                     Some((p, ps)) => {
                         node = p;
                         slot = ps;
@@ -291,7 +291,7 @@ impl Document {
             }
             Body::Arr(a) => {
                 let e = &a.slots[s as usize];
-                has(e.id) && has(e.vstamp) && e.removed.is_none_or(has) && edits_known(&e.val)
+                has(e.id) && has(e.vstamp) && edits_known(&e.val)
             }
         }
     }
@@ -330,7 +330,7 @@ impl Document {
                     .map(|s| {
                         let f = &o.slots[s as usize];
                         WField {
-                            key: f.key.clone(),
+                            key: self.keys.name(f.key).clone(),
                             val: (f.val != Val::Gone).then(|| wval(&f.val)),
                             stamp: f.stamp,
                         }
@@ -345,8 +345,8 @@ impl Document {
                             id: e.id,
                             origin: a.link_id(e.origin),
                             right: a.link_id(e.right),
-                            val: e.removed.is_none().then(|| (wval(&e.val), e.vstamp)),
-                            removed: e.removed,
+                            val: e.removed().is_none().then(|| (wval(&e.val), e.vstamp)),
+                            removed: e.removed(),
                         }
                     })
                     .collect();

@@ -102,7 +102,7 @@ impl Document {
         let (last, prefix) = segs.split_last().ok_or_else(not_text)?;
         let n = self.walk(prefix).ok_or_else(not_text)?;
         let s = match (&self.nodes[n as usize].body, last) {
-            (Body::Obj(o), Segment::Key(k)) => o.slot_of(k).ok_or_else(not_text)?,
+            (Body::Obj(o), Segment::Key(k)) => o.slot_named(&self.keys, k).ok_or_else(not_text)?,
             (Body::Arr(a), Segment::Index(i)) => {
                 a.order[visible_pos(a, *i).ok_or_else(not_text)?]
             }
@@ -137,7 +137,7 @@ impl Document {
             let Body::Obj(o) = &self.nodes[n as usize].body else {
                 return None;
             };
-            let s = o.slot_of(key)?;
+            let s = o.slot_named(&self.keys, key)?;
             if keys.peek().is_none() {
                 return self.text_len_at(n, s).map(|_| (n, s));
             }

@@ -17,7 +17,7 @@ use crate::engine::{HashMap, HashSet};
 use crate::engine::scalar::Scalar;
 
 use crate::engine::digest::wire_value_rank;
-use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, ROOT, Val};
+use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, Parent, ROOT, Val};
 use crate::engine::error::{Error, Result};
 use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, MAX_WALL_MS, Stamp, physical, wall_ms};
@@ -431,9 +431,9 @@ impl Document {
                 self.nodes[ROOT as usize].id, w.id
             )),
             (_, Some(ix)) => {
-                let at_same_place = match (loc, self.nodes[ix as usize].parent) {
+                let at_same_place = match (loc, self.nodes[ix as usize].parent.get()) {
                     (Loc::Key(Some(p), k), Some((lp, ls))) if *p == lp => {
-                        matches!(&self.nodes[lp as usize].body, Body::Obj(o) if &*o.slots[ls as usize].key == *k)
+                        matches!(&self.nodes[lp as usize].body, Body::Obj(o) if **self.keys.name(o.slots[ls as usize].key) == **k)
                     }
                     (Loc::Elem(Some(p), e), Some((lp, ls))) if *p == lp => {
                         matches!(&self.nodes[lp as usize].body, Body::Arr(a) if a.slots[ls as usize].id == *e)
@@ -460,7 +460,10 @@ impl Document {
         for f in fields {
             c.trail.push(Step::Key(&f.key));
             c.stamp(f.stamp)?;
-            let lf = lo.and_then(|o| o.slot_of(&f.key).map(|s| &o.slots[s as usize]));
+            let lf = lo.and_then(|o| {
+                o.slot_named(&self.keys, &f.key)
+                    .map(|s| &o.slots[s as usize])
+            });
             if let Some(lf) = lf
                 && lf.stamp == f.stamp
                 && c.changes.repair.is_none()
@@ -570,7 +573,7 @@ impl Document {
                 return c.fail(format!("element {} has other origins here", e.id));
             }
             if let Some((v, vs)) = &e.val
-                && le.removed.is_none()
+                && le.removed().is_none()
                 && le.vstamp == *vs
                 && c.changes.repair.is_none()
                 && !self.same_val(&le.val, Some(v))
@@ -658,7 +661,7 @@ impl Document {
                     let slot = self.integrate_elem(e, ix, m);
                     if let Some((WVal::Node(c), _)) = &e.val {
                         let el = &self.arr(ix).slots[slot as usize];
-                        if let (None, Val::Node(cix)) = (el.removed, &el.val) {
+                        if let Val::Node(cix) = &el.val {
                             let cix = *cix;
                             if self.nodes[cix as usize].id == c.id {
                                 self.integrate(c, cix, m);
@@ -690,7 +693,7 @@ impl Document {
         if let Some(slot) = self.arr(ix).slot(e.id) {
             let el = &self.arr(ix).slots[slot as usize];
             let old_u = el.u;
-            if el.removed.is_some() {
+            if el.removed().is_some() {
                 return slot;
             }
             let newer_value = |vs: &Stamp, v: &WVal| {
@@ -702,8 +705,7 @@ impl Document {
                 let a = self.arr_mut(ix);
                 a.dead += 1;
                 let el = &mut a.slots[slot as usize];
-                el.removed = Some(r);
-                el.val = Val::Gone;
+                el.remove(r);
                 el.u = u;
                 self.reindex(ix, slot, old_u, u);
                 m.changed = true;
@@ -733,7 +735,8 @@ impl Document {
         let slot = self.arr(ix).slots.len() as u32;
         let (val, vstamp) = match (&e.val, e.removed) {
             (Some((v, vs)), None) => (self.wire_val(v, (ix, slot), u), *vs),
-            _ => (Val::Gone, e.id),
+            (_, Some(r)) => (Val::Gone, r),
+            (None, None) => (Val::Gone, e.id),
         };
         let a = self.arr_mut(ix);
         // `check_elem` held back an element whose origins this array lacks, but for a hostile
@@ -747,7 +750,6 @@ impl Document {
             right,
             val,
             vstamp,
-            removed: e.removed,
             u,
         });
         a.order.insert(pos, slot);
@@ -885,7 +887,7 @@ impl Document {
         let ix = self.nodes.len() as Ix;
         self.nodes.push(Node {
             id: w.id,
-            parent: Some(parent),
+            parent: Parent::of(Some(parent)),
             u,
             body: if w.is_array() {
                 Body::Arr(Box::default())

@@ -4,10 +4,13 @@
 //! it is 32 bytes, and with `arbitrary_precision` (which minisync needs, to carry every number
 //! exactly as it was written) each number is a `String` on the heap — 100,000 records with one
 //! integer each spent 100,000 allocations on them. A [`Scalar`] is 24 bytes and holds an integer
-//! written in its shortest form inline; any other number keeps its exact text. A number's text
+//! written in its shortest form inline, and a string of up to 24 bytes inline too (a
+//! [`CompactString`]: names, e-mail addresses, dates and ids are short; a `Box<str>` spent a
+//! 32-byte allocation on each); any other number keeps its exact text. A number's text
 //! decides its variant (`Int` only for the canonical form of an `i64`), so two scalars are equal
 //! exactly when their JSON texts are, as with `Value`.
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value};
 
@@ -20,7 +23,8 @@ pub(crate) enum Scalar {
     Int(i64),
     /// Any other number, as its exact JSON text (`1.50`, `1e3`, `-0`, `18446744073709551615`).
     Num(Box<str>),
-    Str(Box<str>),
+    /// A string: up to 24 bytes inline, longer ones on the heap.
+    Str(CompactString),
 }
 
 const _: () = assert!(std::mem::size_of::<Scalar>() == 24);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::change_index::ChangeIndex;
 use crate::engine::doc::{
-    Arr, Body, Document, Elem, Field, Key, KeyTable, Link, Node, Obj, PeerState, Val, intern,
+    Arr, Body, Document, Elem, Field, Key, KeyId, KeyTable, Link, Node, Obj, Parent, PeerState, Val,
 };
 use crate::engine::error::{Error, Result};
 use crate::engine::id_index::IdIndex;
@@ -68,9 +68,11 @@ struct SnapNode {
     arr: Option<SnapArr>,
 }
 
+/// A saved field; `K`: its key, as its name (the whole-replica format) or as the number the
+/// restoring replica gave that name (read from a node's record).
 #[derive(Serialize, Deserialize)]
-struct SnapField {
-    k: Key,
+struct SnapField<K = Key> {
+    k: K,
     v: SnapVal,
     t: Stamp,
     u: u64,
@@ -174,14 +176,20 @@ fn restore_val(v: SnapVal, count: u32) -> Result<Val> {
 }
 
 /// The object of saved node `ix`; `max_u` rises to its slots' versions.
-fn restore_obj(ix: u32, fields: Vec<SnapField>, count: u32, max_u: &mut u64) -> Result<Obj> {
+fn restore_obj(
+    ix: u32,
+    fields: Vec<SnapField<KeyId>>,
+    count: u32,
+    max_u: &mut u64,
+    keys: &KeyTable,
+) -> Result<Obj> {
     let mut o = Obj::default();
     o.slots.reserve_exact(fields.len());
     for f in fields {
-        if o.slot_of(&f.k).is_some() {
+        if o.slot_of(f.k).is_some() {
             return Err(Error::Snapshot(format!(
                 "node {ix} has key {:?} twice",
-                f.k
+                keys.name(f.k)
             )));
         }
         *max_u = (*max_u).max(f.u);
@@ -241,11 +249,22 @@ impl Restoring {
     }
 
     /// Adds the next saved node.
-    fn push(&mut self, n: SnapNode) -> Result<()> {
+    fn push(&mut self, n: SnapNode, keys: &mut KeyTable) -> Result<()> {
         let (ix, count) = (self.nodes.len() as u32, self.count);
         let max_u = &mut self.max_u;
         let body = match (n.obj, n.arr) {
-            (Some(fields), None) => Body::Obj(restore_obj(ix, fields, count, max_u)?),
+            (Some(fields), None) => {
+                let fields = fields
+                    .into_iter()
+                    .map(|f| SnapField {
+                        k: keys.intern(&f.k),
+                        v: f.v,
+                        t: f.t,
+                        u: f.u,
+                    })
+                    .collect();
+                Body::Obj(restore_obj(ix, fields, count, max_u, keys)?)
+            }
             (None, Some(sa)) => Body::Arr(Box::new(restore_arr(ix, sa, count, max_u)?)),
             _ => {
                 return Err(Error::Snapshot(format!(
@@ -265,7 +284,7 @@ impl Restoring {
         }
         self.nodes.push(Node {
             id,
-            parent,
+            parent: Parent::of(parent),
             u,
             body,
         });
@@ -319,21 +338,26 @@ impl ArrBuilder {
     fn push(&mut self, e: SnapElem, max_u: &mut u64) -> Result<()> {
         let s = self.a.slots.len() as u32;
         *max_u = (*max_u).max(e.u);
-        if e.r.is_some() {
-            self.a.dead += 1;
-        }
         let origin = self.link_later(s, false, e.o);
         let right = self.link_later(s, true, e.ro);
         let val = restore_val(e.v, self.count)?;
-        self.a.slots.push(Elem {
+        // A removed element keeps its removal's stamp in place of its value's (see `Elem`).
+        let (val, vstamp) = match e.r {
+            Some(r) => (Val::Gone, r),
+            None => (val, e.t),
+        };
+        let e = Elem {
             id: e.e,
             origin,
             right,
             val,
-            vstamp: e.t,
-            removed: e.r,
+            vstamp,
             u: e.u,
-        });
+        };
+        if e.removed().is_some() {
+            self.a.dead += 1;
+        }
+        self.a.slots.push(e);
         Ok(())
     }
 
@@ -391,7 +415,7 @@ fn check_tree(nodes: &[Node]) -> Result<()> {
         return Err(Error::Snapshot("the root is not an object".into()));
     }
     for (ix, n) in nodes.iter().enumerate() {
-        if let Some((p, s)) = n.parent {
+        if let Some((p, s)) = n.parent.get() {
             let len = match &nodes[p as usize].body {
                 Body::Obj(o) => o.slots.len(),
                 Body::Arr(a) => a.slots.len(),
@@ -448,17 +472,17 @@ fn snap_val(v: &Val) -> SnapVal {
     }
 }
 
-fn snap_node(n: &Node) -> SnapNode {
+fn snap_node(n: &Node, keys: &KeyTable) -> SnapNode {
     SnapNode {
         id: n.id,
-        parent: n.parent,
+        parent: n.parent.get(),
         u: n.u,
         obj: match &n.body {
             Body::Obj(o) => Some(
                 o.slots
                     .iter()
                     .map(|f| SnapField {
-                        k: f.key.clone(),
+                        k: keys.name(f.key).clone(),
                         v: snap_val(&f.val),
                         t: f.stamp,
                         u: f.u,
@@ -478,7 +502,7 @@ fn snap_node(n: &Node) -> SnapNode {
                         ro: a.link_id(e.right),
                         v: snap_val(&e.val),
                         t: e.vstamp,
-                        r: e.removed,
+                        r: e.removed(),
                         u: e.u,
                     })
                     .collect(),
@@ -795,7 +819,7 @@ impl Serialize for RowValOut<'_> {
     }
 }
 
-fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
+fn row_node<'a>(n: &'a Node, keys: &'a KeyTable) -> RowNode<'a, RowValOut<'a>> {
     let mut w = RowWriter {
         base: n.id.hlc,
         clients: vec![n.id.client],
@@ -808,7 +832,7 @@ fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
                     let plain = f.stamp == n.id && f.u == n.u;
                     let rest = (!plain).then(|| (w.stamp(f.stamp), f.u));
                     RowField(
-                        RowKey(std::borrow::Cow::Borrowed(&f.key)),
+                        RowKey(std::borrow::Cow::Borrowed(keys.name(f.key))),
                         w.val(&f.val),
                         rest,
                     )
@@ -825,7 +849,7 @@ fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
                     let plain = origin == before
                         && right.is_none()
                         && e.vstamp == e.id
-                        && e.removed.is_none()
+                        && e.removed().is_none()
                         && e.u == n.u;
                     before = Some(e.id);
                     let rest = (!plain).then(|| {
@@ -833,7 +857,7 @@ fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
                             origin.map(|s| w.stamp(s)),
                             right.map(|s| w.stamp(s)),
                             w.stamp(e.vstamp),
-                            e.removed.map(|s| w.stamp(s)),
+                            e.removed().map(|s| w.stamp(s)),
                             e.u,
                         )
                     });
@@ -843,7 +867,7 @@ fn row_node(n: &Node) -> RowNode<'_, RowValOut<'_>> {
             RowBody::A(elems, a.order.clone())
         }
     };
-    RowNode(w.clients, n.id.hlc, n.parent, n.u, body)
+    RowNode(w.clients, n.id.hlc, n.parent.get(), n.u, body)
 }
 
 /// The stamps and values of one saved record read back: the record's clients and base clock.
@@ -887,7 +911,7 @@ impl RowReading {
         fields: Vec<RowField<'_, RowVal>>,
         u: u64,
         keys: &mut KeyTable,
-    ) -> Result<Vec<SnapField>> {
+    ) -> Result<Vec<SnapField<KeyId>>> {
         let id = self.stamp((0, 0))?;
         let mut out = Vec::with_capacity(fields.len());
         for RowField(k, v, rest) in fields {
@@ -896,7 +920,7 @@ impl RowReading {
                 None => (id, u),
             };
             out.push(SnapField {
-                k: intern(keys, &k.0),
+                k: keys.intern(&k.0),
                 v: self.val(v)?,
                 t,
                 u,
@@ -1032,7 +1056,7 @@ impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
                 let ix = self.reading.ix;
                 self.reading
                     .fields(fields, self.u, self.keys)
-                    .and_then(|f| restore_obj(ix, f, self.count, self.max_u))
+                    .and_then(|f| restore_obj(ix, f, self.count, self.max_u, self.keys))
                     .map(Body::Obj)
                     .map_err(|e| stop(self.failed, e))
             }
@@ -1202,7 +1226,11 @@ impl Document {
     /// The whole replica state as JSON text, for storage.
     pub fn save(&self) -> String {
         let mut snap = self.head();
-        snap.nodes = self.nodes.iter().map(snap_node).collect();
+        snap.nodes = self
+            .nodes
+            .iter()
+            .map(|n| snap_node(n, &self.keys))
+            .collect();
         serde_json::to_string(&snap).unwrap_or_default()
     }
 
@@ -1234,7 +1262,7 @@ impl Document {
                 .enumerate()
                 .filter(changed)
                 .map(|(ix, n)| {
-                    let text = serde_json::to_vec(&row_node(n)).unwrap_or_default();
+                    let text = serde_json::to_vec(&row_node(n, &self.keys)).unwrap_or_default();
                     (ix as u32, pack_row(text))
                 })
                 .collect(),
@@ -1313,10 +1341,10 @@ impl Document {
     }
 
     /// `keys`: the table the nodes' keys were read into (their shared names).
-    fn from_snap(mut snap: Snap, keys: KeyTable) -> Result<Self> {
+    fn from_snap(mut snap: Snap, mut keys: KeyTable) -> Result<Self> {
         let mut r = Restoring::new(snap.nodes.len() as u32);
         for n in std::mem::take(&mut snap.nodes) {
-            r.push(n)?;
+            r.push(n, &mut keys)?;
         }
         Self::from_restored(snap, r, keys)
     }
@@ -1466,6 +1494,31 @@ mod parts_tests {
             back.digest(),
             "the origin is part of the digest"
         );
+    }
+
+    /// A removed element keeps only its removal's stamp. Saved by the code before, it also carries
+    /// the stamp of the value it had; that replica loads the same, and saves like one removed here.
+    #[test]
+    fn a_removed_element_saved_with_its_old_value_stamp_loads_the_same() {
+        let mut d = Document::new(&json!({"a": [1, {"b": 2}, 3]})).unwrap();
+        d.remove("a[1]").unwrap();
+        let p = d.save_parts(None);
+        let mut row: serde_json::Value = serde_json::from_slice(&p.nodes[1].1).unwrap();
+        let elems = row[4]["A"][0].as_array_mut().unwrap();
+        let removed = &mut elems[1];
+        assert_eq!(
+            removed[4], removed[5],
+            "saved: the removal in place of the value stamp"
+        );
+        // The record before: [id, value, origin, right origin, value stamp, removal, version].
+        removed[4] = removed[0].clone();
+        let mut nodes = p.nodes.clone();
+        nodes[1].1 = row.to_string().into_bytes();
+        let (old, _) = Document::restore_parts(&p.head, nodes).unwrap();
+        assert_eq!(old.get("a").unwrap(), Some(json!([1, 3])));
+        assert_eq!(old.digest(), d.digest());
+        assert_eq!(old.changes(), d.changes());
+        assert_eq!(old.save_parts(None).nodes, p.nodes);
     }
 
     /// An array record is read an element at a time; an origin that is a later slot (slots are

@@ -121,7 +121,12 @@ impl fmt::Debug for ClientId {
 ///
 /// Stamps also name things: a node's id is the stamp of the write that created it, and an array
 /// element's id is the stamp of its insertion.
+///
+/// Packed to 4-byte alignment: 12 bytes, not 16 with 4 of padding. A replica holds two or three
+/// stamps per slot, so this is a tenth of a large document's memory (an array element 64 bytes,
+/// not 72); the clock value is read unaligned, which costs nothing measurable on current CPUs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(Rust, packed(4))]
 pub struct Stamp {
     /// Hybrid logical clock value: wall-clock milliseconds << 16 plus a counter.
     pub hlc: u64,
@@ -183,7 +188,8 @@ impl Stamp {
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}-{}", self.hlc, self.client)
+        let (hlc, client) = (self.hlc, self.client);
+        write!(f, "{hlc:x}-{client}")
     }
 }
 

@@ -9,7 +9,7 @@ use std::fmt::{self, Display};
 
 use serde_json::Value;
 
-use crate::engine::doc::{Key, KeyTable, intern};
+use crate::engine::doc::{Key, KeySet, intern};
 use crate::engine::error::{Error, Result};
 use crate::engine::json::{Json, JsonObj};
 use crate::engine::scalar::Scalar;
@@ -291,7 +291,7 @@ impl Changes {
         let client_states = client_states_of(top.get("clientStates"))?;
         let mut r = Reading {
             budget: MAX_ITEMS,
-            keys: KeyTable::default(),
+            keys: KeySet::default(),
         };
         let root = match top.get("changes") {
             None | Some(Json::Null) => None,
@@ -574,7 +574,7 @@ impl Display for At<'_> {
 /// keys read so far (each held once: see `doc::Key`).
 struct Reading {
     budget: usize,
-    keys: KeyTable,
+    keys: KeySet,
 }
 
 fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<()> {

@@ -239,6 +239,10 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         use_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // 512 KiB of page cache, not SQLite's 2 MB: the replica is loaded once and then saved a
+        // few changed rows at a time, so the cache holds little more than the B-tree's inner
+        // pages, and the running agent's memory is mostly its replica (issue 16: ≤ 5× the JSON).
+        conn.pragma_update(None, "cache_size", -512)?;
         // One write transaction taken up front (IMMEDIATE waits for the lock through the busy
         // handler), so two processes creating the tables at once never see each other's half.
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
