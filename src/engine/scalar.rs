@@ -210,6 +210,23 @@ mod tests {
             let back: Scalar = serde_json::from_str(&out).unwrap();
             assert_eq!(back, s);
         }
+        // Around the 24 bytes held inline, in ASCII and in two-byte characters.
+        for text in [
+            String::new(),
+            "x".repeat(23),
+            "x".repeat(24),
+            "x".repeat(25),
+            "é".repeat(12),
+            "é".repeat(13),
+            "😀".repeat(100),
+        ] {
+            let v = Value::String(text.clone());
+            let s = Scalar::from_value(&v).unwrap();
+            assert_eq!(s, Scalar::Str(text.as_str().into()));
+            assert_eq!(s.to_value(), v);
+            let back: Scalar = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s, "{text}");
+        }
         assert_eq!(Scalar::from_value(&serde_json::json!([1])), None);
         assert!(serde_json::from_str::<Scalar>("{\"a\": 1}").is_err());
     }
