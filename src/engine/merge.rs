@@ -755,7 +755,8 @@ impl Document {
         a.order.insert(pos, slot);
         a.index_last();
         a.last_pos = Some(pos);
-        if e.removed.is_some() {
+        // Counted from the slot as made (removed exactly when it holds no value), as a load does.
+        if a.slots[slot as usize].removed().is_some() {
             a.dead += 1;
         }
         self.reindex(ix, slot, 0, u);
