@@ -48,8 +48,8 @@ const _: () = {
 };
 
 /// An object key's name, shared by every object that has that key (100,000 records with the
-/// same four keys hold four strings, not 400,000). One pointer wide (an `Arc<str>` is two): a
-/// key is in every field of every object.
+/// same four keys hold four strings, not 400,000): in a replica's [`KeyTable`], and in every field
+/// of a changes object read from the wire. One pointer wide (an `Arc<str>` is two).
 #[derive(Clone)]
 pub(crate) struct Key(Arc<Box<str>>);
 
