@@ -266,10 +266,8 @@ impl Changes {
             .as_object()
             .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
         check_marker_and_version(top)?;
-        let doc_id = match top.get("id") {
-            Some(v) if v.text().is_some_and(|s| !s.is_empty() && s.len() <= 128) => {
-                v.text().unwrap_or_default().into_owned()
-            }
+        let doc_id = match top.get("id").and_then(Json::text) {
+            Some(s) if !s.is_empty() && s.len() <= 128 => s.into_owned(),
             _ => {
                 return Err(Error::malformed(
                     "$.id",
@@ -1062,11 +1060,10 @@ fn parse_piece(v: &Json<'_>, at: &At<'_>, prev: Option<&Piece>, base: Stamp) -> 
             ));
         }
     };
-    let (s, len) = match (m.get("s"), m.get("n")) {
-        (Some(s), None) if s.text().is_some_and(|s| !s.is_empty()) => {
-            let s = s.text().unwrap_or_default().into_owned();
+    let (s, len) = match (m.get("s").map(Json::text), m.get("n")) {
+        (Some(Some(s)), None) if !s.is_empty() => {
             let len = s.chars().count() as u64;
-            (Some(s), len)
+            (Some(s.into_owned()), len)
         }
         (None, Some(n)) => (
             None,
