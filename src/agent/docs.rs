@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::agent::{AgentError, Result};
 use crate::config::{Config, DocumentConfig};
-use crate::engine::{Changes, Document, path};
+use crate::engine::{Changes, Document, Reach, path};
 use crate::store::{PeerChange, Save, Store};
 
 /// One `agent doc` subcommand. Values (`Set`, `Insert`, `Push`) are JSON text: text that is not
@@ -137,8 +137,9 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
         } => update(cfg, store, &name, &path, value, expected.as_ref()),
         DocCommand::Set { name, path, value } => {
             let value = parse_value(&value)?;
-            edit(cfg, store, &name, &format!("set {path}"), |doc| {
-                doc.set(&path, value)?;
+            let what = format!("set {path}");
+            edit(cfg, store, &name, &what, &[Reach::Parent(&path)], |doc| {
+                doc.set(&path, value.clone())?;
                 Ok(true)
             })?;
             Ok(String::new())
@@ -150,23 +151,19 @@ pub fn doc_command(cfg: &Config, store: &mut Store, cmd: DocCommand) -> Result<S
             value,
         } => {
             let value = parse_value(&value)?;
-            edit(
-                cfg,
-                store,
-                &name,
-                &format!("insert {path}[{index}]"),
-                |doc| {
-                    doc.insert(&path, index, value)?;
-                    Ok(true)
-                },
-            )?;
+            let what = format!("insert {path}[{index}]");
+            edit(cfg, store, &name, &what, &[Reach::Node(&path)], |doc| {
+                doc.insert(&path, index, value.clone())?;
+                Ok(true)
+            })?;
             Ok(String::new())
         }
         DocCommand::Push { name, path, value } => {
             let value = parse_value(&value)?;
             let mut len = 0;
-            edit(cfg, store, &name, &format!("push {path}"), |doc| {
-                len = doc.push(&path, value)?;
+            let what = format!("push {path}");
+            edit(cfg, store, &name, &what, &[Reach::Node(&path)], |doc| {
+                len = doc.push(&path, value.clone())?;
                 Ok(true)
             })?;
             let elements = if len == 1 { "element" } else { "elements" };
@@ -194,7 +191,8 @@ fn update(
     value: serde_json::Value,
     expected: Option<&serde_json::Value>,
 ) -> Result<String> {
-    edit(cfg, store, name, &format!("edit {path}"), |doc| {
+    let what = format!("edit {path}");
+    edit(cfg, store, name, &what, &[Reach::Value(path)], |doc| {
         let now = doc.get(path)?;
         if let Some(expected) = expected
             && now.as_ref() != Some(expected)
@@ -203,7 +201,7 @@ fn update(
                 "{name}: {path:?} changed while it was being edited (a merge arrived); nothing was applied"
             )));
         }
-        doc.update(path, value)?;
+        doc.update(path, value.clone())?;
         Ok(true)
     })?;
     Ok(String::new())
@@ -212,7 +210,8 @@ fn update(
 /// `doc rm`: removes the value at `path`; nothing there is an error.
 fn rm(cfg: &Config, store: &mut Store, name: &str, path: &str) -> Result<String> {
     let mut found = false;
-    edit(cfg, store, name, &format!("rm {path}"), |doc| {
+    let what = format!("rm {path}");
+    edit(cfg, store, name, &what, &[Reach::Value(path)], |doc| {
         found = doc.remove(path)?.is_some();
         Ok(found)
     })?;
@@ -260,13 +259,16 @@ pub(super) fn local_who(cfg: &Config) -> String {
 }
 
 /// A local edit of an existing replica: `f` changes the document and says whether it changed
-/// anything; the edit, its save and its change-log row commit together.
+/// anything; the edit, its save and its change-log row commit together. `reach`: what of the
+/// replica the edit needs, when it is not loaded here (see [`Store::update_doc_reaching`]; `f`
+/// may then run twice, the first run's effects dropped).
 fn edit(
     cfg: &Config,
     store: &mut Store,
     name: &str,
     what: &str,
-    f: impl FnOnce(&mut Document) -> Result<bool>,
+    reach: &[Reach],
+    mut f: impl FnMut(&mut Document) -> Result<bool>,
 ) -> Result<()> {
     configured(cfg, name)?;
     if !store.has_doc(name)? {
@@ -277,7 +279,7 @@ fn edit(
         )));
     }
     let who = local_who(cfg);
-    store.update_doc::<_, AgentError>(name, |doc, tx| {
+    store.update_doc_reaching::<_, AgentError>(name, reach, |doc, tx| {
         if !f(doc)? {
             return Ok(((), Save::No));
         }
@@ -327,7 +329,8 @@ fn list(cfg: &Config, store: &mut Store, json: bool) -> Result<String> {
 
 fn get(cfg: &Config, store: &mut Store, name: &str, path: &str, json: bool) -> Result<String> {
     configured(cfg, name)?;
-    let (value, version) = store.read_doc(name, |d| (d.get(path), d.version()))?;
+    let reach = [Reach::Value(path)];
+    let (value, version) = store.read_doc_reaching(name, &reach, |d| (d.get(path), d.version()))?;
     let Some(value) = value? else {
         return Err(AgentError::Other(format!(
             "{name}: nothing at path {path:?} (see `agent doc get {name}` for the whole document)"
@@ -361,7 +364,8 @@ fn import(cfg: &Config, store: &mut Store, name: &str, json: &str) -> Result<Str
     }
     let before = store.read_doc(name, |d| d.to_json())?;
     let what = format!("import: {}", changed_paths(&before, &value, 10));
-    edit(cfg, store, name, &what, |doc| {
+    // The whole document: it is loaded whole already, for `before`.
+    edit(cfg, store, name, &what, &[Reach::Value("")], |doc| {
         let key = |k: &str| path::render(&[path::Segment::Key(k.to_string())]);
         let old: Vec<String> = doc
             .to_json()
@@ -389,27 +393,24 @@ fn move_element(
     from: usize,
     to: usize,
 ) -> Result<String> {
-    edit(
-        cfg,
-        store,
-        name,
-        &format!("move {path}[{from}] to [{to}]"),
-        |doc| {
-            let len = doc.len(path)?;
-            if from >= len || to >= len {
-                return Err(AgentError::Other(format!(
-                    "{name}: {path} has {len} elements (indexes 0 to {}); cannot move [{from}] to [{to}]",
-                    len.saturating_sub(1)
-                )));
-            }
-            if from == to {
-                return Ok(false);
-            }
-            let value = doc.remove_at(path, from)?;
-            doc.insert(path, to, value)?;
-            Ok(true)
-        },
-    )?;
+    let what = format!("move {path}[{from}] to [{to}]");
+    let element = format!("{path}[{from}]");
+    let reach = [Reach::Node(path), Reach::Value(&element)];
+    edit(cfg, store, name, &what, &reach, |doc| {
+        let len = doc.len(path)?;
+        if from >= len || to >= len {
+            return Err(AgentError::Other(format!(
+                "{name}: {path} has {len} elements (indexes 0 to {}); cannot move [{from}] to [{to}]",
+                len.saturating_sub(1)
+            )));
+        }
+        if from == to {
+            return Ok(false);
+        }
+        let value = doc.remove_at(path, from)?;
+        doc.insert(path, to, value)?;
+        Ok(true)
+    })?;
     Ok(String::new())
 }
 

@@ -428,6 +428,9 @@ pub struct Document {
     pub(crate) wall: WallClock,
     /// Stamps further ahead of the wall clock than this (ms) are refused.
     pub(crate) max_skew_ms: u64,
+    /// Set for a replica loaded in part (see `part_load.rs`): which saved nodes it holds; the
+    /// others are empty stand-ins. Such a replica serves one local edit and its save.
+    pub(crate) in_part: Option<Box<crate::engine::part_load::Held>>,
 }
 
 impl std::fmt::Debug for Document {
@@ -588,6 +591,7 @@ impl Document {
             digest: std::cell::Cell::new(Some(0)),
             wall: Arc::new(system_now_ms),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            in_part: None,
         };
         doc.index_last_node();
         doc
@@ -718,17 +722,7 @@ impl Document {
     }
 
     fn child_val(&self, n: Ix, seg: &Segment) -> Option<&Val> {
-        match (&self.nodes[n as usize].body, seg) {
-            (Body::Obj(o), Segment::Key(k)) => {
-                let f = &o.slots[o.slot_named(&self.keys, k)? as usize];
-                (f.val != Val::Gone).then_some(&f.val)
-            }
-            (Body::Arr(a), Segment::Index(i)) => {
-                let pos = visible_pos(a, *i)?;
-                Some(&a.slots[a.order[pos] as usize].val)
-            }
-            _ => None,
-        }
+        child_of(&self.nodes[n as usize], &self.keys, seg)
     }
 
     fn container(&self, path_text: &str, segs: &[Segment]) -> Result<Ix> {
@@ -1292,6 +1286,21 @@ impl Document {
             cache.insert(c, result);
         }
         result
+    }
+}
+
+/// The live value a path segment leads to from `node` (`keys`: its replica's key names).
+pub(crate) fn child_of<'a>(node: &'a Node, keys: &KeyTable, seg: &Segment) -> Option<&'a Val> {
+    match (&node.body, seg) {
+        (Body::Obj(o), Segment::Key(k)) => {
+            let f = &o.slots[o.slot_named(keys, k)? as usize];
+            (f.val != Val::Gone).then_some(&f.val)
+        }
+        (Body::Arr(a), Segment::Index(i)) => {
+            let pos = visible_pos(a, *i)?;
+            Some(&a.slots[a.order[pos] as usize].val)
+        }
+        _ => None,
     }
 }
 

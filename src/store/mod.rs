@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
-use crate::engine::{self, Document, SaveMark};
+use crate::engine::{self, Document, Reach, SaveMark};
 
 mod devices;
 mod files;
@@ -362,6 +362,27 @@ impl Store {
         Ok(f(&loaded.doc))
     }
 
+    /// Reads a document as [`Store::read_doc`], loading of a replica not loaded here only the
+    /// nodes `reach` names ([`engine::PartLoad`]); the replica loaded in part is not kept.
+    pub fn read_doc_reaching<R>(
+        &mut self,
+        name: &str,
+        reach: &[Reach],
+        f: impl FnOnce(&Document) -> R,
+    ) -> Result<R> {
+        if self.cache.contains_key(name) {
+            return self.read_doc(name, f);
+        }
+        // One transaction: the head and the nodes read are of one revision.
+        let tx = self.conn.transaction()?;
+        let part = replica::read_reaching(&tx, name, reach)?;
+        drop(tx);
+        match part {
+            Some((_, doc, _)) => Ok(f(&doc)),
+            None => self.read_doc(name, f),
+        }
+    }
+
     /// Changes a document atomically: `f` gets the document and the open transaction (for the
     /// writes that must commit with it) and says whether the document must be saved and whether
     /// the change was a local edit. If `f` fails nothing is written and the cached copy is dropped.
@@ -381,40 +402,88 @@ impl Store {
         let Some(Loaded { rev, doc, mark }) = self.cache.get_mut(name) else {
             return Err(StoreError::NoDocument(name.to_string()).into());
         };
-        let result = f(doc, &tx);
-        let (value, save) = match result {
+        let (value, save) = match f(doc, &tx) {
             Ok(v) => v,
             Err(e) => {
                 self.cache.remove(name);
                 return Err(e);
             }
         };
-        if save != Save::No {
-            let now = now_ms();
-            let edited = save == Save::Edited;
-            let new_rev = *rev + 1;
-            let write = replica::write(&tx, name, doc, *mark).and_then(|(head, new_mark)| {
-                tx.execute(
-                    "UPDATE documents SET state = ?1, rev = ?2, updated_at = ?3, edited_at = CASE WHEN ?4 THEN COALESCE(edited_at, ?3) ELSE edited_at END WHERE name = ?5",
-                    params![head, new_rev, now, edited, name],
-                )?;
-                Ok(new_mark)
-            });
-            let committed = write.and_then(|m| Ok(tx.commit().map(|()| m)?));
-            match committed {
-                Ok(m) => {
-                    *rev = new_rev;
-                    *mark = Some(m);
-                }
-                Err(e) => {
-                    self.cache.remove(name);
-                    return Err(e.into());
-                }
+        match Self::save_doc(tx, name, doc, *mark, *rev, save) {
+            Ok(Some((new_rev, m))) => {
+                *rev = new_rev;
+                *mark = Some(m);
             }
-        } else {
-            tx.commit().map_err(StoreError::from)?;
+            Ok(None) => {}
+            Err(e) => {
+                self.cache.remove(name);
+                return Err(e.into());
+            }
         }
         Ok(value)
+    }
+
+    /// A local edit of a document as [`Store::update_doc`], loading of a replica not loaded here
+    /// only the nodes `reach` names ([`engine::PartLoad`]): so a command run without the agent edits a
+    /// large replica in a few milliseconds rather than the time a whole load takes. The edit and
+    /// its save are the same as on the whole replica; the replica loaded in part is not kept. `f`
+    /// runs again on the whole replica when the edit needs more than `reach` named (nothing of
+    /// its first run is written).
+    pub fn update_doc_reaching<R, E>(
+        &mut self,
+        name: &str,
+        reach: &[Reach],
+        mut f: impl FnMut(&mut Document, &Transaction) -> std::result::Result<(R, Save), E>,
+    ) -> std::result::Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        if self.cache.contains_key(name) {
+            return self.update_doc(name, f);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let Some((rev, mut doc, mark)) = replica::read_reaching(&tx, name, reach)? else {
+            drop(tx);
+            return self.update_doc(name, f);
+        };
+        doc.set_max_clock_skew(self.max_clock_skew);
+        let (value, save) = f(&mut doc, &tx)?;
+        if !doc.edited_within_part(mark) {
+            tracing::debug!("{name}: the edit reached past the nodes loaded; loading it whole");
+            drop(tx);
+            return self.update_doc(name, f);
+        }
+        Self::save_doc(tx, name, &doc, Some(mark), rev, save)?;
+        Ok(value)
+    }
+
+    /// Saves `doc` (loaded at revision `rev`, last saved at `mark`) as `save` says and commits
+    /// `tx`: the new revision and save mark, or `None` when there was nothing to save.
+    fn save_doc(
+        tx: Transaction,
+        name: &str,
+        doc: &Document,
+        mark: Option<SaveMark>,
+        rev: i64,
+        save: Save,
+    ) -> Result<Option<(i64, SaveMark)>> {
+        if save == Save::No {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let now = now_ms();
+        let edited = save == Save::Edited;
+        let new_rev = rev + 1;
+        let (head, new_mark) = replica::write(&tx, name, doc, mark)?;
+        tx.execute(
+            "UPDATE documents SET state = ?1, rev = ?2, updated_at = ?3, edited_at = CASE WHEN ?4 THEN COALESCE(edited_at, ?3) ELSE edited_at END WHERE name = ?5",
+            params![head, new_rev, now, edited, name],
+        )?;
+        tx.commit()?;
+        Ok(Some((new_rev, new_mark)))
     }
 
     /// When the document's oldest unsent change was made (None: nothing waiting).

@@ -5,9 +5,9 @@
 //! older version (all of it in `state`, no node rows) still loads, and its first save writes
 //! every node.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::engine::{Document, SaveMark};
+use crate::engine::{Document, PartLoad, Reach, SaveMark, Wanted};
 use crate::store::{Result, StoreError, text_or_blob};
 
 pub(super) const SCHEMA: &str = r#"
@@ -71,9 +71,51 @@ pub(super) fn read(
     Ok((doc, Some(mark)))
 }
 
+/// Document `name` at its revision, loaded in part for an edit that needs `reach` (see
+/// [`PartLoad`]), with the mark to save on from; `None` when it must be loaded whole (saved
+/// whole by an older version, or the edit needs too many nodes).
+pub(super) fn read_reaching(
+    conn: &Connection,
+    name: &str,
+    reach: &[Reach],
+) -> Result<Option<(i64, Document, SaveMark)>> {
+    let corrupt = |source| StoreError::Document {
+        name: name.to_string(),
+        source,
+    };
+    let Some((rev, state)) = conn
+        .query_row(
+            "SELECT rev, state FROM documents WHERE name = ?1",
+            [name],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+    else {
+        return Err(StoreError::NoDocument(name.to_string()));
+    };
+    let Ok(mut part) = PartLoad::new(&state, reach) else {
+        return Ok(None);
+    };
+    let mut row = conn.prepare_cached("SELECT node FROM doc_nodes WHERE name = ?1 AND ix = ?2")?;
+    loop {
+        match part.wanted() {
+            Wanted::Node(ix) => {
+                let node = row
+                    .query_row(params![name, ix], |r| Ok(text_or_blob(r.get_ref(0)?)))
+                    .optional()?;
+                part.add(ix, node.as_deref()).map_err(corrupt)?;
+            }
+            Wanted::Whole => return Ok(None),
+            Wanted::Done => break,
+        }
+    }
+    let (doc, mark) = part.finish().map_err(corrupt)?;
+    Ok(Some((rev, doc, mark)))
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::engine::Document;
+    use crate::engine::{Document, Reach};
     use crate::store::{Save, Store, StoreError};
     use serde_json::json;
 
@@ -142,6 +184,59 @@ mod tests {
             other.read_doc("d", Document::to_json).unwrap(),
             json!({"a": [1, {"b": "text"}], "c": true})
         );
+    }
+
+    /// A one-field edit of a replica not loaded here reads the nodes on its path, writes one
+    /// node and keeps nothing loaded; an edit that goes past the nodes its reach named is made
+    /// again on the whole replica, and every edit loads back as made.
+    #[test]
+    fn an_edit_of_a_replica_not_loaded_reads_only_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let records: Vec<_> = (0..500).map(|i| json!({"n": i, "done": false})).collect();
+        Store::open(&path)
+            .unwrap()
+            .create_doc("d", &Document::new(&json!({"r": records})).unwrap(), false)
+            .unwrap();
+        let mut s = Store::open(&path).unwrap();
+        s.conn
+            .execute_batch(
+                "CREATE TEMP TABLE writes (n INTEGER); CREATE TEMP TRIGGER w AFTER INSERT ON doc_nodes BEGIN INSERT INTO writes VALUES (1); END;",
+            )
+            .unwrap();
+        let edit = |s: &mut Store, reach: &[Reach], p: &str, v: serde_json::Value| {
+            let mut runs = 0;
+            s.update_doc_reaching::<_, StoreError>("d", reach, |doc, _| {
+                runs += 1;
+                assert_eq!(doc.is_whole(), runs == 2);
+                doc.set(p, v.clone()).unwrap();
+                Ok(((), Save::Edited))
+            })
+            .unwrap();
+            runs
+        };
+        let runs = edit(
+            &mut s,
+            &[Reach::Parent("r[250].done")],
+            "r[250].done",
+            json!(true),
+        );
+        let writes: i64 = s
+            .conn
+            .query_row("SELECT COUNT(*) FROM writes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((runs, writes), (1, 1));
+        assert!(s.cache.is_empty(), "a replica loaded in part is not kept");
+        // Named r[1] but writes r[2] (a stand-in here): made again on the whole replica.
+        let runs = edit(&mut s, &[Reach::Parent("r[1].n")], "r[2].m", json!(5));
+        assert_eq!(runs, 2);
+        let back = Store::open(&path)
+            .unwrap()
+            .read_doc("d", Document::to_json)
+            .unwrap();
+        assert_eq!(back["r"][250], json!({"n": 250, "done": true}));
+        assert_eq!(back["r"][2], json!({"n": 2, "done": false, "m": 5}));
+        assert_eq!(back["r"].as_array().unwrap().len(), 500);
     }
 
     /// A node row that went missing or bad makes loading fail with the document's name, never

@@ -1,0 +1,491 @@
+//! Loading a replica in part, for one local edit.
+//!
+//! A command run without the agent (`agent doc set todo 'records[7].title' …`) must load the
+//! replica before it can edit it, and loading a 10 MB document's replica whole takes about
+//! 120 ms of the command's time. Saved in parts (a head and one record per node, see
+//! [`Document::save_parts`]), it need not be loaded whole: an edit at a path reads and writes only
+//! the nodes the path passes through, and, where it reads the value there (a removal returns it,
+//! an update diffs it), the nodes under that value. [`PartLoad`] reads just those; every other
+//! node stands in as an empty object that nothing reads or writes, and the save after the edit
+//! writes the head and the nodes the edit changed, exactly as after an edit of the whole replica.
+//!
+//! Loading is free of I/O: [`PartLoad::wanted`] says which saved node it needs next and the
+//! caller hands it over with [`PartLoad::add`]. A node's record is checked as in a whole load;
+//! the tree is checked among the nodes held. A replica loaded in part is for the edit and its save
+//! only: [`Document::edited_within_part`] tells whether the edit stayed within the nodes held
+//! (else its caller loads the replica whole and edits that instead), and nothing keeps it after.
+
+use std::collections::BTreeMap;
+
+use crate::engine::doc::{Body, Document, Ix, KeyTable, Node, Obj, Parent, Val, child_of};
+use crate::engine::error::{Error, Result};
+use crate::engine::id_index::IdIndex;
+use crate::engine::path::{self, Segment};
+use crate::engine::snapshot::{SaveMark, Snap, check_tree, read_head, read_row};
+use crate::engine::stamp::Stamp;
+use crate::engine::{HashSet, snapshot};
+
+/// What an edit needs of the replica at a path (paths as [`Document::set`] takes them; a path
+/// that does not parse needs nothing: the edit reports it).
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    /// The nodes the path's parent passes through: enough to set or replace the value at the
+    /// path ([`Document::set`]).
+    Parent(&'a str),
+    /// The nodes the path passes through, the one it names included: enough to insert into the
+    /// array at the path ([`Document::insert`], [`Document::push`], [`Document::len`]).
+    Node(&'a str),
+    /// Those and every node under the value at the path: enough to read it
+    /// ([`Document::get`], [`Document::remove`], [`Document::update`]).
+    Value(&'a str),
+}
+
+/// The next thing a [`PartLoad`] needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// The saved record of this node.
+    Node(u32),
+    /// Nothing more: [`PartLoad::finish`] makes the replica.
+    Done,
+    /// The edit reaches more than [`MOST_NODES`] nodes: load the replica whole instead (one query
+    /// per node would take longer).
+    Whole,
+}
+
+/// The most nodes a replica loaded in part holds.
+pub const MOST_NODES: usize = 4096;
+
+/// Which saved nodes a replica loaded in part holds (`count`: how many it has in all).
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    count: u32,
+    held: HashSet<Ix>,
+}
+
+/// One step of reading what the reaches need.
+enum Step {
+    /// Follow path `path` from its segment `seg`, at node `node`.
+    Walk { path: usize, seg: usize, node: Ix },
+    /// Read every node under `node`.
+    Under(Ix),
+}
+
+impl Step {
+    fn node(&self) -> Ix {
+        match self {
+            Step::Walk { node, .. } | Step::Under(node) => *node,
+        }
+    }
+}
+
+/// A replica being loaded in part: see the module's documentation.
+pub struct PartLoad {
+    snap: Snap,
+    count: u32,
+    keys: KeyTable,
+    max_u: u64,
+    /// (segments, whether every node under the path's value is needed) of each reach.
+    paths: Vec<(Vec<Segment>, bool)>,
+    steps: Vec<Step>,
+    nodes: BTreeMap<Ix, Node>,
+    /// Nodes whose children are read or being read (a damaged record naming its own ancestor
+    /// as a child must not make the reading go round).
+    expanded: HashSet<Ix>,
+}
+
+impl PartLoad {
+    /// Starts loading the replica whose saved head is `head` (the `head` of [`SavedParts`]) for
+    /// an edit that needs `reach`. The root is always read.
+    ///
+    /// [`SavedParts`]: crate::engine::SavedParts
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] when `head` is not the head of a replica saved in parts.
+    pub fn new(head: &str, reach: &[Reach]) -> Result<Self> {
+        let (snap, count) = read_head(head)?;
+        let mut paths = vec![(Vec::new(), false)];
+        for r in reach {
+            let (text, upto, under) = match *r {
+                Reach::Parent(p) => (p, 1, false),
+                Reach::Node(p) => (p, 0, false),
+                Reach::Value(p) => (p, 0, true),
+            };
+            if let Ok(mut segs) = path::parse(text) {
+                segs.truncate(segs.len().saturating_sub(upto));
+                paths.push((segs, under));
+            }
+        }
+        let steps = (0..paths.len())
+            .rev()
+            .map(|path| Step::Walk {
+                path,
+                seg: 0,
+                node: 0,
+            })
+            .collect();
+        Ok(PartLoad {
+            snap,
+            count,
+            keys: KeyTable::default(),
+            max_u: 0,
+            paths,
+            steps,
+            nodes: BTreeMap::new(),
+            expanded: HashSet::default(),
+        })
+    }
+
+    /// What is needed next: follows the paths through the nodes read so far.
+    pub fn wanted(&mut self) -> Wanted {
+        while let Some(step) = self.steps.pop() {
+            let ix = step.node();
+            let Some(node) = self.nodes.get(&ix) else {
+                self.steps.push(step);
+                return if self.nodes.len() >= MOST_NODES {
+                    Wanted::Whole
+                } else {
+                    Wanted::Node(ix)
+                };
+            };
+            match step {
+                Step::Walk { path, seg, node: n } => {
+                    let (segs, under) = &self.paths[path];
+                    match segs.get(seg) {
+                        None if *under => self.steps.push(Step::Under(n)),
+                        None => {}
+                        Some(s) => {
+                            if let Some(Val::Node(c)) = child_of(node, &self.keys, s) {
+                                self.steps.push(Step::Walk {
+                                    path,
+                                    seg: seg + 1,
+                                    node: *c,
+                                });
+                            }
+                        }
+                    }
+                }
+                Step::Under(n) => {
+                    if self.expanded.insert(n) {
+                        let children = live_children(node);
+                        self.steps.extend(children.into_iter().map(Step::Under));
+                    }
+                }
+            }
+        }
+        Wanted::Done
+    }
+
+    /// Adds the saved record of node `ix` (`None`: there is none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] when the record is missing or unreadable, or names an impossible
+    /// parent or child (as in a whole load).
+    pub fn add(&mut self, ix: u32, row: Option<&[u8]>) -> Result<()> {
+        if ix >= self.count {
+            return Err(Error::Snapshot(format!(
+                "saved node {ix} of {} asked for",
+                self.count
+            )));
+        }
+        let row = row.ok_or_else(|| {
+            Error::Snapshot(format!("saved node {ix} of {} is missing", self.count))
+        })?;
+        let node = read_row(ix, self.count, row, &mut self.keys, &mut self.max_u)?;
+        self.nodes.insert(ix, node);
+        Ok(())
+    }
+
+    /// The replica loaded in part, and the mark to save on from.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Snapshot`] when the nodes held are inconsistent (two with one id, one naming a
+    /// slot its parent lacks, a root that is not an object).
+    pub fn finish(self) -> Result<(Document, SaveMark)> {
+        let PartLoad {
+            snap,
+            count,
+            keys,
+            max_u,
+            nodes: read,
+            ..
+        } = self;
+        if !read.contains_key(&0) {
+            return Err(Error::Snapshot("the root was not read".into()));
+        }
+        let mut nodes: Vec<Node> = (0..count).map(|_| stand_in()).collect();
+        let mut by_id = IdIndex::with_capacity(read.len());
+        let mut held = HashSet::default();
+        for (ix, node) in read {
+            let id = node.id;
+            nodes[ix as usize] = node;
+            if !by_id.insert(id, ix, |i| nodes[i as usize].id) {
+                return Err(Error::Snapshot(format!("node id {id} appears twice")));
+            }
+            held.insert(ix);
+        }
+        check_tree(&nodes, |ix| held.contains(&ix))?;
+        let mut doc = Document::assemble(snap, nodes, by_id, keys, max_u);
+        doc.in_part = Some(Box::new(Held { count, held }));
+        let mark = doc.save_mark();
+        Ok((doc, mark))
+    }
+}
+
+/// The empty object a node not read stands in as.
+fn stand_in() -> Node {
+    Node {
+        id: Stamp::ZERO,
+        parent: Parent::NONE,
+        u: 0,
+        body: Body::Obj(Obj::default()),
+    }
+}
+
+/// The nodes `node`'s live slots hold.
+fn live_children(node: &Node) -> Vec<Ix> {
+    let of = |v: &Val| match v {
+        Val::Node(c) => Some(*c),
+        _ => None,
+    };
+    match &node.body {
+        Body::Obj(o) => o.slots.iter().filter_map(|f| of(&f.val)).collect(),
+        Body::Arr(a) => a.slots.iter().filter_map(|e| of(&e.val)).collect(),
+    }
+}
+
+impl Document {
+    /// Whether this replica is loaded whole (not by a [`PartLoad`]).
+    pub fn is_whole(&self) -> bool {
+        self.in_part.is_none()
+    }
+
+    /// Whether every saved node changed since `mark` (where a [`PartLoad`] left this replica) is
+    /// one this replica holds: true for a replica loaded whole, and for one loaded in part whose
+    /// edit reached only what its reaches named. Only such an edit may be saved.
+    pub fn edited_within_part(&self, mark: SaveMark) -> bool {
+        let Some(part) = &self.in_part else {
+            return true;
+        };
+        let since = snapshot::mark_version(mark);
+        self.nodes
+            .iter()
+            .take(part.count as usize)
+            .enumerate()
+            .all(|(ix, n)| n.u <= since || part.held.contains(&(ix as Ix)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A replica with records (objects holding arrays and objects), a nested object and texts,
+    /// edited a little so that its saved form has long elements and fields too; its saved parts.
+    fn saved() -> (String, BTreeMap<u32, Vec<u8>>) {
+        let records: Vec<Value> = (0..40)
+            .map(|i| {
+                json!({"title": format!("record {i}"), "done": i % 2 == 0,
+                            "tags": ["a", {"k": i}], "sub": {"x": [i, [i]]}})
+            })
+            .collect();
+        let mut d = Document::new(&json!({"records": records,
+            "meta": {"a": {"b": [1, 2, {"c": "text"}]}}, "s": "a string"}))
+        .unwrap();
+        d.set("records[3].title", json!("record three")).unwrap();
+        d.remove_at("records", 7).unwrap();
+        d.insert("records", 2, json!({"title": "new"})).unwrap();
+        d.set("meta.a.b[1]", json!("two")).unwrap();
+        let p = d.save_parts(None);
+        (p.head, p.nodes.into_iter().collect())
+    }
+
+    fn whole(head: &str, rows: &BTreeMap<u32, Vec<u8>>) -> (Document, SaveMark) {
+        Document::restore_parts(head, rows.iter().map(|(i, r)| (*i, r.clone()))).unwrap()
+    }
+
+    fn in_part(head: &str, rows: &BTreeMap<u32, Vec<u8>>, reach: &[Reach]) -> PartLoad {
+        let mut part = PartLoad::new(head, reach).unwrap();
+        loop {
+            match part.wanted() {
+                Wanted::Node(ix) => part.add(ix, rows.get(&ix).map(|r| &r[..])).unwrap(),
+                Wanted::Done => return part,
+                Wanted::Whole => panic!("loaded whole"),
+            }
+        }
+    }
+
+    type Edit = fn(&mut Document) -> Result<Value>;
+
+    /// Each edit the CLI makes, at paths that lead somewhere and paths that do not, with the
+    /// reach the CLI gives it.
+    fn edits() -> Vec<(&'static str, Vec<Reach<'static>>, Edit)> {
+        fn ok(r: Result<()>) -> Result<Value> {
+            r.map(|()| Value::Null)
+        }
+        vec![
+            ("set a text", vec![Reach::Parent("records[3].title")], |d| {
+                ok(d.set("records[3].title", json!("record 3, edited")))
+            }),
+            ("set a flag", vec![Reach::Parent("records[5].done")], |d| {
+                ok(d.set("records[5].done", json!(true)))
+            }),
+            ("replace a record", vec![Reach::Parent("records[4]")], |d| {
+                ok(d.set("records[4]", json!({"title": "replaced", "x": [1]})))
+            }),
+            ("append by set", vec![Reach::Parent("records[40]")], |d| {
+                ok(d.set("records[40]", json!({"title": "appended"})))
+            }),
+            (
+                "past the end",
+                vec![Reach::Parent("records[90].done")],
+                |d| ok(d.set("records[90].done", json!(true))),
+            ),
+            ("deep", vec![Reach::Parent("meta.a.b[2].c")], |d| {
+                ok(d.set("meta.a.b[2].c", json!("deep")))
+            }),
+            ("into a scalar", vec![Reach::Parent("s.x")], |d| {
+                ok(d.set("s.x", json!(1)))
+            }),
+            ("a new key", vec![Reach::Parent("meta.new")], |d| {
+                ok(d.set("meta.new", json!({"n": [1, 2]})))
+            }),
+            ("a bad path", vec![Reach::Parent("records[")], |d| {
+                ok(d.set("records[", json!(1)))
+            }),
+            ("the root", vec![Reach::Parent("")], |d| {
+                ok(d.set("", json!(1)))
+            }),
+            ("push", vec![Reach::Node("records[3].tags")], |d| {
+                d.push("records[3].tags", json!({"t": 1})).map(Value::from)
+            }),
+            ("insert", vec![Reach::Node("records")], |d| {
+                ok(d.insert("records", 1, json!({"title": "at 1"})))
+            }),
+            ("push onto an object", vec![Reach::Node("meta")], |d| {
+                d.push("meta", json!(1)).map(Value::from)
+            }),
+            ("remove a record", vec![Reach::Value("records[6]")], |d| {
+                d.remove("records[6]").map(|v| v.unwrap_or(Value::Null))
+            }),
+            ("remove nothing", vec![Reach::Value("meta.nope")], |d| {
+                d.remove("meta.nope").map(|v| v.unwrap_or(Value::Null))
+            }),
+            ("update", vec![Reach::Value("records[8]")], |d| {
+                let r = d.update(
+                    "records[8]",
+                    json!({"title": "record 8!", "done": true, "tags": ["a"], "sub": {}}),
+                );
+                ok(r)
+            }),
+            ("get", vec![Reach::Value("meta")], |d| {
+                d.get("meta").map(|v| v.unwrap_or(Value::Null))
+            }),
+            (
+                "move",
+                vec![Reach::Node("records"), Reach::Value("records[9]")],
+                |d| {
+                    let v = d.remove_at("records", 9)?;
+                    ok(d.insert("records", 2, v))
+                },
+            ),
+        ]
+    }
+
+    /// Every edit gives the same result on a replica loaded in part as on the whole replica,
+    /// writes the same records, and the records saved over the old ones load as the whole
+    /// replica edited.
+    #[test]
+    fn an_edit_in_part_is_the_edit_of_the_whole_replica() {
+        let (head, rows) = saved();
+        for (what, reach, edit) in edits() {
+            let frozen: crate::engine::WallClock = Arc::new(|| 1_900_000_000_000);
+            let (mut full, full_mark) = whole(&head, &rows);
+            let part = in_part(&head, &rows, &reach);
+            let (mut doc, mark) = part.finish().unwrap();
+            assert!(!doc.is_whole());
+            assert_eq!(mark, full_mark, "{what}");
+            full.set_wall_clock(frozen.clone());
+            doc.set_wall_clock(frozen);
+            let expected = edit(&mut full).map_err(|e| e.to_string());
+            let got = edit(&mut doc).map_err(|e| e.to_string());
+            assert_eq!(got, expected, "{what}");
+            assert!(doc.edited_within_part(mark), "{what}");
+            let (ours, theirs) = (doc.save_parts(Some(mark)), full.save_parts(Some(mark)));
+            assert_eq!(ours.head, theirs.head, "{what}");
+            assert_eq!(ours.nodes, theirs.nodes, "{what}");
+            let mut after = rows.clone();
+            after.extend(ours.nodes);
+            let (back, _) = whole(&ours.head, &after);
+            assert_eq!(back.save(), full.save(), "{what}");
+        }
+    }
+
+    /// An edit that goes past the nodes its reach named writes into a stand-in: the replica
+    /// says so, and such an edit is not saved.
+    #[test]
+    fn an_edit_past_its_reach_is_seen() {
+        let (head, rows) = saved();
+        let (mut doc, mark) = in_part(&head, &rows, &[Reach::Parent("records[3].title")])
+            .finish()
+            .unwrap();
+        doc.set("records[3].title", json!("x")).unwrap();
+        assert!(doc.edited_within_part(mark));
+        doc.set("meta.z", json!(1)).unwrap();
+        assert!(!doc.edited_within_part(mark));
+    }
+
+    /// Only the nodes on the path are read: the root, the array, the record.
+    #[test]
+    fn reads_only_the_nodes_on_the_path() {
+        let (head, rows) = saved();
+        let mut part = PartLoad::new(&head, &[Reach::Parent("records[3].title")]).unwrap();
+        let mut read = Vec::new();
+        while let Wanted::Node(ix) = part.wanted() {
+            read.push(ix);
+            part.add(ix, rows.get(&ix).map(|r| &r[..])).unwrap();
+        }
+        assert_eq!(read.len(), 3, "{read:?}");
+        assert_eq!(read[0], 0);
+    }
+
+    /// A reach of more than [`MOST_NODES`] nodes asks for the whole replica; a missing or
+    /// damaged record is an error, never a stand-in.
+    #[test]
+    fn too_much_asks_for_the_whole_and_a_missing_record_is_an_error() {
+        let records: Vec<Value> = (0..MOST_NODES).map(|i| json!({"n": i})).collect();
+        let d = Document::new(&json!({ "r": records })).unwrap();
+        let p = d.save_parts(None);
+        let rows: BTreeMap<u32, Vec<u8>> = p.nodes.into_iter().collect();
+        let mut part = PartLoad::new(&p.head, &[Reach::Value("r")]).unwrap();
+        let mut asked = 0;
+        let end = loop {
+            match part.wanted() {
+                Wanted::Node(ix) => {
+                    asked += 1;
+                    part.add(ix, rows.get(&ix).map(|r| &r[..])).unwrap()
+                }
+                other => break other,
+            }
+        };
+        assert_eq!((end, asked), (Wanted::Whole, MOST_NODES));
+        let mut part = PartLoad::new(&p.head, &[Reach::Parent("r[3].n")]).unwrap();
+        assert_eq!(part.wanted(), Wanted::Node(0));
+        part.add(0, rows.get(&0).map(|r| &r[..])).unwrap();
+        let Wanted::Node(ix) = part.wanted() else {
+            panic!("the array")
+        };
+        let e = part.add(ix, None).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        let e = part.add(ix, Some(b"[1,2]")).unwrap_err().to_string();
+        assert!(e.contains(&format!("saved node {ix}")), "{e}");
+        assert!(PartLoad::new("{}", &[]).is_err());
+    }
+}
