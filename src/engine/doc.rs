@@ -657,6 +657,10 @@ impl Document {
 
     /// The document as plain JSON, without sync state.
     pub fn to_json(&self) -> Value {
+        debug_assert!(
+            self.is_whole(),
+            "the whole value of a replica loaded in part"
+        );
         self.node_json(ROOT)
     }
 

@@ -166,6 +166,7 @@ impl Document {
     }
 
     fn make_changes(&self, since: u64, knows: Option<&Knowledge>, full: bool) -> Changes {
+        debug_assert!(self.is_whole(), "changes of a replica loaded in part");
         // For a reader that holds nothing, everything: walked from the root, no index.
         let include = (since != 0 || knows.is_some()).then(|| self.changed_slots(since, knows));
         let nothing = match &include {

@@ -47,8 +47,8 @@ pub enum Wanted {
     Node(u32),
     /// Nothing more: [`PartLoad::finish`] makes the replica.
     Done,
-    /// The edit reaches more than [`MOST_NODES`] nodes: load the replica whole instead (one query
-    /// per node would take longer).
+    /// The edit reaches more than [`MOST_NODES`] nodes, or the whole document: load the replica
+    /// whole instead (one query per node would take longer).
     Whole,
 }
 
@@ -91,6 +91,8 @@ pub struct PartLoad {
     /// Nodes whose children are read or being read (a damaged record naming its own ancestor
     /// as a child must not make the reading go round).
     expanded: HashSet<Ix>,
+    /// A reach of the whole document: [`Wanted::Whole`] at once.
+    whole: bool,
 }
 
 impl PartLoad {
@@ -105,6 +107,7 @@ impl PartLoad {
     pub fn new(head: &str, reach: &[Reach]) -> Result<Self> {
         let (snap, count) = read_head(head)?;
         let mut paths = vec![(Vec::new(), false)];
+        let mut whole = false;
         for r in reach {
             let (text, upto, under) = match *r {
                 Reach::Parent(p) => (p, 1, false),
@@ -112,6 +115,8 @@ impl PartLoad {
                 Reach::Value(p) => (p, 0, true),
             };
             if let Ok(mut segs) = path::parse(text) {
+                // Everything under the root: the whole replica, read as such.
+                whole |= under && segs.is_empty();
                 segs.truncate(segs.len().saturating_sub(upto));
                 paths.push((segs, under));
             }
@@ -133,11 +138,20 @@ impl PartLoad {
             steps,
             nodes: BTreeMap::new(),
             expanded: HashSet::default(),
+            whole,
         })
+    }
+
+    /// How many nodes the saved replica has, as its head says.
+    pub fn count(&self) -> u32 {
+        self.count
     }
 
     /// What is needed next: follows the paths through the nodes read so far.
     pub fn wanted(&mut self) -> Wanted {
+        if self.whole {
+            return Wanted::Whole;
+        }
         while let Some(step) = self.steps.pop() {
             let ix = step.node();
             let Some(node) = self.nodes.get(&ix) else {
@@ -215,7 +229,15 @@ impl PartLoad {
         if !read.contains_key(&0) {
             return Err(Error::Snapshot("the root was not read".into()));
         }
-        let mut nodes: Vec<Node> = (0..count).map(|_| stand_in()).collect();
+        // The head's count is checked against nothing here (the caller knows the records): a
+        // damaged one must fail, not abort the process.
+        let mut nodes: Vec<Node> = Vec::new();
+        nodes.try_reserve_exact(count as usize).map_err(|_| {
+            Error::Snapshot(format!(
+                "no room for the {count} nodes the saved head names"
+            ))
+        })?;
+        nodes.extend((0..count).map(|_| stand_in()));
         let mut by_id = IdIndex::with_capacity(read.len());
         let mut held = HashSet::default();
         for (ix, node) in read {
@@ -487,5 +509,16 @@ mod tests {
         let e = part.add(ix, Some(b"[1,2]")).unwrap_err().to_string();
         assert!(e.contains(&format!("saved node {ix}")), "{e}");
         assert!(PartLoad::new("{}", &[]).is_err());
+    }
+
+    /// The whole document asked for is the whole load at once. (A head naming more nodes than
+    /// its records is left to the store, which compares it with them: see `store/replica.rs`.)
+    #[test]
+    fn the_whole_document_is_the_whole_load() {
+        let (head, _) = saved();
+        let mut part = PartLoad::new(&head, &[Reach::Node("meta"), Reach::Value("")]).unwrap();
+        assert_eq!(part.wanted(), Wanted::Whole);
+        let mut part = PartLoad::new(&head, &[Reach::Node("")]).unwrap();
+        assert_eq!(part.wanted(), Wanted::Node(0));
     }
 }

@@ -549,12 +549,22 @@ enum RowBody<'a, V> {
     B(u64, Vec<RowElem<V>>, Vec<u32>),
 }
 
-/// The version most of an array's elements have (Boyer and Moore's majority vote, one pass; when
-/// no version is held by most, one of them): the one its record leaves out of its short
-/// elements. An element pushed onto an array of 100,000 raises the node's version, not theirs.
+/// The version most of an array's otherwise short elements have (Boyer and Moore's majority
+/// vote, one pass; when no version is held by most, one of them): the one its record leaves out
+/// of its short elements. An element pushed onto an array of 100,000 raises the node's version, not theirs.
 fn common_version(a: &Arr) -> Option<u64> {
     let mut votes = (None, 0u32);
+    let mut before = None;
     for e in &a.slots {
+        // Only an element otherwise short votes (see `row_node`).
+        let short = a.link_id(e.origin) == before
+            && a.link_id(e.right).is_none()
+            && e.vstamp == e.id
+            && e.removed().is_none();
+        before = Some(e.id);
+        if !short {
+            continue;
+        }
         votes = match votes {
             (_, 0) => (Some(e.u), 1),
             (Some(u), n) if u == e.u => (Some(u), n + 1),
@@ -917,6 +927,9 @@ struct RowReading {
     ix: u32,
     clients: Vec<ClientId>,
     base: u64,
+    /// The most elements the record can hold (an element takes 10 bytes or more of its JSON):
+    /// a large array's slots are made room for once, not grown by doubling.
+    room: usize,
 }
 
 impl RowReading {
@@ -1002,6 +1015,8 @@ impl RowReading {
 /// `failed` and stops the reading, so that it reaches the caller as it is, not as a JSON error.
 struct RowSeed<'r> {
     ix: u32,
+    /// See [`RowReading::room`].
+    room: usize,
     /// The replica's number of nodes.
     count: u32,
     /// Rises to the latest version of a slot read.
@@ -1038,6 +1053,7 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
             ix: self.ix,
             clients: need(&mut seq)?,
             base: need(&mut seq)?,
+            room: self.room,
         };
         let parent: Option<(u32, u32)> = need(&mut seq)?;
         let u: u64 = need(&mut seq)?;
@@ -1137,6 +1153,9 @@ impl<'de> serde::de::Visitor<'de> for ArrSeed<'_> {
         } = self.0;
         let u = if self.1 { need(&mut seq)? } else { u };
         let mut b = ArrBuilder::new(reading.ix, count);
+        // Address space only: pages are touched as slots are written, and `finish` gives back
+        // what is left over.
+        b.a.slots.reserve(reading.room.min(RESERVE_AT_MOST));
         let elems = ElemsSeed {
             reading,
             u,
@@ -1204,6 +1223,7 @@ pub(super) fn read_row(
     let mut failed = None;
     let seed = RowSeed {
         ix,
+        room: json.len() / 10,
         count,
         max_u,
         keys,
@@ -1270,7 +1290,8 @@ fn unpack_row(row: &[u8]) -> std::result::Result<std::borrow::Cow<'_, [u8]>, Str
     if matches!(row.first(), Some(b'[' | b'{')) {
         return Ok(std::borrow::Cow::Borrowed(row));
     }
-    let mut json = Vec::new();
+    // Records deflate to a third or a fifth: room for most at once (address space only).
+    let mut json = Vec::with_capacity(row.len().saturating_mul(5));
     flate2::read::ZlibDecoder::new(row)
         .read_to_end(&mut json)
         .map_err(|e| format!("neither JSON nor a zlib stream of it ({e})"))?;
@@ -1324,6 +1345,7 @@ impl Document {
 
     /// The whole replica state as JSON text, for storage.
     pub fn save(&self) -> String {
+        debug_assert!(self.is_whole(), "a replica loaded in part saved whole");
         let mut snap = self.head();
         snap.nodes = self
             .nodes
@@ -1347,6 +1369,10 @@ impl Document {
     /// the head and these nodes over what was stored at `since` gives exactly [`Document::save`]'s
     /// replica; [`Document::restore_parts`] reads it back.
     pub fn save_parts(&self, since: Option<SaveMark>) -> SavedParts {
+        debug_assert!(
+            since.is_some() || self.is_whole(),
+            "a replica loaded in part saved whole"
+        );
         let mut head = self.head();
         head.node_count = Some(self.nodes.len() as u32);
         let changed = |(ix, n): &(usize, &Node)| match since {

@@ -354,7 +354,10 @@ impl Store {
 
     /// Reads a document (from the cache when it is current).
     pub fn read_doc<R>(&mut self, name: &str, f: impl FnOnce(&Document) -> R) -> Result<R> {
-        Self::load_into_cache(&self.conn, &mut self.cache, name, self.max_clock_skew)?;
+        // One transaction: the revision, the head and the node rows are of one commit.
+        let tx = self.conn.transaction()?;
+        Self::load_into_cache(&tx, &mut self.cache, name, self.max_clock_skew)?;
+        drop(tx);
         let loaded = self
             .cache
             .get(name)
@@ -427,8 +430,8 @@ impl Store {
     /// only the nodes `reach` names ([`engine::PartLoad`]): so a command run without the agent edits a
     /// large replica in a few milliseconds rather than the time a whole load takes. The edit and
     /// its save are the same as on the whole replica; the replica loaded in part is not kept. `f`
-    /// runs again on the whole replica when the edit needs more than `reach` named (nothing of
-    /// its first run is written).
+    /// runs again on the whole replica when the edit needs more than `reach` named or fails
+    /// (nothing of its first run is written).
     pub fn update_doc_reaching<R, E>(
         &mut self,
         name: &str,
@@ -450,7 +453,13 @@ impl Store {
             return self.update_doc(name, f);
         };
         doc.set_max_clock_skew(self.max_clock_skew);
-        let (value, save) = f(&mut doc, &tx)?;
+        // A refused edit is made again on the whole replica, so that what it says is exactly
+        // what the whole replica says (it is rare: a path that leads nowhere, a wrong value).
+        let result = f(&mut doc, &tx);
+        let Ok((value, save)) = result.map_err(drop) else {
+            drop(tx);
+            return self.update_doc(name, f);
+        };
         if !doc.edited_within_part(mark) {
             tracing::debug!("{name}: the edit reached past the nodes loaded; loading it whole");
             drop(tx);

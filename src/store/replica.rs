@@ -27,6 +27,15 @@ pub(super) fn write(
     doc: &Document,
     since: Option<SaveMark>,
 ) -> Result<(String, SaveMark)> {
+    if since.is_none() && !doc.is_whole() {
+        // Saving from scratch replaces every row: only a whole replica has them all.
+        return Err(StoreError::Document {
+            name: name.to_string(),
+            source: crate::engine::Error::Snapshot(
+                "a replica loaded in part cannot be saved whole".into(),
+            ),
+        });
+    }
     let parts = doc.save_parts(since);
     if since.is_none() {
         conn.execute("DELETE FROM doc_nodes WHERE name = ?1", [name])?;
@@ -96,6 +105,16 @@ pub(super) fn read_reaching(
     let Ok(mut part) = PartLoad::new(&state, reach) else {
         return Ok(None);
     };
+    // The head's count against the rows (an index seek): a damaged count is the whole load's
+    // to report, not stand-ins to make.
+    let last: Option<u32> = conn.query_row(
+        "SELECT MAX(ix) FROM doc_nodes WHERE name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    if last.map(|l| l + 1) != Some(part.count()) {
+        return Ok(None);
+    }
     let mut row = conn.prepare_cached("SELECT node FROM doc_nodes WHERE name = ?1 AND ix = ?2")?;
     loop {
         match part.wanted() {
@@ -237,6 +256,55 @@ mod tests {
         assert_eq!(back["r"][250], json!({"n": 250, "done": true}));
         assert_eq!(back["r"][2], json!({"n": 2, "done": false, "m": 5}));
         assert_eq!(back["r"].as_array().unwrap().len(), 500);
+    }
+
+    /// A refused edit is made again on the whole replica (so that it says what the whole
+    /// replica says); a head whose node count the rows do not match is left to the whole load to
+    /// report, with no stand-ins made for it.
+    #[test]
+    fn a_refused_edit_and_a_damaged_count_go_to_the_whole_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        Store::open(&path)
+            .unwrap()
+            .create_doc("d", &Document::new(&json!({"a": {"b": 1}})).unwrap(), false)
+            .unwrap();
+        let mut s = Store::open(&path).unwrap();
+        let mut runs = 0;
+        let e = s
+            .update_doc_reaching::<(), StoreError>("d", &[Reach::Parent("x.y")], |doc, _| {
+                runs += 1;
+                doc.set("x.y", json!(1))
+                    .map_err(|source| StoreError::Document {
+                        name: "d".into(),
+                        source,
+                    })?;
+                Ok(((), Save::Edited))
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(runs, 2, "{e}");
+        assert!(e.contains("\"x\""), "{e}");
+        s.conn
+            .execute(
+                "UPDATE documents SET state = replace(state, '\"node_count\":2', '\"node_count\":4000000000')",
+                [],
+            )
+            .unwrap();
+        let mut s = Store::open(&path).unwrap();
+        let e = s
+            .update_doc_reaching::<(), StoreError>("d", &[Reach::Parent("a.b")], |doc, _| {
+                doc.set("a.b", json!(2)).unwrap();
+                Ok(((), Save::Edited))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("saved nodes of 4000000000"), "{e}");
+        let e = s
+            .read_doc_reaching("d", &[Reach::Value("a")], |d| d.get("a").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("saved nodes of 4000000000"), "{e}");
     }
 
     /// A node row that went missing or bad makes loading fail with the document's name, never
