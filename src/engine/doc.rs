@@ -726,6 +726,10 @@ impl Document {
     }
 
     fn child_val(&self, n: Ix, seg: &Segment) -> Option<&Val> {
+        // A replica loaded in part knows where its paths lead through nodes it does not hold.
+        if let Some(v) = self.in_part.as_ref().and_then(|p| p.passage(n, seg)) {
+            return Some(v);
+        }
         child_of(&self.nodes[n as usize], &self.keys, seg)
     }
 

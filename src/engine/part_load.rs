@@ -11,17 +11,21 @@
 //!
 //! Loading is free of I/O: [`PartLoad::wanted`] says which saved node it needs next and the
 //! caller hands it over with [`PartLoad::add`]. A node's record is checked as in a whole load;
-//! the tree is checked among the nodes held. A replica loaded in part is for the edit and its save
+//! the tree is checked among the nodes held. A node a path only passes through (the array of
+//! `records[7].title`) is not made at all: its record is read for where the step leads (the
+//! seventh live element's node), which the replica keeps as a *passage*; making the node, a
+//! 100,000-element array, would take most of the command's time. A replica loaded in part is for the edit and its save
 //! only: [`Document::edited_within_part`] tells whether the edit stayed within the nodes held
 //! (else its caller loads the replica whole and edits that instead), and nothing keeps it after.
 
 use std::collections::BTreeMap;
 
+use crate::engine::HashMap;
 use crate::engine::doc::{Body, Document, Ix, KeyTable, Node, Obj, Parent, Val, child_of};
 use crate::engine::error::{Error, Result};
 use crate::engine::id_index::IdIndex;
 use crate::engine::path::{self, Segment};
-use crate::engine::snapshot::{SaveMark, Snap, check_tree, read_head, read_row};
+use crate::engine::snapshot::{SaveMark, Snap, check_tree, read_head, read_row, unpack_row};
 use crate::engine::stamp::Stamp;
 use crate::engine::{HashSet, snapshot};
 
@@ -55,11 +59,35 @@ pub enum Wanted {
 /// The most nodes a replica loaded in part holds.
 pub const MOST_NODES: usize = 4096;
 
-/// Which saved nodes a replica loaded in part holds (`count`: how many it has in all).
+/// Which saved nodes a replica loaded in part holds (`count`: how many it has in all), and
+/// where the paths lead through those it does not hold.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     count: u32,
     held: HashSet<Ix>,
+    /// (segment, the child node it leads to) of nodes passed through, not held.
+    passages: HashMap<Ix, Vec<(Segment, Val)>>,
+}
+
+impl Held {
+    /// Where `seg` leads from node `n` when the replica only passed through it.
+    pub(crate) fn passage(&self, n: Ix, seg: &Segment) -> Option<&Val> {
+        if self.held.contains(&n) {
+            return None;
+        }
+        let found = self.passages.get(&n)?.iter().find(|(s, _)| s == seg);
+        found.map(|(_, v)| v)
+    }
+}
+
+/// What is read along one reach's path.
+struct Plan {
+    segs: Vec<Segment>,
+    /// Nodes reached at this segment or after are made (held); those before only passed
+    /// through.
+    held_from: usize,
+    /// Whether every node under the last one is needed too.
+    under: bool,
 }
 
 /// One step of reading what the reaches need.
@@ -70,24 +98,19 @@ enum Step {
     Under(Ix),
 }
 
-impl Step {
-    fn node(&self) -> Ix {
-        match self {
-            Step::Walk { node, .. } | Step::Under(node) => *node,
-        }
-    }
-}
-
 /// A replica being loaded in part: see the module's documentation.
 pub struct PartLoad {
     snap: Snap,
     count: u32,
     keys: KeyTable,
     max_u: u64,
-    /// (segments, whether every node under the path's value is needed) of each reach.
-    paths: Vec<(Vec<Segment>, bool)>,
+    paths: Vec<Plan>,
     steps: Vec<Step>,
     nodes: BTreeMap<Ix, Node>,
+    /// Where a step through a node not made leads: (node, segment) → the child node, if any.
+    passages: HashMap<(Ix, Segment), Option<Ix>>,
+    /// The node [`PartLoad::wanted`] last asked for, and the segment when only passed through.
+    asked: Option<(Ix, Option<Segment>)>,
     /// Nodes whose children are read or being read (a damaged record naming its own ancestor
     /// as a child must not make the reading go round).
     expanded: HashSet<Ix>,
@@ -106,7 +129,12 @@ impl PartLoad {
     /// [`Error::Snapshot`] when `head` is not the head of a replica saved in parts.
     pub fn new(head: &str, reach: &[Reach]) -> Result<Self> {
         let (snap, count) = read_head(head)?;
-        let mut paths = vec![(Vec::new(), false)];
+        let root = Plan {
+            segs: Vec::new(),
+            held_from: 0,
+            under: false,
+        };
+        let mut paths = vec![root];
         let mut whole = false;
         for r in reach {
             let (text, upto, under) = match *r {
@@ -118,7 +146,13 @@ impl PartLoad {
                 // Everything under the root: the whole replica, read as such.
                 whole |= under && segs.is_empty();
                 segs.truncate(segs.len().saturating_sub(upto));
-                paths.push((segs, under));
+                // A value read is also removed or replaced: its parent is made too.
+                let held_from = segs.len().saturating_sub(usize::from(under));
+                paths.push(Plan {
+                    segs,
+                    held_from,
+                    under,
+                });
             }
         }
         let steps = (0..paths.len())
@@ -137,6 +171,8 @@ impl PartLoad {
             paths,
             steps,
             nodes: BTreeMap::new(),
+            passages: HashMap::default(),
+            asked: None,
             expanded: HashSet::default(),
             whole,
         })
@@ -153,44 +189,72 @@ impl PartLoad {
             return Wanted::Whole;
         }
         while let Some(step) = self.steps.pop() {
-            let ix = step.node();
-            let Some(node) = self.nodes.get(&ix) else {
-                self.steps.push(step);
-                return if self.nodes.len() >= MOST_NODES {
-                    Wanted::Whole
-                } else {
-                    Wanted::Node(ix)
-                };
-            };
-            match step {
-                Step::Walk { path, seg, node: n } => {
-                    let (segs, under) = &self.paths[path];
-                    match segs.get(seg) {
-                        None if *under => self.steps.push(Step::Under(n)),
-                        None => {}
-                        Some(s) => {
-                            if let Some(Val::Node(c)) = child_of(node, &self.keys, s) {
-                                self.steps.push(Step::Walk {
-                                    path,
-                                    seg: seg + 1,
-                                    node: *c,
-                                });
-                            }
-                        }
-                    }
-                }
-                Step::Under(n) => {
-                    if self.expanded.insert(n) {
-                        let children = live_children(node);
-                        self.steps.extend(children.into_iter().map(Step::Under));
-                    }
+            match self.next(&step) {
+                Ok(more) => self.steps.extend(more),
+                Err(want) => {
+                    self.steps.push(step);
+                    return want;
                 }
             }
         }
         Wanted::Done
     }
 
-    /// Adds the saved record of node `ix` (`None`: there is none).
+    /// The steps after `step`, or what must be read first.
+    fn next(&mut self, step: &Step) -> std::result::Result<Vec<Step>, Wanted> {
+        let (path, seg, n, made) = match *step {
+            Step::Walk { path, seg, node } => (path, seg, node, seg >= self.paths[path].held_from),
+            Step::Under(node) => (0, 0, node, true),
+        };
+        let plan = &self.paths[path];
+        let Some(node) = self.nodes.get(&n) else {
+            if made {
+                return Err(self.ask(n, None));
+            }
+            let s = &plan.segs[seg];
+            return match self.passages.get(&(n, s.clone())) {
+                None => Err(self.ask(n, Some(s.clone()))),
+                Some(c) => Ok(c
+                    .map(|c| Step::Walk {
+                        path,
+                        seg: seg + 1,
+                        node: c,
+                    })
+                    .into_iter()
+                    .collect()),
+            };
+        };
+        Ok(match step {
+            Step::Under(_) if self.expanded.insert(n) => {
+                live_children(node).into_iter().map(Step::Under).collect()
+            }
+            Step::Under(_) => Vec::new(),
+            Step::Walk { .. } => match plan.segs.get(seg) {
+                None if plan.under => vec![Step::Under(n)],
+                None => Vec::new(),
+                Some(s) => match child_of(node, &self.keys, s) {
+                    Some(Val::Node(c)) => vec![Step::Walk {
+                        path,
+                        seg: seg + 1,
+                        node: *c,
+                    }],
+                    _ => Vec::new(),
+                },
+            },
+        })
+    }
+
+    /// Asks for node `n`'s record: to make the node, or (`through`) to pass through it.
+    fn ask(&mut self, n: Ix, through: Option<Segment>) -> Wanted {
+        if through.is_none() && self.nodes.len() >= MOST_NODES {
+            return Wanted::Whole;
+        }
+        self.asked = Some((n, through));
+        Wanted::Node(n)
+    }
+
+    /// Adds the saved record of node `ix` (`None`: there is none), the one
+    /// [`PartLoad::wanted`] asked for.
     ///
     /// # Errors
     ///
@@ -206,8 +270,16 @@ impl PartLoad {
         let row = row.ok_or_else(|| {
             Error::Snapshot(format!("saved node {ix} of {} is missing", self.count))
         })?;
-        let node = read_row(ix, self.count, row, &mut self.keys, &mut self.max_u)?;
-        self.nodes.insert(ix, node);
+        match self.asked.take() {
+            Some((n, Some(seg))) if n == ix => {
+                let child = read_passage(ix, self.count, row, &seg)?;
+                self.passages.insert((ix, seg), child);
+            }
+            _ => {
+                let node = read_row(ix, self.count, row, &mut self.keys, &mut self.max_u)?;
+                self.nodes.insert(ix, node);
+            }
+        }
         Ok(())
     }
 
@@ -224,6 +296,7 @@ impl PartLoad {
             keys,
             max_u,
             nodes: read,
+            passages: read_through,
             ..
         } = self;
         if !read.contains_key(&0) {
@@ -249,10 +322,197 @@ impl PartLoad {
             held.insert(ix);
         }
         check_tree(&nodes, |ix| held.contains(&ix))?;
+        let mut passages: HashMap<Ix, Vec<(Segment, Val)>> = HashMap::default();
+        for ((n, seg), child) in read_through {
+            if let Some(c) = child {
+                passages.entry(n).or_default().push((seg, Val::Node(c)));
+            }
+        }
         let mut doc = Document::assemble(snap, nodes, by_id, keys, max_u);
-        doc.in_part = Some(Box::new(Held { count, held }));
+        doc.in_part = Some(Box::new(Held {
+            count,
+            held,
+            passages,
+        }));
         let mark = doc.save_mark();
         Ok((doc, mark))
+    }
+}
+
+/// Where `seg` leads from node `ix` (of a replica of `count` nodes), read from its saved record
+/// without making the node: the child node there, if any. A large array's elements are read one
+/// at a time into what the step needs of each (live or removed, the node it holds).
+fn read_passage(ix: u32, count: u32, row: &[u8], seg: &Segment) -> Result<Option<Ix>> {
+    let json = unpack_row(row).map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    let child = serde::de::DeserializeSeed::deserialize(passage::RowSeed(seg), &mut de)
+        .and_then(|c| de.end().map(|()| c))
+        .map_err(|e| Error::Snapshot(format!("saved node {ix}: {e}")))?;
+    match child {
+        passage::Found::Node(c) if c > 0 && c < u64::from(count) => Ok(Some(c as Ix)),
+        passage::Found::Node(c) => Err(Error::Snapshot(format!(
+            "saved node {ix}: slot refers to node {c} of {count}"
+        ))),
+        passage::Found::BrokenOrder => Err(Error::Snapshot(format!(
+            "array node {ix} has a broken order"
+        ))),
+        passage::Found::Nothing => Ok(None),
+    }
+}
+
+/// Reading a saved record for one path step (see [`read_passage`]).
+mod passage {
+    use serde::de::{DeserializeSeed, EnumAccess, IgnoredAny, SeqAccess, VariantAccess, Visitor};
+
+    use crate::engine::path::Segment;
+    use crate::engine::snapshot::{BodyTag, RowElem, RowField, RowVal};
+
+    /// What a step finds.
+    pub(super) enum Found {
+        Node(u64),
+        Nothing,
+        BrokenOrder,
+    }
+
+    /// One element as a step needs it.
+    #[derive(Clone, Copy)]
+    enum Elem {
+        Removed,
+        Value,
+        Node(u64),
+    }
+
+    fn found(v: RowVal) -> Found {
+        match v {
+            RowVal::Node(n) => Found::Node(n),
+            _ => Found::Nothing,
+        }
+    }
+
+    /// A record: `[clients, clock, parent, version, body]`.
+    pub(super) struct RowSeed<'s>(pub(super) &'s Segment);
+
+    impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+        type Value = Found;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RowSeed<'_> {
+        type Value = Found;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a saved node: [clients, clock, parent, version, body]")
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Found, S::Error> {
+            use serde::de::Error as _;
+            for _ in 0..4 {
+                seq.next_element::<IgnoredAny>()?
+                    .ok_or_else(|| S::Error::custom("a saved node cut short"))?;
+            }
+            let found = seq
+                .next_element_seed(BodySeed(self.0))?
+                .ok_or_else(|| S::Error::custom("a saved node cut short"))?;
+            if seq.next_element::<IgnoredAny>()?.is_some() {
+                return Err(S::Error::custom("a saved node with too many items"));
+            }
+            Ok(found)
+        }
+    }
+
+    struct BodySeed<'s>(&'s Segment);
+
+    impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+        type Value = Found;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+            d.deserialize_enum("RowBody", &["O", "A", "B"], self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for BodySeed<'_> {
+        type Value = Found;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a saved node's body")
+        }
+        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Found, A::Error> {
+            let (tag, body) = data.variant::<BodyTag>()?;
+            match (tag, self.0) {
+                (BodyTag::O, seg) => {
+                    let fields: Vec<RowField<'de, RowVal>> = body.newtype_variant()?;
+                    let Segment::Key(k) = seg else {
+                        return Ok(Found::Nothing);
+                    };
+                    let field = fields.into_iter().find(|f| f.0.0 == k.as_str());
+                    Ok(field.map_or(Found::Nothing, |f| found(f.1)))
+                }
+                (BodyTag::A, _) => body.tuple_variant(2, ArrSeed(self.0, false)),
+                (BodyTag::B, _) => body.tuple_variant(3, ArrSeed(self.0, true)),
+            }
+        }
+    }
+
+    /// `[elements, order]` or `[version, elements, order]`.
+    struct ArrSeed<'s>(&'s Segment, bool);
+
+    impl<'de> Visitor<'de> for ArrSeed<'_> {
+        type Value = Found;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a saved array: [elements, order] or [version, elements, order]")
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Found, S::Error> {
+            use serde::de::Error as _;
+            let cut = || S::Error::custom("a saved array cut short");
+            if self.1 {
+                seq.next_element::<u64>()?.ok_or_else(cut)?;
+            }
+            let elems = seq.next_element_seed(ElemsSeed)?.ok_or_else(cut)?;
+            let order: Vec<u32> = seq.next_element()?.ok_or_else(cut)?;
+            if seq.next_element::<IgnoredAny>()?.is_some() {
+                return Err(S::Error::custom("a saved array with too many items"));
+            }
+            let Segment::Index(i) = self.0 else {
+                return Ok(Found::Nothing);
+            };
+            if order.len() != elems.len() || order.iter().any(|s| *s as usize >= elems.len()) {
+                return Ok(Found::BrokenOrder);
+            }
+            let mut live = order
+                .iter()
+                .map(|s| elems[*s as usize])
+                .filter(|e| !matches!(e, Elem::Removed));
+            Ok(match live.nth(*i) {
+                Some(Elem::Node(n)) => Found::Node(n),
+                _ => Found::Nothing,
+            })
+        }
+    }
+
+    struct ElemsSeed;
+
+    impl<'de> DeserializeSeed<'de> for ElemsSeed {
+        type Value = Vec<Elem>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Elem>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for ElemsSeed {
+        type Value = Vec<Elem>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a saved array's elements")
+        }
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Elem>, S::Error> {
+            let mut out = Vec::new();
+            while let Some(RowElem(_, v, rest)) = seq.next_element::<RowElem<RowVal>>()? {
+                // Removed exactly when it has a removal stamp, whatever value it still names.
+                out.push(match (rest.is_some_and(|r| r.3.is_some()), v) {
+                    (true, _) => Elem::Removed,
+                    (false, RowVal::Node(n)) => Elem::Node(n),
+                    (false, _) => Elem::Value,
+                });
+            }
+            Ok(out)
+        }
     }
 }
 
@@ -379,6 +639,37 @@ mod tests {
             ("a new key", vec![Reach::Parent("meta.new")], |d| {
                 ok(d.set("meta.new", json!({"n": [1, 2]})))
             }),
+            (
+                "after a removal",
+                vec![Reach::Parent("records[30].done")],
+                |d| ok(d.set("records[30].done", json!("late"))),
+            ),
+            (
+                "through a text",
+                vec![Reach::Parent("records[3].title.x")],
+                |d| ok(d.set("records[3].title.x", json!(1))),
+            ),
+            (
+                "two arrays down",
+                vec![Reach::Parent("records[12].sub.x[1][0]")],
+                |d| ok(d.set("records[12].sub.x[1][0]", json!(-1))),
+            ),
+            (
+                "remove a tag",
+                vec![Reach::Value("records[3].tags[1]")],
+                |d| {
+                    d.remove("records[3].tags[1]")
+                        .map(|v| v.unwrap_or(Value::Null))
+                },
+            ),
+            (
+                "get deep",
+                vec![Reach::Value("records[12].sub.x[1]")],
+                |d| {
+                    d.get("records[12].sub.x[1]")
+                        .map(|v| v.unwrap_or(Value::Null))
+                },
+            ),
             ("a bad path", vec![Reach::Parent("records[")], |d| {
                 ok(d.set("records[", json!(1)))
             }),
@@ -476,6 +767,11 @@ mod tests {
         }
         assert_eq!(read.len(), 3, "{read:?}");
         assert_eq!(read[0], 0);
+        // The array is passed through, not made: the replica holds the root and the record.
+        let (doc, _) = part.finish().unwrap();
+        let held = &doc.in_part.as_ref().unwrap().held;
+        assert_eq!(held.len(), 2);
+        assert!(held.contains(&0) && held.contains(&read[2]) && !held.contains(&read[1]));
     }
 
     /// A reach of more than [`MOST_NODES`] nodes asks for the whole replica; a missing or

@@ -5,7 +5,7 @@
 use crate::engine::error::{Error, Result};
 
 /// One step of a path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Segment {
     /// A key of an object.
     Key(String),

@@ -108,7 +108,7 @@ enum SnapVal {
 /// A text: its id, initial run length, edits per client, and its pieces in document order —
 /// as columns (`cols`, version 5 on) or one array per piece (`p`, versions 3 and 4).
 #[derive(Serialize, Deserialize)]
-struct SnapText {
+pub(super) struct SnapText {
     id: Stamp,
     i: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -576,7 +576,7 @@ fn common_version(a: &Arr) -> Option<u64> {
 
 /// A key as a record holds it: borrowed from the record's bytes when it has no escapes (the
 /// replica keeps one shared name per key, so a copy per record would only be dropped).
-struct RowKey<'a>(std::borrow::Cow<'a, str>);
+pub(super) struct RowKey<'a>(pub(super) std::borrow::Cow<'a, str>);
 
 impl Serialize for RowKey<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -603,15 +603,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for RowKey<'a> {
     }
 }
 
-type RowStamp = (u32, i64);
+pub(super) type RowStamp = (u32, i64);
 
 /// A field: `[key, value]` when written with the node (its stamp the node's id, its version the
 /// node's), else `[key, value, stamp, version]`.
-struct RowField<'a, V>(RowKey<'a>, V, Option<(RowStamp, u64)>);
+pub(super) struct RowField<'a, V>(pub(super) RowKey<'a>, pub(super) V, Option<(RowStamp, u64)>);
 
 /// A slot's value in a record: read straight into its kind, so that the 100,000 child markers
 /// `{"n": index}` of a large array never become JSON maps on the way.
-enum RowVal {
+pub(super) enum RowVal {
     Prim(Scalar),
     Node(u64),
     Gone,
@@ -670,14 +670,19 @@ impl<'de> Deserialize<'de> for RowVal {
 /// An element: `[id, value]` when placed after the element before it in the array's slots,
 /// with no right origin, not overwritten nor removed, and of the node's version; else
 /// `[id, value, origin, right origin, value stamp, removal stamp, version]`.
-struct RowElem<V>(RowStamp, V, Option<RowElemRest>);
+pub(super) struct RowElem<V>(
+    pub(super) RowStamp,
+    pub(super) V,
+    pub(super) Option<RowElemRest>,
+);
 
 #[derive(Serialize, Deserialize)]
-struct RowElemRest(
+pub(super) struct RowElemRest(
     Option<RowStamp>,
     Option<RowStamp>,
     RowStamp,
-    Option<RowStamp>,
+    /// The removal's stamp.
+    pub(super) Option<RowStamp>,
     u64,
 );
 
@@ -1089,7 +1094,7 @@ struct BodySeed<'b> {
 }
 
 #[derive(Deserialize)]
-enum BodyTag {
+pub(super) enum BodyTag {
     O,
     A,
     B,
@@ -1285,7 +1290,7 @@ fn pack_row(json: Vec<u8>) -> Vec<u8> {
 }
 
 /// The JSON of a node's record: as it is when it starts as its JSON does (`[`), else inflated.
-fn unpack_row(row: &[u8]) -> std::result::Result<std::borrow::Cow<'_, [u8]>, String> {
+pub(super) fn unpack_row(row: &[u8]) -> std::result::Result<std::borrow::Cow<'_, [u8]>, String> {
     use std::io::Read;
     if matches!(row.first(), Some(b'[' | b'{')) {
         return Ok(std::borrow::Cow::Borrowed(row));

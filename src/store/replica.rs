@@ -228,7 +228,11 @@ mod tests {
             s.update_doc_reaching::<_, StoreError>("d", reach, |doc, _| {
                 runs += 1;
                 assert_eq!(doc.is_whole(), runs == 2);
-                doc.set(p, v.clone()).unwrap();
+                doc.set(p, v.clone())
+                    .map_err(|source| StoreError::Document {
+                        name: "d".into(),
+                        source,
+                    })?;
                 Ok(((), Save::Edited))
             })
             .unwrap();
@@ -246,7 +250,8 @@ mod tests {
             .unwrap();
         assert_eq!((runs, writes), (1, 1));
         assert!(s.cache.is_empty(), "a replica loaded in part is not kept");
-        // Named r[1] but writes r[2] (a stand-in here): made again on the whole replica.
+        // Named r[1] but edits r[2] (not read: the array is only passed through to r[1]): made
+        // again on the whole replica.
         let runs = edit(&mut s, &[Reach::Parent("r[1].n")], "r[2].m", json!(5));
         assert_eq!(runs, 2);
         let back = Store::open(&path)
