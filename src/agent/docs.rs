@@ -225,7 +225,7 @@ fn rm(cfg: &Config, store: &mut Store, name: &str, path: &str) -> Result<String>
 }
 
 /// The paths at which `before` and `after` differ, as a short summary for the change log
-/// (`Store::log_change`): see [`edit_summary`].
+/// (`Store::log_change`): see `edit_summary`.
 pub fn changed_paths(before: &Value, after: &Value, limit: usize) -> String {
     edit_summary(&crate::engine::diff(&[], before, after), limit)
 }

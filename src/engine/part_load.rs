@@ -3,20 +3,22 @@
 //! A command run without the agent (`agent doc set todo 'records[7].title' …`) must load the
 //! replica before it can edit it, and loading a 10 MB document's replica whole takes about
 //! 120 ms of the command's time. Saved in parts (a head and one record per node, see
-//! [`Document::save_parts`]), it need not be loaded whole: an edit at a path reads and writes only
-//! the nodes the path passes through, and, where it reads the value there (a removal returns it,
-//! an update diffs it), the nodes under that value. [`PartLoad`] reads just those; every other
-//! node stands in as an empty object that nothing reads or writes, and the save after the edit
-//! writes the head and the nodes the edit changed, exactly as after an edit of the whole replica.
+//! [`Document::save_parts`]), it need not be loaded whole. [`PartLoad`] follows the edit's paths
+//! from the root through the saved records and makes only the nodes the edit reads or writes: the
+//! node that holds the value at the path (the record whose `title` is set, the array pushed
+//! onto) and, where the edit reads that value (a removal returns it, an update diffs it), every
+//! node under it. A node the path only passes through (the array of `records[7].title`) is not
+//! made: its record is read for where the step leads (the node of the element at index 7 among
+//! the live ones), which the replica keeps as a *passage* for its path walk; making that node, an
+//! array of 100,000 elements, would take most of the command's time. Every other node stands in
+//! as an empty object that nothing reads or writes, and the save after the edit writes the head
+//! and the nodes the edit changed, exactly as after the same edit of the whole replica.
 //!
-//! Loading is free of I/O: [`PartLoad::wanted`] says which saved node it needs next and the
+//! Loading is free of I/O: [`PartLoad::wanted`] says which saved record it needs next and the
 //! caller hands it over with [`PartLoad::add`]. A node's record is checked as in a whole load;
-//! the tree is checked among the nodes held. A node a path only passes through (the array of
-//! `records[7].title`) is not made at all: its record is read for where the step leads (the
-//! seventh live element's node), which the replica keeps as a *passage*; making the node, a
-//! 100,000-element array, would take most of the command's time. A replica loaded in part is for the edit and its save
-//! only: [`Document::edited_within_part`] tells whether the edit stayed within the nodes held
-//! (else its caller loads the replica whole and edits that instead), and nothing keeps it after.
+//! the tree is checked among the nodes made. A replica loaded in part is for the edit and its
+//! save only: [`Document::edited_within_part`] tells whether the edit stayed within the nodes
+//! made (else its caller loads the replica whole and edits that instead), and nothing keeps it.
 
 use std::collections::BTreeMap;
 
@@ -33,14 +35,15 @@ use crate::engine::{HashSet, snapshot};
 /// that does not parse needs nothing: the edit reports it).
 #[derive(Debug, Clone, Copy)]
 pub enum Reach<'a> {
-    /// The nodes the path's parent passes through: enough to set or replace the value at the
-    /// path ([`Document::set`]).
+    /// The node that holds the value at the path: enough to set or replace that value
+    /// ([`Document::set`]).
     Parent(&'a str),
-    /// The nodes the path passes through, the one it names included: enough to insert into the
-    /// array at the path ([`Document::insert`], [`Document::push`], [`Document::len`]).
+    /// The node at the path: enough to insert into the array there ([`Document::insert`],
+    /// [`Document::push`], [`Document::len`]).
     Node(&'a str),
-    /// Those and every node under the value at the path: enough to read it
-    /// ([`Document::get`], [`Document::remove`], [`Document::update`]).
+    /// The node that holds the value at the path and every node under that value: enough to
+    /// read, remove or replace it ([`Document::get`], [`Document::remove`],
+    /// [`Document::update`]).
     Value(&'a str),
 }
 

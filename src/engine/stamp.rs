@@ -74,7 +74,7 @@ impl ClientId {
     /// # Errors
     ///
     /// [`Error::Value`] for any other text, and once the process holds
-    /// [`client_table::MAX_READ`] distinct ids, for an id it does not hold yet.
+    /// `client_table::MAX_READ` distinct ids, for an id it does not hold yet.
     pub fn parse(s: &str) -> Result<Self> {
         let bytes = s.as_bytes();
         if bytes.len() != CLIENT_ID_LEN || !bytes.iter().all(u8::is_ascii_alphanumeric) {
@@ -245,7 +245,7 @@ impl Hlc {
     }
 
     /// The next clock value for a local change at wall time `now_ms`: strictly greater than every
-    /// value handed out or observed before. A wall clock past [`MAX_WALL_MS`] counts as that time,
+    /// value handed out or observed before. A wall clock past `MAX_WALL_MS` counts as that time,
     /// and remote values are bounded by the skew rule, so the counter has 2^61 steps of room.
     pub fn tick(&mut self, now_ms: u64) -> u64 {
         self.last = (self.last + 1).max(physical(now_ms)).min(MAX_HLC - 1);
