@@ -127,7 +127,7 @@ enum DeviceCmd {
         #[arg(long)]
         json: bool,
     },
-    /// On the new device (after `agent init` and the same [account] and documents in its
+    /// On the new device (after `agent init` and the same `[account]` and documents in its
     /// config): take the account key from the setup message, e.g.
     /// `agent device join --code 1234-5678-…`; asks for the code when it is not given.
     Join {

@@ -174,7 +174,7 @@ impl Changes {
     }
 
     /// Lists `tags` as the places the sender writes this document to itself (see
-    /// [`Changes::writes_to`]); at most [`MAX_WRITES_TO`] of at most 64 bytes each are kept, as
+    /// [`Changes::writes_to`]); at most `MAX_WRITES_TO` of at most 64 bytes each are kept, as
     /// a reader refuses more.
     pub fn set_writes_to(&mut self, mut tags: Vec<String>) {
         tags.retain(|t| !t.is_empty() && t.len() <= MAX_WRITES_TO_LEN);

@@ -365,7 +365,7 @@ async fn command(session: &mut ImapSession, command: &str) -> Result<bool, Strin
 pub struct Deleted {
     /// Whether the messages were expunged (else they stay flagged `\Deleted`).
     pub expunged: bool,
-    /// Whether the server announced new mail meanwhile (see [`command`]).
+    /// Whether the server announced new mail meanwhile (see `command`).
     pub news: bool,
 }
 
