@@ -62,24 +62,32 @@ pub enum Wanted {
 /// The most nodes a replica loaded in part holds.
 pub const MOST_NODES: usize = 4096;
 
+/// Where path steps through nodes not made lead: of each such node, (segment, the value there:
+/// its child node, or `Val::Gone` when the step leads to no node).
+type Passages = HashMap<Ix, Vec<(Segment, Val)>>;
+
+/// The value a step from node `n` at `seg` was read to lead to, if that step was read.
+fn passage<'p>(passages: &'p Passages, n: Ix, seg: &Segment) -> Option<&'p Val> {
+    let found = passages.get(&n)?.iter().find(|(s, _)| s == seg);
+    found.map(|(_, v)| v)
+}
+
 /// Which saved nodes a replica loaded in part holds (`count`: how many it has in all), and
 /// where the paths lead through those it does not hold.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     count: u32,
     held: HashSet<Ix>,
-    /// (segment, the child node it leads to) of nodes passed through, not held.
-    passages: HashMap<Ix, Vec<(Segment, Val)>>,
+    passages: Passages,
 }
 
 impl Held {
-    /// Where `seg` leads from node `n` when the replica only passed through it.
+    /// The child node `seg` leads to from node `n` when the replica only passed through it.
     pub(crate) fn passage(&self, n: Ix, seg: &Segment) -> Option<&Val> {
         if self.held.contains(&n) {
             return None;
         }
-        let found = self.passages.get(&n)?.iter().find(|(s, _)| s == seg);
-        found.map(|(_, v)| v)
+        passage(&self.passages, n, seg).filter(|v| matches!(v, Val::Node(_)))
     }
 }
 
@@ -110,8 +118,7 @@ pub struct PartLoad {
     paths: Vec<Plan>,
     steps: Vec<Step>,
     nodes: BTreeMap<Ix, Node>,
-    /// Where a step through a node not made leads: (node, segment) → the child node, if any.
-    passages: HashMap<(Ix, Segment), Option<Ix>>,
+    passages: Passages,
     /// The node [`PartLoad::wanted`] last asked for, and the segment when only passed through.
     asked: Option<(Ix, Option<Segment>)>,
     /// Nodes whose children are read or being read (a damaged record naming its own ancestor
@@ -205,45 +212,39 @@ impl PartLoad {
 
     /// The steps after `step`, or what must be read first.
     fn next(&mut self, step: &Step) -> std::result::Result<Vec<Step>, Wanted> {
-        let (path, seg, n, made) = match *step {
-            Step::Walk { path, seg, node } => (path, seg, node, seg >= self.paths[path].held_from),
-            Step::Under(node) => (0, 0, node, true),
+        let (path, seg, n) = match *step {
+            Step::Under(n) => {
+                let Some(node) = self.nodes.get(&n) else {
+                    return Err(self.ask(n, None));
+                };
+                let fresh = self.expanded.insert(n);
+                let children = if fresh {
+                    live_children(node)
+                } else {
+                    Vec::new()
+                };
+                return Ok(children.into_iter().map(Step::Under).collect());
+            }
+            Step::Walk { path, seg, node } => (path, seg, node),
         };
         let plan = &self.paths[path];
-        let Some(node) = self.nodes.get(&n) else {
-            if made {
-                return Err(self.ask(n, None));
-            }
-            let s = &plan.segs[seg];
-            return match self.passages.get(&(n, s.clone())) {
-                None => Err(self.ask(n, Some(s.clone()))),
-                Some(c) => Ok(c
-                    .map(|c| Step::Walk {
-                        path,
-                        seg: seg + 1,
-                        node: c,
-                    })
-                    .into_iter()
-                    .collect()),
-            };
-        };
-        Ok(match step {
-            Step::Under(_) if self.expanded.insert(n) => {
-                live_children(node).into_iter().map(Step::Under).collect()
-            }
-            Step::Under(_) => Vec::new(),
-            Step::Walk { .. } => match plan.segs.get(seg) {
-                None if plan.under => vec![Step::Under(n)],
-                None => Vec::new(),
-                Some(s) => match child_of(node, &self.keys, s) {
-                    Some(Val::Node(c)) => vec![Step::Walk {
-                        path,
-                        seg: seg + 1,
-                        node: *c,
-                    }],
-                    _ => Vec::new(),
-                },
+        let led = match (self.nodes.get(&n), plan.segs.get(seg)) {
+            (None, _) if seg >= plan.held_from => return Err(self.ask(n, None)),
+            (Some(_), None) if plan.under => return Ok(vec![Step::Under(n)]),
+            (_, None) => return Ok(Vec::new()),
+            (Some(node), Some(s)) => child_of(node, &self.keys, s),
+            (None, Some(s)) => match passage(&self.passages, n, s) {
+                Some(v) => Some(v),
+                None => return Err(self.ask(n, Some(s.clone()))),
             },
+        };
+        Ok(match led {
+            Some(Val::Node(c)) => vec![Step::Walk {
+                path,
+                seg: seg + 1,
+                node: *c,
+            }],
+            _ => Vec::new(),
         })
     }
 
@@ -275,8 +276,9 @@ impl PartLoad {
         })?;
         match self.asked.take() {
             Some((n, Some(seg))) if n == ix => {
-                let child = read_passage(ix, self.count, row, &seg)?;
-                self.passages.insert((ix, seg), child);
+                let led = read_passage(ix, self.count, row, &seg)?;
+                let led = led.map_or(Val::Gone, Val::Node);
+                self.passages.entry(ix).or_default().push((seg, led));
             }
             _ => {
                 let node = read_row(ix, self.count, row, &mut self.keys, &mut self.max_u)?;
@@ -299,7 +301,7 @@ impl PartLoad {
             keys,
             max_u,
             nodes: read,
-            passages: read_through,
+            passages,
             ..
         } = self;
         if !read.contains_key(&0) {
@@ -325,12 +327,6 @@ impl PartLoad {
             held.insert(ix);
         }
         check_tree(&nodes, |ix| held.contains(&ix))?;
-        let mut passages: HashMap<Ix, Vec<(Segment, Val)>> = HashMap::default();
-        for ((n, seg), child) in read_through {
-            if let Some(c) = child {
-                passages.entry(n).or_default().push((seg, Val::Node(c)));
-            }
-        }
         let mut doc = Document::assemble(snap, nodes, by_id, keys, max_u);
         doc.in_part = Some(Box::new(Held {
             count,

@@ -50,6 +50,16 @@ pub enum StoreError {
     NoDocument(String),
 }
 
+impl StoreError {
+    /// An engine error about document `name` as a store error (for `map_err`).
+    pub(crate) fn in_document(name: &str) -> impl Fn(engine::Error) -> StoreError + '_ {
+        move |source| StoreError::Document {
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
@@ -1031,10 +1041,7 @@ pub(crate) mod tests {
         s.create_doc("todo", &d, false).unwrap();
         s.update_doc::<_, StoreError>("todo", |doc, _| {
             doc.set("a", json!(2))
-                .map_err(|source| StoreError::Document {
-                    name: "todo".into(),
-                    source,
-                })?;
+                .map_err(StoreError::in_document("todo"))?;
             Ok(((), Save::Edited))
         })
         .unwrap();

@@ -29,12 +29,9 @@ pub(super) fn write(
 ) -> Result<(String, SaveMark)> {
     if since.is_none() && !doc.is_whole() {
         // Saving from scratch replaces every row: only a whole replica has them all.
-        return Err(StoreError::Document {
-            name: name.to_string(),
-            source: crate::engine::Error::Snapshot(
-                "a replica loaded in part cannot be saved whole".into(),
-            ),
-        });
+        return Err(StoreError::in_document(name)(
+            crate::engine::Error::Snapshot("a replica loaded in part cannot be saved whole".into()),
+        ));
     }
     let parts = doc.save_parts(since);
     if since.is_none() {
@@ -61,10 +58,7 @@ pub(super) fn read(
     name: &str,
     state: &str,
 ) -> Result<(Document, Option<SaveMark>)> {
-    let corrupt = |source| StoreError::Document {
-        name: name.to_string(),
-        source,
-    };
+    let corrupt = StoreError::in_document(name);
     let mut st =
         conn.prepare_cached("SELECT ix, node FROM doc_nodes WHERE name = ?1 ORDER BY ix")?;
     let rows = st
@@ -74,9 +68,9 @@ pub(super) fn read(
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     if rows.is_empty() {
-        return Ok((Document::restore(state).map_err(corrupt)?, None));
+        return Ok((Document::restore(state).map_err(&corrupt)?, None));
     }
-    let (doc, mark) = Document::restore_parts(state, rows).map_err(corrupt)?;
+    let (doc, mark) = Document::restore_parts(state, rows).map_err(&corrupt)?;
     Ok((doc, Some(mark)))
 }
 
@@ -88,10 +82,7 @@ pub(super) fn read_reaching(
     name: &str,
     reach: &[Reach],
 ) -> Result<Option<(i64, Document, SaveMark)>> {
-    let corrupt = |source| StoreError::Document {
-        name: name.to_string(),
-        source,
-    };
+    let corrupt = StoreError::in_document(name);
     let Some((rev, state)) = conn
         .query_row(
             "SELECT rev, state FROM documents WHERE name = ?1",
@@ -122,13 +113,13 @@ pub(super) fn read_reaching(
                 let node = row
                     .query_row(params![name, ix], |r| Ok(text_or_blob(r.get_ref(0)?)))
                     .optional()?;
-                part.add(ix, node.as_deref()).map_err(corrupt)?;
+                part.add(ix, node.as_deref()).map_err(&corrupt)?;
             }
             Wanted::Whole => return Ok(None),
             Wanted::Done => break,
         }
     }
-    let (doc, mark) = part.finish().map_err(corrupt)?;
+    let (doc, mark) = part.finish().map_err(&corrupt)?;
     Ok(Some((rev, doc, mark)))
 }
 
@@ -229,10 +220,7 @@ mod tests {
                 runs += 1;
                 assert_eq!(doc.is_whole(), runs == 2);
                 doc.set(p, v.clone())
-                    .map_err(|source| StoreError::Document {
-                        name: "d".into(),
-                        source,
-                    })?;
+                    .map_err(StoreError::in_document("d"))?;
                 Ok(((), Save::Edited))
             })
             .unwrap();
@@ -280,10 +268,7 @@ mod tests {
             .update_doc_reaching::<(), StoreError>("d", &[Reach::Parent("x.y")], |doc, _| {
                 runs += 1;
                 doc.set("x.y", json!(1))
-                    .map_err(|source| StoreError::Document {
-                        name: "d".into(),
-                        source,
-                    })?;
+                    .map_err(StoreError::in_document("d"))?;
                 Ok(((), Save::Edited))
             })
             .unwrap_err()
