@@ -416,46 +416,187 @@ pub(crate) fn decode_json(bytes: &[u8]) -> Result<Json<'_>> {
 
 /// [`decode_json`] refusing more than `max_values` values.
 fn decode_within(bytes: &[u8], max_values: usize) -> Result<Json<'_>> {
-    let Some(rest) = bytes.strip_prefix(MAGIC) else {
-        return Err(Error::Compact(
-            "it does not begin with the compact form's magic bytes".into(),
-        ));
-    };
-    let mut r = Reader {
-        bytes: rest,
-        at: 0,
-        table: SEED.to_vec(),
-        last_hlc: 0,
-        values: 0,
-        max_values,
-    };
-    let version = r.byte()?;
-    if version != VERSION {
-        return Err(Error::Compact(format!(
-            "compact form version {version}; this minisync reads version {VERSION}: upgrade minisync"
-        )));
-    }
+    let mut r = Reader::start(bytes, Strings::Growing(SEED.to_vec()), false)?;
+    r.max_values = max_values;
     let v = r.value(0)?;
-    if r.at != r.bytes.len() {
-        return Err(r.bad("bytes after the value"));
-    }
+    r.end()?;
     Ok(v)
 }
 
+/// [`decode_json`] leaving every array under a key `v` or `ri` (the element lists of array
+/// nodes) unread: each is a [`Json::Later`], read item by item from the returned [`Lists`].
+/// So reading a full changes object never holds the JSON of all its elements at once (see
+/// `streamed.rs`). The bytes are still all walked, and refused as [`decode_json`] refuses them,
+/// except that an item's own damage is found when it is read.
+///
+/// # Errors
+///
+/// As [`decode`]; and bytes longer than 4 GiB (places are kept in 32 bits).
+pub(crate) fn decode_deferring(bytes: &[u8]) -> Result<(Json<'_>, Lists<'_>)> {
+    if bytes.len() > u32::MAX as usize {
+        return Err(Error::Compact("longer than 4 GiB".into()));
+    }
+    let mut r = Reader::start(bytes, Strings::Growing(SEED.to_vec()), true)?;
+    let v = r.value(0)?;
+    r.end()?;
+    let Strings::Growing(table) = r.table else {
+        return Err(r.bad("a reader without its table"));
+    };
+    Ok((
+        v,
+        Lists {
+            bytes: r.bytes,
+            table,
+        },
+    ))
+}
+
+/// A list [`decode_deferring`] left unread: where its first item is, how many it holds, and
+/// their JSON depth.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Later {
+    first: ItemAt,
+    pub count: u32,
+    depth: u16,
+}
+
+/// Where one item of a [`Later`] list begins, and what the reader held there: the length of
+/// the string table and the clock of the last stamp (stamps are written as differences).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ItemAt {
+    at: u32,
+    strings: u32,
+    last_hlc: u64,
+}
+
+/// One item of a [`Later`] list, read by [`Lists::items`].
+pub(crate) struct Item<'a> {
+    /// Where it begins, to read it again whole with [`Lists::item`].
+    pub at: ItemAt,
+    pub json: Json<'a>,
+    /// In a shallow read: whether the item's `v`, left unread (`Json::Null` in `json`), is an
+    /// object.
+    pub v_is_object: bool,
+}
+
+/// The bytes and the whole string table of a changes object read by [`decode_deferring`],
+/// from which its [`Later`] lists are read.
+pub(crate) struct Lists<'a> {
+    bytes: &'a [u8],
+    table: Vec<&'a str>,
+}
+
+impl<'a> Lists<'a> {
+    fn reader(&self, at: ItemAt) -> Reader<'a, '_> {
+        Reader {
+            bytes: self.bytes,
+            at: at.at as usize,
+            table: Strings::Known(&self.table),
+            defined: at.strings as usize,
+            last_hlc: at.last_hlc,
+            values: 0,
+            max_values: MAX_VALUES,
+            defer: true,
+        }
+    }
+
+    /// The items of `list` in order. `shallow`: each item's own `v` is walked, not read (see
+    /// [`Item::v_is_object`]), for a first pass that needs only the rest.
+    pub fn items(&self, list: &Later, shallow: bool) -> impl Iterator<Item = Result<Item<'a>>> {
+        let mut r = self.reader(list.first);
+        let depth = usize::from(list.depth);
+        (0..list.count).map(move |_| {
+            let at = r.place();
+            let (json, v_is_object) = if shallow {
+                r.shallow_item(depth)?
+            } else {
+                (r.value(depth)?, false)
+            };
+            Ok(Item {
+                at,
+                json,
+                v_is_object,
+            })
+        })
+    }
+
+    /// The item of `list` at `at` (from [`Lists::items`]), read whole.
+    pub fn item(&self, list: &Later, at: ItemAt) -> Result<Json<'a>> {
+        self.reader(at).value(usize::from(list.depth))
+    }
+}
+
+/// The string table: growing as the bytes are read the first time, or known whole when a
+/// deferred list is read again (then only how much of it is defined at the place is counted).
+enum Strings<'a, 't> {
+    Growing(Vec<&'a str>),
+    Known(&'t [&'a str]),
+}
+
 /// The table holds the strings read as borrowed from the input: no copies.
-struct Reader<'a> {
+struct Reader<'a, 't> {
     bytes: &'a [u8],
     at: usize,
-    table: Vec<&'a str>,
+    table: Strings<'a, 't>,
+    /// How many of the table's strings are defined at this place.
+    defined: usize,
     last_hlc: u64,
     /// Values read so far, and how many may be (see [`MAX_VALUES`]).
     values: usize,
     max_values: usize,
+    /// Whether arrays under `v` and `ri` are left for later ([`decode_deferring`]).
+    defer: bool,
 }
 
-impl<'a> Reader<'a> {
+impl<'a, 't> Reader<'a, 't> {
+    /// A reader after the magic bytes and the form's version.
+    fn start(bytes: &'a [u8], table: Strings<'a, 't>, defer: bool) -> Result<Self> {
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Err(Error::Compact(
+                "it does not begin with the compact form's magic bytes".into(),
+            ));
+        };
+        let defined = match &table {
+            Strings::Growing(t) => t.len(),
+            Strings::Known(t) => t.len(),
+        };
+        let mut r = Reader {
+            bytes: rest,
+            at: 0,
+            table,
+            defined,
+            last_hlc: 0,
+            values: 0,
+            max_values: MAX_VALUES,
+            defer,
+        };
+        let version = r.byte()?;
+        if version != VERSION {
+            return Err(Error::Compact(format!(
+                "compact form version {version}; this minisync reads version {VERSION}: upgrade minisync"
+            )));
+        }
+        Ok(r)
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.at != self.bytes.len() {
+            return Err(self.bad("bytes after the value"));
+        }
+        Ok(())
+    }
+
     fn bad(&self, what: &str) -> Error {
         Error::Compact(format!("{what} at byte {}", self.at + MAGIC.len()))
+    }
+
+    fn place(&self) -> ItemAt {
+        // Both fit: `decode_deferring` refuses bytes beyond 32 bits, and each string takes one.
+        ItemAt {
+            at: self.at as u32,
+            strings: self.defined as u32,
+            last_hlc: self.last_hlc,
+        }
     }
 
     fn byte(&mut self) -> Result<u8> {
@@ -504,7 +645,8 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| self.bad("a count larger than the bytes left"))
     }
 
-    fn value(&mut self, depth: usize) -> Result<Json<'a>> {
+    /// Counts one more value at `depth`, refusing too deep or too many.
+    fn enter(&mut self, depth: usize) -> Result<()> {
         if depth > MAX_JSON_DEPTH {
             return Err(self.bad(&format!("nesting deeper than {MAX_JSON_DEPTH}")));
         }
@@ -513,6 +655,11 @@ impl<'a> Reader<'a> {
             let max = self.max_values;
             return Err(self.bad(&format!("more than {max} values")));
         }
+        Ok(())
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json<'a>> {
+        self.enter(depth)?;
         let tag = self.byte()?;
         Ok(match tag {
             NULL => Json::Null,
@@ -525,35 +672,13 @@ impl<'a> Reader<'a> {
                     Err(_) => Json::Num(Cow::Owned(n.into())),
                 }
             }
-            NEGINT => {
-                let n = self.varint()?;
-                let i =
-                    i64::try_from(n).map_err(|_| self.bad("a negative integer beyond 64 bits"))?;
-                Json::Int(-1 - i)
-            }
-            NUMBER => {
-                let len = self.varint()?;
-                let text = std::str::from_utf8(self.take(len)?)
-                    .map_err(|_| self.bad("a number that is not text"))?;
-                let n: Number = text
-                    .parse()
-                    .map_err(|_| self.bad(&format!("{text:?}, which is not a JSON number")))?;
-                Json::Num(Cow::Owned(n))
-            }
+            NEGINT => Json::Int(self.negative()?),
+            NUMBER => Json::Num(Cow::Owned(self.number()?)),
             HEX => Json::Str(Cow::Owned(format!("{:x}", self.varint()?))),
-            HEX16 => {
-                let b: [u8; 8] = self
-                    .take(8)?
-                    .try_into()
-                    .map_err(|_| self.bad("a short 64-bit number"))?;
-                Json::Str(Cow::Owned(format!("{:016x}", u64::from_be_bytes(b))))
-            }
+            HEX16 => Json::Str(Cow::Owned(format!("{:016x}", self.hex16()?))),
             STAMP => {
-                let z = self.varint()?;
-                let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
-                self.last_hlc = self.last_hlc.wrapping_add(d as u64);
-                let tag = self.byte()?;
-                Json::Stamp(self.last_hlc, self.plain_string(tag)?)
+                let (hlc, client) = self.stamp()?;
+                Json::Stamp(hlc, client)
             }
             ARRAY => {
                 let count = self.count()?;
@@ -570,7 +695,14 @@ impl<'a> Reader<'a> {
                 for _ in 0..count {
                     let tag = self.byte()?;
                     let key = self.plain_string(tag)?;
-                    let item = self.value(depth + 1)?;
+                    let item = if self.defer
+                        && (key == "v" || key == "ri")
+                        && self.bytes.get(self.at) == Some(&ARRAY)
+                    {
+                        Json::Later(self.later(depth + 1)?)
+                    } else {
+                        self.value(depth + 1)?
+                    };
                     entries.push((Cow::Borrowed(key), item));
                 }
                 Json::Obj(JsonObj::from_entries(entries))
@@ -580,25 +712,156 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// An array at `depth` walked and left for later.
+    fn later(&mut self, depth: usize) -> Result<Later> {
+        self.enter(depth)?;
+        self.byte()?;
+        let count = self.count()?;
+        let first = self.place();
+        for _ in 0..count {
+            self.skip(depth + 1)?;
+        }
+        Ok(Later {
+            first,
+            // Each item takes a byte: the count fits as the bytes do.
+            count: count as u32,
+            depth: (depth + 1) as u16,
+        })
+    }
+
+    /// An item read as an object with its own `v` walked (`Json::Null` in its place); whether
+    /// that `v` is an object. Anything but an object is read whole.
+    fn shallow_item(&mut self, depth: usize) -> Result<(Json<'a>, bool)> {
+        if self.bytes.get(self.at) != Some(&OBJECT) {
+            return Ok((self.value(depth)?, false));
+        }
+        self.enter(depth)?;
+        self.byte()?;
+        let count = self.count()?;
+        let mut entries = Vec::with_capacity(count.min(16));
+        let mut v_is_object = false;
+        for _ in 0..count {
+            let tag = self.byte()?;
+            let key = self.plain_string(tag)?;
+            let item = if key == "v" {
+                v_is_object = self.skip(depth + 1)? == OBJECT;
+                Json::Null
+            } else {
+                self.value(depth + 1)?
+            };
+            entries.push((Cow::Borrowed(key), item));
+        }
+        Ok((Json::Obj(JsonObj::from_entries(entries)), v_is_object))
+    }
+
+    /// Reads past one value as [`Reader::value`] reads it, checking the same, building
+    /// nothing (its strings still enter the table); its tag.
+    fn skip(&mut self, depth: usize) -> Result<u8> {
+        self.enter(depth)?;
+        let tag = self.byte()?;
+        match tag {
+            NULL | FALSE | TRUE => {}
+            UINT | HEX => {
+                self.varint()?;
+            }
+            NEGINT => {
+                self.negative()?;
+            }
+            NUMBER => {
+                self.number()?;
+            }
+            HEX16 => {
+                self.hex16()?;
+            }
+            STAMP => {
+                self.stamp()?;
+            }
+            ARRAY => {
+                for _ in 0..self.count()? {
+                    self.skip(depth + 1)?;
+                }
+            }
+            OBJECT => {
+                for _ in 0..self.count()? {
+                    let tag = self.byte()?;
+                    self.plain_string(tag)?;
+                    self.skip(depth + 1)?;
+                }
+            }
+            STRING | REF | SMALL_REF.. => {
+                self.plain_string(tag)?;
+            }
+            other => return Err(self.bad(&format!("unknown tag {other:#04x}"))),
+        }
+        Ok(tag)
+    }
+
+    fn negative(&mut self) -> Result<i64> {
+        let n = self.varint()?;
+        let i = i64::try_from(n).map_err(|_| self.bad("a negative integer beyond 64 bits"))?;
+        Ok(-1 - i)
+    }
+
+    fn number(&mut self) -> Result<Number> {
+        let len = self.varint()?;
+        let text = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| self.bad("a number that is not text"))?;
+        text.parse()
+            .map_err(|_| self.bad(&format!("{text:?}, which is not a JSON number")))
+    }
+
+    fn hex16(&mut self) -> Result<u64> {
+        let b: [u8; 8] = self
+            .take(8)?
+            .try_into()
+            .map_err(|_| self.bad("a short 64-bit number"))?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// A stamp after its tag: its clock value and its client's text.
+    fn stamp(&mut self) -> Result<(u64, &'a str)> {
+        let z = self.varint()?;
+        let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+        self.last_hlc = self.last_hlc.wrapping_add(d as u64);
+        let tag = self.byte()?;
+        Ok((self.last_hlc, self.plain_string(tag)?))
+    }
+
     /// A string written out (added to the table) or a table reference, after its tag.
     fn plain_string(&mut self, tag: u8) -> Result<&'a str> {
         let i = match tag {
             STRING => {
                 let len = self.varint()?;
-                let s = std::str::from_utf8(self.take(len)?)
-                    .map_err(|_| self.bad("a string that is not UTF-8"))?;
-                self.table.push(s);
+                let bytes = self.take(len)?;
+                let s = if let Strings::Known(t) = &self.table {
+                    // Read before, and checked then.
+                    *t.get(self.defined)
+                        .ok_or_else(|| self.bad("a string the first reading did not see"))?
+                } else {
+                    let s = std::str::from_utf8(bytes)
+                        .map_err(|_| self.bad("a string that is not UTF-8"))?;
+                    if let Strings::Growing(t) = &mut self.table {
+                        t.push(s);
+                    }
+                    s
+                };
+                self.defined += 1;
                 return Ok(s);
             }
             REF => self.varint()?,
             SMALL_REF.. => u64::from(tag - SMALL_REF),
             _ => return Err(self.bad(&format!("tag {tag:#04x} where a string was expected"))),
         };
+        let table: &[&'a str] = match &self.table {
+            Strings::Growing(t) => t,
+            Strings::Known(t) => t,
+        };
         usize::try_from(i)
             .ok()
-            .and_then(|i| self.table.get(i))
+            .filter(|i| *i < self.defined)
+            .and_then(|i| table.get(i))
             .copied()
-            .ok_or_else(|| self.bad(&format!("string {i} of a table of {}", self.table.len())))
+            .ok_or_else(|| self.bad(&format!("string {i} of a table of {}", self.defined)))
     }
 }
 
@@ -696,6 +959,66 @@ mod tests {
         for (bytes, says) in cases {
             let e = decode_within(&bytes, 1000).unwrap_err().to_string();
             assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+
+    #[test]
+    fn lists_left_for_later_read_back_as_they_were() {
+        let v = json!({
+            "v": [{"e": "1-aa", "v": {"x": ["s1", "s2"], "v": 1}}, {"o": 1, "v": 5}, 7],
+            "_s": {"ri": [{"r": "s1"}], "w": ["s1"]},
+        });
+        let bytes = encode(&v);
+        let (json, lists) = decode_deferring(&bytes).unwrap();
+        let top = json.as_object().unwrap();
+        let Some(Json::Later(live)) = top.get("v") else {
+            panic!("v is left for later")
+        };
+        let s = top.get("_s").and_then(Json::as_object).unwrap();
+        let Some(Json::Later(removed)) = s.get("ri") else {
+            panic!("_s.ri is left for later")
+        };
+        assert!(
+            matches!(s.get("w"), Some(Json::Arr(_))),
+            "other arrays are read"
+        );
+        let whole =
+            |l: &Later| -> Vec<Item<'_>> { lists.items(l, false).map(|i| i.unwrap()).collect() };
+        let items: Vec<Value> = whole(live).iter().map(|i| i.json.to_value()).collect();
+        assert_eq!(Value::Array(items), v["v"]);
+        assert_eq!(whole(removed)[0].json.to_value(), v["_s"]["ri"][0]);
+        let shallow: Vec<Item<'_>> = lists.items(live, true).map(|i| i.unwrap()).collect();
+        let object: Vec<bool> = shallow.iter().map(|i| i.v_is_object).collect();
+        assert_eq!(object, [true, false, false]);
+        let first = shallow[0].json.as_object().unwrap();
+        assert_eq!(first.get("v"), Some(&Json::Null));
+        assert_eq!(first.get("e").and_then(Json::text).as_deref(), Some("1-aa"));
+        // Each item read again on its own, where the shallow pass found it.
+        for (i, item) in shallow.iter().enumerate() {
+            assert_eq!(lists.item(live, item.at).unwrap().to_value(), v["v"][i]);
+        }
+    }
+
+    #[test]
+    fn a_list_left_for_later_is_refused_as_when_read_at_once() {
+        let damaged: [(&[u8], &str); 7] = [
+            (&[0x0f], "unknown tag"),
+            (&[0xff], "string 127 of a table of 35"),
+            (&[STRING, 2, 0xc3, 0x28], "not UTF-8"),
+            (&[NUMBER, 2, b'1', b'x'], "not a JSON number"),
+            (&[ARRAY, 100, NULL], "count larger"),
+            (&[OBJECT, 1, UINT, 1, NULL], "where a string was expected"),
+            (&[STAMP, 2], "ends within"),
+        ];
+        for (value, says) in damaged {
+            // {"v": [value]}: "v" is the table's string 24.
+            let bytes = [&MAGIC[..], &[1, OBJECT, 1, SMALL_REF + 24, ARRAY, 1], value].concat();
+            let Err(e) = decode_deferring(&bytes) else {
+                panic!("{says}: accepted")
+            };
+            assert!(e.to_string().contains(says), "{says}: {e}");
+            let at_once = decode_json(&bytes).unwrap_err();
+            assert_eq!(e.to_string(), at_once.to_string());
         }
     }
 }

@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Number, Value};
 
+use crate::engine::compact::Later;
 use crate::engine::scalar::Scalar;
 
 /// A JSON value (see the module documentation).
@@ -31,6 +32,9 @@ pub(crate) enum Json<'a> {
     Stamp(u64, &'a str),
     Arr(Vec<Json<'a>>),
     Obj(JsonObj<'a>),
+    /// An array of elements left unread by `compact::decode_deferring`, read item by item from
+    /// its `compact::Lists`. Only the reader of a new replica (`streamed.rs`) asks for these.
+    Later(Later),
 }
 
 /// An object: its entries sorted by key, each key once.
@@ -118,6 +122,8 @@ impl<'a> Json<'a> {
             Json::Str(s) => Value::String(s.to_string()),
             Json::Stamp(..) => Value::String(self.text().unwrap_or_default().into_owned()),
             Json::Arr(items) => Value::Array(items.iter().map(Json::to_value).collect()),
+            // Its items are in the bytes, not here: whoever asked for the list reads them.
+            Json::Later(l) => Value::String(format!("<a list of {} items left unread>", l.count)),
             Json::Obj(m) => Value::Object(
                 m.iter()
                     .map(|(k, v)| (k.to_string(), v.to_value()))
@@ -167,7 +173,7 @@ impl<'a> Json<'a> {
             Json::Num(n) => Scalar::number(n),
             Json::Str(s) => Scalar::Str(s.as_ref().into()),
             Json::Stamp(..) => Scalar::Str(self.text()?.into()),
-            Json::Arr(_) | Json::Obj(_) => return None,
+            Json::Arr(_) | Json::Obj(_) | Json::Later(_) => return None,
         })
     }
 }

@@ -21,6 +21,7 @@ use crate::engine::doc::{Arr, Body, Document, Elem, Ix, Node, Obj, Parent, ROOT,
 use crate::engine::error::{Error, Result};
 use crate::engine::fugue::{self, Item};
 use crate::engine::stamp::{ClientId, MAX_WALL_MS, Stamp, physical, wall_ms};
+use crate::engine::streamed::Stream;
 use crate::engine::text::{Piece, Text};
 use crate::engine::wire::{Changes, MAX_DEPTH, WBody, WElem, WField, WNode, WText, WVal};
 
@@ -56,20 +57,22 @@ pub struct Divergence {
 }
 
 /// The state of one `integrate` pass.
-struct Merging<'s> {
+pub(super) struct Merging<'s, 'x> {
     /// The version the merge writes.
-    u: u64,
+    pub(super) u: u64,
     /// Elements `check` left out.
-    skip: &'s HashSet<Stamp>,
+    pub(super) skip: &'s HashSet<Stamp>,
     /// Texts `check` left out (by address: one id may name texts in several slots).
-    skip_text: &'s HashSet<usize>,
+    pub(super) skip_text: &'s HashSet<usize>,
     /// A repair (full exchange after a divergence): same-stamp conflicts are settled by rank.
-    repair: bool,
-    changed: bool,
+    pub(super) repair: bool,
+    pub(super) changed: bool,
+    /// A new replica's element lists read as they are merged (`streamed.rs`).
+    pub(super) stream: Option<&'s mut Stream<'x>>,
 }
 
 /// Where a wire node sits, for the location check.
-enum Loc<'a> {
+pub(super) enum Loc<'a> {
     Root,
     Key(Option<Ix>, &'a str),
     Elem(Option<Ix>, Stamp),
@@ -81,7 +84,7 @@ enum Step<'c> {
     Elem(Stamp),
 }
 
-struct Check<'c> {
+pub(super) struct Check<'c> {
     changes: &'c Changes,
     seen: HashSet<Stamp>,
     max_hlc: u64,
@@ -92,7 +95,43 @@ struct Check<'c> {
     skip_text: HashSet<usize>,
 }
 
-impl Check<'_> {
+/// A [`Check`]'s findings without what it borrows.
+#[derive(Default)]
+pub(super) struct CheckState {
+    pub(super) seen: HashSet<Stamp>,
+    pub(super) max_hlc: u64,
+    pub(super) skip: HashSet<Stamp>,
+    pub(super) skip_text: HashSet<usize>,
+}
+
+impl<'c> Check<'c> {
+    pub(super) fn new(changes: &'c Changes) -> Self {
+        Self::resume(changes, CheckState::default())
+    }
+
+    /// A check that goes on from where `state` was left (see [`Check::pause`]).
+    pub(super) fn resume(changes: &'c Changes, state: CheckState) -> Self {
+        Check {
+            changes,
+            seen: state.seen,
+            max_hlc: state.max_hlc,
+            trail: Vec::new(),
+            skip: state.skip,
+            skip_text: state.skip_text,
+        }
+    }
+
+    /// What the check has found so far, to go on with later (a new replica's elements are
+    /// checked one at a time, see `streamed.rs`).
+    pub(super) fn pause(self) -> CheckState {
+        CheckState {
+            seen: self.seen,
+            max_hlc: self.max_hlc,
+            skip: self.skip,
+            skip_text: self.skip_text,
+        }
+    }
+
     fn at(&self) -> String {
         let mut s = String::from("$.changes");
         for t in &self.trail {
@@ -131,6 +170,13 @@ impl Document {
 
     /// Creates a new replica with the given client id from a full changes object.
     pub fn from_changes_as(changes: &Changes, client: crate::engine::ClientId) -> Result<Self> {
+        let mut doc = Self::new_for(changes, client)?;
+        doc.apply(changes)?;
+        Ok(doc)
+    }
+
+    /// The empty replica a full changes object is merged into.
+    pub(super) fn new_for(changes: &Changes, client: crate::engine::ClientId) -> Result<Self> {
         if changes.changes_since != 0 {
             return Err(Error::malformed(
                 "$.changesSince",
@@ -147,7 +193,6 @@ impl Document {
         }
         let mut doc = Document::empty(changes.doc_id.clone(), client, Some(root.id));
         doc.index_later = true;
-        doc.apply(changes)?;
         Ok(doc)
     }
 
@@ -159,6 +204,35 @@ impl Document {
     /// replica's wall clock than the allowed skew), [`Error::Conflict`] (the changes contradict
     /// what this replica holds), [`Error::TooDeep`].
     pub fn apply(&mut self, changes: &Changes) -> Result<MergeOutcome> {
+        self.admit(changes)?;
+        let mut check = Check::new(changes);
+        if let Some(root) = &changes.root {
+            self.check_node(root, Loc::Root, 1, &mut check)?;
+        }
+
+        // Everything is known to be consistent: from here on nothing can fail. The ids seen
+        // (hundreds of thousands in a full sync) are not needed for that.
+        drop(std::mem::take(&mut check.seen));
+        self.clock.observe(check.max_hlc);
+        let before = self.version;
+        let mut merging = Merging {
+            u: before + 1,
+            skip: &check.skip,
+            skip_text: &check.skip_text,
+            repair: changes.repair.is_some(),
+            changed: false,
+            stream: None,
+        };
+        if let Some(root) = &changes.root {
+            self.integrate(root, ROOT, &mut merging);
+        }
+        let changed = merging.changed;
+        let whole = check.skip.is_empty() && check.skip_text.is_empty();
+        Ok(self.conclude(changes, before, changed, whole))
+    }
+
+    /// What is checked before anything else: the document, the sender, the clocks.
+    pub(super) fn admit(&self, changes: &Changes) -> Result<()> {
         if changes.doc_id != self.doc_id {
             return Err(Error::WrongDocument {
                 expected: self.doc_id.clone(),
@@ -171,44 +245,25 @@ impl Document {
                 "changes sent by this replica's own client id (two replicas share an id?)",
             ));
         }
-        self.check_clocks(changes)?;
-        let mut check = Check {
-            changes,
-            seen: HashSet::default(),
-            max_hlc: 0,
-            trail: Vec::new(),
-            skip: HashSet::default(),
-            skip_text: HashSet::default(),
-        };
-        if let Some(root) = &changes.root {
-            self.check_node(root, Loc::Root, 1, &mut check)?;
-        }
+        self.check_clocks(changes)
+    }
 
-        // Everything is known to be consistent: from here on nothing can fail. The ids seen
-        // (hundreds of thousands in a full sync) are not needed for that.
-        drop(std::mem::take(&mut check.seen));
-        self.clock.observe(check.max_hlc);
-        let before = self.version;
-        let u = before + 1;
-        let mut merging = Merging {
-            u,
-            skip: &check.skip,
-            skip_text: &check.skip_text,
-            repair: changes.repair.is_some(),
-            changed: false,
-        };
-        if let Some(root) = &changes.root {
-            self.integrate(root, ROOT, &mut merging);
-        }
-        let changed = merging.changed;
+    /// After `integrate`: the version, the knowledge and what is known of the sender and the
+    /// others. `whole`: no element or text was left out for want of its origin.
+    pub(super) fn conclude(
+        &mut self,
+        changes: &Changes,
+        before: u64,
+        changed: bool,
+        whole: bool,
+    ) -> MergeOutcome {
         if changed {
-            self.version = u;
+            self.version = before + 1;
         }
         if self.index_later {
             self.index_from_version();
         }
-        let complete =
-            self.is_complete(changes) && check.skip.is_empty() && check.skip_text.is_empty();
+        let complete = self.is_complete(changes) && whole;
         if complete {
             merge_knows(&mut self.knows, &changes.knows);
         } else if changed {
@@ -230,14 +285,14 @@ impl Document {
         }
         self.advance_acknowledged(changes.sent_by);
         let compared = self.compare_digest(changes, complete);
-        Ok(MergeOutcome {
+        MergeOutcome {
             changed,
             version: self.version,
             incomplete: !complete,
             impossible_claim,
             diverged: compared.and_then(std::result::Result::err),
             verified: compared.is_some_and(|c| c.is_ok()),
-        })
+        }
     }
 
     /// Refuses clock values further ahead of the wall clock than the allowed skew, and claims
@@ -375,7 +430,7 @@ impl Document {
         comparable.then_some(verdict)
     }
 
-    fn check_node<'c>(
+    pub(super) fn check_node<'c>(
         &self,
         w: &'c WNode,
         loc: Loc,
@@ -506,32 +561,48 @@ impl Document {
         let mut sorted: Vec<&WElem> = elems.iter().collect();
         sorted.sort_by_key(|e| e.id);
         for e in sorted {
-            c.trail.push(Step::Elem(e.id));
-            self.check_elem(e, la, &ids, c)?;
-            match &e.val {
-                Some((WVal::Node(child), _)) if !c.skip.contains(&e.id) => {
-                    self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
-                }
-                Some((WVal::Text(t), _)) => {
-                    let le = la.and_then(|a| a.slot(e.id).map(|s| &a.slots[s as usize]));
-                    self.check_text(t, le.map(|le| (&le.val, le.vstamp)), c)?;
-                    if le.is_none() && c.skip_text.contains(&text_key(t)) {
-                        // A new element whose text cannot be placed waits with it.
-                        c.skip.insert(e.id);
-                    }
-                }
-                _ => {}
-            }
-            c.trail.pop();
+            self.check_one(e, la, local, &|id| ids.contains(id), depth, c)?;
         }
         Ok(())
     }
 
+    /// One element and what it holds, in an array at `depth`; `ids` as for `check_elem`.
+    pub(super) fn check_one<'c>(
+        &self,
+        e: &'c WElem,
+        la: Option<&Arr>,
+        local: Option<Ix>,
+        ids: &dyn Fn(&Stamp) -> bool,
+        depth: usize,
+        c: &mut Check<'c>,
+    ) -> Result<()> {
+        c.trail.push(Step::Elem(e.id));
+        self.check_elem(e, la, ids, c)?;
+        match &e.val {
+            Some((WVal::Node(child), _)) if !c.skip.contains(&e.id) => {
+                self.check_node(child, Loc::Elem(local, e.id), depth + 1, c)?;
+            }
+            Some((WVal::Text(t), _)) => {
+                let le = la.and_then(|a| a.slot(e.id).map(|s| &a.slots[s as usize]));
+                self.check_text(t, le.map(|le| (&le.val, le.vstamp)), c)?;
+                if le.is_none() && c.skip_text.contains(&text_key(t)) {
+                    // A new element whose text cannot be placed waits with it.
+                    c.skip.insert(e.id);
+                }
+            }
+            _ => {}
+        }
+        c.trail.pop();
+        Ok(())
+    }
+
+    /// One element's own fields; `ids`: whether an id is among the changes' elements of the
+    /// array.
     fn check_elem(
         &self,
         e: &WElem,
         la: Option<&Arr>,
-        ids: &HashSet<Stamp>,
+        ids: &dyn Fn(&Stamp) -> bool,
         c: &mut Check,
     ) -> Result<()> {
         c.stamp(e.id)?;
@@ -540,7 +611,7 @@ impl Document {
                 return c.fail(format!("element {} is not newer than its origin {o}", e.id));
             }
             let held = la.is_some_and(|a| a.slot(o).is_some());
-            if !held && (!ids.contains(&o) || c.skip.contains(&o)) {
+            if !held && (!ids(&o) || c.skip.contains(&o)) {
                 // Its origin came in a message that has not arrived: merged once it has.
                 c.skip.insert(e.id);
             }
@@ -553,7 +624,7 @@ impl Document {
                 ));
             }
             let held = la.is_some_and(|a| a.slot(r).is_some());
-            if !held && (!ids.contains(&r) || c.skip.contains(&r)) {
+            if !held && (!ids(&r) || c.skip.contains(&r)) {
                 c.skip.insert(e.id);
             }
         }
@@ -602,7 +673,7 @@ impl Document {
     }
 
     /// Writes a checked wire node into local node `ix` (which is reachable).
-    fn integrate(&mut self, w: &WNode, ix: Ix, m: &mut Merging) {
+    pub(super) fn integrate(&mut self, w: &WNode, ix: Ix, m: &mut Merging) {
         match &w.body {
             WBody::Obj(fields) => {
                 for f in fields {
@@ -644,6 +715,7 @@ impl Document {
                     }
                 }
             }
+            WBody::Arr(_) if self.stream_list(w.id, ix, m) => {}
             WBody::Arr(elems) => {
                 let mut sorted: Vec<&WElem> =
                     elems.iter().filter(|e| !m.skip.contains(&e.id)).collect();
@@ -660,18 +732,20 @@ impl Document {
                     self.arr_mut(ix).reserve(sorted.len());
                 }
                 for e in sorted {
-                    let slot = self.integrate_elem(e, ix, m);
-                    if let Some((WVal::Node(c), _)) = &e.val {
-                        let el = &self.arr(ix).slots[slot as usize];
-                        if let Val::Node(cix) = &el.val {
-                            let cix = *cix;
-                            if self.nodes[cix as usize].id == c.id {
-                                self.integrate(c, cix, m);
-                            }
-                        }
-                    }
+                    self.integrate_one(e, ix, m);
                 }
             }
+        }
+    }
+
+    /// One checked element into local array `ix`, and what it holds.
+    pub(super) fn integrate_one(&mut self, e: &WElem, ix: Ix, m: &mut Merging) {
+        let slot = self.integrate_elem(e, ix, m);
+        if let Some((WVal::Node(c), _)) = &e.val
+            && let Val::Node(cix) = self.arr(ix).slots[slot as usize].val
+            && self.nodes[cix as usize].id == c.id
+        {
+            self.integrate(c, cix, m);
         }
     }
 

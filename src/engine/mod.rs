@@ -21,6 +21,7 @@ pub mod path;
 mod scalar;
 mod snapshot;
 mod stamp;
+mod streamed;
 mod text;
 mod text_cols;
 mod value_diff;

@@ -9,6 +9,7 @@ use std::fmt::{self, Display};
 
 use serde_json::Value;
 
+use crate::engine::HashMap;
 use crate::engine::doc::{Key, KeySet, intern};
 use crate::engine::error::{Error, Result};
 use crate::engine::json::{Json, JsonObj};
@@ -16,6 +17,10 @@ use crate::engine::scalar::Scalar;
 use crate::engine::stamp::{ClientId, MAX_HLC, Stamp};
 use crate::engine::text::Piece;
 use crate::engine::wire_out::next_stamp;
+
+mod deferred;
+pub(crate) use deferred::Deferred;
+use deferred::defer;
 
 /// Value of the `minisync` marker field.
 pub const FORMAT_MARKER: &str = "changes";
@@ -262,6 +267,19 @@ impl Changes {
 
     /// Reads a changes object from a JSON value whose depth is bounded.
     fn from_json(value: &Json<'_>) -> Result<Self> {
+        Self::from_json_reading(value, &mut Reading::new(false))
+    }
+
+    /// Reads a changes object from a JSON value of `compact::decode_deferring`: the element
+    /// lists it left unread stay unread, each array node's elements empty here and its lists
+    /// in the returned reading's `deferred` (see `wire/deferred.rs`).
+    pub(crate) fn read_deferring(value: &Json<'_>) -> Result<(Self, Reading)> {
+        let mut r = Reading::new(true);
+        let changes = Self::from_json_reading(value, &mut r)?;
+        Ok((changes, r))
+    }
+
+    fn from_json_reading(value: &Json<'_>, r: &mut Reading) -> Result<Self> {
         let top = value
             .as_object()
             .ok_or_else(|| Error::malformed("$", "a changes object must be a JSON object"))?;
@@ -287,14 +305,10 @@ impl Changes {
         let knows = knowledge_of(top.get("knows"), "$.knows")?;
         let partial = knowledge_of(top.get("partial"), "$.partial")?;
         let client_states = client_states_of(top.get("clientStates"))?;
-        let mut r = Reading {
-            budget: MAX_ITEMS,
-            keys: KeySet::default(),
-        };
         let root = match top.get("changes") {
             None | Some(Json::Null) => None,
             Some(v) => {
-                let node = parse_node(v, &At::Path("$.changes"), &mut r, None, from_version)?;
+                let node = parse_node(v, &At::Path("$.changes"), r, None, from_version)?;
                 if node.is_array() {
                     return Err(Error::malformed(
                         "$.changes",
@@ -568,11 +582,23 @@ impl Display for At<'_> {
     }
 }
 
-/// What reading a changes object keeps: how many more items it may hold, and the names of the
-/// keys read so far (each held once: see `doc::Key`).
-struct Reading {
+/// What reading a changes object keeps: how many more items it may hold, the names of the
+/// keys read so far (each held once: see `doc::Key`), and the element lists left for later.
+pub(crate) struct Reading {
     budget: usize,
     keys: KeySet,
+    /// When deferring: the element lists left unread, by their array node's id.
+    deferred: Option<HashMap<Stamp, Deferred>>,
+}
+
+impl Reading {
+    fn new(deferring: bool) -> Self {
+        Reading {
+            budget: MAX_ITEMS,
+            keys: KeySet::default(),
+            deferred: deferring.then(HashMap::default),
+        }
+    }
 }
 
 fn spend(budget: &mut usize, n: usize, at: &(impl Display + ?Sized)) -> Result<()> {
@@ -615,7 +641,7 @@ fn parse_node(
     spend(&mut r.budget, 1, at)?;
     let body = match s.get("a") {
         None | Some(Json::Bool(false)) => parse_object_body(obj, s, at, r, id, u)?,
-        Some(Json::Bool(true)) => parse_array_body(obj, s, at, r, u)?,
+        Some(Json::Bool(true)) => parse_array_body(obj, s, at, r, id, u)?,
         Some(_) => {
             return Err(Error::malformed(
                 format!("{s_at}.a"),
@@ -632,6 +658,7 @@ fn parse_array_body(
     s: &JsonObj<'_>,
     at: &At<'_>,
     r: &mut Reading,
+    id: Stamp,
     u: u64,
 ) -> Result<WBody> {
     let s_at = at.f("_s");
@@ -646,6 +673,10 @@ fn parse_array_body(
             at,
             format!("unknown array node field {key:?}"),
         ));
+    }
+    if let Some(Json::Later(live)) = obj.get("v") {
+        defer(r, id, *live, s.get("ri"), at, u)?;
+        return Ok(WBody::Arr(Vec::new()));
     }
     let live = match obj.get("v") {
         Some(Json::Arr(a)) => a.as_slice(),
@@ -784,7 +815,7 @@ fn parse_value(
             let id = n.id;
             Ok((WVal::Node(Box::new(n)), Some(id)))
         }
-        Json::Arr(_) => Err(Error::malformed(
+        Json::Arr(_) | Json::Later(_) => Err(Error::malformed(
             at,
             "a bare array is not allowed: arrays travel as nodes with \"_s\" and \"v\"",
         )),
@@ -812,11 +843,7 @@ fn parse_elems(
             .ok_or_else(|| Error::malformed(e_at, "an element must be an object"))?;
         let (id, origin, right) = elem_place(m, &e_at, removed, prev)?;
         prev = (Some(id), right);
-        let (val, removed) = if removed {
-            (None, Some(stamp_of(m.get("r"), &e_at.f("r"))?))
-        } else {
-            (Some(live_value(m, &e_at, id, r, parent_u)?), None)
-        };
+        let (val, removed) = elem_value(m, &e_at, removed, id, r, parent_u)?;
         out.push(WElem {
             id,
             origin,
@@ -826,6 +853,23 @@ fn parse_elems(
         });
     }
     Ok(())
+}
+
+/// A live element's value and its stamp, or a removed element's removal stamp.
+#[allow(clippy::type_complexity)]
+fn elem_value(
+    m: &JsonObj<'_>,
+    e_at: &At<'_>,
+    removed: bool,
+    id: Stamp,
+    r: &mut Reading,
+    parent_u: u64,
+) -> Result<(Option<(WVal, Stamp)>, Option<Stamp>)> {
+    Ok(if removed {
+        (None, Some(stamp_of(m.get("r"), &e_at.f("r"))?))
+    } else {
+        (Some(live_value(m, e_at, id, r, parent_u)?), None)
+    })
 }
 
 /// An element's fields checked, and its id, left origin and right origin, the absent ones

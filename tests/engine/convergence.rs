@@ -323,6 +323,7 @@ fn run_case(seed: u64) -> Result<(), String> {
                 disk.load(d)?;
             }
             for d in &docs {
+                streamed_is_usual(d, client(seed, 99))?;
                 let restored = Document::restore(&d.save()).map_err(|e| format!("restore: {e}"))?;
                 if restored.digest() != d.digest() {
                     return Err(
@@ -348,6 +349,22 @@ fn run_case(seed: u64) -> Result<(), String> {
         }
     }
     Err("never went quiet: replicas keep sending changes".into())
+}
+
+/// A new replica made from `d`'s full changes while they are read (`Document::from_bytes_as`)
+/// is exactly the one made from them parsed whole.
+fn streamed_is_usual(d: &Document, client: ClientId) -> Result<(), String> {
+    let bytes = d.changes().to_compact();
+    let streamed = Document::from_bytes_as(&bytes, client).map_err(|e| format!("streamed: {e}"))?;
+    let parsed = Changes::from_bytes(&bytes).map_err(|e| format!("read: {e}"))?;
+    let usual = Document::from_changes_as(&parsed, client).map_err(|e| format!("usual: {e}"))?;
+    if streamed.save() != usual.save() {
+        return Err(format!(
+            "a replica made while reading differs from one made the usual way: {}",
+            d.to_json()
+        ));
+    }
+    Ok(())
 }
 
 #[test]

@@ -135,8 +135,7 @@ fn minisync(n: usize, value: &Value) -> Figures {
     // In the compact form, as mail carries changes (`w1_json_bytes`: the same as JSON text).
     let t = Instant::now();
     let bytes = a.changes().to_compact();
-    let mut b =
-        Document::from_changes(&Changes::from_bytes(&bytes).expect("reads")).expect("creates");
+    let mut b = Document::from_bytes(&bytes).expect("creates");
     f.w1_ms = ms(t);
     f.w1_bytes = bytes.len();
     a.apply(&b.changes_for(a.client_id())).expect("ack");
@@ -329,9 +328,7 @@ fn replica_one(n: usize) -> Value {
             .expect("restores")
             .0
     });
-    let (w1, w1_peak) = measure(&|| {
-        Document::from_changes(&Changes::from_bytes(&bytes).expect("reads")).expect("creates")
-    });
+    let (w1, w1_peak) = measure(&|| Document::from_bytes(&bytes).expect("creates"));
     json!({"json_mb": round(json_mb), "replica_mb": loaded, "replica_load_peak_mb": load_peak,
            "replica_w1_mb": w1, "replica_w1_peak_mb": w1_peak})
 }
