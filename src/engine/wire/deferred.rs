@@ -39,6 +39,10 @@ pub(crate) struct Head {
     at: ItemAt,
 }
 
+// The size docs/PROTOCOL.md gives ("Reading a full changes object"): what reading an array's
+// elements holds per element besides the replica.
+const _: () = assert!(std::mem::size_of::<Head>() == 56);
+
 /// Leaves the lists of array node `id` (its live elements `live`, its `_s.ri`) for later.
 pub(super) fn defer(
     r: &mut Reading,
