@@ -4,7 +4,9 @@
 //! inconsistent (wrong document, a node in two places, an element whose origin is unknown, a stamp
 //! reused for two different values, versions from the future...) without touching the replica;
 //! only then `integrate` writes, and it cannot fail. So a refused changes object leaves the replica
-//! exactly as it was, and an accepted one is applied whole.
+//! exactly as it was, and an accepted one is applied whole. (A new replica made while its changes
+//! object is read, `streamed.rs`, checks each array element just before it merges it: nothing
+//! else sees that replica until it is whole, and a refusal drops it.)
 //!
 //! Conflict rule: every slot keeps the write with the greatest stamp. Order of array elements and
 //! text characters: FugueMax (see `fugue.rs`) — an item goes after its left origin, among the
