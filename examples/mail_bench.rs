@@ -484,8 +484,9 @@ fn burst(b: &Bench, edits: usize) -> anyhow::Result<u64> {
 }
 
 /// Bytes on the wire (the delivered message) for the first full sync of a ~10 MB document and for a
-/// one-field delta.
-async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
+/// one-field delta; and the peak RSS (MB) of the receiver's `agent sync` that makes its replica
+/// from that first full sync.
+async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64, f64)> {
     let (a, bb) = (b.address("size-a"), b.address("size-b"));
     let alice = b.node(&a, &bb, "0s")?;
     let bob = b.node(&bb, &a, "0s")?;
@@ -498,7 +499,7 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
         inbox(&bdir).len() == 1
     })?;
     let full = std::fs::metadata(&inbox(&bdir)[0])?.len();
-    b.cli(&bob, &["sync"])?;
+    let (_, first_sync_peak) = timed_sync(b, &bob, &bdir, 1)?;
     wait_for(Duration::from_secs(120), "bob's acknowledgement", || {
         inbox(&adir).len() == 1
     })?;
@@ -512,13 +513,14 @@ async fn sizes(b: &Bench) -> anyhow::Result<(u64, u64)> {
         inbox(&bdir).len() == 1
     })?;
     let delta = std::fs::metadata(&inbox(&bdir)[0])?.len();
-    Ok((full, delta))
+    Ok((full, delta, first_sync_peak))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `--only drain`, `--only drain-big` or `--only bound-file`: just that figure (for comparing agent builds).
+    // `--only drain`, `--only drain-big`, `--only bound-file` or `--only first-sync`: just that
+    // figure (for comparing agent builds).
     let arg = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -546,6 +548,14 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", json!({ "bound_file_10mb": figures }));
         return Ok(());
     }
+    if arg("--only").as_deref() == Some("first-sync") {
+        let (full, _, peak) = sizes(&b).await?;
+        println!(
+            "{}",
+            json!({ "full_sync_bytes": full, "first_sync_peak_rss_mb": (peak * 10.0).round() / 10.0 })
+        );
+        return Ok(());
+    }
     if arg("--only").as_deref() == Some("drain-big") {
         let rate = drain_big(&b, 100).await?;
         println!(
@@ -565,7 +575,7 @@ async fn main() -> anyhow::Result<()> {
     let (rate, rss) = drain(&b, 1000).await?;
     let big_rate = drain_big(&b, 100).await?;
     let mails = tokio::task::block_in_place(|| burst(&b, 1000))?;
-    let (full, delta) = sizes(&b).await?;
+    let (full, delta, first_sync_peak) = sizes(&b).await?;
     let bound = tokio::task::block_in_place(|| bound_file(&b, 5))?;
     let out = json!({
         "latency_ms": {"p50": percentile(&lat, 0.5), "p90": percentile(&lat, 0.9), "p99": percentile(&lat, 0.99), "max": percentile(&lat, 1.0)},
@@ -577,6 +587,7 @@ async fn main() -> anyhow::Result<()> {
         "drain_10mb_doc_mails_per_s": (big_rate * 10.0).round() / 10.0,
         "mails_per_peer_for_1000_edits": mails,
         "full_sync_bytes": full,
+        "first_sync_peak_rss_mb": (first_sync_peak * 10.0).round() / 10.0,
         "delta_bytes": delta,
         "bound_file_10mb": bound,
     });

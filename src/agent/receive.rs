@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::agent::health::{Findings, outgoing};
 use crate::agent::{Agent, AgentError, PassReport, Result, new_message_id};
-use crate::engine::{Changes, ClientId, Document, RepairKind};
+use crate::engine::{Changes, ClientId, Document, Envelope, RepairKind, compact};
 use crate::store::{HealthChange, OutItem, PeerChange, Save, Store, health, now_ms};
 use crate::transport::{Arrival, Delivery, DeviceTag, Sealed, Settle, Split};
 
@@ -314,12 +314,18 @@ impl Agent {
             }
             return Ok(None);
         }
-        let mut changes = read_changes(a, shared).map_err(refuse)?;
-        let first = &changes[0];
-        let sent_by = first.sent_by();
+        // A whole document for a replica not held here yet is made while its bytes are read.
+        let new_whole = self.new_whole(&name, a)?;
+        let mut changes = read_changes(a, shared, new_whole.as_ref()).map_err(refuse)?;
+        let (sent_by, first_has_changes) = match (&new_whole, changes.first()) {
+            (Some(e), _) => (e.sent_by, true),
+            (None, Some(first)) => (first.sent_by(), first.has_changes()),
+            (None, None) => return Err(refuse("no changes object in the message".into())),
+        };
+        let count = changes.len() + usize::from(new_whole.is_some());
         // Mail that carries changes is acknowledged by reply; a pure acknowledgement never is.
-        let wants_reply = !shared && changes.len() == 1 && first.has_changes();
-        if !shared && self.awaits_whole(&name, first)? {
+        let wants_reply = !shared && count == 1 && first_has_changes;
+        if new_whole.is_none() && !shared && self.awaits_whole(&name, &changes[0])? {
             tracing::info!(
                 "a delta for a document not held here yet: left (the whole document comes from a \
                  sibling device or the sender's next mail)"
@@ -327,11 +333,14 @@ impl Agent {
             memory.waiting.push(at);
             return Ok(None);
         }
-        let writes_to = changes
-            .last()
-            .map(|c| c.writes_to().to_vec())
-            .unwrap_or_default();
-        if self.first_replica(&name, &peer_key, &changes, shared, refuse)? {
+        let writes_to = match (changes.last(), &new_whole) {
+            (Some(c), _) => c.writes_to().to_vec(),
+            (None, Some(e)) => e.writes_to.clone(),
+            (None, None) => Vec::new(),
+        };
+        if new_whole.is_some() {
+            self.replica_while_read(&name, a, refuse)?;
+        } else if self.first_replica(&name, &peer_key, &changes, shared, refuse)? {
             changes.remove(0);
         }
         if let Some(mid) = &a.message_id {
@@ -489,9 +498,54 @@ impl Agent {
                 "cannot create document {name:?} from these changes: {e}"
             ))
         })?;
-        self.store.create_doc(name, &doc, false).map_err(internal)?;
-        tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
+        self.keep_first_replica(name, &doc)?;
         Ok(true)
+    }
+
+    fn keep_first_replica(
+        &mut self,
+        name: &str,
+        doc: &Document,
+    ) -> std::result::Result<(), Refusal> {
+        self.store.create_doc(name, doc, false).map_err(internal)?;
+        tracing::info!(doc_id = %doc.id(), client = %doc.client_id(), "created replica from a peer's changes");
+        Ok(())
+    }
+
+    /// The envelope of the arrival's first changes object when it makes a replica not held
+    /// here yet: the whole document, in the compact form (see `replica_while_read`). `None`:
+    /// read it the usual way (which also says what is wrong with one that cannot be read).
+    fn new_whole(&self, name: &str, a: &Arrival) -> std::result::Result<Option<Envelope>, Refusal> {
+        let Some(first) = a.payloads.as_ref().ok().and_then(|p| p.first()) else {
+            return Ok(None);
+        };
+        if !compact::is_compact(first) || self.store.has_doc(name).map_err(internal)? {
+            return Ok(None);
+        }
+        Ok(Changes::envelope(first).ok().filter(|e| e.whole))
+    }
+
+    /// Creates the replica from the arrival's first changes object while its bytes are read
+    /// (`Document::from_bytes`): a peer's first full sync of a large document never holds the
+    /// changes object parsed whole beside the replica.
+    fn replica_while_read(
+        &mut self,
+        name: &str,
+        a: &Arrival,
+        refuse: impl Fn(String) -> Refusal,
+    ) -> std::result::Result<(), Refusal> {
+        let bytes = match a.payloads.as_ref().map(|p| p.first()) {
+            Ok(Some(bytes)) => bytes,
+            _ => return Err(refuse("no changes object in the message".into())),
+        };
+        let doc = Document::from_bytes(bytes).map_err(|e| match Changes::from_bytes(bytes) {
+            // Worded as when the changes are read before the replica is made.
+            Err(bad) => refuse(format!("bad changes: {bad}")),
+            Ok(_) => refuse(format!(
+                "cannot create document {name:?} from these changes: {e}"
+            )),
+        })?;
+        self.keep_first_replica(name, &doc)
     }
 
     /// Merges the checked arrivals of one document in one transaction: each one's changes, its
@@ -757,16 +811,25 @@ pub(super) fn queue_ack(
 
 /// The changes objects an arrival carries (at least one, all from one client; in a shared folder
 /// from the client whose directory holds them), or why they cannot be merged.
-fn read_changes(a: &Arrival, shared: bool) -> std::result::Result<Vec<Changes>, String> {
+///
+/// `new_whole`: the first one's envelope, when a new replica is made from its bytes while they
+/// are read (`Agent::replica_while_read`): it is not read here.
+fn read_changes(
+    a: &Arrival,
+    shared: bool,
+    new_whole: Option<&Envelope>,
+) -> std::result::Result<Vec<Changes>, String> {
     let payloads = a.payloads.as_ref().map_err(Clone::clone)?;
+    let skip = usize::from(new_whole.is_some());
     let mut changes = Vec::with_capacity(payloads.len());
-    for p in payloads {
+    for p in payloads.iter().skip(skip) {
         changes.push(Changes::from_bytes(p).map_err(|e| format!("bad changes: {e}"))?);
     }
-    let sent_by = changes
-        .first()
-        .ok_or("no changes object in the message")?
-        .sent_by();
+    let sent_by = match (new_whole, changes.first()) {
+        (Some(e), _) => e.sent_by,
+        (None, Some(c)) => c.sent_by(),
+        (None, None) => return Err("no changes object in the message".into()),
+    };
     if changes.iter().any(|c| c.sent_by() != sent_by) {
         return Err("changes objects from different clients in one message".into());
     }

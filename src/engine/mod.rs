@@ -34,6 +34,7 @@ pub use merge::{Divergence, MergeOutcome};
 pub use part_load::{MOST_NODES, PartLoad, Reach, Wanted};
 pub use snapshot::{SaveMark, SavedParts};
 pub use stamp::{ClientId, DEFAULT_MAX_SKEW_MS, Hlc, Stamp, system_now_ms};
+pub use streamed::Envelope;
 pub use value_diff::{Edit, diff};
 pub use wire::{
     Changes, ClientState, FORMAT_VERSION, Knowledge, MAX_DEPTH, MAX_ITEMS, MAX_JSON_DEPTH,

@@ -1374,6 +1374,28 @@ impl Document {
     /// the head and these nodes over what was stored at `since` gives exactly [`Document::save`]'s
     /// replica; [`Document::restore_parts`] reads it back.
     pub fn save_parts(&self, since: Option<SaveMark>) -> SavedParts {
+        let mut nodes = Vec::new();
+        let (head, mark) = self
+            .save_parts_each(since, |ix, record| {
+                nodes.push((ix, record));
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .unwrap_or_else(|never| match never {});
+        SavedParts { head, nodes, mark }
+    }
+
+    /// [`Document::save_parts`] handing each node's `(index, record)` to `put` as it is made,
+    /// so that a whole save never holds all the records at once (20 MB for a 10 MB document);
+    /// the head and the mark.
+    ///
+    /// # Errors
+    ///
+    /// The first error of `put`, after which no more records are made.
+    pub fn save_parts_each<E>(
+        &self,
+        since: Option<SaveMark>,
+        mut put: impl FnMut(u32, Vec<u8>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(String, SaveMark), E> {
         debug_assert!(
             since.is_some() || self.is_whole(),
             "a replica loaded in part saved whole"
@@ -1384,20 +1406,12 @@ impl Document {
             None => true,
             Some(m) => *ix as u32 >= m.nodes || n.u > m.version,
         };
-        SavedParts {
-            head: serde_json::to_string(&head).unwrap_or_default(),
-            nodes: self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(changed)
-                .map(|(ix, n)| {
-                    let text = serde_json::to_vec(&row_node(n, &self.keys)).unwrap_or_default();
-                    (ix as u32, pack_row(text))
-                })
-                .collect(),
-            mark: self.save_mark(),
+        for (ix, n) in self.nodes.iter().enumerate().filter(changed) {
+            let text = serde_json::to_vec(&row_node(n, &self.keys)).unwrap_or_default();
+            put(ix as u32, pack_row(text))?;
         }
+        let head = serde_json::to_string(&head).unwrap_or_default();
+        Ok((head, self.save_mark()))
     }
 
     /// Restores a replica saved by [`Document::save_parts`]: its head and all its nodes, in

@@ -33,16 +33,16 @@ pub(super) fn write(
             crate::engine::Error::Snapshot("a replica loaded in part cannot be saved whole".into()),
         ));
     }
-    let parts = doc.save_parts(since);
     if since.is_none() {
         conn.execute("DELETE FROM doc_nodes WHERE name = ?1", [name])?;
     }
     let mut put = conn
         .prepare_cached("INSERT OR REPLACE INTO doc_nodes (name, ix, node) VALUES (?1, ?2, ?3)")?;
-    for (ix, node) in &parts.nodes {
-        put.execute(params![name, ix, node])?;
-    }
-    Ok((parts.head, parts.mark))
+    // Each record written as it is made: a whole save never holds them all.
+    let saved = doc.save_parts_each(since, |ix, node| {
+        put.execute(params![name, ix, node]).map(drop)
+    })?;
+    Ok(saved)
 }
 
 /// Removes the node rows of document `name`.

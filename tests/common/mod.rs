@@ -449,6 +449,30 @@ pub fn send_sealed(
     body: &Value,
 ) -> String {
     let text = body.to_string();
+    send_sealed_bytes(
+        stack,
+        from,
+        to,
+        signer,
+        recipient,
+        doc,
+        body,
+        text.as_bytes(),
+    )
+}
+
+/// [`send_sealed`] carrying `bytes` (`body` in whichever form: JSON text or the compact form).
+#[allow(clippy::too_many_arguments)]
+pub fn send_sealed_bytes(
+    stack: &Stack,
+    from: &str,
+    to: &str,
+    signer: &minisync::transport::mail::openpgp::SecretKey,
+    recipient: &minisync::transport::mail::openpgp::PublicKey,
+    doc: &str,
+    body: &Value,
+    bytes: &[u8],
+) -> String {
     let mid = format!("<forged-{:08x}@example.test>", rand::random::<u32>());
     let sent_by = body["sentBy"].as_str().unwrap_or("aaaaaaaaaaaaaaaa");
     let key = recipient.to_bytes().unwrap();
@@ -459,7 +483,7 @@ pub fn send_sealed(
         peer: to,
         message_id: &mid,
         in_reply_to: None,
-        body: text.as_bytes(),
+        body: bytes,
         ack_only: body["changes"].is_null(),
         version: body["fromVersion"].as_u64().unwrap_or(0),
         base: None,
@@ -492,6 +516,28 @@ pub fn send_changes_as(stack: &Stack, from: &Node, to: &Node, doc: &str, body: &
         &recipient,
         doc,
         body,
+    )
+}
+
+/// [`send_changes_as`] in the compact form, as agents send changes.
+pub fn send_compact_changes_as(
+    stack: &Stack,
+    from: &Node,
+    to: &Node,
+    doc: &str,
+    body: &Value,
+) -> String {
+    let recipient = node_key(to).public();
+    let bytes = minisync::engine::compact::encode(body);
+    send_sealed_bytes(
+        stack,
+        &from.address,
+        &to.address,
+        &node_key(from),
+        &recipient,
+        doc,
+        body,
+        &bytes,
     )
 }
 

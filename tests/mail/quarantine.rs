@@ -185,3 +185,48 @@ fn refused_changes_are_shown_and_merged_after_all_when_released() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+#[ignore = "needs the real mail stack: run `scripts/test` (starts Postfix + Dovecot)"]
+fn a_first_full_sync_refused_within_an_element_says_what_is_wrong() {
+    let stack = Stack::get();
+    let (_, _, alice, bob) = pair(&stack, "0s", "10m", Security::Plain, Security::Plain);
+    introduce(&[&alice, &bob]);
+    alice.import("todo", &json!({"items": [1, 2, 3]}));
+    // Bob holds no replica: each mail would make one while its compact form is read.
+    let full = replica(&alice, "todo").changes().to_value();
+    let mut unreadable = full.clone();
+    unreadable["changes"]["items"]["v"][1]["zz"] = json!(1);
+    let mut refused = full.clone();
+    let client = full["sentBy"].as_str().unwrap().to_string();
+    // The last element stamped beyond what alice says she holds.
+    let held = u64::from_str_radix(full["knows"][&client].as_str().unwrap(), 16).unwrap();
+    refused["changes"]["items"]["v"][2]["e"] = json!(format!("{:x}-{client}", held + 1000));
+    send_compact_changes_as(&stack, &alice, &bob, "todo", &unreadable);
+    send_compact_changes_as(&stack, &alice, &bob, "todo", &refused);
+    wait_until(T, "bob quarantines both", || {
+        bob.cmd(&["sync"]);
+        bob.status()["quarantined"]
+            .as_array()
+            .is_some_and(|q| q.len() == 2)
+    });
+    let list: serde_json::Value =
+        serde_json::from_str(&bob.ok(&["quarantine", "list", "--json"])).unwrap();
+    let reasons: Vec<&str> = (0..2)
+        .map(|i| list[i]["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("bad changes") && r.contains("unknown element field \"zz\"")),
+        "{list}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("cannot create document \"todo\"")
+                && r.contains("newer than what the sender says it holds")),
+        "{list}"
+    );
+    assert!(bob.doc("todo").is_none(), "nothing was made of either");
+}
